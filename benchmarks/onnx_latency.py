@@ -1,0 +1,128 @@
+"""ONNX Runtime vs PyTorch eager latency of the DC-CNN sizes at 240x240, against the deployment targets.
+
+Run from the repository root (one run, same inputs for every model; takes a few minutes on 2 cores)::
+
+    OMP_WAIT_POLICY=PASSIVE python -m benchmarks.onnx_latency [--threads 2] [--iterations 30]
+
+``OMP_WAIT_POLICY=PASSIVE`` is PyTorch's counterpart of ONNX Runtime's spinning off: neither runtime's idle threads
+busy-wait and steal the other's cores between interleaved calls (it is recorded in the results).
+
+Writes ``benchmarks/results/onnx_latency.json`` and ``.md``:
+
+* the Table-8-shaped benchmark of d5c5 (teacher), d4c5, d3c5, d2c5 (:func:`export.benchmark.benchmark_models`);
+* d3c5 exported with each DF formulation, including the naive dynamo ``torch.fft`` -> ONNX ``DFT`` export, timed
+  interleaved with PyTorch eager;
+* the accuracy and speed of ONNX Runtime's ``DFT`` operator against the matrix-product DFT (240, 150, 256);
+* the targets: d3c5 ORT at least 1.5x faster than PyTorch eager; DF at most 10 % of ORT time for d3c5-d5c5
+  (d2c5 reported);
+* the machine's load average before and after (other processes skew timings on a shared machine).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+from tabulate import tabulate
+
+from compressor.io import atomic_path, save_json
+from compressor.masks import make_mask
+from export.benchmark import benchmark_models, compare_formulations, dft_accuracy, format_table
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ARCHS = ("d5c5", "d4c5", "d3c5", "d2c5")
+SPEEDUP_TARGET = 1.5
+DF_SHARE_TARGET = 0.10
+DF_SHARE_ARCHS = ("d3c5", "d4c5", "d5c5")
+PAPER_RTX3090_MS = {"d5c5": 17.415, "d4c5": 9.353, "d3c5": 6.628, "d2c5": 3.686}
+
+
+def targets(models: list[dict]) -> dict:
+    """The issue's targets, checked against the benchmark rows."""
+    by_arch = {m["arch"]: m for m in models}
+    return {
+        "d3c5_speedup": by_arch["d3c5"]["speedup"],
+        "d3c5_speedup_target": SPEEDUP_TARGET,
+        "d3c5_speedup_met": by_arch["d3c5"]["speedup"] >= SPEEDUP_TARGET,
+        "df_share": {arch: by_arch[arch]["df_share"] for arch in ARCHS},
+        "df_share_target": DF_SHARE_TARGET,
+        "df_share_met": all(by_arch[arch]["df_share"] <= DF_SHARE_TARGET for arch in DF_SHARE_ARCHS),
+    }
+
+
+def markdown(report: dict, table: str) -> str:
+    """The results as Markdown: the main table, the formulations, the DFT accuracy and the targets."""
+    goals = report["targets"]
+    formulations = tabulate(
+        [[f["formulation"], f"{f['ort_ms_median']:.1f}", f"{f['ort_ms_p90']:.1f}", f"{f['torch_ms_median']:.1f}",
+          f"{f['speedup']:.2f}x", f"{f['max_abs_error']:.1e}"] for f in report["formulations"]],
+        headers=["d3c5 DF formulation", "ORT ms (median)", "ORT ms (p90)", "PyTorch ms (median)", "speed-up",
+                 "max abs error vs PyTorch"], tablefmt="github")
+    accuracy = tabulate(
+        [[a["size"], f"{a['dft_op_relative_error']:.1e}", f"{a['matmul_relative_error']:.1e}",
+          f"{a['dft_op_ms']:.2f}", f"{a['matmul_ms']:.2f}"] for a in report["dft_accuracy"]],
+        headers=["N (N x N)", "ORT DFT op rel. error", "matmul DFT rel. error", "DFT op ms", "matmul ms"],
+        tablefmt="github")
+    shares = ", ".join(f"{arch} {share:.1%}" for arch, share in goals["df_share"].items())
+    machine = report["machine"]
+    return "\n\n".join([
+        "# ONNX Runtime latency of the DC-CNN sizes (240x240, 4x random mask)",
+        table,
+        "Paper's Table 8 (PyTorch on an RTX 3090, ms): "
+        + ", ".join(f"{arch} {ms}" for arch, ms in PAPER_RTX3090_MS.items()) + ".",
+        "## Targets",
+        f"- d3c5 ORT speed-up over PyTorch eager (torch.fft DF): {goals['d3c5_speedup']:.2f}x "
+        f"(target >= {SPEEDUP_TARGET}x): {'met' if goals['d3c5_speedup_met'] else 'NOT met'}\n"
+        f"- DF share of ORT time: {shares} (target <= {DF_SHARE_TARGET:.0%} for d3c5-d5c5): "
+        f"{'met' if goals['df_share_met'] else 'NOT met'}",
+        "## DF formulations of d3c5 in ONNX Runtime (interleaved with PyTorch eager)",
+        formulations,
+        "## ONNX `DFT` operator vs matrix-product DFT (fp32, relative to max |X|, vs NumPy float64)",
+        accuracy,
+        f"Machine: {machine['cpu_count']} CPUs, {machine['platform']}, OMP_WAIT_POLICY="
+        f"{machine['omp_wait_policy'] or 'unset'}; load average before "
+        f"{machine['load_before']:.2f}, after {machine['load_after']:.2f} (a shared machine: other processes "
+        "slow PyTorch's OpenMP threads far more than ONNX Runtime's, so compare within this run only).",
+    ]) + "\n"
+
+
+@click.command()
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Threads for both runtimes.")
+@click.option("--iterations", type=click.IntRange(min=30), default=30, show_default=True,
+              help="Timed iterations after warm-up.")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Warm-up iterations.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=RESULTS, show_default=True,
+              help="Folder for onnx_latency.json and onnx_latency.md.")
+def main(threads: int, iterations: int, warmup: int, out: Path) -> None:
+    """Benchmark d5c5, d4c5, d3c5, d2c5 at 240x240 and write the results."""
+    load_before = os.getloadavg()[0]
+    mask = make_mask("random", 4, (240, 240))
+    result = benchmark_models(list(ARCHS), mask.shape, mask, threads, iterations, warmup, teacher="d5c5",
+                              log=lambda message: click.echo(message, err=True))
+    click.echo("timing the d3c5 DF formulations", err=True)
+    formulations = compare_formulations("d3c5", mask, ("lines", "dft", "fft"), threads, iterations, warmup)
+    accuracy = [dft_accuracy(n, threads) for n in (240, 150, 256)]
+    data = result.to_json()
+    report = {
+        "benchmark": data,
+        "formulations": [asdict(f) for f in formulations],
+        "dft_accuracy": [asdict(a) for a in accuracy],
+        "targets": targets(data["models"]),
+        "paper_rtx3090_ms": PAPER_RTX3090_MS,
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "load_before": load_before,
+                    "load_after": os.getloadavg()[0], "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
+    }
+    table = format_table(result)
+    save_json(out / "onnx_latency.json", report)
+    with atomic_path(out / "onnx_latency.md") as temporary:
+        temporary.write_text(markdown(report, table))
+    click.echo(table)
+    click.echo(f"\nwritten: {out / 'onnx_latency.json'}, {out / 'onnx_latency.md'}")
+
+
+if __name__ == "__main__":
+    main()

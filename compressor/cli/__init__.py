@@ -1,0 +1,165 @@
+"""The ``compress`` command: teacher → SFT → KD pipeline, plus ``models``, ``export``, ``reconstruct``,
+``benchmark`` and ``report`` subcommands. Commands are thin: they parse options, build explicit arguments and
+call library functions; heavy imports happen inside the commands."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from compressor.cli.common import handles_input_errors, import_own
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 110}
+
+
+def _floats(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [x.strip().lower() for x in text.split(",") if x.strip()]
+
+
+@click.group(invoke_without_command=True, context_settings=CONTEXT)
+@click.option("--preset", default="quick", help="Preset in configs/ (smoke, quick, paper) or a TOML file path.")
+@click.option("--teacher", help="Teacher architecture, e.g. d5c5.")
+@click.option("--student", help="Student architecture(s), comma-separated, e.g. d3c5 or d4c5,d3c5,d2c5.")
+@click.option("--method", help="KD method(s), comma-separated, or 'all' (at, fitnets, sp, fsp, cc).")
+@click.option("--data", "source", help="Data source: mni (embedded), project, fastmri, nifti, authors.")
+@click.option("--train", "train_path", help="Training file or folder (file sources).")
+@click.option("--validation", "validation_path", help="Validation file or folder (file sources).")
+@click.option("--test", "test_path", help="Held-out test file or folder (file sources; optional).")
+@click.option("--acceleration", help="Acceleration factor(s), comma-separated, e.g. 4,5.")
+@click.option("--mask-type", type=click.Choice(["random", "equispaced"]), help="Generated mask type.")
+@click.option("--mask", "mask_file", help="Mask .npy file ('{acceleration}' is replaced by the factor).")
+@click.option("--image-size", type=int, help="Square image size (centre crop/pad).")
+@click.option("--epochs", type=int, help="Epochs for every stage (overrides the per-stage preset values).")
+@click.option("--batch-size", type=int, help="Batch size.")
+@click.option("--lr", type=float, help="Adam learning rate.")
+@click.option("--device", help="auto, cpu or cuda.")
+@click.option("--amp/--no-amp", default=None, help="bfloat16 autocast for the convolutions on CUDA (DF stays fp32).")
+@click.option("--seed", type=int, help="Seed for initialisation, shuffling and the mask.")
+@click.option("--block-form", type=click.Choice(["plain", "residual"]), help="DC-CNN block form.")
+@click.option("--kd-weight", type=float, help="Distillation weight (default: each method's documented weight).")
+@click.option("--kd-schedule", type=click.Choice(["joint", "two-phase"]), help="Paper (joint) or authors' schedule.")
+@click.option("--kd-mode", type=click.Choice(["paper", "authors"]), help="Each method as its paper or the authors.")
+@click.option("--sft-weights", help="SFT loss weights w_T,w_S,w_I (paper: 1,1,1).")
+@click.option("--random-init/--no-random-init", default=None, help="Also run SFT-KD from a random student (Table 5).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/default"),
+              help="Run directory (stages are cached there).")
+@click.option("--progress/--no-progress", default=True, help="Progress bars.")
+@click.pass_context
+@handles_input_errors
+def main(ctx: click.Context, preset: str, out: Path, progress: bool, **options: object) -> None:
+    """Compress a DC-CNN MRI reconstruction teacher into a student with SFT-KD-Recon.
+
+    Without a subcommand, runs teacher → student → Std-KD → SFT teacher → SFT-KD for each method and prints the
+    paper's Table 1 for the run. Example: compress --teacher d5c5 --student d3c5 --method at
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from compressor.config import apply_overrides, load_config
+
+    config = apply_overrides(load_config(preset), _overrides(options))
+    run_pipeline(config, out, progress)
+
+
+def _overrides(o: dict) -> dict[str, object]:
+    epochs = o["epochs"]
+    sft = _floats(o["sft_weights"])
+    if sft is not None and len(sft) != 3:
+        raise click.BadParameter("expected three weights w_T,w_S,w_I", param_hint="--sft-weights")
+    return {
+        "model.teacher": o["teacher"], "model.student": _names(o["student"]), "model.block_form": o["block_form"],
+        "kd.method": _names(o["method"]), "kd.weight": o["kd_weight"], "kd.schedule": o["kd_schedule"],
+        "kd.mode": o["kd_mode"], "kd.random_init": o["random_init"],
+        "data.source": o["source"], "data.train": o["train_path"], "data.validation": o["validation_path"],
+        "data.test": o["test_path"], "data.acceleration": _floats(o["acceleration"]), "data.mask_type": o["mask_type"],
+        "data.mask_file": o["mask_file"], "data.image_size": o["image_size"], "data.mask_seed": o["seed"],
+        **{f"train.epochs_{stage}": epochs for stage in ("teacher", "student", "kd", "sft")},
+        "train.batch_size": o["batch_size"], "train.lr": o["lr"], "train.device": o["device"], "train.amp": o["amp"],
+        "train.seed": o["seed"],
+        **({"sft.teacher_weight": sft[0], "sft.student_weight": sft[1], "sft.imitation_weight": sft[2]} if sft else {}),
+    }
+
+
+def run_pipeline(config, out: Path, progress: bool) -> None:
+    """Run the stage graph, then print the comparison tables (and build the report)."""
+    import_own("evaluate")
+    from compressor.training.pipeline import Pipeline
+    from evaluate.metrics import slice_metrics
+    from evaluate.report import build_report
+
+    started = time.perf_counter()
+    click.echo(f"preset {config.preset}: teacher {config.model.teacher}, student {','.join(config.model.student)}, "
+               f"methods {','.join(config.kd.method)}, {config.data.source} data, "
+               f"accelerations {','.join(f'{a:g}x' for a in config.data.acceleration)}, run directory {out}")
+    pipeline = Pipeline(config, out, score=slice_metrics, log=lambda m: click.echo(m, err=True), progress=progress)
+    click.echo(f"device: {pipeline.device}")
+    result = pipeline.run()
+    report = build_report(out, fmt="github")
+    for name in ("table1", "headline"):
+        if name in report.tables:
+            click.echo("\n" + report.tables[name])
+    click.echo(f"\nNumbers are on the validation split (best-validation-L1 weights); report in {out / 'report'}; "
+               f"total {time.perf_counter() - started:.0f} s (training {result.seconds:.0f} s).")
+
+
+@main.command("models", context_settings=CONTEXT)
+@click.argument("names", nargs=-1)
+@click.option("--block-form", type=click.Choice(["plain", "residual"]), default="plain", help="Block form.")
+@handles_input_errors
+def models_command(names: tuple[str, ...], block_form: str) -> None:
+    """List architectures with their parameter counts (default: the paper's teacher and students)."""
+    from tabulate import tabulate
+
+    from compressor.models import ARCHITECTURES, ModelOptions, build_model
+
+    names = names or ("d5c5", "d4c5", "d3c5", "d2c5")
+    teacher = build_model(names[0], ModelOptions(block_form=block_form)).num_parameters()
+    rows = []
+    for name in names:
+        model = build_model(name, ModelOptions(block_form=block_form))
+        params = model.num_parameters()
+        rows.append([name, type(model).__name__, model.n_cascades, params, f"{1 - params / teacher:.2%}",
+                     model.distillation_layer(0).split(".", 2)[-1]])
+    click.echo(tabulate(rows, headers=["arch", "family", "cascades", "parameters", f"compression vs {names[0]}",
+                                       "KD layer"], tablefmt="github"))
+    click.echo("\nvalid forms: " + "; ".join(ARCHITECTURES.get(f).form for f in ARCHITECTURES))
+
+
+@main.command("report", context_settings=CONTEXT)
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["github", "latex", "csv"]), default="github", help="Table format.")
+@click.option("--figures/--no-figures", default=True, help="Also draw the figures.")
+@handles_input_errors
+def report_command(run_dir: Path, fmt: str, figures: bool) -> None:
+    """Rebuild every table and figure of a run directory without retraining."""
+    import_own("evaluate")
+    from evaluate.report import build_report
+
+    report = build_report(run_dir, fmt=fmt, figures=figures)
+    for text in report.tables.values():
+        click.echo(text + "\n")
+    click.echo(f"{len(report.files)} files written under {run_dir / 'report'} in {report.seconds:.1f} s")
+
+
+def _register_export_commands() -> None:
+    from compressor.cli.export_commands import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_register_export_commands()
+
+if __name__ == "__main__":
+    sys.exit(main())

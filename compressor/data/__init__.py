@@ -1,0 +1,135 @@
+"""Data: readers for every source, the slice dataset, the embedded MNI default, and the splits a run uses.
+
+:func:`build_splits` turns the ``[data]`` section of a configuration into train/validation(/test)
+:class:`SliceDataset` objects sharing one sampling mask per acceleration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from compressor.config import DataConfig
+from compressor.data.dataset import NormalisedInput, SliceDataset, centre_crop_or_pad, normalise_kspace
+from compressor.data.embedded import build_mni_volume, mni_splits
+from compressor.data.project_h5 import write_project_volume
+from compressor.data.readers import (
+    VOLUME_SOURCES,
+    SliceData,
+    VolumeReader,
+    acceleration_label,
+    list_volume_files,
+    open_volume,
+)
+from compressor.data.sample import Sample, normalisation_scale
+from compressor.errors import InputError
+from compressor.masks import SamplingMask, load_mask, make_mask
+
+__all__ = [
+    "DataSplits",
+    "NormalisedInput",
+    "Sample",
+    "SliceData",
+    "SliceDataset",
+    "VolumeReader",
+    "build_splits",
+    "centre_crop_or_pad",
+    "list_volume_files",
+    "normalisation_scale",
+    "normalise_kspace",
+    "open_volume",
+    "write_project_volume",
+]
+
+MNI_SOURCE = "mni"
+
+
+@dataclass
+class DataSplits:
+    """The datasets of one run at one acceleration, and the mask they share."""
+
+    train: SliceDataset
+    validation: SliceDataset
+    test: SliceDataset | None
+    mask: SamplingMask
+    description: str
+
+
+def evenly_spaced(items: Sequence[tuple[int, int]], limit: int | None) -> list[tuple[int, int]]:
+    """At most ``limit`` of ``items``, evenly spaced and in order, first and last included (deterministic)."""
+    if limit is None or len(items) <= limit:
+        return list(items)
+    if limit < 1:
+        raise InputError(f"slice limits must be >= 1, got {limit}")
+    picks = np.unique(np.round(np.linspace(0, len(items) - 1, limit)).astype(int))
+    return [items[i] for i in picks]
+
+
+def build_mask(config: DataConfig, acceleration: float) -> SamplingMask:
+    """The run's mask: ``mask_file`` (``{acceleration}`` replaced, e.g. ``mask_{acceleration}x.npy``) or a
+    generated ``mask_type`` mask of ``image_size x image_size``."""
+    shape = (config.image_size, config.image_size)
+    if config.mask_file:
+        path = Path(config.mask_file.replace("{acceleration}", acceleration_label(acceleration))).expanduser()
+        return load_mask(path, shape, centred=config.mask_centred)
+    return make_mask(config.mask_type, acceleration, shape, seed=config.mask_seed,
+                     center_fraction=config.center_fraction)
+
+
+def _all_slices(readers: Sequence[VolumeReader]) -> list[tuple[int, int]]:
+    return [(r, s) for r, reader in enumerate(readers) for s in range(len(reader))]
+
+
+def _open_split(config: DataConfig, source: str, split: str, acceleration: float) -> list[VolumeReader]:
+    """The readers of the file or folder that ``config`` names for ``split``."""
+    location = getattr(config, split)
+    if location is None:
+        raise InputError(f"[data] {split} must name a file or folder for source {source!r}")
+    options: dict[str, object] = {}
+    if source == "fastmri":
+        options["target_key"] = config.fastmri_target_key
+    elif source == "authors":
+        options["acceleration"] = acceleration
+    return [open_volume(path, source, **options) for path in list_volume_files(location, source)]
+
+
+def build_splits(config: DataConfig, acceleration: float, log: Callable[[str], None] = print) -> DataSplits:
+    """Datasets for ``config`` at ``acceleration``.
+
+    ``source = "mni"`` builds (or reuses) the cached MNI volume and splits its slices into slabs
+    (:func:`~compressor.data.embedded.mni_splits`); file sources read ``train``, ``validation`` and optionally
+    ``test``. ``max_train_slices`` caps the training slices, ``max_eval_slices`` the validation and test
+    slices, each keeping evenly spaced slices. ``downsample`` and ``cache_dir`` apply to ``mni`` only.
+    """
+    source = config.source.lower()
+    if source != MNI_SOURCE and source not in VOLUME_SOURCES:
+        raise InputError(f"unknown data source {config.source!r}; valid names: "
+                         f"{', '.join([MNI_SOURCE, *VOLUME_SOURCES.names()])}")
+    if source != MNI_SOURCE and config.downsample != 1:
+        raise InputError(f"[data] downsample applies only to source 'mni', got {config.downsample} for {source!r}")
+    mask = build_mask(config, acceleration)
+    size = config.image_size
+    if source == MNI_SOURCE:
+        volume = build_mni_volume(Path(config.cache_dir) if config.cache_dir else None, size, config.downsample, log)
+        readers = [open_volume(volume, "project")]
+        split_slices = {name: [(0, s) for s in indices] for name, indices in mni_splits(len(readers[0])).items()}
+        split_readers = {name: readers for name in split_slices}
+        origin = f"MNI ICBM152 T1 template ({volume})"
+    else:
+        names = ["train", "validation"] + (["test"] if config.test else [])
+        split_readers = {name: _open_split(config, source, name, acceleration) for name in names}
+        split_slices = {name: _all_slices(readers) for name, readers in split_readers.items()}
+        origin = f"{source} volumes"
+    limits = {"train": config.max_train_slices, "validation": config.max_eval_slices, "test": config.max_eval_slices}
+    datasets = {
+        name: SliceDataset(split_readers[name], mask, size, evenly_spaced(split_slices[name], limits[name]))
+        for name in split_slices
+    }
+    counts = ", ".join(f"{name} {len(dataset)}" for name, dataset in datasets.items())
+    description = (f"{origin}, {size}x{size} px, slices: {counts}; {mask.kind} mask "
+                   f"{acceleration_label(acceleration)}x (digest {mask.digest()})")
+    return DataSplits(train=datasets["train"], validation=datasets["validation"], test=datasets.get("test"),
+                      mask=mask, description=description)

@@ -1,0 +1,133 @@
+"""The one dataset abstraction: per slice, the zero-filled image, undersampled k-space, mask and target.
+
+Every source goes through the same steps (see :mod:`compressor.data.sample` for the normalisation):
+
+1. the reader gives the stored slice (:class:`~compressor.data.readers.SliceData`);
+2. images-only sources (fastMRI reconstructions, NIfTI, the MNI template: real magnitude images) are
+   centre-cropped/zero-padded to the image size and their k-space is **simulated**, ``y = M ⊙ F(x)``
+   (uncentred, orthonormal); a source with fully sampled k-space is undersampled with the mask; a source
+   with already undersampled k-space (the authors' files) is used as is;
+3. :func:`normalise_kspace` forms ``x_u = Re F^{-1}(y)`` and divides everything by ``max |x_u|``.
+
+Inference (``compress reconstruct``) has k-space only and calls the same :func:`normalise_kspace`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from compressor.data.readers import SliceData, VolumeReader
+from compressor.data.sample import Sample, normalisation_scale
+from compressor.data.transforms import centre_crop_or_pad
+from compressor.errors import InputError
+from compressor.masks import SamplingMask
+from compressor.physics import apply_mask, undersample, zero_filled
+
+__all__ = ["NormalisedInput", "SliceDataset", "centre_crop_or_pad", "normalise_kspace"]
+
+
+class NormalisedInput(NamedTuple):
+    """Model input computed from undersampled k-space alone.
+
+    Attributes:
+        zero_filled: ``Re F^{-1}(y) / scale``, ``(..., H, W)``.
+        kspace: ``y / scale``, ``(..., H, W, 2)``, uncentred.
+        scale: ``max |Re F^{-1}(y)|`` per slice, ``(...)``; multiply a reconstruction by it to undo.
+    """
+
+    zero_filled: torch.Tensor
+    kspace: torch.Tensor
+    scale: torch.Tensor
+
+
+def normalise_kspace(kspace: torch.Tensor) -> NormalisedInput:
+    """Zero-fill and normalise undersampled uncentred k-space ``(..., H, W, 2)`` (the only place this is done)."""
+    image = zero_filled(kspace)
+    scale = normalisation_scale(image)
+    return NormalisedInput(image / scale[..., None, None], kspace / scale[..., None, None, None], scale)
+
+
+def _as_size(image_size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    if image_size is None:
+        return None
+    if isinstance(image_size, int):
+        return image_size, image_size
+    return int(image_size[0]), int(image_size[1])
+
+
+class SliceDataset(Dataset):
+    """Slices of several volumes, undersampled with one fixed mask, normalised; items are :class:`Sample`.
+
+    Args:
+        readers: the volumes.
+        mask: the sampling mask; its shape is the image shape of every item.
+        image_size: centre crop/pad size for images-only sources (an int means square); ``None`` keeps the
+            stored size. Sources with k-space are never cropped, so their stored size must equal the mask's.
+        slices: ``(reader index, slice index)`` pairs to serve, in order; default every slice of every reader.
+    """
+
+    def __init__(self, readers: Sequence[VolumeReader], mask: SamplingMask,
+                 image_size: int | tuple[int, int] | None = None,
+                 slices: Sequence[tuple[int, int]] | None = None):
+        self.readers = list(readers)
+        self.mask = mask
+        self.image_size = _as_size(image_size)
+        for reader in self.readers:
+            shape = self.image_size or reader.image_shape
+            if shape != mask.shape:
+                raise InputError(
+                    f"mask ({mask.kind}, digest {mask.digest()}) has shape {mask.shape} but the images are {shape}; "
+                    "set [data] image_size or use a mask of the image shape", reader.path)
+        if slices is None:
+            slices = [(r, s) for r, reader in enumerate(self.readers) for s in range(len(reader))]
+        self.slices = [(int(r), int(s)) for r, s in slices]
+        for r, s in self.slices:
+            if not (0 <= r < len(self.readers) and 0 <= s < len(self.readers[r])):
+                raise IndexError(f"slice ({r}, {s}) does not exist in the dataset's volumes")
+        self._mask_tensor = torch.from_numpy(np.ascontiguousarray(mask.values, dtype=np.float32))
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def __getitem__(self, index: int) -> Sample:
+        reader_index, slice_index = self.slices[index]
+        reader = self.readers[reader_index]
+        data = reader.read_slice(slice_index)
+        if data.target is None:
+            raise InputError(f"slice {slice_index} has no target image (training and evaluation need one)", reader.path)
+        if data.kspace is None:
+            target = torch.from_numpy(centre_crop_or_pad(data.target, self.mask.shape))
+            kspace = undersample(target, self._mask_tensor)
+        else:
+            target = torch.from_numpy(data.target)
+            kspace = self._measured_kspace(reader, slice_index, data)
+        normalised = normalise_kspace(kspace)
+        return Sample(
+            zero_filled=normalised.zero_filled[None],
+            kspace=normalised.kspace[None],
+            mask=self._mask_tensor[None],
+            target=(target / normalised.scale)[None],
+            scale=normalised.scale,
+            volume=reader.name,
+            slice_index=slice_index,
+        )
+
+    def _measured_kspace(self, reader: VolumeReader, slice_index: int, data: SliceData) -> torch.Tensor:
+        """The undersampled k-space ``(H, W, 2)`` of a source that stores k-space, checked against the mask."""
+        if data.kspace.shape != self.mask.shape:
+            raise InputError(
+                f"k-space of slice {slice_index} has shape {data.kspace.shape}, the mask {self.mask.shape}; k-space "
+                "cannot be cropped, so set [data] image_size to the stored size", reader.path)
+        measured = torch.view_as_real(torch.from_numpy(np.ascontiguousarray(data.kspace, dtype=np.complex64)))
+        if not data.kspace_undersampled:
+            return apply_mask(measured, self._mask_tensor)
+        if np.any(data.kspace[self.mask.values == 0] != 0):
+            raise InputError(
+                f"undersampled k-space of slice {slice_index} has samples where the mask (digest "
+                f"{self.mask.digest()}) has none: it was undersampled with another mask or convention", reader.path)
+        return measured

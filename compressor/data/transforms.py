@@ -1,0 +1,33 @@
+"""Pure NumPy image transforms used by the readers and the dataset."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _axis_crop_or_pad(length: int, size: int) -> tuple[slice, tuple[int, int]]:
+    """The slice of the input to keep and the ``(before, after)`` zero padding to add along one axis.
+
+    The centre pixel ``length // 2`` of the input lands on ``size // 2`` of the output (the ``fftshift``
+    convention), so cropping and padding are inverses of each other wherever no data is cut away.
+    """
+    if size <= length:
+        start = length // 2 - size // 2
+        return slice(start, start + size), (0, 0)
+    before = size // 2 - length // 2
+    return slice(0, length), (before, size - length - before)
+
+
+def centre_crop_or_pad(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Centre-crop or zero-pad the last two axes of ``image`` ``(..., H, W)`` to ``size = (H', W')``.
+
+    Each axis is cropped when it is longer than the requested size and zero-padded when it is shorter. The
+    centre pixel is ``(H // 2, W // 2)`` (for even sizes, the lower-right of the four middle pixels) and it
+    moves to ``(H' // 2, W' // 2)``. For example a length-5 axis cropped to 2 keeps indices 1 and 2; a length-2
+    axis padded to 5 puts its values at indices 1 and 2. Returns a new array; ``image`` is not modified.
+    """
+    rows, row_pad = _axis_crop_or_pad(image.shape[-2], size[0])
+    cols, col_pad = _axis_crop_or_pad(image.shape[-1], size[1])
+    cropped = image[..., rows, cols]
+    padding = [(0, 0)] * (image.ndim - 2) + [row_pad, col_pad]
+    return np.pad(cropped, padding)

@@ -1,0 +1,53 @@
+"""Atomic file output and JSON I/O, shared by every writer (no torch import: evaluation uses it too).
+
+Every output is written to a temporary name in its destination folder and renamed when complete, so an
+interrupted run leaves either the previous complete file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from compressor.errors import InputError
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block completes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(temporary_path)`` and move the result onto ``path`` when it returns."""
+    with atomic_path(path) as temporary:
+        write(temporary)
+    return Path(path)
+
+
+def save_json(path: Path, data: Any) -> Path:
+    return write_atomic(path, lambda p: p.write_text(json.dumps(data, indent=2, sort_keys=True, default=float)))
+
+
+def load_json(path: Path) -> Any:
+    """Parse a JSON file; a missing or malformed file is an :class:`InputError` naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError("file not found", path) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"not valid JSON ({error})", path) from None

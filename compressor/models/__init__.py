@@ -1,0 +1,126 @@
+"""Reconstruction models, built from architecture names.
+
+Names are parsed by family. ``dNcM`` is a DC-CNN with N ≥ 2 conv layers per block and M ≥ 1 cascades
+(``d5c5`` teacher, ``d3c5`` student in the paper). :func:`build_model` turns a name plus
+:class:`ModelOptions` into a :class:`~compressor.models.base.CascadeModel`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from compressor.errors import InputError
+from compressor.models.base import Cascade, CascadeModel, ReconOutput
+from compressor.models.dccnn import BLOCK_FORMS, DCCNN, CNNBlock
+from compressor.models.features import FeatureRecorder
+from compressor.registry import Registry
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Options recorded with every model (they change behaviour, not the parameter count of paper models).
+
+    Attributes:
+        block_form: ``plain`` (block output is the new image, the authors' code) or ``residual``
+            (image + CNN(image), Schlemper et al.).
+        block_padding: zero padding added around each block's input and cropped from its output (authors: 5).
+        dc_lambda: ``None`` = λ → ∞ (paper); a float = finite DF weight.
+        dc_learnable: learn λ (one extra parameter per cascade).
+        channels: hidden channels (paper: 32).
+    """
+
+    block_form: str = "plain"
+    block_padding: int = 5
+    dc_lambda: float | None = None
+    dc_learnable: bool = False
+    channels: int = 32
+
+    def __post_init__(self) -> None:
+        if self.block_form not in BLOCK_FORMS:
+            raise InputError(f"block_form must be one of {', '.join(BLOCK_FORMS)}, got {self.block_form!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ArchitectureFamily:
+    """A family of architecture names: a regex, its human form, and a builder from the regex groups."""
+
+    pattern: str
+    form: str
+    example: str
+    build: Callable[[re.Match, ModelOptions], CascadeModel]
+    check: Callable[[re.Match], str | None]
+
+
+ARCHITECTURES: Registry[ArchitectureFamily] = Registry("architecture family")
+
+
+def _check_dccnn(match: re.Match) -> str | None:
+    n_layers, n_cascades = int(match["n"]), int(match["m"])
+    if n_layers < 2:
+        return "N must be >= 2 conv layers per block"
+    if n_cascades < 1:
+        return "M must be >= 1 cascade"
+    return None
+
+
+def _build_dccnn(match: re.Match, options: ModelOptions) -> CascadeModel:
+    return DCCNN(int(match["n"]), int(match["m"]), channels=options.channels, block_form=options.block_form,
+                 block_padding=options.block_padding, dc_lambda=options.dc_lambda, dc_learnable=options.dc_learnable)
+
+
+ARCHITECTURES.register("dccnn")(ArchitectureFamily(
+    pattern=r"d(?P<n>\d+)c(?P<m>\d+)", form="dNcM (N >= 2 conv layers per block, M >= 1 cascades)",
+    example="d5c5", build=_build_dccnn, check=_check_dccnn,
+))
+
+
+def _valid_forms() -> str:
+    return "; ".join(f"{ARCHITECTURES.get(f).form}, e.g. {ARCHITECTURES.get(f).example}" for f in ARCHITECTURES)
+
+
+def parse_architecture(name: str) -> tuple[ArchitectureFamily, re.Match]:
+    """Find the family of an architecture name, or raise :class:`InputError` showing the valid forms."""
+    for family_name in ARCHITECTURES:
+        family = ARCHITECTURES.get(family_name)
+        match = re.fullmatch(family.pattern, name.strip().lower())
+        if match:
+            problem = family.check(match)
+            if problem:
+                raise InputError(f"invalid architecture {name!r}: {problem}; valid form: {family.form}")
+            return family, match
+    raise InputError(f"invalid architecture {name!r}; valid forms: {_valid_forms()}")
+
+
+def build_model(name: str, options: ModelOptions | None = None) -> CascadeModel:
+    """Build the model named ``name`` (e.g. ``d3c5``) with ``options``; the model records both."""
+    options = options or ModelOptions()
+    family, match = parse_architecture(name)
+    model = family.build(match, options)
+    model.arch = name.strip().lower()
+    model.options = options
+    return model
+
+
+def count_parameters(name: str, options: ModelOptions | None = None) -> int:
+    return build_model(name, options).num_parameters()
+
+
+__all__ = [
+    "ARCHITECTURES",
+    "DCCNN",
+    "ArchitectureFamily",
+    "CNNBlock",
+    "Cascade",
+    "CascadeModel",
+    "FeatureRecorder",
+    "ModelOptions",
+    "ReconOutput",
+    "build_model",
+    "count_parameters",
+    "parse_architecture",
+]

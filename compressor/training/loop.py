@@ -1,0 +1,159 @@
+"""The one training loop: epochs of an :class:`~compressor.training.objectives.Objective`, validated every
+epoch, checkpointed atomically, resumable after a kill at any moment with identical results (CPU, fixed seed).
+
+Determinism: parameters are initialised by the caller under a fixed seed; each epoch's shuffling uses a
+generator seeded from ``(seed, epoch)``, so a resumed run sees the same batches as an uninterrupted one.
+Checkpoint order per epoch: ``last`` weights, ``best`` weights (if improved), ``history.json``, then
+``checkpoint.pt`` last, as the commit point; an epoch whose checkpoint was not written is redone.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from compressor.data.sample import Sample
+from compressor.io import save_json
+from compressor.training.checkpoint import load_state, save_state, save_weights
+from compressor.training.objectives import Objective, Phase, reconstruct
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    batch_size: int
+    lr: float
+    lr_step: int | None
+    lr_gamma: float
+    seed: int
+    device: torch.device
+    amp: bool = False
+    num_workers: int = 0
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_val_loss: float
+    history: list[dict]
+    seconds: float
+    resumed_from: int
+
+
+def to_device(batch: Sample, device: torch.device) -> Sample:
+    return Sample(*(f.to(device, non_blocking=True) if torch.is_tensor(f) else f for f in batch))
+
+
+def make_loader(dataset: Dataset, settings: TrainSettings, shuffle: bool, epoch: int = 0) -> DataLoader:
+    generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + epoch)
+    return DataLoader(dataset, batch_size=settings.batch_size, shuffle=shuffle, generator=generator,
+                      num_workers=settings.num_workers, drop_last=False)
+
+
+def autocast(settings: TrainSettings):
+    """bfloat16 autocast for the convolutions on CUDA when ``amp`` is on; the DF casts back to float32."""
+    if settings.amp and settings.device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def validation_l1(objective: Objective, dataset: Dataset, settings: TrainSettings) -> float:
+    """Mean over slices of the output model's L1 error (the paper's best-weight criterion)."""
+    model = objective.output_model.eval()
+    total, count = 0.0, 0
+    for batch in make_loader(dataset, settings, shuffle=False):
+        batch = to_device(batch, settings.device)
+        with autocast(settings):
+            output = reconstruct(model, batch)
+        per_slice = F.l1_loss(output.float(), batch.target, reduction="none").mean(dim=(1, 2, 3))
+        total += per_slice.sum().item()
+        count += per_slice.numel()
+    return total / max(count, 1)
+
+
+def _optimizer(objective: Objective, phase: Phase, settings: TrainSettings):
+    optimizer = torch.optim.Adam(objective.trainable(), lr=settings.lr)
+    step = settings.lr_step or 10**9
+    return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=settings.lr_gamma)
+
+
+def train_stage(objective: Objective, phases: Sequence[Phase], train_data: Dataset, val_data: Dataset,
+                settings: TrainSettings, stage_dir: Path, label: str,
+                log: Callable[[str], None] = print) -> TrainResult:
+    """Train ``objective`` through ``phases``, writing weights, history and resume state into ``stage_dir``."""
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    models = {"model": objective.output_model, **objective.saved_models()}
+    state = load_state(stage_dir / CHECKPOINT) if (stage_dir / CHECKPOINT).is_file() else None
+    history: list[dict] = list(state["history"]) if state else []
+    best_val = float(state["best_val"]) if state else math.inf
+    best_epoch = int(state["best_epoch"]) if state else -1
+    resumed_from = len(history)
+    if state:
+        for name, module in models.items():
+            module.load_state_dict(state["models"][name])
+        log(f"{label}: resuming after epoch {resumed_from} of {sum(p.epochs for p in phases)}")
+    total_epochs = sum(p.epochs for p in phases)
+    started = time.perf_counter()
+    bar = tqdm(total=total_epochs, initial=resumed_from, desc=label, unit="epoch", disable=not settings.progress,
+               dynamic_ncols=True, leave=True)
+    global_epoch = 0
+    for phase_index, phase in enumerate(phases):
+        phase_start = global_epoch
+        global_epoch += phase.epochs
+        if global_epoch <= resumed_from:
+            continue
+        objective.start_phase(phase)
+        optimizer, scheduler = _optimizer(objective, phase, settings)
+        if state and state["phase"] == phase_index:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        for epoch in range(max(resumed_from, phase_start), global_epoch):
+            tick = time.perf_counter()
+            objective.train_mode()
+            sums: dict[str, float] = {}
+            batches = 0
+            for batch in make_loader(train_data, settings, shuffle=True, epoch=epoch):
+                batch = to_device(batch, settings.device)
+                with autocast(settings):
+                    terms = objective.loss(batch)
+                optimizer.zero_grad(set_to_none=True)
+                terms.total.backward()
+                optimizer.step()
+                sums["loss"] = sums.get("loss", 0.0) + terms.total.item()
+                for name, value in terms.logged.items():
+                    sums[name] = sums.get(name, 0.0) + value
+                batches += 1
+            scheduler.step()
+            val = validation_l1(objective, val_data, settings)
+            record = {"epoch": epoch + 1, "phase": phase.name, "train_loss": sums.pop("loss") / batches,
+                      "val_loss": val, "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - tick,
+                      "terms": {k: v / batches for k, v in sums.items()}}
+            history.append(record)
+            save_weights(stage_dir / "last.safetensors", objective.output_model)
+            if val < best_val:
+                best_val, best_epoch = val, epoch + 1
+                for name, module in models.items():
+                    save_weights(stage_dir / ("best.safetensors" if name == "model" else f"best_{name}.safetensors"),
+                                 module)
+            save_json(stage_dir / "history.json", history)
+            save_state(stage_dir / CHECKPOINT, {
+                "phase": phase_index, "history": history, "best_val": best_val, "best_epoch": best_epoch,
+                "models": {name: module.state_dict() for name, module in models.items()},
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            })
+            bar.set_postfix(loss=f"{record['train_loss']:.4g}", val=f"{val:.4g}", phase=phase.name)
+            bar.update(1)
+    bar.close()
+    return TrainResult(best_epoch, best_val, history, time.perf_counter() - started, resumed_from)

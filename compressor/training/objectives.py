@@ -1,0 +1,204 @@
+"""What each stage optimises. One training loop (:mod:`compressor.training.loop`) runs any of these.
+
+An :class:`Objective` names the modules it trains, the model whose validation L1 picks the best epoch
+(``output_model``), any extra models saved with it, and computes :class:`BatchLoss` for a batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compressor.data.sample import Sample
+from compressor.kd import CascadeFeatures, CompositeLoss, DistillationLoss, cascade_features, tap_module_paths
+from compressor.models import CascadeModel, FeatureRecorder
+
+
+@dataclass
+class BatchLoss:
+    """A batch's total loss (to minimise) and the named values the loop logs for it."""
+
+    total: torch.Tensor
+    logged: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A run of epochs with one optimizer. ``rec_weight``/``kd_weight`` scale the distillation objective's two
+    terms (ignored by the other objectives); ``pretraining`` trains only a KD loss's own modules."""
+
+    name: str
+    epochs: int
+    rec_weight: float = 1.0
+    kd_weight: float = 1.0
+    pretraining: bool = False
+
+
+class Objective(Protocol):
+    output_model: CascadeModel
+
+    def start_phase(self, phase: Phase) -> None: ...
+
+    def trainable(self) -> list[nn.Parameter]: ...
+
+    def saved_models(self) -> dict[str, nn.Module]: ...
+
+    def train_mode(self) -> None: ...
+
+    def loss(self, batch: Sample) -> BatchLoss: ...
+
+
+def reconstruct(model: CascadeModel, batch: Sample) -> torch.Tensor:
+    return model(batch.zero_filled, batch.kspace, batch.mask)
+
+
+class Supervised:
+    """Stages 1 and 2 (teacher alone, student alone): ``L1(model(x_u), x)``."""
+
+    def __init__(self, model: CascadeModel):
+        self.output_model = model
+
+    def start_phase(self, phase: Phase) -> None:
+        """One phase only: nothing to switch."""
+
+    def trainable(self) -> list[nn.Parameter]:
+        return list(self.output_model.parameters())
+
+    def saved_models(self) -> dict[str, nn.Module]:
+        return {}
+
+    def train_mode(self) -> None:
+        self.output_model.train()
+
+    def loss(self, batch: Sample) -> BatchLoss:
+        l1 = F.l1_loss(reconstruct(self.output_model, batch), batch.target)
+        return BatchLoss(l1, {"l1": l1.item()})
+
+
+@dataclass(frozen=True)
+class SFTWeights:
+    teacher: float = 1.0
+    student: float = 1.0
+    imitation: float = 1.0
+    imitation_per_pixel: bool = False
+
+
+class StudentFriendlyTeacher:
+    """Stage 4: the teacher trained jointly with unfolded student branches (Algorithm 1, step 1).
+
+    With teacher cascades ``T_1..T_N`` and student cascades ``S_1..S_N`` (shared between branches), branch ``i``
+    (``i = 1..N-1``) feeds the teacher's cascade-``i`` output into ``S_{i+1} → … → S_N``. The loss is eqs. (3)-(5):
+
+    ``w_T·||x − x_T||_1 + w_S·(1/(N−1))·Σ_i ||x − x_{S,i}||_1 + w_I·(1/(N−1))·Σ_i ||x_T − x_{S,i}||_1``
+
+    with ``||·||_1`` the mean absolute error. ``S_1`` is in no branch and receives no gradient. The imitation term
+    back-propagates into both the teacher and the branch (eq. 5 names no stop-gradient). ``imitation_per_pixel``
+    divides it by ``H·W`` as the authors' code did.
+    """
+
+    def __init__(self, teacher: CascadeModel, student: CascadeModel, weights: SFTWeights):
+        if teacher.n_cascades != student.n_cascades:
+            raise ValueError(f"SFT needs equal cascade counts, got {teacher.n_cascades} and {student.n_cascades}")
+        self.output_model = teacher
+        self.student_branches = student
+        self.weights = weights
+
+    def start_phase(self, phase: Phase) -> None:
+        """One phase only: nothing to switch."""
+
+    def trainable(self) -> list[nn.Parameter]:
+        return list(self.output_model.parameters()) + list(self.student_branches.parameters())
+
+    def saved_models(self) -> dict[str, nn.Module]:
+        return {"student_branches": self.student_branches}
+
+    def train_mode(self) -> None:
+        self.output_model.train()
+        self.student_branches.train()
+
+    def branch_outputs(self, batch: Sample) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Teacher output and the outputs of branches ``i = 1..N-1`` (teacher cascade ``i`` → ``S_{i+1}..S_N``)."""
+        teacher_run = self.output_model.run_cascades(batch.zero_filled, batch.kspace, batch.mask)
+        branches = [
+            self.student_branches.run_cascades(teacher_run.cascade_outputs[i - 1], batch.kspace, batch.mask,
+                                               start=i).image
+            for i in range(1, self.output_model.n_cascades)
+        ]
+        return teacher_run.image, branches
+
+    def loss(self, batch: Sample) -> BatchLoss:
+        teacher_image, branches = self.branch_outputs(batch)
+        teacher_rec = F.l1_loss(teacher_image, batch.target)
+        student_rec = torch.stack([F.l1_loss(b, batch.target) for b in branches]).mean()
+        imitation = torch.stack([F.l1_loss(b, teacher_image) for b in branches]).mean()
+        if self.weights.imitation_per_pixel:
+            imitation = imitation / batch.target[0, 0].numel()
+        w = self.weights
+        total = w.teacher * teacher_rec + w.student * student_rec + w.imitation * imitation
+        return BatchLoss(total, {"teacher_l1": teacher_rec.item(), "student_l1": student_rec.item(),
+                                 "imitation": imitation.item()})
+
+
+def record_features(model: CascadeModel, batch: Sample, taps: set[str]) -> list[CascadeFeatures]:
+    """Run ``model`` on ``batch`` and collect, per cascade, the feature taps a distillation loss asked for."""
+    with FeatureRecorder(model, tap_module_paths(model, taps)) as recorder:
+        run = model.run_cascades(batch.zero_filled, batch.kspace, batch.mask)
+    return cascade_features(model, recorder.features, run, taps)
+
+
+class Distillation:
+    """Stages 3 and 5: ``w_rec·L1(student, x) + w_kd·L_KD(student features, teacher features)``.
+
+    The teacher is frozen (eval mode, no gradient). The weights are set per phase: the paper's joint schedule
+    uses ``(1, w)`` throughout; a KD-loss-only phase (the authors' two-phase schedule, FSP's initialisation)
+    uses ``(0, w)`` and the authors' fine-tuning phase ``(1, 0)``; a loss's own pre-training (FT's paraphraser)
+    trains only the loss's modules on teacher features.
+    """
+
+    def __init__(self, student: CascadeModel, teacher: CascadeModel, kd_loss: DistillationLoss, kd_weight: float):
+        self.output_model = student
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.kd_loss = kd_loss
+        self.kd_weight = kd_weight
+        self.pretraining = False
+        self.composite = self._composite(Phase("joint", 1))
+
+    def _composite(self, phase: Phase) -> CompositeLoss:
+        return CompositeLoss({"l1": (phase.rec_weight, nn.L1Loss()),
+                              self.kd_loss.name: (self.kd_weight * phase.kd_weight, self.kd_loss)})
+
+    def start_phase(self, phase: Phase) -> None:
+        self.composite = self._composite(phase)
+        self.pretraining = phase.pretraining
+
+    def trainable(self) -> list[nn.Parameter]:
+        if self.pretraining:
+            return list(self.kd_loss.pretrain_parameters())
+        return list(self.output_model.parameters()) + list(self.kd_loss.trainable_parameters())
+
+    def saved_models(self) -> dict[str, nn.Module]:
+        return {"kd_loss": self.kd_loss} if any(True for _ in self.kd_loss.parameters()) else {}
+
+    def train_mode(self) -> None:
+        self.output_model.train()
+        self.kd_loss.train()
+
+    def loss(self, batch: Sample) -> BatchLoss:
+        taps = self.kd_loss.required_taps()
+        with torch.no_grad():
+            teacher_features = record_features(self.teacher, batch, taps)
+        if self.pretraining:
+            pretrain = self.kd_loss.pretrain_loss(teacher_features)
+            return BatchLoss(pretrain, {"pretrain": pretrain.item()})
+        student_features = record_features(self.output_model, batch, taps)
+        name = self.kd_loss.name
+        terms = self.composite(l1=(student_features[-1].output, batch.target),
+                               **{name: (student_features, teacher_features)})
+        logged = {"l1": terms.terms["l1"].item(), name: terms.weighted(name).item()}
+        if terms.weights["l1"] and terms.weights[name]:
+            logged["kd_to_l1"] = terms.ratio(name, "l1")
+        return BatchLoss(terms.total, logged)

@@ -1,0 +1,86 @@
+"""Rebuild every table and figure of a run directory without retraining (``compress report``; ``compress`` runs
+it at its end).
+
+Tables go to ``<out_dir>/<name>.md|.tex|.csv`` (by format), figures to ``<out_dir>/<name>.png``; ``out_dir``
+defaults to ``<run>/report``. Every file is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+from compressor.errors import InputError
+from compressor.io import atomic_path
+from evaluate.figures import FigureOutcome, box_plots, loss_curves, psnr_vs_latency, qualitative_panel
+from evaluate.rundir import RunData, load_run
+from evaluate.tables import FORMATS, TABLE_BUILDERS, render
+
+REPORT_DIR = "report"
+FIGURE_BUILDERS: dict[str, Callable[[RunData, Path], FigureOutcome]] = {
+    "fig3_qualitative": qualitative_panel,
+    "psnr_vs_latency": psnr_vs_latency,
+    "fig4b_loss_curves": loss_curves,
+    "fig4a_box_plots": box_plots,
+}
+
+
+class Report(NamedTuple):
+    """What :func:`build_report` produced.
+
+    Attributes:
+        tables: rendered text of each table by name (``table1``, ``table3``, ``table5``, ``table8``, ``headline``).
+        files: every file written, tables first.
+        notes: why a figure was skipped (e.g. no ``benchmark.json``).
+        seconds: wall time of the whole report.
+    """
+
+    tables: dict[str, str]
+    files: list[Path]
+    notes: list[str]
+    seconds: float
+
+
+def build_report(
+    run_dir: Path,
+    fmt: str = "github",
+    out_dir: Path | None = None,
+    figures: bool = True,
+    ssim_convention: str = "standard",
+    split: str | None = None,
+) -> Report:
+    """Render every table (and figure) of ``run_dir`` into ``out_dir``.
+
+    Args:
+        run_dir: a run directory (it must contain ``results.json``).
+        fmt: table format, ``github``, ``latex`` or ``csv``.
+        out_dir: where to write (default ``<run_dir>/report``).
+        figures: also draw the figures.
+        ssim_convention: ``standard`` or ``authors`` (SSIM as the paper's code computed it).
+        split: the split to report (default: the one that selected the best weights).
+
+    Raises:
+        InputError: not a run directory, a malformed file in it, or an unknown format.
+    """
+    started = time.perf_counter()
+    if fmt not in FORMATS:
+        raise InputError(f"unknown table format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    run = load_run(Path(run_dir), split=split, ssim_convention=ssim_convention)
+    out_dir = Path(out_dir) if out_dir is not None else Path(run_dir) / REPORT_DIR
+    tables, files, notes = {}, [], []
+    for name, build in TABLE_BUILDERS.items():
+        tables[name] = render(build(run), fmt)
+        path = out_dir / f"{name}.{FORMATS[fmt]}"
+        with atomic_path(path) as temporary:
+            temporary.write_text(tables[name])
+        files.append(path)
+    if figures:
+        for name, draw in FIGURE_BUILDERS.items():
+            outcome = draw(run, out_dir / f"{name}.png")
+            if outcome.path is not None:
+                files.append(outcome.path)
+            else:
+                notes.append(f"{name}: {outcome.note}")
+    return Report(tables=tables, files=files, notes=notes, seconds=time.perf_counter() - started)

@@ -1,0 +1,427 @@
+"""Reading a run directory written by ``compress`` (layout and schema: ``docs/run-directory.md``).
+
+:func:`load_run` reads ``results.json`` and ``benchmark.json`` eagerly; per-slice metrics, training histories and
+reconstructions are read on first use and cached. A metric missing from a stage's ``metrics_<split>.json`` (or
+SSIM in the authors' convention, which the pipeline does not store) is computed from its
+``reconstructions_<split>.h5``; a model with neither is *missing* (``None``), never zero.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import h5py
+import numpy as np
+
+from compressor.errors import InputError
+from evaluate.metrics import METRICS, SSIM_CONVENTIONS, slice_metrics
+from evaluate.stats import ALPHA, Comparison, Summary, summarise, wilcoxon_test
+
+RESULTS_FILE = "results.json"
+BENCHMARK_FILE = "benchmark.json"
+HISTORY_FILE = "history.json"
+SCHEMA_VERSION = 1
+ROLES = ("zero_filled", "teacher", "student", "std_kd", "sft_teacher", "sft_kd", "sft_kd_random")
+KD_ROLES = ("std_kd", "sft_kd", "sft_kd_random")
+STUDENT_ROLES = ("student", *KD_ROLES)
+RECONSTRUCTION_DATASETS = ("reconstruction", "target", "zero_filled", "volume", "slice_index")
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """One entry of ``results.json``'s ``models`` list; paths are absolute (resolved against the run directory).
+
+    ``reported`` holds the mean ± std that ``results.json`` states (PSNR, SSIM), used only when the per-slice
+    values cannot be read.
+    """
+
+    name: str
+    role: str
+    arch: str | None
+    method: str | None
+    acceleration: float
+    split: str
+    parameters: int | None
+    compression: float | None
+    reported: dict[str, Summary]
+    stage_dir: Path | None
+    metrics_file: Path | None
+    reconstructions_file: Path | None
+
+
+class RecordKey(NamedTuple):
+    """Identifies a record in caches: display names alone can repeat (e.g. one SFT teacher per student)."""
+
+    name: str
+    stage_dir: Path | None
+
+
+def record_key(record: ModelRecord) -> RecordKey:
+    return RecordKey(record.name, record.stage_dir)
+
+
+class SliceValues(NamedTuple):
+    """One metric for every slice of a split; slices are identified by ``(volume, slice_index)``."""
+
+    volume: tuple[str, ...]
+    slice_index: tuple[int, ...]
+    values: np.ndarray
+
+
+class Reconstructions(NamedTuple):
+    """A model's images for a split, ``(S, H, W)`` float64 in normalised units, and the slice identities."""
+
+    reconstruction: np.ndarray
+    target: np.ndarray
+    volume: tuple[str, ...]
+    slice_index: tuple[int, ...]
+
+
+class HistoryEntry(NamedTuple):
+    """One epoch of ``history.json``; a loss that was not recorded is NaN."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+
+
+class BenchmarkEntry(NamedTuple):
+    """One model of ``benchmark.json``: ONNX Runtime latency per slice (median and 90th percentile, ms)."""
+
+    arch: str
+    role: str
+    parameters: int | None
+    latency_ms: float | None
+    latency_p90_ms: float | None
+
+
+class Benchmark(NamedTuple):
+    """``benchmark.json``: how latency was measured and one entry per exported model."""
+
+    provider: str
+    threads: int | None
+    entries: tuple[BenchmarkEntry, ...]
+
+    def latency_ms(self, arch: str | None) -> float | None:
+        """Median latency of the first entry with this architecture (all roles of an arch run the same graph)."""
+        for entry in self.entries:
+            if entry.arch == arch and entry.latency_ms is not None:
+                return entry.latency_ms
+        return None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError("file not found", path) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"not valid JSON ({error})", path) from None
+
+
+def _optional_number(value: Any, path: Path, key: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"expected a number or null, got {value!r}", path, key)
+    return float(value)
+
+
+def _optional_path(run_dir: Path, value: Any, path: Path, key: str) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InputError(f"expected a path relative to the run directory, got {value!r}", path, key)
+    return run_dir / value
+
+
+def _reported_summaries(entry: dict[str, Any], path: Path, key: str) -> dict[str, Summary]:
+    reported = {}
+    for metric in ("psnr", "ssim"):
+        stated = entry.get(metric)
+        if stated is None:
+            continue
+        if not isinstance(stated, dict) or "mean" not in stated:
+            raise InputError('expected {"mean": ..., "std": ...}', path, f"{key}.{metric}")
+        mean = _optional_number(stated["mean"], path, f"{key}.{metric}.mean")
+        std = _optional_number(stated.get("std"), path, f"{key}.{metric}.std")
+        if mean is not None:
+            reported[metric] = Summary(mean=mean, std=float("nan") if std is None else std, n=0)
+    return reported
+
+
+def _parse_record(run_dir: Path, entry: Any, default_split: str, path: Path, index: int) -> ModelRecord:
+    key = f"models[{index}]"
+    if not isinstance(entry, dict):
+        raise InputError("expected an object", path, key)
+    for required in ("name", "role", "acceleration"):
+        if required not in entry:
+            raise InputError(f"missing key {required!r}", path, key)
+    if entry["role"] not in ROLES:
+        raise InputError(f"unknown role {entry['role']!r}; valid roles: {', '.join(ROLES)}", path, f"{key}.role")
+    acceleration = _optional_number(entry["acceleration"], path, f"{key}.acceleration")
+    if acceleration is None:
+        raise InputError("acceleration must be a number", path, f"{key}.acceleration")
+    parameters = _optional_number(entry.get("parameters"), path, f"{key}.parameters")
+    return ModelRecord(
+        name=str(entry["name"]),
+        role=entry["role"],
+        arch=entry.get("arch"),
+        method=entry.get("method"),
+        acceleration=acceleration,
+        split=str(entry.get("split", default_split)),
+        parameters=None if parameters is None else int(parameters),
+        compression=_optional_number(entry.get("compression"), path, f"{key}.compression"),
+        reported=_reported_summaries(entry, path, key),
+        stage_dir=_optional_path(run_dir, entry.get("stage_dir"), path, f"{key}.stage_dir"),
+        metrics_file=_optional_path(run_dir, entry.get("metrics_file"), path, f"{key}.metrics_file"),
+        reconstructions_file=_optional_path(
+            run_dir, entry.get("reconstructions_file"), path, f"{key}.reconstructions_file"
+        ),
+    )
+
+
+def _load_benchmark(path: Path) -> Benchmark | None:
+    if not path.is_file():
+        return None
+    raw = _read_json(path)
+    if not isinstance(raw, dict) or not isinstance(raw.get("models"), list):
+        raise InputError("expected an object with a 'models' list", path)
+    entries = []
+    for index, model in enumerate(raw["models"]):
+        key = f"models[{index}]"
+        if not isinstance(model, dict) or not isinstance(model.get("arch"), str):
+            raise InputError("expected an object with an 'arch' string", path, key)
+        parameters = _optional_number(model.get("parameters"), path, f"{key}.parameters")
+        entries.append(
+            BenchmarkEntry(
+                arch=model["arch"],
+                role=str(model.get("role", "")),
+                parameters=None if parameters is None else int(parameters),
+                latency_ms=_optional_number(model.get("ort_ms_median"), path, f"{key}.ort_ms_median"),
+                latency_p90_ms=_optional_number(model.get("ort_ms_p90"), path, f"{key}.ort_ms_p90"),
+            )
+        )
+    threads = _optional_number(raw.get("threads"), path, "threads")
+    return Benchmark(
+        provider=str(raw.get("provider", "unknown")),
+        threads=None if threads is None else int(threads),
+        entries=tuple(entries),
+    )
+
+
+def _read_reconstructions(path: Path, image_key: str) -> Reconstructions:
+    """Read ``image_key`` (``reconstruction`` or ``zero_filled``), the target and the slice identities."""
+    try:
+        with h5py.File(path, "r") as handle:
+            for key in RECONSTRUCTION_DATASETS:
+                if key not in handle:
+                    raise InputError("missing dataset", path, key)
+            images = np.asarray(handle[image_key], dtype=np.float64)
+            target = np.asarray(handle["target"], dtype=np.float64)
+            volume = tuple(v.decode() if isinstance(v, bytes) else str(v) for v in handle["volume"][()])
+            slice_index = tuple(int(i) for i in handle["slice_index"][()])
+    except OSError as error:
+        raise InputError(f"not a readable HDF5 file ({error})", path) from None
+    if images.ndim != 3 or images.shape != target.shape or len(volume) != images.shape[0]:
+        raise InputError(f"expected (S, H, W) images with S volume names, got {images.shape}", path, image_key)
+    return Reconstructions(reconstruction=images, target=target, volume=volume, slice_index=slice_index)
+
+
+def _paired(first: SliceValues, second: SliceValues) -> tuple[np.ndarray, np.ndarray]:
+    """The values of the slices present in both, in ``second``'s order."""
+    position = {key: index for index, key in enumerate(zip(first.volume, first.slice_index))}
+    common = [(position[key], index) for index, key in enumerate(zip(second.volume, second.slice_index))
+              if key in position]
+    first_index = np.array([pair[0] for pair in common], dtype=int)
+    second_index = np.array([pair[1] for pair in common], dtype=int)
+    return first.values[first_index], second.values[second_index]
+
+
+@dataclass
+class RunData:
+    """A run directory's results for one split, with lazily read per-slice data.
+
+    Attributes:
+        run_dir: the run directory.
+        split: the split every query answers for (default: ``results.json``'s ``split``).
+        teacher_arch: the teacher architecture named in ``results.json``.
+        records: the models of ``split``, in ``results.json`` order.
+        benchmark: ``benchmark.json`` or ``None``.
+        ssim_convention: ``standard`` or ``authors``; what :meth:`slice_values` returns for ``ssim``.
+    """
+
+    run_dir: Path
+    split: str
+    teacher_arch: str | None
+    records: tuple[ModelRecord, ...]
+    benchmark: Benchmark | None
+    ssim_convention: str = "standard"
+    _slice_values: dict[tuple[RecordKey, str], SliceValues | None] = field(default_factory=dict, repr=False)
+    _metric_files: dict[Path, dict[str, Any]] = field(default_factory=dict, repr=False)
+    _reconstructions: dict[RecordKey, Reconstructions | None] = field(default_factory=dict, repr=False)
+
+    def accelerations(self) -> list[float]:
+        """The accelerations present, ascending."""
+        return sorted({record.acceleration for record in self.records})
+
+    def methods(self) -> list[str]:
+        """KD methods in order of first appearance."""
+        return list(dict.fromkeys(r.method for r in self.records if r.role in KD_ROLES and r.method))
+
+    def student_archs(self) -> list[str]:
+        """Student architectures in order of first appearance."""
+        return list(dict.fromkeys(r.arch for r in self.records if r.role in STUDENT_ROLES and r.arch))
+
+    @property
+    def primary_student(self) -> str | None:
+        """The student of Tables 1, 3, 5 and the figures: the first one in ``results.json``."""
+        archs = self.student_archs()
+        return archs[0] if archs else None
+
+    def find(
+        self, role: str, acceleration: float, method: str | None = None, arch: str | None = None
+    ) -> ModelRecord | None:
+        """The first record with this role and acceleration (and method/arch when given), or ``None``."""
+        for record in self.records:
+            if (record.role == role and record.acceleration == acceleration
+                    and (method is None or record.method == method) and (arch is None or record.arch == arch)):
+                return record
+        return None
+
+    def reconstructions(self, record: ModelRecord) -> Reconstructions | None:
+        """The record's images (for ``zero_filled``: the zero-filled images stored beside any stage's output)."""
+        key = record_key(record)
+        if key not in self._reconstructions:
+            self._reconstructions[key] = self._load_reconstructions(record)
+        return self._reconstructions[key]
+
+    def _load_reconstructions(self, record: ModelRecord) -> Reconstructions | None:
+        if record.role != "zero_filled":
+            path = record.reconstructions_file
+            return _read_reconstructions(path, "reconstruction") if path and path.is_file() else None
+        for other in self.records:
+            path = other.reconstructions_file
+            if other.acceleration == record.acceleration and path is not None and path.is_file():
+                return _read_reconstructions(path, "zero_filled")
+        return None
+
+    def slice_values(self, record: ModelRecord | None, metric: str) -> SliceValues | None:
+        """Per-slice values of ``metric`` for ``record``: from its metrics file, else computed from its images."""
+        if record is None:
+            return None
+        key = (record_key(record), metric)
+        if key not in self._slice_values:
+            self._slice_values[key] = self._load_slice_values(record, METRICS.get(metric).name)
+        return self._slice_values[key]
+
+    def _load_slice_values(self, record: ModelRecord, metric: str) -> SliceValues | None:
+        stored = not (metric == "ssim" and self.ssim_convention == "authors")
+        path = record.metrics_file
+        if stored and path is not None and path.is_file():
+            table = self._metrics_table(path)
+            if metric in table:
+                values = np.asarray(table[metric], dtype=np.float64)
+                if values.shape != (len(table["volume"]),) or np.any(np.isnan(values)):
+                    raise InputError("expected one non-NaN value per slice", path, metric)
+                return SliceValues(tuple(map(str, table["volume"])), tuple(map(int, table["slice_index"])), values)
+        images = self.reconstructions(record)
+        if images is None:
+            return None
+        source = record.reconstructions_file or self.run_dir
+        try:
+            values = slice_metrics(images.reconstruction, images.target, (metric,), self.ssim_convention)[metric]
+        except InputError as error:
+            raise InputError(str(error), source) from None
+        return SliceValues(images.volume, images.slice_index, values)
+
+    def _metrics_table(self, path: Path) -> dict[str, Any]:
+        if path not in self._metric_files:
+            table = _read_json(path)
+            if not isinstance(table, dict):
+                raise InputError("expected an object of per-slice lists", path)
+            for key in ("volume", "slice_index"):
+                if not isinstance(table.get(key), list):
+                    raise InputError("missing per-slice list", path, key)
+            if len(table["volume"]) != len(table["slice_index"]):
+                raise InputError("'volume' and 'slice_index' differ in length", path, "slice_index")
+            self._metric_files[path] = table
+        return self._metric_files[path]
+
+    def summary(self, record: ModelRecord | None, metric: str) -> Summary | None:
+        """Mean ± std of ``metric`` over the split's slices, or ``None`` when the model or its values are missing."""
+        values = self.slice_values(record, metric)
+        if values is not None:
+            return summarise(values.values)
+        if record is None or (metric == "ssim" and self.ssim_convention == "authors"):
+            return None
+        return record.reported.get(metric)
+
+    def compare(
+        self, first: ModelRecord | None, second: ModelRecord | None, metric: str, alpha: float = ALPHA
+    ) -> Comparison | None:
+        """Wilcoxon signed-rank test of ``second`` against ``first`` on the slices both have, or ``None``."""
+        first_values, second_values = self.slice_values(first, metric), self.slice_values(second, metric)
+        if first_values is None or second_values is None:
+            return None
+        a, b = _paired(first_values, second_values)
+        return wilcoxon_test(a, b, alpha) if a.size else None
+
+    def history(self, record: ModelRecord | None) -> list[HistoryEntry] | None:
+        """The stage's per-epoch losses from ``history.json``, or ``None`` when absent."""
+        if record is None or record.stage_dir is None or not (record.stage_dir / HISTORY_FILE).is_file():
+            return None
+        path = record.stage_dir / HISTORY_FILE
+        raw = _read_json(path)
+        if not isinstance(raw, list):
+            raise InputError("expected a list of epochs", path)
+        entries = []
+        for index, epoch in enumerate(raw):
+            if not isinstance(epoch, dict) or "epoch" not in epoch:
+                raise InputError("expected an object with 'epoch'", path, f"[{index}]")
+            losses = [_optional_number(epoch.get(key), path, f"[{index}].{key}") for key in ("train_loss", "val_loss")]
+            train_loss, val_loss = (float("nan") if loss is None else loss for loss in losses)
+            entries.append(HistoryEntry(epoch=int(epoch["epoch"]), train_loss=train_loss, val_loss=val_loss))
+        return entries
+
+
+def load_run(run_dir: Path, split: str | None = None, ssim_convention: str = "standard") -> RunData:
+    """Read a run directory's ``results.json`` (and ``benchmark.json`` when present).
+
+    Args:
+        run_dir: the directory ``compress --out`` wrote.
+        split: the split to report (default: the one ``results.json`` names, i.e. validation).
+        ssim_convention: ``standard`` or ``authors`` (see :func:`evaluate.metrics.ssim`).
+
+    Raises:
+        InputError: the directory has no ``results.json``, or it does not follow the schema.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / RESULTS_FILE
+    if not path.is_file():
+        raise InputError(f"not a run directory: no {RESULTS_FILE}", run_dir)
+    if ssim_convention not in SSIM_CONVENTIONS:
+        raise InputError(f"unknown SSIM convention {ssim_convention!r}; valid: {', '.join(SSIM_CONVENTIONS)}")
+    raw = _read_json(path)
+    if not isinstance(raw, dict) or not isinstance(raw.get("models"), list):
+        raise InputError("expected an object with a 'models' list", path)
+    if raw.get("schema") != SCHEMA_VERSION:
+        raise InputError(f"unsupported schema {raw.get('schema')!r}; this tool reads {SCHEMA_VERSION}", path, "schema")
+    default_split = str(raw.get("split", "validation"))
+    records = [_parse_record(run_dir, entry, default_split, path, i) for i, entry in enumerate(raw["models"])]
+    chosen = split or default_split
+    selected = tuple(record for record in records if record.split == chosen)
+    if records and not selected:
+        present = ", ".join(sorted({record.split for record in records}))
+        raise InputError(f"no models for split {chosen!r}; splits present: {present}", path)
+    return RunData(
+        run_dir=run_dir,
+        split=chosen,
+        teacher_arch=raw.get("teacher"),
+        records=selected,
+        benchmark=_load_benchmark(run_dir / BENCHMARK_FILE),
+        ssim_convention=ssim_convention,
+    )

@@ -1,0 +1,452 @@
+"""Latency benchmark: ONNX Runtime (exported graph with DF) against PyTorch eager (``torch.fft`` DF, the paper's
+formulation), across model sizes, in the shape of the paper's Table 8.
+
+Method (these machines are noisy, so the runtimes are timed *interleaved*):
+
+* every model gets the same input, one slice of a phantom undersampled with the mask, batch 1;
+* per iteration one call of each: ORT full graph, PyTorch eager, ORT graph with the DF removed (blocks only);
+  ``warmup`` iterations are discarded, then ``iterations`` (≥ 30) are kept; medians and 90th percentiles;
+* same thread count on both sides (``torch.set_num_threads`` and ORT ``intra_op_num_threads``), ORT thread
+  spinning off; PyTorch under ``torch.inference_mode``;
+* the PyTorch time covers the model's forward on already normalised inputs, the ORT time the whole graph
+  (masking, zero filling and normalisation included), so the comparison is conservative for ORT;
+* DF share ``= 1 - t(blocks only) / t(full graph)`` in ORT;
+* throughput: slices per second at batch 16 (median of a few calls).
+
+A model is timed once per architecture (latency does not depend on the weights); trained models of the same
+architecture share that timing and add their PSNR/SSIM.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from compressor.data.dataset import normalise_kspace
+from compressor.io import atomic_path, load_json, save_json
+from compressor.masks import SamplingMask
+from compressor.models import ModelOptions, build_model
+from compressor.models.base import CascadeModel
+from compressor.physics import apply_mask, dft_matrix
+from export.graph import ScannerGraph
+from export.onnx_export import phantom_kspace, resolve_formulation, save_with_metadata, trace_graph
+from export.runtime import OUTPUT_NAMES, choose_provider, create_session, graph_feed
+
+MIN_ITERATIONS = 30
+THROUGHPUT_BATCH = 16
+THROUGHPUT_CALLS = 5
+DEFAULT_STUDENTS = ("d2c5", "d3c5", "d4c5")
+
+
+@dataclass
+class TrainedModel:
+    """A trained model to include in the table, with its validation metrics."""
+
+    model: CascadeModel
+    role: str
+    psnr: float | None = None
+    ssim: float | None = None
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A model to put in the table: a trained one (``trained`` set) or a randomly initialised architecture."""
+
+    name: str
+    role: str
+    model: CascadeModel
+    trained: TrainedModel | None
+
+
+@dataclass
+class ModelBenchmark:
+    """One row of the table (JSON keys of ``benchmark.json``; times in ms per slice at batch 1)."""
+
+    name: str
+    arch: str
+    role: str
+    parameters: int
+    compression: float
+    formulation: str
+    ort_ms_median: float
+    ort_ms_p90: float
+    torch_ms_median: float
+    torch_ms_p90: float
+    speedup: float
+    ort_throughput_b16: float
+    torch_throughput_b16: float
+    ort_no_df_ms_median: float
+    df_share: float
+    parity_max_abs_error: float
+    torch_cuda_ms_median: float | None = None
+    psnr: float | None = None
+    ssim: float | None = None
+
+
+@dataclass
+class BenchmarkResult:
+    """The whole benchmark; :meth:`to_json` is the ``benchmark.json`` schema."""
+
+    provider: str
+    threads: int
+    image_size: tuple[int, int]
+    iterations: int
+    warmup: int
+    models: list[ModelBenchmark] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"provider": self.provider, "threads": self.threads, "image_size": list(self.image_size),
+                "iterations": self.iterations, "warmup": self.warmup, "torch_version": torch.__version__,
+                "onnxruntime_version": ort.__version__, "models": [asdict(m) for m in self.models]}
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Median and 90th percentile of a list of durations, in ms."""
+
+    median: float
+    p90: float
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> Timing:
+        ms = np.asarray(seconds) * 1e3
+        return cls(float(np.median(ms)), float(np.percentile(ms, 90)))
+
+
+def timed(call: Callable[[], Any]) -> float:
+    """Wall seconds of one ``call()``."""
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+def interleaved_timings(calls: Mapping[str, Callable[[], Any]], iterations: int, warmup: int) -> dict[str, Timing]:
+    """Time the ``calls`` in turn, one call of each per iteration; the first ``warmup`` iterations are dropped."""
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for iteration in range(warmup + iterations):
+        for name, call in calls.items():
+            seconds = timed(call)
+            if iteration >= warmup:
+                samples[name].append(seconds)
+    return {name: Timing.of(values) for name, values in samples.items()}
+
+
+def export_for_timing(model: CascadeModel, mask: SamplingMask, formulation: str, folder: Path) -> Path:
+    """Export ``model`` with ``formulation`` (any of :data:`export.graph.FORMULATIONS`) without validation."""
+    line_axis = resolve_formulation("auto", mask).line_axis if formulation == "lines" else None
+    path = folder / f"{getattr(model, 'arch', 'model')}_{formulation}.onnx"
+    save_with_metadata(trace_graph(ScannerGraph(model, mask.shape, formulation, line_axis)), path, {})
+    return path
+
+
+class TorchEager:
+    """The model in PyTorch eager with its training DF (``torch.fft``) on normalised inputs, batch of slices."""
+
+    def __init__(self, model: CascadeModel, kspace: np.ndarray, mask: np.ndarray, device: str = "cpu"):
+        self.model = copy.deepcopy(model).to(device).eval()
+        self.device = device
+        self.mask = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None].to(device)
+        measured = torch.view_as_real(torch.from_numpy(np.asarray(kspace, dtype=np.complex64)))[:, None]
+        self.inputs = normalise_kspace(apply_mask(measured.to(device), self.mask))
+
+    @torch.inference_mode()
+    def __call__(self) -> torch.Tensor:
+        image = self.model(self.inputs.zero_filled, self.inputs.kspace, self.mask)
+        if self.device != "cpu":
+            torch.cuda.synchronize()
+        return image
+
+
+def throughput(call: Callable[[], Any], batch: int, calls: int = THROUGHPUT_CALLS) -> float:
+    """Slices per second of ``call`` on a batch of ``batch`` slices (median over ``calls`` after one warm-up)."""
+    call()
+    return batch / statistics.median(timed(call) for _ in range(calls))
+
+
+def cuda_latency(model: CascadeModel, kspace: np.ndarray, mask: np.ndarray, iterations: int,
+                 warmup: int) -> float | None:
+    """PyTorch eager latency on CUDA (ms, median), or ``None`` without a CUDA device."""
+    if not torch.cuda.is_available():
+        return None
+    run = TorchEager(model, kspace, mask, device="cuda")
+    return interleaved_timings({"cuda": run}, iterations, warmup)["cuda"].median
+
+
+def benchmark_architecture(model: CascadeModel, mask: SamplingMask, kspace: np.ndarray, provider: str, threads: int,
+                           iterations: int, warmup: int, folder: Path) -> dict[str, Any]:
+    """Time one architecture (see the module docstring); returns the timing fields of :class:`ModelBenchmark`."""
+    formulation = resolve_formulation("auto", mask).name
+    full = create_session(export_for_timing(model, mask, formulation, folder), provider, threads)
+    blocks = create_session(export_for_timing(model, mask, "none", folder), provider, threads)
+    single = graph_feed(kspace[:1], mask.values)
+    torch_single = TorchEager(model, kspace[:1], mask.values)
+    ort_image = full.run(list(OUTPUT_NAMES), single)[0]
+    parity = float(np.max(np.abs(ort_image - torch_single()[:, 0].numpy())))
+    timings = interleaved_timings({"ort": lambda: full.run(None, single), "torch": torch_single,
+                                   "blocks": lambda: blocks.run(None, single)}, iterations, warmup)
+    batch = np.repeat(kspace[:1], THROUGHPUT_BATCH, axis=0)
+    batch_feed = graph_feed(batch, mask.values)
+    torch_batch = TorchEager(model, batch, mask.values)
+    return {
+        "formulation": formulation,
+        "ort_ms_median": timings["ort"].median, "ort_ms_p90": timings["ort"].p90,
+        "torch_ms_median": timings["torch"].median, "torch_ms_p90": timings["torch"].p90,
+        "speedup": timings["torch"].median / timings["ort"].median,
+        "ort_throughput_b16": throughput(lambda: full.run(None, batch_feed), THROUGHPUT_BATCH),
+        "torch_throughput_b16": throughput(torch_batch, THROUGHPUT_BATCH),
+        "ort_no_df_ms_median": timings["blocks"].median,
+        "df_share": 1.0 - timings["blocks"].median / timings["ort"].median,
+        "parity_max_abs_error": parity,
+        "torch_cuda_ms_median": cuda_latency(model, kspace[:1], mask.values, iterations, warmup),
+    }
+
+
+def benchmark_models(
+    archs: Sequence[str],
+    image_size: tuple[int, int],
+    mask: SamplingMask,
+    threads: int | None = None,
+    iterations: int = MIN_ITERATIONS,
+    warmup: int = 5,
+    trained: Mapping[str, TrainedModel] | None = None,
+    teacher: str = "d5c5",
+    options: ModelOptions | None = None,
+    provider: str = "auto",
+    log: Callable[[str], None] = print,
+) -> BenchmarkResult:
+    """Benchmark ``archs`` (randomly initialised) and the ``trained`` models (keyed by name).
+
+    Args:
+        archs: architectures to time, e.g. ``["d5c5", "d2c5", "d3c5", "d4c5"]``.
+        image_size: ``(H, W)``; must equal ``mask.shape``.
+        mask: the sampling mask.
+        threads: threads for both runtimes (default: PyTorch's current count).
+        iterations: timed iterations after warm-up (at least :data:`MIN_ITERATIONS`).
+        trained: ``{name: TrainedModel}``; each architecture is timed once, with trained weights when there are
+            some, and an architecture of ``archs`` that has trained models gets no separate untrained row.
+        teacher: the architecture compression is measured against.
+        options: model options of the untrained models (default :class:`ModelOptions`).
+    """
+    if tuple(image_size) != mask.shape:
+        raise ValueError(f"image size {tuple(image_size)} differs from the mask's shape {mask.shape}")
+    if iterations < MIN_ITERATIONS:
+        raise ValueError(f"at least {MIN_ITERATIONS} timed iterations are needed, got {iterations}")
+    trained = dict(trained or {})
+    options = options or ModelOptions()
+    provider = choose_provider(provider)
+    previous_threads = torch.get_num_threads()
+    threads = threads or previous_threads
+    torch.set_num_threads(threads)
+    teacher_parameters = build_model(teacher, options).num_parameters()
+    kspace = phantom_kspace(mask, count=1)
+    entries = [_Entry(name, item.role, item.model, item) for name, item in trained.items()]
+    trained_archs = {entry.model.arch for entry in entries}
+    entries += [_Entry(arch, "teacher" if arch == teacher else "student", build_model(arch, options).eval(), None)
+                for arch in dict.fromkeys(a.strip().lower() for a in archs) if arch not in trained_archs]
+    entries.sort(key=lambda entry: (-entry.model.num_parameters(), entry.name))
+    result = BenchmarkResult(provider, threads, mask.shape, iterations, warmup)
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            for arch in dict.fromkeys(entry.model.arch for entry in entries):
+                group = [entry for entry in entries if entry.model.arch == arch]
+                log(f"benchmarking {arch} ({provider}, {threads} threads)")
+                timing = benchmark_architecture(copy.deepcopy(group[0].model).cpu().eval(), mask, kspace, provider,
+                                                threads, iterations, warmup, Path(folder))
+                for entry in group:
+                    parameters = entry.model.num_parameters()
+                    result.models.append(ModelBenchmark(
+                        name=entry.name, arch=arch, role=entry.role, parameters=parameters,
+                        compression=1.0 - parameters / teacher_parameters, **timing,
+                        psnr=entry.trained.psnr if entry.trained else None,
+                        ssim=entry.trained.ssim if entry.trained else None))
+    finally:
+        torch.set_num_threads(previous_threads)
+    return result
+
+
+TABLE_COLUMNS = (
+    ("name", "model", "{}"), ("parameters", "parameters", "{:d}"), ("compression", "compression", "{:.2%}"),
+    ("ort_ms_median", "ORT ms (median)", "{:.1f}"), ("ort_ms_p90", "ORT ms (p90)", "{:.1f}"),
+    ("torch_ms_median", "PyTorch ms (median)", "{:.1f}"), ("torch_ms_p90", "PyTorch ms (p90)", "{:.1f}"),
+    ("speedup", "speed-up", "{:.2f}x"), ("ort_throughput_b16", "ORT slices/s (b16)", "{:.1f}"),
+    ("torch_throughput_b16", "PyTorch slices/s (b16)", "{:.1f}"), ("df_share", "DF share (ORT)", "{:.1%}"),
+    ("torch_cuda_ms_median", "PyTorch CUDA ms", "{:.2f}"), ("psnr", "PSNR", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"),
+)
+
+
+def table_rows(result: BenchmarkResult) -> tuple[list[str], list[list[str]]]:
+    """Headers and formatted rows of the table (empty cells for unknown values)."""
+    headers = [header for _, header, _ in TABLE_COLUMNS]
+    rows = [[fmt.format(getattr(model, key)) if getattr(model, key) is not None else "" for key, _, fmt in
+             TABLE_COLUMNS] for model in result.models]
+    return headers, rows
+
+
+def format_table(result: BenchmarkResult, tablefmt: str = "github") -> str:
+    """The table, with the provider, thread count and image size stated above it."""
+    from tabulate import tabulate
+
+    headers, rows = table_rows(result)
+    height, width = result.image_size
+    return (f"ONNX Runtime {ort.__version__} ({result.provider}) vs PyTorch {torch.__version__} eager (torch.fft DF), "
+            f"{result.threads} threads, {height}x{width}, batch 1, median of {result.iterations} interleaved "
+            f"iterations\n\n" + tabulate(rows, headers=headers, tablefmt=tablefmt))
+
+
+def write_benchmark(result: BenchmarkResult, json_path: Path, csv_path: Path | None = None) -> list[Path]:
+    """Write ``benchmark.json`` (the schema of :meth:`BenchmarkResult.to_json`) and optionally a CSV of the rows."""
+    written = [save_json(json_path, result.to_json())]
+    if csv_path is not None:
+        buffer = io.StringIO()
+        columns = list(asdict(result.models[0])) if result.models else []
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(asdict(model) for model in result.models)
+        with atomic_path(csv_path) as temporary:
+            temporary.write_text(buffer.getvalue())
+        written.append(csv_path)
+    return written
+
+
+def benchmark_run(run_dir: str | Path, archs: Sequence[str] | None = None, *, threads: int | None = None,
+                  iterations: int = MIN_ITERATIONS, warmup: int = 5, provider: str = "auto",
+                  log: Callable[[str], None] = print) -> BenchmarkResult:
+    """Benchmark a run directory's trained models plus ``archs`` (default: the run's teacher and
+    :data:`DEFAULT_STUDENTS`) and write ``<run>/benchmark.json`` and ``benchmark.csv``. Called at the end of
+    ``compress``. Uses the first trained model's mask (every model of one acceleration shares it)."""
+    from export.onnx_export import load_run_models
+
+    run_dir = Path(run_dir)
+    run_models = load_run_models(run_dir)
+    if not run_models:
+        raise ValueError(f"{run_dir} has no trained models to benchmark")
+    teacher = load_json(run_dir / "results.json").get("teacher", "d5c5")
+    mask = run_models[0].mask
+    same_mask = [m for m in run_models if m.mask.digest() == mask.digest()]
+    trained = {m.name: TrainedModel(m.model, m.role, m.psnr, m.ssim) for m in same_mask}
+    archs = list(archs) if archs is not None else [teacher, *DEFAULT_STUDENTS]
+    options = ModelOptions(**run_models[0].info["model_options"])
+    result = benchmark_models(archs, mask.shape, mask, threads, iterations, warmup, trained, teacher, options,
+                              provider, log)
+    write_benchmark(result, run_dir / "benchmark.json", run_dir / "benchmark.csv")
+    return result
+
+
+# --- the DF formulations side by side and the DFT operator's accuracy (benchmarks/onnx_latency.py) --------------
+
+@dataclass
+class FormulationTiming:
+    """One DF formulation of one model in ORT, timed interleaved with the others and PyTorch eager."""
+
+    formulation: str
+    ort_ms_median: float
+    ort_ms_p90: float
+    torch_ms_median: float
+    speedup: float
+    max_abs_error: float
+
+
+def compare_formulations(arch: str, mask: SamplingMask, formulations: Sequence[str] = ("lines", "dft", "fft"),
+                         threads: int | None = None, iterations: int = MIN_ITERATIONS,
+                         warmup: int = 5) -> list[FormulationTiming]:
+    """Time ``arch`` exported with each DF formulation (``fft`` = naive dynamo ``torch.fft`` -> ONNX ``DFT``),
+    interleaved with PyTorch eager; ``max_abs_error`` is ORT vs PyTorch on the same slice."""
+    previous_threads = torch.get_num_threads()
+    threads = threads or previous_threads
+    torch.set_num_threads(threads)
+    try:
+        model = build_model(arch).eval()
+        kspace = phantom_kspace(mask, count=1)
+        feed = graph_feed(kspace, mask.values)
+        eager = TorchEager(model, kspace, mask.values)
+        reference = eager()[:, 0].numpy()
+        with tempfile.TemporaryDirectory() as folder:
+            sessions = {name: create_session(export_for_timing(model, mask, name, Path(folder)), "CPUExecutionProvider",
+                                             threads) for name in formulations}
+            errors = {name: float(np.max(np.abs(session.run(["image"], feed)[0] - reference)))
+                      for name, session in sessions.items()}
+            calls: dict[str, Callable[[], Any]] = {name: (lambda s=session: s.run(None, feed))
+                                                   for name, session in sessions.items()}
+            timings = interleaved_timings({**calls, "torch": eager}, iterations, warmup)
+    finally:
+        torch.set_num_threads(previous_threads)
+    return [FormulationTiming(name, timings[name].median, timings[name].p90, timings["torch"].median,
+                              timings["torch"].median / timings[name].median, errors[name]) for name in formulations]
+
+
+@dataclass
+class DftAccuracy:
+    """Orthonormal 2-D DFT of random real data in ORT fp32, against NumPy float64, relative to max |X|."""
+
+    size: int
+    dft_op_relative_error: float
+    matmul_relative_error: float
+    dft_op_ms: float
+    matmul_ms: float
+
+
+def _dft_op_model(size: int) -> bytes:
+    """ONNX graph: ``x (1, N, N, 2) -> DFT along axes 1 and 2 (opset 17), scaled by 1/N (orthonormal)``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    tensor = helper.make_tensor_value_info
+    nodes = [helper.make_node("DFT", ["x"], ["rows"], axis=1), helper.make_node("DFT", ["rows"], ["both"], axis=2),
+             helper.make_node("Mul", ["both", "norm"], ["y"])]
+    norm = numpy_helper.from_array(np.array(1.0 / size, dtype=np.float32), "norm")
+    graph = helper.make_graph(nodes, "dft_op", [tensor("x", TensorProto.FLOAT, [1, size, size, 2])],
+                              [tensor("y", TensorProto.FLOAT, [1, size, size, 2])], [norm])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def _matmul_dft_model(size: int) -> bytes:
+    """ONNX graph: ``(xr, xi) (N, N) -> F x F`` with precomputed fp32 DFT matrices, as :class:`MatmulDFT` does."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    real, imag = (m.numpy() for m in dft_matrix(size))
+    tensor = helper.make_tensor_value_info
+    mm, node = "MatMul", helper.make_node
+    nodes = [node(mm, ["Fr", "xr"], ["a"]), node(mm, ["Fi", "xi"], ["b"]), node("Sub", ["a", "b"], ["yr"]),
+             node(mm, ["Fr", "xi"], ["c"]), node(mm, ["Fi", "xr"], ["d"]), node("Add", ["c", "d"], ["yi"]),
+             node(mm, ["yr", "Fr"], ["e"]), node(mm, ["yi", "Fi"], ["f"]), node("Sub", ["e", "f"], ["zr"]),
+             node(mm, ["yr", "Fi"], ["g"]), node(mm, ["yi", "Fr"], ["h"]), node("Add", ["g", "h"], ["zi"])]
+    shape = [size, size]
+    graph = helper.make_graph(nodes, "matmul_dft", [tensor("xr", TensorProto.FLOAT, shape),
+                                                     tensor("xi", TensorProto.FLOAT, shape)],
+                              [tensor("zr", TensorProto.FLOAT, shape), tensor("zi", TensorProto.FLOAT, shape)],
+                              [numpy_helper.from_array(real, "Fr"), numpy_helper.from_array(imag, "Fi")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def dft_accuracy(size: int, threads: int = 1, repeats: int = 20) -> DftAccuracy:
+    """ORT's ``DFT`` operator against the matrix-product DFT at ``size x size`` (accuracy and median time)."""
+    rng = np.random.default_rng(0)
+    image = rng.standard_normal((size, size))
+    expected = np.fft.fft2(image, norm="ortho")
+    scale = np.max(np.abs(expected))
+    dft_session = create_session(_dft_op_model(size), "CPUExecutionProvider", threads)
+    matmul_session = create_session(_matmul_dft_model(size), "CPUExecutionProvider", threads)
+    dft_feed = {"x": np.stack([image, np.zeros_like(image)], axis=-1)[None].astype(np.float32)}
+    matmul_feed = {"xr": image.astype(np.float32), "xi": np.zeros((size, size), np.float32)}
+    dft_out = dft_session.run(None, dft_feed)[0][0]
+    zr, zi = matmul_session.run(None, matmul_feed)
+    timings = interleaved_timings({"dft": lambda: dft_session.run(None, dft_feed),
+                                   "matmul": lambda: matmul_session.run(None, matmul_feed)}, repeats, 2)
+    return DftAccuracy(size, float(np.max(np.abs(dft_out[..., 0] + 1j * dft_out[..., 1] - expected)) / scale),
+                       float(np.max(np.abs(zr + 1j * zi - expected)) / scale), timings["dft"].median,
+                       timings["matmul"].median)

@@ -1,0 +1,291 @@
+r"""Scanner-side reconstruction: an exported model plus a k-space or image file in, an HDF5 of reconstructions out.
+
+Inputs (``source``):
+
+* ``npy``: measured k-space ``(S, H, W)`` or ``(H, W)``, complex, **already undersampled**, uncentred unless
+  ``kspace_centred``; every sample outside the mask must be zero (else the mask does not fit the data);
+* ``project``, ``authors``: this tool's HDF5 or the authors' HDF5 (:mod:`compressor.data.readers`); stored fully
+  sampled k-space is undersampled with the mask, stored undersampled k-space is used as is;
+* ``fastmri``, ``nifti``, and ``project`` files without k-space: magnitude images, whose measurement is
+  simulated, ``y = M ⊙ F(x)``.
+
+The mask is ``mask_path`` when given, else the training mask recorded in the model. Every input problem (model
+exported for another image size or acceleration, a mask that does not fit the model or the data, NaN/Inf in
+k-space, a complex-valued image) is an :class:`~compressor.errors.InputError` raised before anything is
+written; the output HDF5 is written under a temporary name and renamed when complete. Measured k-space must be
+zero outside the mask and non-zero somewhere on every sampled position (else it was undersampled with another,
+or sparser, mask).
+
+Complex-valued images: the models are real-valued (the DF keeps ``Re``), so k-space measured from an image with
+a phase cannot be reconstructed faithfully. A real image has Hermitian k-space, ``y(-k) = conj(y(k))``; on the
+frequencies sampled together with their mirror (``M(k) M(-k) = 1``) the zero-filled image is then exactly real.
+:func:`imaginary_energy_fraction` measures ``||Im x_s||^2 / ||x_s||^2`` for ``x_s = F^{-1}(M(k) M(-k) y)`` over
+the whole input; above :data:`COMPLEX_IMAGE_THRESHOLD` (1 %) the input is refused unless the caller asks to take
+the real part, which is what the paper's pipeline does (the graph keeps ``Re`` of every inverse transform).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from compressor.data.readers import SliceData, open_volume
+from compressor.errors import InputError
+from compressor.io import atomic_path
+from compressor.masks import load_mask
+from export.graph import is_whole_lines
+from export.onnx_export import simulated_kspace
+from export.runtime import ExportedModel, ExportMetadata, open_exported
+
+COMPLEX_IMAGE_THRESHOLD = 0.01
+ACCELERATION_TOLERANCE = 0.1
+SOURCES = ("npy", "project", "fastmri", "nifti", "authors")
+SUFFIX_SOURCES = {".npy": "npy", ".nii": "nifti", ".nii.gz": "nifti", ".h5": "project", ".hdf5": "project"}
+
+
+@dataclass(frozen=True)
+class ScannerInput:
+    """Undersampled k-space ready for the graph.
+
+    Attributes:
+        kspace: ``(S, H, W)`` complex64, uncentred, zero outside ``mask``.
+        mask: ``(H, W)`` float32 0/1, uncentred.
+        measured: ``True`` when the k-space came from the file (``npy``, stored k-space), ``False`` when it was
+            simulated from images.
+    """
+
+    kspace: np.ndarray
+    mask: np.ndarray
+    measured: bool
+
+
+@dataclass(frozen=True)
+class ReconstructionResult:
+    """What :func:`reconstruct_file` wrote."""
+
+    path: Path
+    slices: int
+    provider: str
+    seconds: float
+    imaginary_fraction: float
+    previews: list[Path]
+
+
+def infer_source(path: Path) -> str:
+    """The input source from the file name: ``.npy`` k-space, ``.nii``/``.nii.gz`` NIfTI, ``.h5`` project HDF5."""
+    for suffix, source in SUFFIX_SOURCES.items():
+        if path.name.lower().endswith(suffix):
+            return source
+    raise InputError(f"cannot tell the source from the file name; pass --source ({', '.join(SOURCES)})", path)
+
+
+def mirror(values: np.ndarray) -> np.ndarray:
+    """``a(-k)`` for uncentred arrays over the last two axes: index ``k -> (-k) mod N`` on each."""
+    return np.roll(np.flip(values, axis=(-2, -1)), shift=(1, 1), axis=(-2, -1))
+
+
+def imaginary_energy_fraction(kspace: np.ndarray, mask: np.ndarray) -> float:
+    """``||Im x_s||^2 / ||x_s||^2`` with ``x_s = F^{-1}(M(k) M(-k) y)`` over all slices (0 for real images).
+
+    Args:
+        kspace: ``(S, H, W)`` complex, uncentred, undersampled with ``mask``.
+        mask: ``(H, W)`` 0/1, uncentred.
+    """
+    symmetric = mask * mirror(mask)
+    image = np.fft.ifft2(kspace * symmetric, norm="ortho")
+    total = float(np.sum(np.abs(image) ** 2))
+    return float(np.sum(image.imag ** 2)) / total if total > 0 else 0.0
+
+
+def read_npy_kspace(path: Path, centred: bool) -> np.ndarray:
+    """Complex k-space ``(S, H, W)`` (an ``(H, W)`` array is one slice), converted to uncentred."""
+    try:
+        values = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise InputError(f"not a readable .npy array ({error.__class__.__name__}: {error})", path) from None
+    if values.ndim == 2:
+        values = values[None]
+    if values.ndim != 3:
+        raise InputError(f"k-space must be (S, H, W) or (H, W), got shape {values.shape}", path)
+    if values.dtype.kind != "c":
+        raise InputError(f"k-space must be complex, got dtype {values.dtype}", path)
+    values = values.astype(np.complex64)
+    return np.fft.ifftshift(values, axes=(-2, -1)) if centred else values
+
+
+def _volume_kspace(slices: list[SliceData], mask: np.ndarray) -> tuple[np.ndarray, bool]:
+    """A volume's slices as undersampled k-space ``(S, H, W)`` and whether it was measured: stored k-space is
+    masked (or kept, if already undersampled); images-only volumes have their measurement simulated."""
+    if slices[0].kspace is None:
+        return simulated_kspace(np.stack([data.target for data in slices]), mask), False
+    stored = np.stack([data.kspace for data in slices]).astype(np.complex64)
+    return (stored if slices[0].kspace_undersampled else stored * mask), True
+
+
+def choose_mask(metadata: ExportMetadata, mask_path: Path | None, mask_centred: bool) -> np.ndarray:
+    """The mask to use: ``mask_path`` (validated to fit the model's image size) or the model's training mask."""
+    if mask_path is None:
+        return metadata.mask
+    return load_mask(mask_path, metadata.image_size, centred=mask_centred).values
+
+
+def check_mask(mask: np.ndarray, metadata: ExportMetadata, source: Path | str) -> None:
+    """The mask must suit the graph (whole lines for ``"lines"``) and the model's acceleration (±10 %)."""
+    if metadata.formulation == "lines" and not is_whole_lines(mask, metadata.line_axis):
+        direction = "columns" if metadata.line_axis == -1 else "rows"
+        raise InputError(f"mask is not made of whole {direction}, which this model's data-fidelity graph needs",
+                         source)
+    if metadata.acceleration:
+        acceleration = mask.size / max(float(mask.sum()), 1.0)
+        if abs(acceleration - metadata.acceleration) > ACCELERATION_TOLERANCE * metadata.acceleration:
+            raise InputError(f"mask samples 1/{acceleration:.2f} of k-space but the model was trained for "
+                             f"{metadata.acceleration:g}x", source)
+
+
+def read_input(path: Path, source: str, image_size: tuple[int, int], mask: np.ndarray,
+               acceleration: float | None = None, kspace_centred: bool = False) -> ScannerInput:
+    """Read ``path`` as undersampled k-space of ``image_size`` slices; every input problem is an
+    :class:`InputError` naming the file.
+
+    Args:
+        source: one of :data:`SOURCES`.
+        image_size: ``(H, W)`` the model takes (slices are never cropped: k-space cannot be).
+        mask: ``(H, W)`` 0/1 uncentred mask that undersamples (or undersampled) the data.
+        acceleration: for the ``authors`` source, which ``kspace_volus_<R>x`` to read.
+        kspace_centred: whether ``.npy`` k-space has DC at ``(H//2, W//2)``.
+    """
+    if not path.is_file():
+        raise InputError("input file not found", path)
+    if source not in SOURCES:
+        raise InputError(f"unknown source {source!r}; valid: {', '.join(SOURCES)}")
+    if source == "npy":
+        kspace, measured = read_npy_kspace(path, kspace_centred), True
+    else:
+        reader = open_volume(path, source, **({"acceleration": acceleration} if source == "authors" else {}))
+        if len(reader) == 0:
+            raise InputError("the volume has no slices", path)
+        if reader.image_shape != tuple(image_size):
+            raise InputError(_size_message(reader.image_shape, image_size), path)
+        kspace, measured = _volume_kspace([reader.read_slice(i) for i in range(len(reader))], mask)
+    if kspace.shape[1:] != tuple(image_size):
+        raise InputError(_size_message(kspace.shape[1:], image_size), path)
+    finite = np.isfinite(kspace).reshape(len(kspace), -1).all(axis=1)
+    if not finite.all():
+        raise InputError(f"k-space of slice {int(np.argmin(finite))} contains NaN or Inf", path)
+    if np.any(kspace[:, mask == 0] != 0):
+        raise InputError("k-space has samples where the mask has none: it was undersampled with another mask or "
+                         "centring (see --mask, --mask-centred, --centred)", path)
+    never_measured = np.all(kspace[:, mask != 0] == 0, axis=0)
+    if never_measured.any() and np.any(kspace != 0):
+        raise InputError(f"k-space is exactly zero in every slice at {int(never_measured.sum())} of the mask's "
+                         f"{never_measured.size} samples: it was undersampled with a sparser mask (another "
+                         "acceleration? see --mask)", path)
+    return ScannerInput(kspace, mask, measured)
+
+
+def _size_message(shape: tuple[int, ...], image_size: tuple[int, int]) -> str:
+    return (f"slices are {shape[0]}x{shape[1]} but the model was exported for {image_size[0]}x{image_size[1]} "
+            "images")
+
+
+def reconstruct_slices(model: ExportedModel, kspace: np.ndarray, mask: np.ndarray, batch_size: int = 8,
+                       on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+    """Reconstruct ``(S, H, W)`` k-space in batches; returns ``(S, H, W)`` float32 in the input's units."""
+    outputs = []
+    for start in range(0, len(kspace), batch_size):
+        image, scale = model.run(kspace[start:start + batch_size], mask)
+        outputs.append(image * scale[:, None, None])
+        if on_batch is not None:
+            on_batch(len(image))
+    return np.concatenate(outputs).astype(np.float32)
+
+
+def write_reconstructions(path: Path, reconstruction: np.ndarray, attrs: dict[str, str]) -> Path:
+    """Write ``reconstruction`` ``(S, H, W)`` and ``attrs`` to an HDF5 file, atomically."""
+    with atomic_path(path) as temporary, h5py.File(temporary, "w") as file:
+        file.create_dataset("reconstruction", data=reconstruction, compression="gzip")
+        for key, value in attrs.items():
+            file.attrs[key] = value
+    return path
+
+
+def write_previews(folder: Path, reconstruction: np.ndarray) -> list[Path]:
+    """One grey-scale PNG per slice, ``slice_0000.png`` ..., each written atomically."""
+    from matplotlib.image import imsave
+
+    written = []
+    for index, image in enumerate(reconstruction):
+        path = folder / f"slice_{index:04d}.png"
+        with atomic_path(path) as temporary:
+            imsave(temporary, image, cmap="gray", format="png")
+        written.append(path)
+    return written
+
+
+def reconstruct_file(
+    model_path: Path,
+    input_path: Path,
+    out_path: Path,
+    *,
+    source: str | None = None,
+    mask_path: Path | None = None,
+    mask_centred: bool = False,
+    kspace_centred: bool = False,
+    batch_size: int = 8,
+    previews: Path | None = None,
+    take_real_part: bool = False,
+    provider: str = "auto",
+    threads: int | None = None,
+    progress: bool = True,
+) -> ReconstructionResult:
+    """Reconstruct every slice of ``input_path`` with the exported model ``model_path`` into ``out_path``.
+
+    Args:
+        source: one of :data:`SOURCES`; ``None`` infers it from the file name (:func:`infer_source`).
+        mask_path: a ``.npy`` mask ``(H, W)`` or line pattern ``(W,)``; default: the model's training mask.
+        mask_centred: whether ``mask_path`` has DC at ``(H//2, W//2)``.
+        kspace_centred: whether ``.npy`` k-space has DC at ``(H//2, W//2)``.
+        previews: a folder for one PNG per slice.
+        take_real_part: reconstruct k-space of a complex-valued image anyway (the real part, as the paper does).
+        provider: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+
+    Output HDF5: ``reconstruction`` ``(S, H, W)`` float32 in the input's units; attributes: the model's
+    metadata, the input file, source, provider and the input's imaginary energy fraction.
+    """
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    model_path, input_path, out_path = Path(model_path), Path(input_path), Path(out_path)
+    source = source or infer_source(input_path)
+    if batch_size < 1:
+        raise InputError(f"batch size must be >= 1, got {batch_size}")
+    model = open_exported(model_path, provider, threads)
+    mask = choose_mask(model.metadata, mask_path, mask_centred)
+    check_mask(mask, model.metadata, mask_path or model_path)
+    metadata = model.metadata
+    scanner_input = read_input(input_path, source, metadata.image_size, mask, metadata.acceleration, kspace_centred)
+    fraction = imaginary_energy_fraction(scanner_input.kspace, mask)
+    if fraction > COMPLEX_IMAGE_THRESHOLD and not take_real_part:
+        raise InputError(f"k-space is of a complex-valued image ({fraction:.1%} of the energy is imaginary, "
+                         f"threshold {COMPLEX_IMAGE_THRESHOLD:.0%}); the real-valued model cannot reconstruct it "
+                         "faithfully (pass --take-real-part to reconstruct the real part)", input_path)
+    with tqdm(total=len(scanner_input.kspace), unit="slice", disable=not progress, desc=input_path.name) as bar:
+        reconstruction = reconstruct_slices(model, scanner_input.kspace, mask, batch_size, bar.update)
+    attrs = {
+        **{f"model_{key}": value for key, value in model.metadata.to_properties().items() if key != "mask"},
+        "model_file": str(model_path), "input_file": str(input_path), "source": source,
+        "provider": model.provider, "mask": str(mask_path) if mask_path else "the model's training mask",
+        "kspace": "measured" if scanner_input.measured else "simulated from the images (y = M F x)",
+        "imaginary_energy_fraction": f"{fraction:.3g}",
+        "took_real_part": str(bool(take_real_part and fraction > COMPLEX_IMAGE_THRESHOLD)),
+        "units": "input units (the graph's normalised image times its scale)",
+    }
+    write_reconstructions(out_path, reconstruction, attrs)
+    written = write_previews(previews, reconstruction) if previews is not None else []
+    return ReconstructionResult(out_path, len(reconstruction), model.provider, time.perf_counter() - started,
+                                fraction, written)

@@ -1,0 +1,282 @@
+"""Scanner-side runtime: ONNX Runtime execution providers, sessions, and the metadata an exported model carries.
+
+Everything here needs only ``onnxruntime`` and ``numpy`` (no PyTorch), as on a scanner; ``onnx`` builds the
+one-node model of the CUDA probe.
+
+Providers: ``onnxruntime-gpu`` lists ``CUDAExecutionProvider`` as available even where CUDA cannot run (no GPU,
+missing CUDA libraries); ONNX Runtime then quietly builds a CPU session. :func:`cuda_usable` therefore probes by
+building a session on a one-node model and checking that CUDA is really the active provider. A CUDA session is
+created with ``session.disable_cpu_ep_fallback = 1``, so a node without a CUDA kernel is an error at session
+creation instead of a silent CPU fallback, and :func:`node_providers` reads from a profile which provider
+ran each node.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from compressor.errors import InputError
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+PROVIDER_CHOICES = {"auto": None, "cpu": CPU, "cuda": CUDA}
+ORT_DEFAULT_SEVERITY = 2
+ORT_SILENT_SEVERITY = 4
+
+FORMAT = "sft-kd-recon-onnx"
+FORMAT_VERSION = 1
+INPUT_NAMES = ("kspace_real", "kspace_imag", "mask")
+OUTPUT_NAMES = ("image", "scale")
+NORMALISATION = (
+    "image is in normalised units: x_u = Re F^-1(mask * kspace), scale = max|x_u| per slice (>= 1e-12), "
+    "inputs divided by scale; image * scale is in the input's units"
+)
+KSPACE_CONVENTION = (
+    "uncentred (DC at index (0, 0)), orthonormal 2-D FFT (norm='ortho'), real and imaginary parts as separate "
+    "float32 inputs (B, H, W); mask (H, W) float32 0/1, uncentred"
+)
+
+
+def encode_mask(mask: np.ndarray) -> dict[str, Any]:
+    """A 0/1 ``(H, W)`` mask as ``{"shape": [H, W], "packbits": base64}`` (JSON-ready, 1 bit per sample)."""
+    bits = np.packbits(np.asarray(mask) != 0, axis=None)
+    return {"shape": [int(n) for n in mask.shape], "packbits": base64.b64encode(bits.tobytes()).decode("ascii")}
+
+
+def decode_mask(encoded: dict[str, Any]) -> np.ndarray:
+    """The float32 ``(H, W)`` mask written by :func:`encode_mask`."""
+    shape = tuple(int(n) for n in encoded["shape"])
+    bits = np.frombuffer(base64.b64decode(encoded["packbits"]), dtype=np.uint8)
+    return np.unpackbits(bits, count=shape[0] * shape[1]).reshape(shape).astype(np.float32)
+
+
+@dataclass(frozen=True, eq=False)
+class ExportMetadata:
+    """What an exported model records about itself (ONNX ``metadata_props``, every value JSON-encoded).
+
+    Attributes:
+        architecture: e.g. ``"d3c5"``.
+        parameters: trainable parameter count of the PyTorch model.
+        image_size: ``(H, W)`` fixed at export.
+        acceleration: the nominal acceleration the model was trained for (``None`` if unknown).
+        mask: the training mask ``(H, W)`` float32, uncentred (used when the input brings no mask).
+        mask_digest: :meth:`compressor.masks.SamplingMask.digest` of that mask.
+        formulation: the DF formulation in the graph (``"lines"`` or ``"dft"``, see :mod:`export.graph`).
+        line_axis: for ``"lines"``, the axis of the mask's lines (``-1`` whole columns, ``-2`` whole rows).
+        model_options: the model's :class:`~compressor.models.ModelOptions` as a dict.
+        config_key: the run's stage key (``stage.json`` ``key``), ``None`` for a bare weights file.
+        tool_version: version of this tool at export.
+        extras: further string-keyed facts (role, run name, exporter, opset, ...).
+    """
+
+    architecture: str
+    parameters: int
+    image_size: tuple[int, int]
+    acceleration: float | None
+    mask: np.ndarray
+    mask_digest: str
+    formulation: str
+    line_axis: int | None
+    model_options: dict[str, Any]
+    config_key: str | None
+    tool_version: str
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def to_properties(self) -> dict[str, str]:
+        """The ``metadata_props`` key/value strings (values are JSON)."""
+        values = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "architecture": self.architecture,
+            "parameters": self.parameters,
+            "image_size": list(self.image_size),
+            "acceleration": self.acceleration,
+            "mask": encode_mask(self.mask),
+            "mask_digest": self.mask_digest,
+            "formulation": self.formulation,
+            "line_axis": self.line_axis,
+            "model_options": self.model_options,
+            "config_key": self.config_key,
+            "tool_version": self.tool_version,
+            "normalisation": NORMALISATION,
+            "kspace_convention": KSPACE_CONVENTION,
+            "inputs": list(INPUT_NAMES),
+            "outputs": list(OUTPUT_NAMES),
+        }
+        clashes = sorted(set(self.extras) & set(values))
+        if clashes:
+            raise ValueError(f"metadata extras may not redefine {clashes}")
+        return {key: json.dumps(value) for key, value in {**values, **self.extras}.items()}
+
+    @classmethod
+    def from_properties(cls, properties: dict[str, str], source: str | Path = "model") -> ExportMetadata:
+        """Parse ``metadata_props``; a model not exported by this tool raises :class:`InputError`."""
+        try:
+            values = {key: json.loads(text) for key, text in properties.items()}
+        except json.JSONDecodeError as error:
+            raise InputError(f"unreadable model metadata ({error})", source) from None
+        if values.get("format") != FORMAT:
+            raise InputError(f"not exported by this tool (no {FORMAT!r} metadata); re-export it with "
+                             "'compress export'", source)
+        if values.get("format_version") != FORMAT_VERSION:
+            raise InputError(f"metadata format version {values.get('format_version')} is not {FORMAT_VERSION}", source)
+        known = {"format", "format_version", "normalisation", "kspace_convention", "inputs", "outputs"}
+        fields_ = {"architecture", "parameters", "image_size", "acceleration", "mask", "mask_digest", "formulation",
+                   "line_axis", "model_options", "config_key", "tool_version"}
+        missing = sorted(fields_ - set(values))
+        if missing:
+            raise InputError(f"model metadata lacks {', '.join(missing)}", source)
+        return cls(
+            architecture=values["architecture"],
+            parameters=int(values["parameters"]),
+            image_size=(int(values["image_size"][0]), int(values["image_size"][1])),
+            acceleration=values["acceleration"],
+            mask=decode_mask(values["mask"]),
+            mask_digest=values["mask_digest"],
+            formulation=values["formulation"],
+            line_axis=values["line_axis"],
+            model_options=values["model_options"],
+            config_key=values["config_key"],
+            tool_version=values["tool_version"],
+            extras={key: value for key, value in values.items() if key not in known | fields_},
+        )
+
+
+def _probe_model() -> bytes:
+    """A one-node ONNX model (``y = x + x``), serialised, for provider probes."""
+    from onnx import TensorProto, helper
+
+    tensor = helper.make_tensor_value_info
+    graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "probe",
+                              [tensor("x", TensorProto.FLOAT, [1])], [tensor("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+@functools.cache
+def cuda_usable() -> bool:
+    """Whether ONNX Runtime can really run the CUDA provider here (probed once, load errors silenced)."""
+    if CUDA not in ort.get_available_providers():
+        return False
+    ort.set_default_logger_severity(ORT_SILENT_SEVERITY)
+    try:
+        session = ort.InferenceSession(_probe_model(), providers=[CUDA])
+        return session.get_providers()[0] == CUDA
+    except Exception:  # any failure to build a CUDA session means "not usable"
+        return False
+    finally:
+        ort.set_default_logger_severity(ORT_DEFAULT_SEVERITY)
+
+
+def choose_provider(requested: str = "auto") -> str:
+    """``"auto"``: CUDA when really usable, else CPU; ``"cpu"``/``"cuda"``: that one (CUDA must be usable)."""
+    if requested not in PROVIDER_CHOICES:
+        raise InputError(f"unknown provider {requested!r}; valid: {', '.join(PROVIDER_CHOICES)}")
+    if requested == "auto":
+        return CUDA if cuda_usable() else CPU
+    if requested == "cuda" and not cuda_usable():
+        raise InputError("the CUDA execution provider was asked for but cannot run here (no GPU or CUDA libraries "
+                         "missing); use --provider cpu")
+    return PROVIDER_CHOICES[requested]
+
+
+def session_options(provider: str, threads: int | None = None, spinning: bool = False,
+                    profile_prefix: str | None = None) -> ort.SessionOptions:
+    """Options for a session on ``provider``: ``threads`` intra-op threads (``None``: ONNX Runtime's default),
+    thread spinning off unless asked (fair timing, no busy CPU between calls), no CPU fallback for CUDA."""
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    if provider == CUDA:
+        options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return options
+
+
+def create_session(model: str | Path | bytes, provider: str = CPU, threads: int | None = None,
+                   spinning: bool = False) -> ort.InferenceSession:
+    """An inference session that runs on exactly ``provider`` (an error otherwise, never a silent fallback)."""
+    source = model if isinstance(model, bytes) else str(model)
+    session = ort.InferenceSession(source, session_options(provider, threads, spinning), providers=[provider])
+    active = session.get_providers()[0]
+    if active != provider:
+        raise RuntimeError(f"ONNX Runtime built a {active} session where {provider} was asked for")
+    return session
+
+
+def node_providers(model: str | Path, provider: str, feed: dict[str, np.ndarray]) -> dict[str, str]:
+    """Run ``model`` once with profiling and return ``{node name: provider that ran it}``."""
+    with tempfile.TemporaryDirectory() as folder:
+        options = session_options(provider, profile_prefix=str(Path(folder) / "profile"))
+        session = ort.InferenceSession(str(model), options, providers=[provider])
+        session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    return {
+        event["name"].removesuffix("_kernel_time"): event["args"]["provider"]
+        for event in events
+        if event.get("cat") == "Node" and "provider" in event.get("args", {})
+    }
+
+
+def graph_feed(kspace: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """The graph's inputs for complex uncentred k-space ``(B, H, W)`` and a 0/1 mask ``(H, W)``."""
+    return {
+        "kspace_real": np.ascontiguousarray(kspace.real, dtype=np.float32),
+        "kspace_imag": np.ascontiguousarray(kspace.imag, dtype=np.float32),
+        "mask": np.ascontiguousarray(mask, dtype=np.float32),
+    }
+
+
+LOAD_ERRORS = tuple(
+    getattr(ort.capi.onnxruntime_pybind11_state, name)
+    for name in ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoSuchFile", "NotImplemented",
+                 "RuntimeException")
+)
+"""What ONNX Runtime raises for a file it cannot turn into a session."""
+
+
+@dataclass
+class ExportedModel:
+    """An exported model opened for inference: its session, the provider that runs it, and its metadata."""
+
+    path: Path
+    session: ort.InferenceSession
+    provider: str
+    metadata: ExportMetadata
+
+    def run(self, kspace: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Reconstruct complex uncentred k-space ``(B, H, W)`` with ``mask`` ``(H, W)``.
+
+        Returns ``(image (B, H, W) normalised, scale (B,))``; ``image * scale[:, None, None]`` is in input units.
+        """
+        image, scale = self.session.run(list(OUTPUT_NAMES), graph_feed(kspace, mask))
+        return image, scale
+
+
+def open_exported(path: str | Path, provider: str = "auto", threads: int | None = None) -> ExportedModel:
+    """Open an exported model; a missing, corrupt or foreign file raises :class:`InputError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("model file not found", path)
+    chosen = choose_provider(provider)
+    try:
+        session = create_session(path, chosen, threads)
+    except LOAD_ERRORS as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"not a loadable ONNX model ({first_line})", path) from None
+    metadata = ExportMetadata.from_properties(session.get_modelmeta().custom_metadata_map, path)
+    return ExportedModel(path, session, chosen, metadata)

@@ -1,0 +1,30 @@
+"""Shared fixtures: deterministic, tiny, offline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _deterministic() -> None:
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+
+
+def smooth_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A real, non-negative, phantom-like image: a few Gaussian blobs on an ellipse."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    cy, cx = (height - 1) / 2, (width - 1) / 2
+    image = ((((y - cy) / (0.42 * height)) ** 2 + ((x - cx) / (0.38 * width)) ** 2) < 1).astype(np.float64) * 0.5
+    for _ in range(4):
+        by, bx = rng.uniform(0.3, 0.7) * height, rng.uniform(0.3, 0.7) * width
+        image += rng.uniform(0.2, 0.5) * np.exp(-((y - by) ** 2 + (x - bx) ** 2) / (2 * (0.08 * height) ** 2))
+    return image.astype(np.float32)
+
+
+@pytest.fixture
+def image_factory():
+    return smooth_image
