@@ -261,7 +261,32 @@ def headline(run: RunData) -> Table:
     return Table(title="Headline: student–teacher PSNR gap", headers=headers, rows=rows, notes=notes)
 
 
+ROLE_LABELS = {"zero_filled": "ZF", "teacher": "Teacher", "sft_teacher": "SFT teacher", "student": "Student",
+               "std_kd": "Std-KD", "sft_kd": "SFT-KD-Recon", "sft_kd_random": "SFT-KD-Recon (random init)"}
+
+
+def run_summary(run: RunData) -> Table:
+    """Every model of the run, one row each: role, architecture, parameters, compression, PSNR and SSIM.
+
+    The compact table ``compress`` prints at the end (the paper's Table 1 rows for this run, with sizes).
+    """
+    headers = ["Acceleration", "Model", "Arch", "Parameters", "Compression", "PSNR (dB)", "SSIM"]
+    order = list(ROLE_LABELS)
+    rows = []
+    for acceleration in run.accelerations():
+        records = sorted((r for r in run.records if r.acceleration == acceleration),
+                         key=lambda r: (order.index(r.role), r.arch or "", r.method or ""))
+        for record in records:
+            label = ROLE_LABELS[record.role] + (f" {method_label(record.method)}" if record.method else "")
+            compression = MISSING if record.compression is None else f"{record.compression:.1%}"
+            rows.append([_acceleration_label(acceleration), label, record.arch or MISSING,
+                         MISSING if not record.arch else f"{record.parameters:,}", compression,
+                         _cell(run, record, ["psnr"]), _cell(run, record, ["ssim"])])
+    return Table(title="Run summary: every model", headers=headers, rows=rows, notes=_common_notes(run))
+
+
 TABLE_BUILDERS: dict[str, Callable[[RunData], Table]] = {
+    "summary": run_summary,
     "table1": table1,
     "table3": table3,
     "table5": table5,

@@ -11,7 +11,11 @@ Method (these machines are noisy, so the runtimes are timed *interleaved*):
 * the PyTorch time covers the model's forward on already normalised inputs, the ORT time the whole graph
   (masking, zero filling and normalisation included), so the comparison is conservative for ORT;
 * DF share ``= 1 - t(blocks only) / t(full graph)`` in ORT;
-* throughput: slices per second at batch 16 (median of a few calls).
+* throughput: slices per second at batch 16 (median of a few calls);
+* glibc's malloc keeps freed blocks up to 32 MiB (:func:`keep_freed_memory`): otherwise it returns PyTorch's
+  ~8 MB activations to the OS after each call and maps and zero-fills them afresh on the next, and PyTorch eager
+  d3c5 at 240x240 swings between ~41 and ~105 ms on a 2-core machine (ONNX Runtime has its own arena). This
+  gives PyTorch its best case, so the speed-ups are conservative.
 
 A model is timed once per architecture (latency does not depend on the weights); trained models of the same
 architecture share that timing and add their PSNR/SSIM.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import ctypes
 import io
 import statistics
 import tempfile
@@ -48,6 +53,22 @@ MIN_ITERATIONS = 30
 THROUGHPUT_BATCH = 16
 THROUGHPUT_CALLS = 5
 DEFAULT_STUDENTS = ("d2c5", "d3c5", "d4c5")
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
+MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES = 32 << 20, 1 << 30
+
+
+def keep_freed_memory() -> bool:
+    """Raise glibc's mmap and trim thresholds (32 MiB, 1 GiB) for this process so that freed activations stay
+    in the heap; ``False`` where the C library has no ``mallopt`` (not glibc)."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mmap_set = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    trim_set = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+    return bool(mmap_set and trim_set)
 
 
 @dataclass
@@ -104,12 +125,14 @@ class BenchmarkResult:
     image_size: tuple[int, int]
     iterations: int
     warmup: int
+    steady_malloc: bool
     models: list[ModelBenchmark] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"provider": self.provider, "threads": self.threads, "image_size": list(self.image_size),
                 "iterations": self.iterations, "warmup": self.warmup, "torch_version": torch.__version__,
-                "onnxruntime_version": ort.__version__, "models": [asdict(m) for m in self.models]}
+                "onnxruntime_version": ort.__version__, "glibc_malloc_keeps_freed_memory": self.steady_malloc,
+                "models": [asdict(m) for m in self.models]}
 
 
 @dataclass(frozen=True)
@@ -256,7 +279,7 @@ def benchmark_models(
     entries += [_Entry(arch, "teacher" if arch == teacher else "student", build_model(arch, options).eval(), None)
                 for arch in dict.fromkeys(a.strip().lower() for a in archs) if arch not in trained_archs]
     entries.sort(key=lambda entry: (-entry.model.num_parameters(), entry.name))
-    result = BenchmarkResult(provider, threads, mask.shape, iterations, warmup)
+    result = BenchmarkResult(provider, threads, mask.shape, iterations, warmup, keep_freed_memory())
     try:
         with tempfile.TemporaryDirectory() as folder:
             for arch in dict.fromkeys(entry.model.arch for entry in entries):
@@ -366,6 +389,7 @@ def compare_formulations(arch: str, mask: SamplingMask, formulations: Sequence[s
     previous_threads = torch.get_num_threads()
     threads = threads or previous_threads
     torch.set_num_threads(threads)
+    keep_freed_memory()
     try:
         model = build_model(arch).eval()
         kspace = phantom_kspace(mask, count=1)

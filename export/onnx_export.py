@@ -203,6 +203,9 @@ def export_model(
         raise InputError(f"validation k-space must be (S, H, W) = (S, {mask.shape[0]}, {mask.shape[1]}) with S >= 1, "
                          f"got {validation_kspace.shape}")
     cpu_model = copy.deepcopy(model).cpu().eval()
+    if any(cascade.data_fidelity is None for cascade in cpu_model.cascades):
+        raise InputError(f"{getattr(cpu_model, 'arch', type(cpu_model).__name__)} has no data-fidelity layers: only "
+                         "k-space reconstruction models (e.g. dNcM, dcunetM) are exported")
     metadata = ExportMetadata(
         architecture=getattr(cpu_model, "arch", type(cpu_model).__name__), parameters=cpu_model.num_parameters(),
         image_size=mask.shape, acceleration=acceleration if acceleration is not None else mask.acceleration,
@@ -322,6 +325,11 @@ def load_run_models(run_dir: str | Path, names: list[str] | None = None) -> list
     return [load_stage(run_dir / r["stage_dir"], r) for r in chosen]
 
 
+def evenly_spaced_indices(total: int, count: int) -> np.ndarray:
+    """At most ``count`` indices of ``0..total-1``, evenly spaced, first and last included."""
+    return np.unique(np.round(np.linspace(0, total - 1, min(count, total))).astype(int))
+
+
 def run_validation_kspace(run_model: RunModel, count: int = VALIDATION_SLICES) -> np.ndarray | None:
     """Real validation slices of the run, ``(S <= count, H, W)`` complex: the targets the stage wrote in
     ``reconstructions_validation.h5`` (normalised units), evenly spaced, undersampled with the training mask.
@@ -332,9 +340,7 @@ def run_validation_kspace(run_model: RunModel, count: int = VALIDATION_SLICES) -
     if not path.is_file():
         return None
     with h5py.File(path, "r") as file:
-        total = file["target"].shape[0]
-        picks = np.unique(np.round(np.linspace(0, total - 1, min(count, total))).astype(int))
-        targets = file["target"][picks]
+        targets = file["target"][evenly_spaced_indices(file["target"].shape[0], count)]
     return simulated_kspace(targets, run_model.mask.values)
 
 

@@ -10,6 +10,7 @@ import nibabel
 import numpy as np
 import pytest
 
+import compressor.io
 from compressor.data import project_h5
 from compressor.data.readers import (
     AuthorsH5Reader,
@@ -74,7 +75,7 @@ def test_interrupted_project_write_leaves_nothing(tmp_path: Path, monkeypatch: p
     def fail(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(project_h5.os, "replace", fail)
+    monkeypatch.setattr(compressor.io.os, "replace", fail)
     with pytest.raises(KeyboardInterrupt):
         project_h5.write_project_volume(tmp_path / "v.h5", volume())
     assert list(tmp_path.iterdir()) == []

@@ -9,8 +9,9 @@ import nibabel
 import numpy as np
 import pytest
 
+import compressor.io
 from compressor.config import DataConfig
-from compressor.data import build_splits, embedded, project_h5
+from compressor.data import build_splits, embedded
 from compressor.data.embedded import block_average, build_mni_volume, default_cache_dir, mni_splits
 from compressor.data.readers import ProjectH5Reader
 from compressor.errors import InputError
@@ -68,7 +69,7 @@ def test_interrupted_conversion_leaves_nothing_and_is_redone(tmp_path: Path, mon
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(project_h5.os, "replace", interrupt)
+        patch.setattr(compressor.io.os, "replace", interrupt)
         with pytest.raises(KeyboardInterrupt):
             build_mni_volume(tmp_path, log=lambda message: None, **SMALL)
     assert list(tmp_path.iterdir()) == []

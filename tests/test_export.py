@@ -18,6 +18,7 @@ from compressor.cli.export_commands import COMMANDS, export_command
 from compressor.config import RunConfig
 from compressor.data import build_mask
 from compressor.data.dataset import normalise_kspace
+from compressor.data.project_h5 import write_project_volume
 from compressor.errors import InputError
 from compressor.io import save_json
 from compressor.masks import SamplingMask, make_mask
@@ -25,7 +26,7 @@ from compressor.models import ModelOptions, build_model
 from compressor.physics import MatmulDFT, TorchFFT, data_fidelity, dft_matrix, zero_filled
 from compressor.training.checkpoint import save_weights
 from export.benchmark import benchmark_models, benchmark_run, dft_accuracy, write_benchmark
-from export.graph import ScannerGraph, line_data_fidelity, line_projection
+from export.graph import ChannelSumConv, ScannerGraph, line_data_fidelity, line_projection
 from export.onnx_export import export_model, phantom_kspace, resolve_formulation, simulated_kspace
 from export.runtime import CPU, ExportMetadata, choose_provider, decode_mask, encode_mask, node_providers, open_exported
 from export.validate import AtolError, ExportValidationError, pytorch_reference
@@ -114,6 +115,21 @@ def test_scanner_graph_equals_trained_model_on_the_training_data_path(formulatio
     expected_scale = normalise_kspace(torch.view_as_real(torch.from_numpy(kspace))[:, None]).scale[:, 0]
     np.testing.assert_allclose(scale.numpy(), expected_scale.numpy(), rtol=1e-6)
     np.testing.assert_allclose(image.numpy(), reference["image"], atol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_channel_sum_conv_equals_the_convolution_it_replaces(bias):
+    conv = torch.nn.Conv2d(8, 1, 3, padding=1, bias=bias)
+    image = torch.randn(2, 8, 9, 7)
+    with torch.no_grad():
+        np.testing.assert_allclose(ChannelSumConv(conv)(image).numpy(), conv(image).numpy(), atol=1e-6)
+
+
+def test_scanner_graph_rewrites_only_its_copy_of_the_single_output_convs():
+    model = tiny_model()
+    block = ScannerGraph(model, SIZE, "none").cascades[0].block
+    assert isinstance(block.conv2, ChannelSumConv) and type(block.conv1) is torch.nn.Conv2d  # conv1 is 1 -> 8
+    assert type(model.cascades[0].block.conv2) is torch.nn.Conv2d
 
 
 def test_resolve_formulation_prefers_lines_for_line_masks():
@@ -217,6 +233,12 @@ def test_failed_validation_raises_with_the_excess_and_leaves_no_file(tmp_path, m
     assert list(tmp_path.iterdir()) == []
 
 
+def test_models_without_data_fidelity_are_not_exported(tmp_path, mask):
+    with pytest.raises(InputError, match="no data-fidelity layers"):
+        export_model(tiny_model("rcnn5"), tmp_path / "x.onnx", mask=mask, validation_kspace=phantom_kspace(mask, 1))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_validation_kspace_of_the_wrong_size_is_an_input_error(tmp_path, mask):
     with pytest.raises(InputError, match="validation k-space"):
         export_model(tiny_model(), tmp_path / "x.onnx", mask=mask, validation_kspace=np.zeros((1, 8, 8), complex))
@@ -313,13 +335,15 @@ def test_every_command_has_help(command):
     assert result.exit_code == 0 and "Usage" in result.output
 
 
-def test_export_command_with_bare_weights(tmp_path):
+def test_export_command_with_bare_weights_validates_on_a_data_file(tmp_path):
     weights = save_weights(tmp_path / "w.safetensors", tiny_model(seed=7))
+    volume = write_project_volume(tmp_path / "validation.h5", random_images(3, seed=10) + 1.0)
     out = tmp_path / "w.onnx"
     result = CliRunner().invoke(export_command, ["--arch", "d2c2", "--weights", str(weights), "--channels", "8",
-                                                 "--image-size", "16", "--acceleration", "4", "--out", str(out)])
+                                                 "--image-size", "16", "--acceleration", "4", "--out", str(out),
+                                                 "--validation", str(volume)])
     assert result.exit_code == 0, result.output
-    assert out.is_file() and "max abs error" in result.output
+    assert out.is_file() and "validated on 3 slices" in result.output
     assert open_exported(out, "cpu").metadata.extras["weights"] == "w.safetensors"
 
 

@@ -56,9 +56,11 @@ def _names(text: str | None) -> list[str] | None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/default"),
               help="Run directory (stages are cached there).")
 @click.option("--progress/--no-progress", default=True, help="Progress bars.")
+@click.option("--deploy/--no-deploy", default=True,
+              help="After training, export every trained model to validated ONNX and benchmark latency.")
 @click.pass_context
 @handles_input_errors
-def main(ctx: click.Context, preset: str, out: Path, progress: bool, **options: object) -> None:
+def main(ctx: click.Context, preset: str, out: Path, progress: bool, deploy: bool, **options: object) -> None:
     """Compress a DC-CNN MRI reconstruction teacher into a student with SFT-KD-Recon.
 
     Without a subcommand, runs teacher → student → Std-KD → SFT teacher → SFT-KD for each method and prints the
@@ -69,7 +71,7 @@ def main(ctx: click.Context, preset: str, out: Path, progress: bool, **options: 
     from compressor.config import apply_overrides, load_config
 
     config = apply_overrides(load_config(preset), _overrides(options))
-    run_pipeline(config, out, progress)
+    run_pipeline(config, out, progress, deploy)
 
 
 def _overrides(o: dict) -> dict[str, object]:
@@ -81,7 +83,10 @@ def _overrides(o: dict) -> dict[str, object]:
         "model.teacher": o["teacher"], "model.student": _names(o["student"]), "model.block_form": o["block_form"],
         "kd.method": _names(o["method"]), "kd.weight": o["kd_weight"], "kd.schedule": o["kd_schedule"],
         "kd.mode": o["kd_mode"], "kd.random_init": o["random_init"],
-        "data.source": o["source"], "data.train": o["train_path"], "data.validation": o["validation_path"],
+        "data.source": o["source"],
+        # In-plane downsampling is an option of the embedded MNI data only: file sources keep their resolution.
+        "data.downsample": 1 if o["source"] not in (None, "mni") else None,
+        "data.train": o["train_path"], "data.validation": o["validation_path"],
         "data.test": o["test_path"], "data.acceleration": _floats(o["acceleration"]), "data.mask_type": o["mask_type"],
         "data.mask_file": o["mask_file"], "data.image_size": o["image_size"], "data.mask_seed": o["seed"],
         **{f"train.epochs_{stage}": epochs for stage in ("teacher", "student", "kd", "sft")},
@@ -91,8 +96,8 @@ def _overrides(o: dict) -> dict[str, object]:
     }
 
 
-def run_pipeline(config, out: Path, progress: bool) -> None:
-    """Run the stage graph, then print the comparison tables (and build the report)."""
+def run_pipeline(config, out: Path, progress: bool, deploy: bool) -> None:
+    """Run the stage graph, export and benchmark what it produced, then print the tables and build the report."""
     import_own("evaluate")
     from compressor.training.pipeline import Pipeline
     from evaluate.metrics import slice_metrics
@@ -105,12 +110,25 @@ def run_pipeline(config, out: Path, progress: bool) -> None:
     pipeline = Pipeline(config, out, score=slice_metrics, log=lambda m: click.echo(m, err=True), progress=progress)
     click.echo(f"device: {pipeline.device}")
     result = pipeline.run()
+    if deploy:
+        deploy_run(out, log=lambda m: click.echo(m, err=True))
     report = build_report(out, fmt="github")
-    for name in ("table1", "headline"):
+    for name in ("summary", "table1", "headline", "table8"):
         if name in report.tables:
             click.echo("\n" + report.tables[name])
     click.echo(f"\nNumbers are on the validation split (best-validation-L1 weights); report in {out / 'report'}; "
                f"total {time.perf_counter() - started:.0f} s (training {result.seconds:.0f} s).")
+
+
+def deploy_run(out: Path, log) -> None:
+    """Export every trained model of the run to ONNX (validated against PyTorch) and benchmark latency."""
+    import_own("export")
+    from export.benchmark import benchmark_run, format_table
+    from export.onnx_export import export_run
+
+    export_run(out, log=log)
+    result = benchmark_run(out, log=log)
+    click.echo("\n" + format_table(result))
 
 
 @main.command("models", context_settings=CONTEXT)
@@ -140,13 +158,17 @@ def models_command(names: tuple[str, ...], block_form: str) -> None:
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["github", "latex", "csv"]), default="github", help="Table format.")
 @click.option("--figures/--no-figures", default=True, help="Also draw the figures.")
+@click.option("--split", type=click.Choice(["validation", "test"]), default="validation",
+              help="Evaluation split (validation picked the weights; test is held out).")
+@click.option("--ssim", "ssim_convention", type=click.Choice(["standard", "authors"]), default="standard",
+              help="SSIM convention: standard 2-D, or the authors' per-column one (comparable with the paper).")
 @handles_input_errors
-def report_command(run_dir: Path, fmt: str, figures: bool) -> None:
+def report_command(run_dir: Path, fmt: str, figures: bool, split: str, ssim_convention: str) -> None:
     """Rebuild every table and figure of a run directory without retraining."""
     import_own("evaluate")
     from evaluate.report import build_report
 
-    report = build_report(run_dir, fmt=fmt, figures=figures)
+    report = build_report(run_dir, fmt=fmt, figures=figures, split=split, ssim_convention=ssim_convention)
     for text in report.tables.values():
         click.echo(text + "\n")
     click.echo(f"{len(report.files)} files written under {run_dir / 'report'} in {report.seconds:.1f} s")

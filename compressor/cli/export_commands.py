@@ -8,10 +8,17 @@ code 2 and a one-line message; an export that fails validation exits with code 1
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from compressor.cli.common import UserError, handles_input_errors, import_own
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from compressor.masks import SamplingMask
+    from export.onnx_export import ExportResult
 
 SHOW_DEFAULTS = {"show_default": True}
 PROVIDERS = click.Choice(["auto", "cpu", "cuda"])
@@ -22,21 +29,21 @@ def _names(text: str | None) -> list[str] | None:
     return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
 
 
-def _validation_kspace(path: Path | None, source: str | None, mask, acceleration: float | None, count: int = 8):
+def _validation_kspace(path: Path | None, source: str | None, mask: SamplingMask, acceleration: float | None,
+                       count: int = 8) -> np.ndarray | None:
     """Up to ``count`` evenly spaced slices of a data file as validation k-space, or ``None`` without a file."""
     if path is None:
         return None
-    import numpy as np
-
+    from export.onnx_export import evenly_spaced_indices
     from export.reconstruct import infer_source, read_input
 
     kspace = read_input(path, source or infer_source(path), mask.shape, mask.values, acceleration).kspace
-    picks = np.unique(np.round(np.linspace(0, len(kspace) - 1, min(count, len(kspace)))).astype(int))
-    return kspace[picks]
+    return kspace[evenly_spaced_indices(len(kspace), count)]
 
 
 def _bare_mask(acceleration: float, image_size: int, mask_path: Path | None, mask_centred: bool | None,
-               mask_type: str, mask_seed: int):
+               mask_type: str, mask_seed: int) -> SamplingMask:
+    """The training mask of bare weights: ``mask_path`` (its centring must be stated) or a generated mask."""
     from compressor.masks import load_mask, make_mask
 
     shape = (image_size, image_size)
@@ -47,7 +54,7 @@ def _bare_mask(acceleration: float, image_size: int, mask_path: Path | None, mas
     return load_mask(mask_path, shape, centred=mask_centred)
 
 
-def _report_export(result) -> None:
+def _report_export(result: ExportResult) -> None:
     click.echo(f"{result.path}: {result.metadata.architecture}, {result.metadata.parameters} parameters, "
                f"DF formulation {result.formulation}; validated on {result.validation_slices} slices with "
                f"{result.provider}: max abs error {result.max_abs_error:.2e} (relative {result.relative_error:.2e}, "

@@ -41,6 +41,7 @@ from torch import nn
 
 from compressor.errors import InputError
 from compressor.models.base import CascadeModel, ReconOutput
+from compressor.models.features import FeatureRecorder
 from compressor.registry import Registry
 
 TAPS = ("first", "middle", "last", "block_output", "output")
@@ -108,6 +109,19 @@ def cascade_features(model: CascadeModel, recorded: Mapping[str, torch.Tensor], 
         features.append(CascadeFeatures(**hidden, block_output=recon.block_outputs[i],
                                         output=recon.cascade_outputs[i]))
     return features
+
+
+def record_cascade_features(model: CascadeModel, image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor,
+                            taps: Iterable[str]) -> list[CascadeFeatures]:
+    """Run every cascade of ``model`` from ``image`` and return the requested taps per cascade.
+
+    Records the hidden taps through forward hooks (:class:`~compressor.models.features.FeatureRecorder`) on the
+    paths of :func:`tap_module_paths`. Shapes as in :meth:`CascadeModel.run_cascades`.
+    """
+    taps = set(taps)
+    with FeatureRecorder(model, tap_module_paths(model, taps)) as recorder:
+        run = model.run_cascades(image, kspace, mask)
+    return cascade_features(model, recorder.features, run, taps)
 
 
 class DistillationLoss(nn.Module, ABC):

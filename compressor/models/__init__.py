@@ -1,8 +1,10 @@
 """Reconstruction models, built from architecture names.
 
 Names are parsed by family. ``dNcM`` is a DC-CNN with N ≥ 2 conv layers per block and M ≥ 1 cascades
-(``d5c5`` teacher, ``d3c5`` student in the paper). :func:`build_model` turns a name plus
-:class:`ModelOptions` into a :class:`~compressor.models.base.CascadeModel`.
+(``d5c5`` teacher, ``d3c5`` student in the paper); ``dcunetM`` a DC-UNet of M cascades (Table 6's teacher);
+``vdsrN`` a VDSR of N convs (super-resolution: vdsr12 teacher, vdsr4 student); ``rcnnL`` a plain residual CNN
+of L convs in 5 blocks (the feature-domain SFT ablation: rcnn25 teacher, rcnn15 student). :func:`build_model`
+turns a name plus :class:`ModelOptions` into a :class:`~compressor.models.base.CascadeModel`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from dataclasses import asdict, dataclass
 from compressor.errors import InputError
 from compressor.models.base import Cascade, CascadeModel, ReconOutput
 from compressor.models.dccnn import BLOCK_FORMS, DCCNN, CNNBlock
+from compressor.models.dcunet import DCUNet
 from compressor.models.features import FeatureRecorder
+from compressor.models.plain_cnn import RCNN_BLOCKS, FeatureChainModel, PlainResidualCNN
+from compressor.models.vdsr import VDSR, VDSR_BLOCKS
 from compressor.registry import Registry
 
 
@@ -79,6 +84,51 @@ ARCHITECTURES.register("dccnn")(ArchitectureFamily(
 ))
 
 
+def _check_dcunet(match: re.Match) -> str | None:
+    return "M must be >= 1 cascade" if int(match["m"]) < 1 else None
+
+
+def _build_dcunet(match: re.Match, options: ModelOptions) -> CascadeModel:
+    return DCUNet(int(match["m"]), channels=options.channels, block_form=options.block_form,
+                  block_padding=options.block_padding, dc_lambda=options.dc_lambda, dc_learnable=options.dc_learnable)
+
+
+ARCHITECTURES.register("dcunet")(ArchitectureFamily(
+    pattern=r"dcunet(?P<m>\d+)", form="dcunetM (M >= 1 cascades of a 2-level U-Net + DF)",
+    example="dcunet5", build=_build_dcunet, check=_check_dcunet,
+))
+
+
+def _check_vdsr(match: re.Match) -> str | None:
+    return f"N must be >= {VDSR_BLOCKS} conv layers (one per block)" if int(match["n"]) < VDSR_BLOCKS else None
+
+
+def _build_vdsr(match: re.Match, options: ModelOptions) -> CascadeModel:
+    # VDSR has its own width (64) and no DF or block padding: the options do not apply.
+    return VDSR(int(match["n"]))
+
+
+ARCHITECTURES.register("vdsr")(ArchitectureFamily(
+    pattern=r"vdsr(?P<n>\d+)", form=f"vdsrN (N >= {VDSR_BLOCKS} conv layers, {VDSR_BLOCKS} blocks, no DF)",
+    example="vdsr12", build=_build_vdsr, check=_check_vdsr,
+))
+
+
+def _check_rcnn(match: re.Match) -> str | None:
+    return f"L must be >= {RCNN_BLOCKS} conv layers (one per block)" if int(match["l"]) < RCNN_BLOCKS else None
+
+
+def _build_rcnn(match: re.Match, options: ModelOptions) -> CascadeModel:
+    # No DF and no block padding in the feature-domain network: only ``channels`` applies.
+    return PlainResidualCNN(int(match["l"]), channels=options.channels)
+
+
+ARCHITECTURES.register("rcnn")(ArchitectureFamily(
+    pattern=r"rcnn(?P<l>\d+)", form=f"rcnnL (L >= {RCNN_BLOCKS} conv layers, {RCNN_BLOCKS} blocks, no DF)",
+    example="rcnn25", build=_build_rcnn, check=_check_rcnn,
+))
+
+
 def _valid_forms() -> str:
     return "; ".join(f"{ARCHITECTURES.get(f).form}, e.g. {ARCHITECTURES.get(f).example}" for f in ARCHITECTURES)
 
@@ -113,12 +163,16 @@ def count_parameters(name: str, options: ModelOptions | None = None) -> int:
 __all__ = [
     "ARCHITECTURES",
     "DCCNN",
+    "VDSR",
     "ArchitectureFamily",
     "CNNBlock",
     "Cascade",
     "CascadeModel",
+    "DCUNet",
+    "FeatureChainModel",
     "FeatureRecorder",
     "ModelOptions",
+    "PlainResidualCNN",
     "ReconOutput",
     "build_model",
     "count_parameters",

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from compressor.data.sample import Sample
-from compressor.kd import CascadeFeatures, CompositeLoss, DistillationLoss, cascade_features, tap_module_paths
-from compressor.models import CascadeModel, FeatureRecorder
+from compressor.kd import CascadeFeatures, CompositeLoss, DistillationLoss, record_cascade_features
+from compressor.models import CascadeModel
 
 
 @dataclass
@@ -145,9 +145,7 @@ class StudentFriendlyTeacher:
 
 def record_features(model: CascadeModel, batch: Sample, taps: set[str]) -> list[CascadeFeatures]:
     """Run ``model`` on ``batch`` and collect, per cascade, the feature taps a distillation loss asked for."""
-    with FeatureRecorder(model, tap_module_paths(model, taps)) as recorder:
-        run = model.run_cascades(batch.zero_filled, batch.kspace, batch.mask)
-    return cascade_features(model, recorder.features, run, taps)
+    return record_cascade_features(model, batch.zero_filled, batch.kspace, batch.mask, taps)
 
 
 class Distillation:
