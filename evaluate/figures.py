@@ -6,6 +6,9 @@
 - :func:`loss_curves`: validation loss per epoch of each stage (Fig. 4b).
 - :func:`box_plots`: per-slice PSNR and SSIM per model (Figs. 4a and 8).
 
+Fig. 6 (attention-map residues) reruns trained models, so it lives in :mod:`evaluate.attention` (the one figure
+that needs torch); it shows the slice :func:`panel_slice` picks for Fig. 3.
+
 Matplotlib's object-oriented API with the Agg canvas is used (no pyplot), so no global backend state changes.
 Each function returns a :class:`FigureOutcome`: the file written, or why the figure was skipped.
 KD figures show one method (default: the run's first) and the first student architecture.
@@ -48,6 +51,7 @@ ROLE_COLOURS = {
     "sft_kd": "tab:green",
     "sft_kd_random": "tab:olive",
 }
+PANEL_ROLES = ("zero_filled", "teacher", "student", "std_kd", "sft_kd")
 RESIDUE_ROLES = ("student", "std_kd", "sft_kd")
 ZOOM_FRACTION = 3  # the inset is the central 1/3 × 1/3 of the slice
 
@@ -77,7 +81,8 @@ def pareto_front(points: Sequence[TradeOffPoint]) -> list[TradeOffPoint]:
     return front
 
 
-def _default_method(run: RunData, method: str | None) -> str | None:
+def default_method(run: RunData, method: str | None) -> str | None:
+    """``method``, or the run's first KD method when it is ``None`` (``None`` when the run has none)."""
     methods = run.methods()
     return method if method is not None else (methods[0] if methods else None)
 
@@ -98,12 +103,45 @@ def _stage_models(run: RunData, acceleration: float, method: str | None, roles: 
     return found
 
 
-def _save(figure: Figure, out_path: Path) -> FigureOutcome:
+def save_figure(figure: Figure, out_path: Path) -> FigureOutcome:
+    """Render ``figure`` with the Agg canvas to ``out_path`` (PNG, written under a temporary name)."""
     FigureCanvasAgg(figure)
     out_path = Path(out_path)
     with atomic_path(out_path) as temporary:
         figure.savefig(temporary, format="png", dpi=DPI)
     return FigureOutcome(out_path, None)
+
+
+class ReferenceSlice(NamedTuple):
+    """The slice a panel shows: ``images.target[index]`` of the first model with reconstructions."""
+
+    images: Reconstructions
+    index: int
+
+
+def _panel_images(run: RunData, acceleration: float, method: str | None) -> dict[str, Reconstructions | None]:
+    """The reconstructions of the Fig. 3 models at one acceleration, by role (``None`` where a file is missing)."""
+    records = _stage_models(run, acceleration, method, PANEL_ROLES)
+    return {record.role: run.reconstructions(record) for record in records}
+
+
+def _brightest_slice(images: dict[str, Reconstructions | None]) -> ReferenceSlice | None:
+    """The slice with the most signal (largest target sum) in the first reconstructions present, or ``None``."""
+    reference = next((value for value in images.values() if value is not None), None)
+    if reference is None:
+        return None
+    return ReferenceSlice(reference, int(np.argmax(reference.target.sum(axis=(-2, -1)))))
+
+
+def panel_slice(run: RunData, acceleration: float, method: str | None = None) -> tuple[str, int] | None:
+    """``(volume, slice_index)`` of the slice Fig. 3 shows at ``acceleration``, or ``None`` without reconstructions.
+
+    Other figures that show one slice (Fig. 6) use it too, so all the report's single-slice figures agree.
+    """
+    reference = _brightest_slice(_panel_images(run, acceleration, default_method(run, method)))
+    if reference is None:
+        return None
+    return reference.images.volume[reference.index], reference.images.slice_index[reference.index]
 
 
 def _slice_of(images: Reconstructions | None, key: tuple[str, int]) -> np.ndarray | None:
@@ -132,23 +170,20 @@ def qualitative_panel(run: RunData, out_path: Path, method: str | None = None) -
     student, Std-KD and SFT-KD-Recon. Images share one grey scale per row (0 to the target max), residues one
     colour scale per row. Each reconstruction is captioned with its PSNR on that slice.
     """
-    method = _default_method(run, method)
-    image_roles = ("zero_filled", "teacher", "student", "std_kd", "sft_kd")
+    method = default_method(run, method)
     rows = []
     for acceleration in run.accelerations():
-        records = {record.role: record for record in _stage_models(run, acceleration, method, image_roles)}
-        images = {role: run.reconstructions(record) for role, record in records.items()}
-        reference = next((value for value in images.values() if value is not None), None)
+        images = _panel_images(run, acceleration, method)
+        reference = _brightest_slice(images)
         if reference is None:
             continue
-        index = int(np.argmax(reference.target.sum(axis=(-2, -1))))
-        key = (reference.volume[index], reference.slice_index[index])
-        slices = {role: _slice_of(images.get(role), key) for role in image_roles}
-        rows.append((acceleration, reference.target[index], slices))
+        key = (reference.images.volume[reference.index], reference.images.slice_index[reference.index])
+        slices = {role: _slice_of(images.get(role), key) for role in PANEL_ROLES}
+        rows.append((acceleration, reference.images.target[reference.index], slices))
     if not rows:
         return FigureOutcome(None, f"no reconstructions_{run.split}.h5 files: qualitative panel skipped")
 
-    columns = 2 + len(image_roles) + len(RESIDUE_ROLES)
+    columns = 2 + len(PANEL_ROLES) + len(RESIDUE_ROLES)
     figure = Figure(figsize=(1.9 * columns, 2.2 * len(rows)), layout="constrained")
     grid = figure.subplots(len(rows), columns, squeeze=False)
     for axes_row, (acceleration, target, slices) in zip(grid, rows):
@@ -163,13 +198,13 @@ def qualitative_panel(run: RunData, out_path: Path, method: str | None = None) -
         axes_row[0].add_patch(Rectangle((left - 0.5, top - 0.5), zoom_w, zoom_h, fill=False, edgecolor="yellow"))
         axes_row[0].set_ylabel(f"{acceleration:g}x", fontsize=10)
         _show(axes_row[1], target[top:top + zoom_h, left:left + zoom_w], "Target (zoom)", scale, "gray")
-        for axes, role in zip(axes_row[2:], image_roles):
+        for axes, role in zip(axes_row[2:], PANEL_ROLES):
             _show(axes, slices[role], ROLE_LABELS[role], scale, "gray")
             if slices[role] is not None and target.max() > 0:
                 axes.set_xlabel(f"{psnr(slices[role], target):.2f} dB", fontsize=8)
-        for axes, role in zip(axes_row[2 + len(image_roles):], RESIDUE_ROLES):
+        for axes, role in zip(axes_row[2 + len(PANEL_ROLES):], RESIDUE_ROLES):
             _show(axes, residues.get(role), f"{ROLE_LABELS[role]} residue", residue_scale, "inferno")
-    return _save(figure, out_path)
+    return save_figure(figure, out_path)
 
 
 def psnr_vs_latency(run: RunData, out_path: Path) -> FigureOutcome:
@@ -209,12 +244,12 @@ def psnr_vs_latency(run: RunData, out_path: Path) -> FigureOutcome:
         axes.set_xlabel(f"latency per slice (ms, {run.benchmark.provider})")
         axes.set_ylabel(f"mean PSNR on {run.split} (dB)")
         axes.legend(fontsize=7)
-    return _save(figure, out_path)
+    return save_figure(figure, out_path)
 
 
 def loss_curves(run: RunData, out_path: Path, method: str | None = None) -> FigureOutcome:
     """Fig. 4b: validation loss per epoch of teacher, SFT teacher, student, Std-KD and SFT-KD-Recon."""
-    method = _default_method(run, method)
+    method = default_method(run, method)
     roles = ("teacher", "sft_teacher", "student", "std_kd", "sft_kd")
     accelerations = run.accelerations()
     figure = Figure(figsize=(5.5 * max(len(accelerations), 1), 4.0), layout="constrained")
@@ -235,7 +270,7 @@ def loss_curves(run: RunData, out_path: Path, method: str | None = None) -> Figu
             axes.legend(fontsize=7)
     if not drawn:
         return FigureOutcome(None, "no history.json with validation losses: loss curves skipped")
-    return _save(figure, out_path)
+    return save_figure(figure, out_path)
 
 
 def box_plots(run: RunData, out_path: Path) -> FigureOutcome:
@@ -268,4 +303,4 @@ def box_plots(run: RunData, out_path: Path) -> FigureOutcome:
             drawn = True
     if not drawn:
         return FigureOutcome(None, f"no per-slice metrics for {run.split}: box plots skipped")
-    return _save(figure, out_path)
+    return save_figure(figure, out_path)

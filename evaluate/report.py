@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from compressor.errors import InputError
 from compressor.io import atomic_path
+from evaluate.attention import attention_residue_panel
 from evaluate.figures import FigureOutcome, box_plots, loss_curves, psnr_vs_latency, qualitative_panel
 from evaluate.rundir import RunData, load_run
 from evaluate.tables import FORMATS, TABLE_BUILDERS, render
@@ -24,6 +25,7 @@ FIGURE_BUILDERS: dict[str, Callable[[RunData, Path], FigureOutcome]] = {
     "psnr_vs_latency": psnr_vs_latency,
     "fig4b_loss_curves": loss_curves,
     "fig4a_box_plots": box_plots,
+    "fig6_attention_residue": attention_residue_panel,
 }
 
 
