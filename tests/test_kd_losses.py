@@ -470,7 +470,7 @@ def test_each_loss_documents_its_paper_formula_reduction_and_weights(name):
 
 
 def test_default_weights_per_mode():
-    assert KD_LOSSES.get("at").default_weight_for("paper") == 1e4
+    assert KD_LOSSES.get("at").default_weight_for("paper") == 1000
     assert KD_LOSSES.get("at").default_weight_for("authors") == 1.0
     assert KD_LOSSES.get("pkt").default_weight_for("paper") == 30000
     assert build_kd_loss("sp", mode="authors").default_weight == 30.0  # an instance reports its mode's weight

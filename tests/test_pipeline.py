@@ -97,3 +97,15 @@ def test_resume_after_interruption_gives_the_same_result(tmp_path, monkeypatch):
     assert [line.split(":")[0] for line in log if "resuming after epoch 1 of 2" in line] == [
         "teacher/d5c5@4x", "sft_teacher/d5c5@4x"]
     assert psnr_by_name(resumed) == psnr_by_name(reference)
+
+
+def test_stage_keys_use_the_resolved_kd_weight(tmp_path):
+    """Naming the default weight explicitly is the same stage; another weight is a new one."""
+    run(tmp_path)
+    log: list[str] = []
+    run(tmp_path, log, **{"kd.weight": 1000.0})  # AT's documented default
+    assert len([line for line in log if line.startswith("reusing")]) == 5
+    log.clear()
+    run(tmp_path, log, **{"kd.weight": 10.0})
+    reused = {line.split()[1] for line in log if line.startswith("reusing")}
+    assert reused == {"teacher/d5c5@4x", "student/d3c5@4x", "sft_teacher/d5c5@4x"}

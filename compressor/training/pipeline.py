@@ -253,8 +253,9 @@ class Pipeline:
             if cfg.kd.random_init:
                 variants.append(("sft_kd_random", sft, None))
             for method in self.methods:
-                kd = {"method": method, "mode": cfg.kd.mode, "schedule": cfg.kd.schedule, "weight": cfg.kd.weight,
-                      "feature_epochs": cfg.kd.feature_epochs}
+                # The resolved weight, not the option: a changed default must not reuse stages trained with the old.
+                kd = {"method": method, "mode": cfg.kd.mode, "schedule": cfg.kd.schedule,
+                      "weight": self._kd_phases(method)[1], "feature_epochs": cfg.kd.feature_epochs}
                 for role, source, init_from in variants:
                     spec = self._spec(splits, acceleration, role, student_arch, epochs.epochs_kd, method,
                                       {"teacher": source.spec.key}, kd=kd)
