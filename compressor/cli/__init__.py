@@ -104,11 +104,11 @@ def run_pipeline(config, out: Path, progress: bool, deploy: bool) -> None:
     from evaluate.report import build_report
 
     started = time.perf_counter()
-    click.echo(f"preset {config.preset}: teacher {config.model.teacher}, student {','.join(config.model.student)}, "
-               f"methods {','.join(config.kd.method)}, {config.data.source} data, "
-               f"accelerations {','.join(f'{a:g}x' for a in config.data.acceleration)}, run directory {out}")
     pipeline = Pipeline(config, out, score=slice_metrics, log=lambda m: click.echo(m, err=True), progress=progress)
-    click.echo(f"device: {pipeline.device}")
+    click.echo(f"preset {config.preset}: teacher {config.model.teacher}, student {','.join(config.model.student)}, "
+               f"methods {','.join(pipeline.methods)}, {config.data.source} data, "
+               f"accelerations {','.join(f'{a:g}x' for a in config.data.acceleration)}, run directory {out}, "
+               f"device {pipeline.device}")
     result = pipeline.run()
     if deploy:
         deploy_run(out, log=lambda m: click.echo(m, err=True))

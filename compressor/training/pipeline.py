@@ -211,12 +211,12 @@ class Pipeline:
     # -- the graph ----------------------------------------------------------------------------------------------
     def run(self) -> PipelineResult:
         started = time.perf_counter()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_json(self.run_dir / "config.json", self.config.to_dict())
         records: list[dict[str, Any]] = []
         teacher_params = build_model(self.config.model.teacher, self.model_options).num_parameters()
         for acceleration in self.config.data.acceleration:
             splits = build_splits(self.config.data, acceleration, log=self.log)
+            # Written once the data is known to be readable, so a bad file leaves no run directory behind.
+            save_json(self.run_dir / "config.json", self.config.to_dict())
             self.log(f"data: {splits.description}; {splits.mask.sampled_fraction:.1%} of k-space sampled")
             for split, file in self._zero_filled_metrics(splits, acceleration).items():
                 records.append(self._record("zero_filled", None, None, acceleration, split, 0, teacher_params, None,
