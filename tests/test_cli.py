@@ -72,3 +72,19 @@ def test_reconstruct_with_a_corrupt_model_file(runner, tmp_path):
                                                str(tmp_path / "out.h5")]))
     assert "model.onnx" in line
     assert not (tmp_path / "out.h5").exists()
+
+
+def test_set_overrides_any_config_value():
+    from compressor.cli import _settings
+    from compressor.config import apply_overrides, load_config
+
+    settings = _settings(("train.lr_step=20", "sft.imitation_per_pixel=true", "data.acceleration=[4, 8]",
+                          "kd.mode=authors"))
+    config = apply_overrides(load_config("smoke"), settings)
+    assert config.train.lr_step == 20 and config.sft.imitation_per_pixel is True
+    assert config.data.acceleration == [4.0, 8.0] and config.kd.mode == "authors"
+
+
+def test_set_with_an_unknown_key_is_one_line_exit_2(runner, tmp_path):
+    result = runner.invoke(main, ["--preset", "smoke", "--out", str(tmp_path), "--set", "train.nope=1"])
+    assert "unknown config key 'train.nope'" in one_line_error(result)

@@ -53,6 +53,9 @@ def _names(text: str | None) -> list[str] | None:
 @click.option("--kd-mode", type=click.Choice(["paper", "authors"]), help="Each method as its paper or the authors.")
 @click.option("--sft-weights", help="SFT loss weights w_T,w_S,w_I (paper: 1,1,1).")
 @click.option("--random-init/--no-random-init", default=None, help="Also run SFT-KD from a random student (Table 5).")
+@click.option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override any config value, e.g. --set train.lr_step=20 --set sft.imitation_per_pixel=true "
+                   "(VALUE in TOML syntax; repeatable).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/default"),
               help="Run directory (stages are cached there).")
 @click.option("--progress/--no-progress", default=True, help="Progress bars.")
@@ -70,8 +73,25 @@ def main(ctx: click.Context, preset: str, out: Path, progress: bool, deploy: boo
         return
     from compressor.config import apply_overrides, load_config
 
-    config = apply_overrides(load_config(preset), _overrides(options))
+    settings = _settings(options.pop("settings"))
+    config = apply_overrides(apply_overrides(load_config(preset), _overrides(options)), settings)
     run_pipeline(config, out, progress, deploy)
+
+
+def _settings(items: tuple[str, ...]) -> dict[str, object]:
+    """``SECTION.KEY=VALUE`` pairs, VALUE parsed as a TOML value (a bare word is taken as a string)."""
+    import tomllib
+
+    parsed: dict[str, object] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or "." not in key:
+            raise click.BadParameter(f"expected SECTION.KEY=VALUE, got {item!r}", param_hint="--set")
+        try:
+            parsed[key.strip()] = tomllib.loads(f"value = {text.strip()}")["value"]
+        except tomllib.TOMLDecodeError:
+            parsed[key.strip()] = text.strip()
+    return parsed
 
 
 def _overrides(o: dict) -> dict[str, object]:
