@@ -179,6 +179,9 @@ def list_presets() -> list[str]:
 def load_config(preset_or_path: str) -> RunConfig:
     """Load a preset name from ``configs/`` (``smoke``, ``quick``, ``paper``) or a TOML file path."""
     path = Path(preset_or_path)
+    if not path.suffix and not CONFIG_DIR.is_dir():
+        raise InputError(f"preset {preset_or_path!r}: the presets folder {CONFIG_DIR} is missing (presets ship "
+                         "with the source checkout: install it with `pip install -e .`, or pass a TOML file path)")
     if not path.suffix:
         path = CONFIG_DIR / f"{preset_or_path}.toml"
         if not path.is_file():
