@@ -13,7 +13,6 @@ tuple position:
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import torch
@@ -56,7 +55,13 @@ class Cascade(nn.Module):
         return block_output, self.data_fidelity(block_output, kspace, mask, fourier)
 
 
-class CascadeModel(nn.Module, ABC):
+def data_fidelity_cascades(blocks: list[nn.Module], dc_lambda: float | None = None,
+                           dc_learnable: bool = False) -> list[Cascade]:
+    """One :class:`Cascade` per block, each block followed by its own DF layer (eq. 2)."""
+    return [Cascade(block, DataFidelity(dc_lambda, dc_learnable)) for block in blocks]
+
+
+class CascadeModel(nn.Module):
     """A chain of :class:`Cascade` modules sharing one Fourier operator (``self.fourier``, swappable)."""
 
     arch: str
@@ -100,9 +105,11 @@ class CascadeModel(nn.Module, ABC):
         """Full reconstruction ``(B, 1, H, W)`` from the zero-filled image, k-space and mask."""
         return self.run_cascades(zero_filled, kspace, mask).image
 
-    @abstractmethod
     def hidden_layers(self, cascade: int) -> list[str]:
-        """Module paths (as in ``named_modules``) of cascade ``cascade``'s hidden activations, in order."""
+        """Module paths (as in ``named_modules``) of cascade ``cascade``'s hidden activations, in order: the
+        names its block lists in ``hidden_layer_names()``."""
+        block = self.cascades[cascade].block
+        return [f"cascades.{cascade}.block.{name}" for name in block.hidden_layer_names()]
 
     def distillation_layer(self, cascade: int) -> str:
         """The hidden activation paired across teacher and student for feature KD: the middle one.

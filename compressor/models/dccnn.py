@@ -15,11 +15,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressor.models.base import Cascade, CascadeModel
-from compressor.physics.data_fidelity import DataFidelity
+from compressor.models.base import CascadeModel, data_fidelity_cascades
 from compressor.physics.fft import FourierOperator
 
 BLOCK_FORMS = ("plain", "residual")
+
+
+def is_residual(block_form: str) -> bool:
+    """``True`` for ``"residual"`` blocks, ``False`` for ``"plain"``; anything else is an error."""
+    if block_form not in BLOCK_FORMS:
+        raise ValueError(f"block_form must be one of {BLOCK_FORMS}, got {block_form!r}")
+    return block_form == "residual"
 
 
 class CNNBlock(nn.Module):
@@ -72,17 +78,9 @@ class DCCNN(CascadeModel):
     def __init__(self, n_layers: int, n_cascades: int, channels: int = 32, block_form: str = "plain",
                  block_padding: int = 5, dc_lambda: float | None = None, dc_learnable: bool = False,
                  fourier: FourierOperator | None = None):
-        if block_form not in BLOCK_FORMS:
-            raise ValueError(f"block_form must be one of {BLOCK_FORMS}, got {block_form!r}")
-        cascades = [
-            Cascade(CNNBlock(n_layers, channels, block_form == "residual", block_padding),
-                    DataFidelity(dc_lambda, dc_learnable))
-            for _ in range(n_cascades)
-        ]
-        super().__init__(cascades, fourier)
+        residual = is_residual(block_form)
+        blocks = [CNNBlock(n_layers, channels, residual, block_padding) for _ in range(n_cascades)]
+        super().__init__(data_fidelity_cascades(blocks, dc_lambda, dc_learnable), fourier)
         self.arch = f"d{n_layers}c{n_cascades}"
         self.n_layers = n_layers
         self.block_form = block_form
-
-    def hidden_layers(self, cascade: int) -> list[str]:
-        return [f"cascades.{cascade}.block.{name}" for name in self.cascades[cascade].block.hidden_layer_names()]

@@ -44,9 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressor.models.base import Cascade, CascadeModel
-from compressor.models.dccnn import BLOCK_FORMS
-from compressor.physics.data_fidelity import DataFidelity
+from compressor.models.base import CascadeModel, data_fidelity_cascades
+from compressor.models.dccnn import is_residual
 from compressor.physics.fft import FourierOperator
 
 PAIRED_RELU = "relu5"
@@ -113,19 +112,12 @@ class DCUNet(CascadeModel):
     def __init__(self, n_cascades: int, channels: int = 32, block_form: str = "plain", block_padding: int = 5,
                  dc_lambda: float | None = None, dc_learnable: bool = False,
                  fourier: FourierOperator | None = None):
-        if block_form not in BLOCK_FORMS:
-            raise ValueError(f"block_form must be one of {BLOCK_FORMS}, got {block_form!r}")
-        cascades = [
-            Cascade(UNetBlock(channels, block_form == "residual", block_padding), DataFidelity(dc_lambda, dc_learnable))
-            for _ in range(n_cascades)
-        ]
-        super().__init__(cascades, fourier)
+        residual = is_residual(block_form)
+        blocks = [UNetBlock(channels, residual, block_padding) for _ in range(n_cascades)]
+        super().__init__(data_fidelity_cascades(blocks, dc_lambda, dc_learnable), fourier)
         self.arch = f"dcunet{n_cascades}"
         self.channels = channels
         self.block_form = block_form
-
-    def hidden_layers(self, cascade: int) -> list[str]:
-        return [f"cascades.{cascade}.block.{name}" for name in UNetBlock.hidden_layer_names()]
 
     def distillation_layer(self, cascade: int) -> str:
         """``relu5`` of the cascade's U-Net: ``c`` channels at full (padded) resolution, not the base rule's

@@ -108,9 +108,6 @@ class FeatureChainModel(CascadeModel):
         self.n_layers = n_layers
         self.channels = channels
 
-    def hidden_layers(self, cascade: int) -> list[str]:
-        return [f"cascades.{cascade}.block.{name}" for name in self.cascades[cascade].block.hidden_layer_names()]
-
 
 class PlainResidualCNN(FeatureChainModel):
     """``rcnnL``: the feature-domain SFT ablation network, ``L`` convs of ``channels`` (paper: 32) in

@@ -93,8 +93,9 @@ class Pipeline:
         self.methods = resolve_methods(config.kd.method)
         self.model_options = ModelOptions(block_form=config.model.block_form, block_padding=config.model.block_padding,
                                           dc_lambda=config.model.dc_lambda, dc_learnable=config.model.dc_learnable)
-        for arch in [config.model.teacher, *config.model.student]:
-            build_model(arch, self.model_options)
+        # Building each model once checks every name before any training; the teacher's cascades pair with KD.
+        models = [build_model(arch, self.model_options) for arch in [config.model.teacher, *config.model.student]]
+        self.n_cascades = models[0].n_cascades
         t = config.train
         self.settings = TrainSettings(batch_size=t.batch_size, lr=t.lr, lr_step=t.lr_step, lr_gamma=t.lr_gamma,
                                       seed=t.seed, device=self.device, amp=t.amp, num_workers=t.num_workers,
@@ -118,15 +119,18 @@ class Pipeline:
         model = build_model(arch or outcome.spec.arch, self.model_options)
         return load_weights(outcome.directory / file, model).to(self.device)
 
+    def _kd_weight(self, method: str) -> float:
+        """``kd.weight`` if set, else the method's documented default for the configured mode."""
+        kd = self.config.kd
+        return kd.weight if kd.weight is not None else KD_LOSSES.get(method).default_weight_for(kd.mode)
+
     def _kd_phases(self, method: str) -> tuple[list[Phase], float, DistillationLoss]:
         """The distillation loss, its weight and the phases of its stage (see :func:`kd_phases`)."""
         kd = self.config.kd
         channels = self.model_options.channels
-        loss = build_kd_loss(method, mode=kd.mode, channels=(channels, channels),
-                             n_cascades=build_model(self.config.model.teacher, self.model_options).n_cascades)
-        weight = kd.weight if kd.weight is not None else loss.default_weight
+        loss = build_kd_loss(method, mode=kd.mode, channels=(channels, channels), n_cascades=self.n_cascades)
         phases = kd_phases(loss, kd.schedule, self.config.train.epochs_kd, kd.feature_epochs)
-        return phases, weight, loss.to(self.device)
+        return phases, self._kd_weight(method), loss.to(self.device)
 
     # -- running one stage ------------------------------------------------------------------------------------
     def _run(self, spec: StageSpec, splits: DataSplits, build: Callable[[], tuple[Objective, list[Phase]]],
@@ -255,7 +259,7 @@ class Pipeline:
             for method in self.methods:
                 # The resolved weight, not the option: a changed default must not reuse stages trained with the old.
                 kd = {"method": method, "mode": cfg.kd.mode, "schedule": cfg.kd.schedule,
-                      "weight": self._kd_phases(method)[1], "feature_epochs": cfg.kd.feature_epochs}
+                      "weight": self._kd_weight(method), "feature_epochs": cfg.kd.feature_epochs}
                 for role, source, init_from in variants:
                     spec = self._spec(splits, acceleration, role, student_arch, epochs.epochs_kd, method,
                                       {"teacher": source.spec.key}, kd=kd)
