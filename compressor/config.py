@@ -29,8 +29,15 @@ class DataConfig:
     ``source``: ``mni`` (embedded MNI ICBM152 T1 template), ``project`` (this tool's HDF5 layout), ``fastmri``
     (single-coil HDF5), ``nifti`` (MRBrainS/ACDC volumes), ``authors`` (the SFT-KD-Recon repository's HDF5
     layout). For file sources, ``train``/``validation``/``test`` name a file or a folder of files.
+
+    ``task``: ``reconstruction`` (undersampled k-space → image, the paper's main task) or ``sr`` (super-resolution,
+    Appendix B: the input is the image degraded by k-space truncation for scale ``s`` and interpolated back with
+    ``sr_interpolation``, see :mod:`compressor.physics.degradation`); for ``sr`` each ``acceleration`` is the
+    integer scale ``s`` (Table 9's "4x") and no mask is used.
     """
 
+    task: str = "reconstruction"
+    sr_interpolation: str = "bicubic"
     source: str = "mni"
     train: str | None = None
     validation: str | None = None
@@ -51,7 +58,12 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Teacher and student architectures and the options recorded with every model."""
+    """Teacher and student architectures and the options recorded with every model.
+
+    ``init_teacher``: a weights file (``.safetensors``) or a stage directory of another run whose
+    ``best.safetensors`` starts the teacher and the SFT teacher (Fig. 7: pre-trained on another dataset, fine-tuned
+    here); the from-scratch SFT teacher is then trained too, as the reference curve.
+    """
 
     teacher: str = "d5c5"
     student: list[str] = field(default_factory=lambda: ["d3c5"])
@@ -59,6 +71,7 @@ class ModelConfig:
     block_padding: int = 5
     dc_lambda: float | None = None
     dc_learnable: bool = False
+    init_teacher: str | None = None
 
 
 @dataclass
@@ -85,12 +98,16 @@ class SFTConfig:
     """Student-friendly teacher loss ``w_T·L_rec^T + w_S·L_rec^S + w_I·L_imit`` (eqs. 3-5; paper: 1, 1, 1).
 
     ``imitation_per_pixel``: divide the imitation term by the pixel count, as the authors' code did.
+    ``feature_ablation``: also run the feature-domain SFT of Park et al. 2021 (Tables 2 and 4) through the same
+    stages: residual CNNs ``rcnnL`` (ResNet units) with the teacher's and student's conv counts (d5c5 → rcnn25,
+    d3c5 → rcnn15), no intermediate DF or image outputs, every loss MSE.
     """
 
     teacher_weight: float = 1.0
     student_weight: float = 1.0
     imitation_weight: float = 1.0
     imitation_per_pixel: bool = False
+    feature_ablation: bool = False
 
 
 @dataclass

@@ -6,6 +6,7 @@ interrupted run leaves either the previous complete file or the new one, never h
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -61,3 +62,12 @@ def load_json(path: Path) -> Any:
         raise InputError("file not found", path) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InputError(f"not valid JSON ({error})", path) from None
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (16 hex digits): identifies weights a stage was started from in its cache key."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            sha.update(chunk)
+    return sha.hexdigest()[:16]

@@ -5,12 +5,15 @@
 - :func:`psnr_vs_latency`: mean PSNR against ONNX Runtime latency per architecture and method, Pareto front marked.
 - :func:`loss_curves`: validation loss per epoch of each stage (Fig. 4b).
 - :func:`box_plots`: per-slice PSNR and SSIM per model (Figs. 4a and 8).
+- :func:`warm_start_curves`: validation loss of the warm-started SFT teacher against the one trained from scratch
+  (Fig. 7).
 
 Fig. 6 (attention-map residues) reruns trained models, so it lives in :mod:`evaluate.attention` (the one figure
 that needs torch); it shows the slice :func:`panel_slice` picks for Fig. 3.
 
 Matplotlib's object-oriented API with the Agg canvas is used (no pyplot), so no global backend state changes.
-Each function returns a :class:`FigureOutcome`: the file written, or why the figure was skipped.
+Each function returns a :class:`FigureOutcome`: the file written, or why the figure was skipped (and whether
+that is because the run did not do the experiment the figure shows).
 KD figures show one method (default: the run's first) and the first student architecture.
 """
 
@@ -29,14 +32,23 @@ from matplotlib.ticker import MaxNLocator
 
 from compressor.io import atomic_path
 from evaluate.metrics import psnr
-from evaluate.rundir import ModelRecord, Reconstructions, RunData
-from evaluate.tables import method_label
+from evaluate.rundir import (
+    CONVERGENCE_TOLERANCE,
+    Convergence,
+    HistoryEntry,
+    ModelRecord,
+    Reconstructions,
+    RunData,
+    convergence,
+)
+from evaluate.tables import WARM_START_HINT, WarmStartCurve, method_label, sft_teacher_curves, zero_filled_label
 
 DPI = 120
 ROLE_LABELS = {
     "zero_filled": "ZF",
     "teacher": "Teacher",
     "sft_teacher": "SFT teacher",
+    "sft_teacher_scratch": "SFT teacher (from scratch)",
     "student": "Student",
     "std_kd": "Std-KD",
     "sft_kd": "SFT-KD-Recon",
@@ -46,6 +58,7 @@ ROLE_COLOURS = {
     "zero_filled": "tab:gray",
     "teacher": "tab:blue",
     "sft_teacher": "tab:purple",
+    "sft_teacher_scratch": "tab:brown",
     "student": "tab:orange",
     "std_kd": "tab:red",
     "sft_kd": "tab:green",
@@ -54,13 +67,19 @@ ROLE_COLOURS = {
 PANEL_ROLES = ("zero_filled", "teacher", "student", "std_kd", "sft_kd")
 RESIDUE_ROLES = ("student", "std_kd", "sft_kd")
 ZOOM_FRACTION = 3  # the inset is the central 1/3 × 1/3 of the slice
+WARM_START_COLOURS = {"sft_teacher": "tab:green", "sft_teacher_scratch": "tab:red", "teacher": "tab:blue"}  # Fig. 7
 
 
 class FigureOutcome(NamedTuple):
-    """``path`` of the PNG written, or ``None`` and a ``note`` saying why the figure was skipped."""
+    """``path`` of the PNG written, or ``None`` and a ``note`` saying why the figure was skipped.
+
+    ``not_run`` is true when the figure was skipped because the run did not do its experiment (the note then says
+    how to run it), false when data the run should have is missing.
+    """
 
     path: Path | None
     note: str | None
+    not_run: bool = False
 
 
 class TradeOffPoint(NamedTuple):
@@ -199,7 +218,8 @@ def qualitative_panel(run: RunData, out_path: Path, method: str | None = None) -
         axes_row[0].set_ylabel(f"{acceleration:g}x", fontsize=10)
         _show(axes_row[1], target[top:top + zoom_h, left:left + zoom_w], "Target (zoom)", scale, "gray")
         for axes, role in zip(axes_row[2:], PANEL_ROLES):
-            _show(axes, slices[role], ROLE_LABELS[role], scale, "gray")
+            _show(axes, slices[role], zero_filled_label(run) if role == "zero_filled" else ROLE_LABELS[role], scale,
+                  "gray")
             if slices[role] is not None and target.max() > 0:
                 axes.set_xlabel(f"{psnr(slices[role], target):.2f} dB", fontsize=8)
         for axes, role in zip(axes_row[2 + len(PANEL_ROLES):], RESIDUE_ROLES):
@@ -303,4 +323,59 @@ def box_plots(run: RunData, out_path: Path) -> FigureOutcome:
             drawn = True
     if not drawn:
         return FigureOutcome(None, f"no per-slice metrics for {run.split}: box plots skipped")
+    return save_figure(figure, out_path)
+
+
+class ValidationCurve(NamedTuple):
+    """A Fig. 7 curve ready to draw: the stage, its history and when it converged."""
+
+    curve: WarmStartCurve
+    history: list[HistoryEntry]
+    settled: Convergence
+
+
+def _validation_curves(run: RunData, acceleration: float) -> list[ValidationCurve]:
+    """The warm-start comparison's curves at one acceleration that have validation losses."""
+    curves = sft_teacher_curves(run, acceleration)
+    teacher = run.find_warm_started("teacher", acceleration)
+    if teacher is not None:
+        curves.append(WarmStartCurve("Teacher, warm-started", teacher))
+    drawable = []
+    for curve in curves:
+        history = run.history(curve.record)
+        settled = convergence(history) if history else None
+        if settled is not None:
+            drawable.append(ValidationCurve(curve, history, settled))
+    return drawable
+
+
+def warm_start_curves(run: RunData, out_path: Path) -> FigureOutcome:
+    """Fig. 7: validation L1 (log scale) per epoch of the warm-started SFT teacher (green) and the one trained from
+    scratch (red), with the warm-started teacher dashed when the run has it; one panel per acceleration.
+
+    A dotted vertical line marks each curve's epochs to converge (first epoch within
+    :data:`~evaluate.rundir.CONVERGENCE_TOLERANCE` of its minimum), as in the warm-start table.
+    """
+    if not run.has_warm_start():
+        return FigureOutcome(None, f"warm-start curves skipped. {WARM_START_HINT}", not_run=True)
+    panels = [(acceleration, drawable) for acceleration in run.accelerations()
+              if (drawable := _validation_curves(run, acceleration))]
+    if not panels:
+        return FigureOutcome(None, "no history.json with validation losses for the SFT teachers: warm-start curves "
+                                   "skipped")
+
+    figure = Figure(figsize=(5.5 * len(panels), 4.0), layout="constrained")
+    for axes, (acceleration, drawable) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
+        for curve, history, settled in drawable:
+            colour = WARM_START_COLOURS[curve.record.role]
+            axes.plot([entry.epoch for entry in history], [entry.val_loss for entry in history], color=colour,
+                      linestyle="--" if curve.record.role == "teacher" else "-",
+                      label=f"{curve.label} (converged at epoch {settled.epoch}, {settled.seconds:.1f} s)")
+            axes.axvline(settled.epoch, color=colour, linestyle=":", linewidth=1)
+        axes.set_yscale("log")
+        axes.set_title(f"{acceleration:g}x")
+        axes.set_xlabel(f"epoch (dotted: within {CONVERGENCE_TOLERANCE:.0%} of the curve's minimum)")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_ylabel(f"{run.split} L1")
+        axes.legend(fontsize=7)
     return save_figure(figure, out_path)

@@ -15,7 +15,14 @@ from typing import NamedTuple
 from compressor.errors import InputError
 from compressor.io import atomic_path
 from evaluate.attention import attention_residue_panel
-from evaluate.figures import FigureOutcome, box_plots, loss_curves, psnr_vs_latency, qualitative_panel
+from evaluate.figures import (
+    FigureOutcome,
+    box_plots,
+    loss_curves,
+    psnr_vs_latency,
+    qualitative_panel,
+    warm_start_curves,
+)
 from evaluate.rundir import RunData, load_run
 from evaluate.tables import FORMATS, TABLE_BUILDERS, render
 
@@ -26,6 +33,7 @@ FIGURE_BUILDERS: dict[str, Callable[[RunData, Path], FigureOutcome]] = {
     "fig4b_loss_curves": loss_curves,
     "fig4a_box_plots": box_plots,
     "fig6_attention_residue": attention_residue_panel,
+    "fig7_warm_start": warm_start_curves,
 }
 
 
@@ -33,15 +41,18 @@ class Report(NamedTuple):
     """What :func:`build_report` produced.
 
     Attributes:
-        tables: rendered text of each table by name (``table1``, ``table3``, ``table5``, ``table8``, ``headline``).
+        tables: rendered text of each table by name (``summary``, ``table1``, ``table2``, ``table3``, ``table5``,
+            ``table8``, ``warm_start``, ``headline``).
         files: every file written, tables first.
-        notes: why a figure was skipped (e.g. no ``benchmark.json``).
+        notes: why a figure was skipped although the run did its experiment (e.g. no ``benchmark.json``).
+        not_run: figures of experiments the run did not do (e.g. no ``--init-teacher``), with how to get them.
         seconds: wall time of the whole report.
     """
 
     tables: dict[str, str]
     files: list[Path]
     notes: list[str]
+    not_run: list[str]
     seconds: float
 
 
@@ -71,7 +82,7 @@ def build_report(
         raise InputError(f"unknown table format {fmt!r}; valid formats: {', '.join(FORMATS)}")
     run = load_run(Path(run_dir), split=split, ssim_convention=ssim_convention)
     out_dir = Path(out_dir) if out_dir is not None else Path(run_dir) / REPORT_DIR
-    tables, files, notes = {}, [], []
+    tables, files, notes, not_run = {}, [], [], []
     for name, build in TABLE_BUILDERS.items():
         tables[name] = render(build(run), fmt)
         path = out_dir / f"{name}.{FORMATS[fmt]}"
@@ -83,6 +94,8 @@ def build_report(
             outcome = draw(run, out_dir / f"{name}.png")
             if outcome.path is not None:
                 files.append(outcome.path)
+            elif outcome.not_run:
+                not_run.append(f"{name}: {outcome.note}")
             else:
                 notes.append(f"{name}: {outcome.note}")
-    return Report(tables=tables, files=files, notes=notes, seconds=time.perf_counter() - started)
+    return Report(tables=tables, files=files, notes=notes, not_run=not_run, seconds=time.perf_counter() - started)

@@ -4,12 +4,17 @@
 reconstructions are read on first use and cached. A metric missing from a stage's ``metrics_<split>.json`` (or
 SSIM in the authors' convention, which the pipeline does not store) is computed from its
 ``reconstructions_<split>.h5``; a model with neither is *missing* (``None``), never zero.
+
+A run may hold two training setups (``setup`` of each record): ``image`` (SFT-KD-Recon, DC-CNNs; what every table
+and figure reports) and ``feature`` (the feature-domain SFT ablation of Tables 2 and 4, residual CNNs), which only
+:meth:`RunData.for_setup` exposes. The zero-filled records belong to no setup and are shared by both.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -24,10 +29,15 @@ RESULTS_FILE = "results.json"
 BENCHMARK_FILE = "benchmark.json"
 HISTORY_FILE = "history.json"
 SCHEMA_VERSION = 1
-ROLES = ("zero_filled", "teacher", "student", "std_kd", "sft_teacher", "sft_kd", "sft_kd_random")
+ROLES = ("zero_filled", "teacher", "student", "std_kd", "sft_teacher", "sft_kd", "sft_kd_random",
+         "sft_teacher_scratch")
 KD_ROLES = ("std_kd", "sft_kd", "sft_kd_random")
 STUDENT_ROLES = ("student", *KD_ROLES)
 RECONSTRUCTION_DATASETS = ("reconstruction", "target", "zero_filled", "volume", "slice_index")
+SETUPS = ("image", "feature")  # SFT-KD-Recon (DC-CNNs, image domain); the feature-domain SFT ablation (rcnnL)
+TASKS = ("reconstruction", "sr")  # undersampled MRI reconstruction; super-resolution (Appendix B)
+SR_INTERPOLATIONS = ("bicubic", "sinc")  # how the low-resolution image was brought back to the HR grid
+CONVERGENCE_TOLERANCE = 0.02  # converged: validation loss within 2 % of the curve's minimum
 
 
 @dataclass(frozen=True)
@@ -35,7 +45,8 @@ class ModelRecord:
     """One entry of ``results.json``'s ``models`` list; paths are absolute (resolved against the run directory).
 
     ``reported`` holds the mean ± std that ``results.json`` states (PSNR, SSIM), used only when the per-slice
-    values cannot be read.
+    values cannot be read. ``setup`` is ``image`` or ``feature`` (see the module docstring); ``init_teacher`` is the
+    weights file a warm-started stage began from (``compress --init-teacher``), ``None`` for random initialisation.
     """
 
     name: str
@@ -50,6 +61,8 @@ class ModelRecord:
     stage_dir: Path | None
     metrics_file: Path | None
     reconstructions_file: Path | None
+    setup: str = "image"
+    init_teacher: str | None = None
 
 
 class RecordKey(NamedTuple):
@@ -81,11 +94,48 @@ class Reconstructions(NamedTuple):
 
 
 class HistoryEntry(NamedTuple):
-    """One epoch of ``history.json``; a loss that was not recorded is NaN."""
+    """One epoch of ``history.json`` (epochs count from 1); a loss or time that was not recorded is NaN.
+
+    ``seconds`` is the wall time of that epoch alone (training and validation).
+    """
 
     epoch: int
     train_loss: float
     val_loss: float
+    seconds: float
+
+
+class Convergence(NamedTuple):
+    """How fast a validation curve settled (Fig. 7).
+
+    Attributes:
+        epochs: epochs in the history.
+        best_val_loss: the smallest validation loss, at epoch ``best_epoch``.
+        epoch: the first epoch whose validation loss is at most ``(1 + tolerance) × best_val_loss``.
+        seconds: wall seconds of the epochs up to and including ``epoch``.
+        total_seconds: wall seconds of every epoch.
+    """
+
+    epochs: int
+    best_val_loss: float
+    best_epoch: int
+    epoch: int
+    seconds: float
+    total_seconds: float
+
+
+def convergence(history: list[HistoryEntry], tolerance: float = CONVERGENCE_TOLERANCE) -> Convergence | None:
+    """When a validation curve first comes within ``tolerance`` (relative) of its own minimum; ``None`` when no
+    epoch has a validation loss. Epochs without a loss (NaN) never count as converged."""
+    losses = np.array([entry.val_loss for entry in history], dtype=np.float64)
+    if not np.any(np.isfinite(losses)):
+        return None
+    best = int(np.nanargmin(losses))
+    first = int(np.argmax(losses <= (1 + tolerance) * losses[best]))
+    seconds = np.array([entry.seconds for entry in history], dtype=np.float64)
+    return Convergence(epochs=len(history), best_val_loss=float(losses[best]), best_epoch=history[best].epoch,
+                       epoch=history[first].epoch, seconds=float(seconds[:first + 1].sum()),
+                       total_seconds=float(seconds.sum()))
 
 
 class BenchmarkEntry(NamedTuple):
@@ -162,6 +212,12 @@ def _parse_record(run_dir: Path, entry: Any, default_split: str, path: Path, ind
             raise InputError(f"missing key {required!r}", path, key)
     if entry["role"] not in ROLES:
         raise InputError(f"unknown role {entry['role']!r}; valid roles: {', '.join(ROLES)}", path, f"{key}.role")
+    setup = entry.get("setup", "image")
+    if setup not in SETUPS:
+        raise InputError(f"unknown setup {setup!r}; valid setups: {', '.join(SETUPS)}", path, f"{key}.setup")
+    init_teacher = entry.get("init_teacher")
+    if init_teacher is not None and not isinstance(init_teacher, str):
+        raise InputError(f"expected a weights file path or null, got {init_teacher!r}", path, f"{key}.init_teacher")
     acceleration = _optional_number(entry["acceleration"], path, f"{key}.acceleration")
     if acceleration is None:
         raise InputError("acceleration must be a number", path, f"{key}.acceleration")
@@ -181,6 +237,8 @@ def _parse_record(run_dir: Path, entry: Any, default_split: str, path: Path, ind
         reconstructions_file=_optional_path(
             run_dir, entry.get("reconstructions_file"), path, f"{key}.reconstructions_file"
         ),
+        setup=setup,
+        init_teacher=init_teacher,
     )
 
 
@@ -248,21 +306,52 @@ class RunData:
     Attributes:
         run_dir: the run directory.
         split: the split every query answers for (default: ``results.json``'s ``split``).
-        teacher_arch: the teacher architecture named in ``results.json``.
-        records: the models of ``split``, in ``results.json`` order.
+        teacher_arch: the teacher architecture of this setup (``results.json``'s ``teacher`` for the image setup).
+        records: the models of ``split`` in one setup (``image`` unless from :meth:`for_setup`) and the shared
+            zero-filled ones, in ``results.json`` order; every query below answers from these.
+        all_records: every model of ``split``, all setups.
         benchmark: ``benchmark.json`` or ``None``.
         ssim_convention: ``standard`` or ``authors``; what :meth:`slice_values` returns for ``ssim``.
+        task: ``reconstruction`` or ``sr`` (super-resolution: ``zero_filled`` is the interpolated input and the
+            acceleration is the scale factor).
+        sr_interpolation: ``bicubic`` or ``sinc`` for ``sr`` runs that state it, else ``None``.
     """
 
     run_dir: Path
     split: str
     teacher_arch: str | None
     records: tuple[ModelRecord, ...]
+    all_records: tuple[ModelRecord, ...]
     benchmark: Benchmark | None
     ssim_convention: str = "standard"
+    task: str = "reconstruction"
+    sr_interpolation: str | None = None
     _slice_values: dict[tuple[RecordKey, str], SliceValues | None] = field(default_factory=dict, repr=False)
     _metric_files: dict[Path, dict[str, Any]] = field(default_factory=dict, repr=False)
     _reconstructions: dict[RecordKey, Reconstructions | None] = field(default_factory=dict, repr=False)
+
+    def for_setup(self, setup: str) -> RunData | None:
+        """The same run seen through one setup's models (with the shared zero-filled ones and fresh caches), or
+        ``None`` when the run has no model of that setup."""
+        if setup not in SETUPS:
+            raise InputError(f"unknown setup {setup!r}; valid setups: {', '.join(SETUPS)}")
+        records = _setup_records(self.all_records, setup)
+        if not any(record.role != "zero_filled" for record in records):
+            return None
+        teacher = next((record.arch for record in records if record.role == "teacher"), None)
+        return replace(self, teacher_arch=teacher or (self.teacher_arch if setup == "image" else None),
+                       records=records, _slice_values={}, _metric_files={}, _reconstructions={})
+
+    def has_warm_start(self) -> bool:
+        """Whether the run warm-started its SFT teacher (``compress --init-teacher``) or trained the from-scratch
+        reference for it."""
+        return any(record.role == "sft_teacher_scratch" or (record.role == "sft_teacher" and record.init_teacher)
+                   for record in self.records)
+
+    def find_warm_started(self, role: str, acceleration: float) -> ModelRecord | None:
+        """The first record with this role and acceleration that started from a weights file, or ``None``."""
+        return next((record for record in self.records if record.role == role
+                     and record.acceleration == acceleration and record.init_teacher is not None), None)
 
     def accelerations(self) -> list[float]:
         """The accelerations present, ascending."""
@@ -382,10 +471,25 @@ class RunData:
         for index, epoch in enumerate(raw):
             if not isinstance(epoch, dict) or "epoch" not in epoch:
                 raise InputError("expected an object with 'epoch'", path, f"[{index}]")
-            losses = [_optional_number(epoch.get(key), path, f"[{index}].{key}") for key in ("train_loss", "val_loss")]
-            train_loss, val_loss = (float("nan") if loss is None else loss for loss in losses)
-            entries.append(HistoryEntry(epoch=int(epoch["epoch"]), train_loss=train_loss, val_loss=val_loss))
+            values = [_optional_number(epoch.get(key), path, f"[{index}].{key}")
+                      for key in ("train_loss", "val_loss", "seconds")]
+            train_loss, val_loss, seconds = (math.nan if value is None else value for value in values)
+            entries.append(HistoryEntry(epoch=int(epoch["epoch"]), train_loss=train_loss, val_loss=val_loss,
+                                        seconds=seconds))
         return entries
+
+
+def _setup_records(records: tuple[ModelRecord, ...], setup: str) -> tuple[ModelRecord, ...]:
+    """The records of one setup and the zero-filled ones (shared by every setup), in the given order."""
+    return tuple(record for record in records if record.role == "zero_filled" or record.setup == setup)
+
+
+def _choice(raw: dict[str, Any], key: str, valid: tuple[str, ...], default: str | None, path: Path) -> str | None:
+    """``raw[key]`` (``default`` when absent), which must be one of ``valid``."""
+    value = raw.get(key, default)
+    if value != default and value not in valid:
+        raise InputError(f"unknown {key} {value!r}; valid: {', '.join(valid)}", path, key)
+    return value
 
 
 def load_run(run_dir: Path, split: str | None = None, ssim_convention: str = "standard") -> RunData:
@@ -412,6 +516,8 @@ def load_run(run_dir: Path, split: str | None = None, ssim_convention: str = "st
         raise InputError(f"unsupported schema {raw.get('schema')!r}; this tool reads {SCHEMA_VERSION}", path, "schema")
     default_split = str(raw.get("split", "validation"))
     records = [_parse_record(run_dir, entry, default_split, path, i) for i, entry in enumerate(raw["models"])]
+    task = _choice(raw, "task", TASKS, "reconstruction", path)
+    sr_interpolation = _choice(raw, "sr_interpolation", SR_INTERPOLATIONS, None, path)
     chosen = split or default_split
     selected = tuple(record for record in records if record.split == chosen)
     if records and not selected:
@@ -421,7 +527,10 @@ def load_run(run_dir: Path, split: str | None = None, ssim_convention: str = "st
         run_dir=run_dir,
         split=chosen,
         teacher_arch=raw.get("teacher"),
-        records=selected,
+        records=_setup_records(selected, "image"),
+        all_records=selected,
         benchmark=_load_benchmark(run_dir / BENCHMARK_FILE),
         ssim_convention=ssim_convention,
+        task=task,
+        sr_interpolation=sr_interpolation,
     )

@@ -1,5 +1,7 @@
-"""The paper's tables, rebuilt from a run directory: Table 1 (PSNR/SSIM), Table 3 (HFN/VIF), Table 5 (SFT student
-initialisation against random), Table 8 (student sizes, latency) and the headline student–teacher PSNR gap.
+"""The paper's tables, rebuilt from a run directory: Table 1 (PSNR/SSIM; Table 9 for a super-resolution run),
+Tables 2/4 (feature-domain SFT against SFT-KD-Recon), Table 3 (HFN/VIF), Table 5 (SFT student initialisation against
+random), Table 8 (student sizes, latency), the warm-started SFT teacher's convergence (Fig. 7's numbers) and the
+headline student–teacher PSNR gap.
 
 Every cell is text: ``mean ± std`` (Table 8 and the headline: means), ``—`` for a model the run does not have or
 a cell that does not apply (never 0). Significance is the paired Wilcoxon signed-rank test on per-slice values at
@@ -17,7 +19,7 @@ from tabulate import tabulate
 
 from compressor.errors import InputError
 from evaluate.metrics import METRICS
-from evaluate.rundir import ModelRecord, RunData
+from evaluate.rundir import CONVERGENCE_TOLERANCE, ModelRecord, RunData, convergence
 from evaluate.stats import ALPHA, Comparison
 
 MISSING = "—"
@@ -39,6 +41,14 @@ class Table(NamedTuple):
 
 def _acceleration_label(acceleration: float) -> str:
     return f"{acceleration:g}x"
+
+
+def zero_filled_label(run: RunData) -> str:
+    """What the ``zero_filled`` role is in this run: ``ZF``, or for super-resolution the interpolated input
+    (e.g. ``Bicubic (input)``)."""
+    if run.task != "sr":
+        return "ZF"
+    return f"{(run.sr_interpolation or 'interpolated').capitalize()} (input)"
 
 
 def method_label(method: str) -> str:
@@ -93,19 +103,28 @@ def _common_notes(run: RunData) -> list[str]:
         "standard 2-D SSIM (7×7 window)" if run.ssim_convention == "standard"
         else "SSIM in the authors' per-column convention (comparable with the paper's numbers)"
     )
-    return [
+    notes = [
         f"Split: {run.split}; teacher {run.teacher_arch or MISSING}; {convention}; data range = target slice max.",
         f"{MISSING}: not in this run (or not applicable).",
     ]
+    if run.task == "sr":
+        notes.append(f"Super-resolution (Appendix B): the {zero_filled_label(run)} row is the low-resolution image "
+                     "interpolated to the high-resolution grid; the acceleration is the scale factor.")
+    return notes
 
 
 def _significance_note(what: str) -> str:
     return f"{SIGNIFICANT}: {what}, Wilcoxon signed-rank on per-slice values, p < {ALPHA}."
 
 
+def _pair_label(metrics: Sequence[str]) -> str:
+    """``PSNR/SSIM`` for ``("psnr", "ssim")``."""
+    return "/".join(METRICS.get(metric).label for metric in metrics)
+
+
 def _metric_pair_table(run: RunData, metrics: Sequence[str], title: str) -> Table:
     """Rows ZF, teacher, student, one per KD method; per acceleration Std-KD and SFT-KD-Recon plus p-values."""
-    pair = "/".join(METRICS.get(metric).label for metric in metrics)
+    pair = _pair_label(metrics)
     student_arch = run.primary_student
     headers = ["Model"]
     for acceleration in run.accelerations():
@@ -113,7 +132,8 @@ def _metric_pair_table(run: RunData, metrics: Sequence[str], title: str) -> Tabl
         headers += [f"{label} Std-KD {pair}", f"{label} SFT-KD-Recon {pair}",
                     f"{label} p SFT vs Std", f"{label} p Std-KD vs student"]
     rows = [
-        ["ZF"], [f"Teacher ({run.teacher_arch or MISSING})"], [f"Student ({student_arch or MISSING})"],
+        [zero_filled_label(run)], [f"Teacher ({run.teacher_arch or MISSING})"],
+        [f"Student ({student_arch or MISSING})"],
         *[[method_label(method)] for method in run.methods()],
     ]
     for acceleration in run.accelerations():
@@ -141,8 +161,103 @@ def _metric_pair_table(run: RunData, metrics: Sequence[str], title: str) -> Tabl
 
 
 def table1(run: RunData) -> Table:
-    """Table 1: PSNR/SSIM (mean ± std) of ZF, teacher, student and each KD method, Std-KD against SFT-KD-Recon."""
-    return _metric_pair_table(run, ("psnr", "ssim"), "Table 1: PSNR (dB) / SSIM, Std-KD against SFT-KD-Recon")
+    """Table 1: PSNR/SSIM (mean ± std) of ZF, teacher, student and each KD method, Std-KD against SFT-KD-Recon.
+
+    For a super-resolution run this is Table 9, and the ZF row is the interpolated input.
+    """
+    if run.task == "sr":
+        title = "Table 9: super-resolution PSNR (dB) / SSIM, Std-KD against SFT-KD-Recon"
+    else:
+        title = "Table 1: PSNR (dB) / SSIM, Std-KD against SFT-KD-Recon"
+    return _metric_pair_table(run, ("psnr", "ssim"), title)
+
+
+SETUP_NAMES = {"feature": "Feature SFT", "image": "SFT-KD-Recon"}
+SETUP_METRICS = (("psnr", "ssim"), ("hfn", "vif"))
+SETUP_REFERENCES = {"sft_teacher": "teacher", "sft_kd": "std_kd"}  # what each row's p-value is against
+FEATURE_SFT_HINT = ("This run has no feature-domain SFT setup: run `compress` with --feature-sft to train it "
+                    "(rcnn25 teacher, rcnn15 student).")
+
+
+def _setup_record(run: RunData, role: str, acceleration: float, method: str | None) -> ModelRecord | None:
+    """The model of one Table 2 row in one setup: KD rows for ``method`` and the setup's first student."""
+    if role in ("teacher", "sft_teacher"):
+        return run.find(role, acceleration)
+    if role == "student":
+        return run.find(role, acceleration, arch=run.primary_student)
+    return run.find(role, acceleration, method=method, arch=run.primary_student)
+
+
+class SetupCells(NamedTuple):
+    """One setup's part of a Table 2 row: architecture, PSNR/SSIM and HFN/VIF ``cells``; ``p_values`` of the row's
+    model against its reference (``—`` for rows without one)."""
+
+    cells: list[str]
+    p_values: str
+
+
+def _setup_cells(run: RunData | None, role: str, acceleration: float, method: str | None) -> SetupCells:
+    """One setup's cells of a Table 2 row (all ``—`` when the run lacks the setup)."""
+    if run is None:
+        return SetupCells([MISSING] * (1 + len(SETUP_METRICS)), MISSING)
+    record = _setup_record(run, role, acceleration, method)
+    reference_role = SETUP_REFERENCES.get(role)
+    reference = _setup_record(run, reference_role, acceleration, method) if reference_role else None
+    cells = [MISSING if record is None else record.arch or MISSING]
+    cells += [_cell(run, record, metrics, marker=SIGNIFICANT, against=reference) for metrics in SETUP_METRICS]
+    all_metrics = [metric for metrics in SETUP_METRICS for metric in metrics]
+    return SetupCells(cells, _p_cell(run, reference, record, all_metrics) if reference_role else MISSING)
+
+
+def table2(run: RunData) -> Table:
+    """Tables 2 and 4: the feature-domain SFT setup (residual CNNs) against SFT-KD-Recon (image-domain DC-CNNs).
+
+    Per acceleration, rows Teacher, SF Teacher, Student, then KD (Std-KD) and SFT-KD for each KD method both setups
+    have (every method of either when they share none); per setup the architecture, PSNR/SSIM and HFN/VIF
+    (mean ± std), and p-values of SFT-KD against KD (SF Teacher against Teacher) within the setup.
+    """
+    setups = {setup: run.for_setup(setup) for setup in ("feature", "image")}
+    method_lists = [setup_run.methods() for setup_run in setups.values() if setup_run is not None]
+    shared = [method for method in run.methods() if all(method in methods for methods in method_lists)]
+    methods = shared or list(dict.fromkeys(method for methods in method_lists for method in methods))
+    accelerations = sorted({a for setup_run in setups.values() if setup_run for a in setup_run.accelerations()})
+    headers = ["Acceleration", "Method", "Model"]
+    for setup in setups:
+        headers += [f"{SETUP_NAMES[setup]} arch",
+                    *(f"{SETUP_NAMES[setup]} {_pair_label(metrics)}" for metrics in SETUP_METRICS)]
+    all_metrics = tuple(metric for metrics in SETUP_METRICS for metric in metrics)
+    headers += [f"{SETUP_NAMES[setup]} p {_pair_label(all_metrics)}" for setup in setups]
+    row_specs = [("Teacher", "teacher", None), ("SF Teacher", "sft_teacher", None), ("Student", "student", None)]
+    for method in methods:
+        row_specs += [("KD", "std_kd", method), ("SFT-KD", "sft_kd", method)]
+    rows = []
+    for acceleration in accelerations:
+        for label, role, method in row_specs:
+            row = [_acceleration_label(acceleration), method_label(method) if method else MISSING, label]
+            p_values = []
+            for setup_run in setups.values():
+                setup_cells = _setup_cells(setup_run, role, acceleration, method)
+                row += setup_cells.cells
+                p_values.append(setup_cells.p_values)
+            rows.append(row + p_values)
+    feature, image = setups["feature"], setups["image"]
+    notes = [
+        *_common_notes(run),
+        f"{SETUP_NAMES['feature']}: SFT in the feature domain (the paper's SFT column), residual CNNs "
+        f"(teacher {feature.teacher_arch if feature else 'rcnn25'}, student "
+        f"{feature.primary_student if feature else 'rcnn15'}; rcnnL = L convolutions) without intermediate "
+        "data-fidelity layers or image outputs, every loss MSE in place of CE/KL.",
+        f"{SETUP_NAMES['image']}: DC-CNNs trained in the image domain with a DF layer after each block (teacher "
+        f"{image.teacher_arch if image else MISSING}, student {image.primary_student if image else MISSING}), "
+        "L1 losses as in Table 1 (the paper's Table 2 header says 'image domain with MSE loss', but its numbers "
+        "are Table 1's).",
+        _significance_note("SFT-KD differs from KD (SF Teacher from Teacher) within the setup") + " The p columns "
+        "give those p-values per metric.",
+    ]
+    if feature is None:
+        notes.append(FEATURE_SFT_HINT)
+    return Table(title="Tables 2 and 4: SFT in the feature domain against SFT-KD-Recon in the image domain",
+                 headers=headers, rows=rows, notes=notes)
 
 
 def table3(run: RunData) -> Table:
@@ -230,6 +345,60 @@ def table8(run: RunData) -> Table:
                  headers=headers, rows=rows, notes=notes)
 
 
+WARM_START_HINT = ("This run has no warm-started SFT teacher: run `compress --init-teacher PATH` (teacher weights "
+                   "pre-trained on another dataset) to fine-tune the teacher and SFT teacher from them; the SFT "
+                   "teacher is then also trained from scratch as the reference (Fig. 7).")
+
+
+class WarmStartCurve(NamedTuple):
+    """One validation curve of Fig. 7: its legend ``label`` and the stage's record."""
+
+    label: str
+    record: ModelRecord
+
+
+def sft_teacher_curves(run: RunData, acceleration: float) -> list[WarmStartCurve]:
+    """The SFT teachers Fig. 7 compares at one acceleration, those the run has: warm-started, then from scratch."""
+    candidates = [WarmStartCurve("SFT teacher, warm-started", run.find_warm_started("sft_teacher", acceleration)),
+                  WarmStartCurve("SFT teacher, from scratch", run.find("sft_teacher_scratch", acceleration))]
+    return [curve for curve in candidates if curve.record is not None]
+
+
+def warm_start(run: RunData) -> Table:
+    """Fig. 7's numbers: per acceleration, the warm-started SFT teacher against the one trained from scratch.
+
+    Columns: initialisation (weights file or ``random``), epochs run, best validation L1 and its epoch, epochs to
+    converge (first epoch within :data:`~evaluate.rundir.CONVERGENCE_TOLERANCE` of the curve's minimum), wall
+    seconds to that epoch and in all, PSNR/SSIM. A run without a warm start gets no rows and a note on how to get one.
+    """
+    headers = ["Acceleration", "Curve", "Initialisation", "Epochs", "Best val L1", "Best epoch",
+               "Epochs to converge", "Seconds to converge", "Total seconds", "PSNR/SSIM"]
+    if not run.has_warm_start():
+        return Table(title="Fig. 7: warm-started against from-scratch SFT teacher", headers=headers, rows=[],
+                     notes=[WARM_START_HINT])
+    rows = []
+    for acceleration in run.accelerations():
+        for curve in sft_teacher_curves(run, acceleration):
+            history = run.history(curve.record)
+            settled = convergence(history) if history else None
+            if settled is None:
+                timing = [MISSING] * 6
+            else:
+                timing = [str(settled.epochs), f"{settled.best_val_loss:.5g}", str(settled.best_epoch),
+                          str(settled.epoch), f"{settled.seconds:.1f}", f"{settled.total_seconds:.1f}"]
+            rows.append([_acceleration_label(acceleration), curve.label, curve.record.init_teacher or "random",
+                         *timing, _cell(run, curve.record, ("psnr", "ssim"))])
+    notes = [
+        *_common_notes(run),
+        f"Epochs to converge: the first epoch whose validation L1 is at most (1 + {CONVERGENCE_TOLERANCE:g}) × "
+        "that curve's minimum; seconds: the epochs' wall seconds from history.json, summed up to that epoch "
+        "(total: all epochs).",
+        "Initialisation: the weights file the stage was warm-started from (compress --init-teacher), or random.",
+    ]
+    return Table(title="Fig. 7: warm-started against from-scratch SFT teacher", headers=headers, rows=rows,
+                 notes=notes)
+
+
 def _gap_text(teacher_psnr: float | None, run: RunData, record: ModelRecord | None) -> str:
     summary = run.summary(record, "psnr")
     if teacher_psnr is None or summary is None:
@@ -261,12 +430,14 @@ def headline(run: RunData) -> Table:
     return Table(title="Headline: student–teacher PSNR gap", headers=headers, rows=rows, notes=notes)
 
 
-ROLE_LABELS = {"zero_filled": "ZF", "teacher": "Teacher", "sft_teacher": "SFT teacher", "student": "Student",
-               "std_kd": "Std-KD", "sft_kd": "SFT-KD-Recon", "sft_kd_random": "SFT-KD-Recon (random init)"}
+ROLE_LABELS = {"zero_filled": "ZF", "teacher": "Teacher", "sft_teacher": "SFT teacher",
+               "sft_teacher_scratch": "SFT teacher (from scratch)", "student": "Student", "std_kd": "Std-KD",
+               "sft_kd": "SFT-KD-Recon", "sft_kd_random": "SFT-KD-Recon (random init)"}
 
 
 def run_summary(run: RunData) -> Table:
-    """Every model of the run, one row each: role, architecture, parameters, compression, PSNR and SSIM.
+    """Every model of the run's image setup, one row each: role, architecture, parameters, compression, PSNR and
+    SSIM (the feature-domain SFT models are in :func:`table2`).
 
     The compact table ``compress`` prints at the end (the paper's Table 1 rows for this run, with sizes).
     """
@@ -277,10 +448,11 @@ def run_summary(run: RunData) -> Table:
         records = sorted((r for r in run.records if r.acceleration == acceleration),
                          key=lambda r: (order.index(r.role), r.arch or "", r.method or ""))
         for record in records:
-            label = ROLE_LABELS[record.role] + (f" {method_label(record.method)}" if record.method else "")
+            role = zero_filled_label(run) if record.role == "zero_filled" else ROLE_LABELS[record.role]
+            label = role + (f" {method_label(record.method)}" if record.method else "")
             compression = MISSING if record.compression is None else f"{record.compression:.1%}"
-            rows.append([_acceleration_label(acceleration), label, record.arch or MISSING,
-                         MISSING if not record.arch else f"{record.parameters:,}", compression,
+            parameters = MISSING if not record.arch or record.parameters is None else f"{record.parameters:,}"
+            rows.append([_acceleration_label(acceleration), label, record.arch or MISSING, parameters, compression,
                          _cell(run, record, ["psnr"]), _cell(run, record, ["ssim"])])
     return Table(title="Run summary: every model", headers=headers, rows=rows, notes=_common_notes(run))
 
@@ -288,9 +460,11 @@ def run_summary(run: RunData) -> Table:
 TABLE_BUILDERS: dict[str, Callable[[RunData], Table]] = {
     "summary": run_summary,
     "table1": table1,
+    "table2": table2,
     "table3": table3,
     "table5": table5,
     "table8": table8,
+    "warm_start": warm_start,
     "headline": headline,
 }
 
@@ -317,6 +491,9 @@ def render(table: Table, fmt: str) -> str:
     if fmt == "github":
         notes = "".join(f"- {note}\n" for note in table.notes)
         return f"### {table.title}\n\n{body}\n\n{notes}"
+    if not table.rows:
+        # tabulate derives the column spec from the rows: without rows it would write an empty (invalid) one.
+        body = body.replace("\\begin{tabular}{}", f"\\begin{{tabular}}{{{'l' * len(table.headers)}}}", 1)
     notes = "".join(f"\\par {_latex_escape(note)}\n" for note in table.notes)
     return (f"\\begin{{table}}[ht]\n\\centering\n\\caption{{{_latex_escape(table.title)}}}\n{body}\n"
             f"{{\\footnotesize\n{notes}}}\n\\end{{table}}\n")

@@ -40,6 +40,7 @@ import onnxruntime as ort
 import torch
 
 from compressor.data.dataset import normalise_kspace
+from compressor.errors import InputError
 from compressor.io import atomic_path, load_json, save_json
 from compressor.masks import SamplingMask
 from compressor.models import ModelOptions, build_model
@@ -352,9 +353,10 @@ def benchmark_run(run_dir: str | Path, archs: Sequence[str] | None = None, *, th
     from export.onnx_export import load_run_models
 
     run_dir = Path(run_dir)
-    run_models = load_run_models(run_dir)
+    # The scanner graph takes k-space: the image-to-image models of the feature-domain ablation are not deployed.
+    run_models = [m for m in load_run_models(run_dir) if m.model.has_data_fidelity]
     if not run_models:
-        raise ValueError(f"{run_dir} has no trained models to benchmark")
+        raise InputError("the run has no trained models with data-fidelity layers to benchmark", run_dir)
     teacher = load_json(run_dir / "results.json").get("teacher", "d5c5")
     mask = run_models[0].mask
     same_mask = [m for m in run_models if m.mask.digest() == mask.digest()]

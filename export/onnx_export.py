@@ -203,7 +203,7 @@ def export_model(
         raise InputError(f"validation k-space must be (S, H, W) = (S, {mask.shape[0]}, {mask.shape[1]}) with S >= 1, "
                          f"got {validation_kspace.shape}")
     cpu_model = copy.deepcopy(model).cpu().eval()
-    if any(cascade.data_fidelity is None for cascade in cpu_model.cascades):
+    if not cpu_model.has_data_fidelity:
         raise InputError(f"{getattr(cpu_model, 'arch', type(cpu_model).__name__)} has no data-fidelity layers: only "
                          "k-space reconstruction models (e.g. dNcM, dcunetM) are exported")
     metadata = ExportMetadata(
@@ -275,10 +275,13 @@ def _run_mask(run_dir: Path, info: dict[str, Any], stage_dir: Path) -> SamplingM
     """The stage's training mask from the run's ``config.json``; its digest must match ``stage.json``'s."""
     from compressor.config import config_from_dict
     from compressor.data import build_mask
+    from compressor.data.dataset import no_measurement_mask
 
     config_path = run_dir / "config.json"
     config = config_from_dict(load_json(config_path), str(config_path))
-    mask = build_mask(config.data, float(info["acceleration"]))
+    acceleration = float(info["acceleration"])
+    mask = (no_measurement_mask(tuple(info["image_size"]), int(acceleration)) if config.data.task == "sr"
+            else build_mask(config.data, acceleration))
     if info.get("mask_digest") and mask.digest() != info["mask_digest"]:
         raise InputError(f"the mask rebuilt from {config_path} (digest {mask.digest()}) is not the stage's training "
                          f"mask (digest {info['mask_digest']})", stage_dir)
@@ -362,11 +365,18 @@ def export_run_model(run_model: RunModel, out_path: str | Path, *, formulation: 
 def export_run(run_dir: str | Path, names: list[str] | None = None, *, formulation: str = "auto",
                provider: str = "auto", log: Callable[[str], None] = print) -> list[ExportResult]:
     """Export every trained model of ``run_dir`` (or those named) to ``<run>/exports/<name>.onnx`` and write
-    ``<run>/exports/exports.json`` with each file's validation figures. Called at the end of ``compress``."""
+    ``<run>/exports/exports.json`` with each file's validation figures. Called at the end of ``compress``.
+    Without ``names``, models without DF layers (the feature-domain ablation's) are skipped with a log line."""
 
     run_dir = Path(run_dir)
     results = []
-    for run_model in load_run_models(run_dir, names):
+    run_models = load_run_models(run_dir, names)
+    image_to_image = [m.name for m in run_models if names is None and not m.model.has_data_fidelity]
+    if image_to_image:
+        log(f"not exported (no data-fidelity layers; the scanner graph takes k-space): {', '.join(image_to_image)}")
+    for run_model in run_models:
+        if run_model.name in image_to_image:
+            continue
         result = export_run_model(run_model, run_dir / EXPORTS_FOLDER / run_model.file_name,
                                   formulation=formulation, provider=provider)
         log(f"exported {run_model.name} -> {result.path} ({result.formulation}, max abs error "

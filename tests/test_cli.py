@@ -49,6 +49,9 @@ def one_line_error(result) -> str:
         (["--data", "nifti", "--train", "/nonexistent/train", "--validation", "/nonexistent/val"], "/nonexistent"),
         (["--kd-schedule", "joint", "--sft-weights", "1,1"], "three weights"),
         (["--device", "tpu"], "unknown device"),
+        (["--task", "sr", "--acceleration", "5"], "does not divide the image size 48x48"),
+        (["--init-teacher", "/nonexistent/teacher.safetensors"], "/nonexistent/teacher.safetensors"),
+        (["--feature-sft", "--teacher", "d1c5"], "d1c5"),
     ],
 )
 def test_bad_pipeline_input_is_one_line_and_exit_2(runner, tmp_path, args, expected):
@@ -88,3 +91,18 @@ def test_set_overrides_any_config_value():
 def test_set_with_an_unknown_key_is_one_line_exit_2(runner, tmp_path):
     result = runner.invoke(main, ["--preset", "smoke", "--out", str(tmp_path), "--set", "train.nope=1"])
     assert "unknown config key 'train.nope'" in one_line_error(result)
+
+
+def test_task_sr_defaults_to_the_vdsr_teacher_and_student_of_appendix_b():
+    from compressor.cli import _overrides
+
+    options = {name: None for name in ("teacher", "student", "block_form", "method", "kd_weight", "kd_schedule",
+                                       "kd_mode", "random_init", "source", "train_path", "validation_path",
+                                       "test_path", "acceleration", "mask_type", "mask_file", "image_size", "seed",
+                                       "epochs", "batch_size", "lr", "device", "amp", "sft_weights", "init_teacher",
+                                       "feature_sft")}
+    sr = _overrides({**options, "task": "sr"})
+    assert (sr["data.task"], sr["model.teacher"], sr["model.student"]) == ("sr", "vdsr12", ["vdsr4"])
+    chosen = _overrides({**options, "task": "sr", "teacher": "vdsr8", "student": "vdsr5"})
+    assert (chosen["model.teacher"], chosen["model.student"]) == ("vdsr8", ["vdsr5"])
+    assert _overrides({**options, "task": "reconstruction"})["model.teacher"] is None

@@ -1,4 +1,4 @@
-"""Feature-domain block networks: VDSR (``vdsrN``, super-resolution) and the plain residual CNN of the
+"""Feature-domain block networks: VDSR (``vdsrN``, super-resolution) and the residual CNN of the
 feature-domain SFT ablation (``rcnnL``): parameter counts, block split, the carried input, hidden layers, names."""
 
 from __future__ import annotations
@@ -54,26 +54,45 @@ def test_block_split(arch, blocks):
     assert all(cascade.data_fidelity is None for cascade in model.cascades)
 
 
-def _plain_network_output(model, image: torch.Tensor) -> torch.Tensor:
-    """The same weights run as one unsplit chain: ReLU after every conv but the last, plus the global residual."""
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+def _unsplit_network_output(model, image: torch.Tensor, skip_blocks: set[int]) -> torch.Tensor:
+    """The same weights run as one chain: ReLU after every conv but the last, the global residual, and for the
+    blocks in ``skip_blocks`` (ResNet units) the block's input added before its last ReLU."""
     x = image
-    for k, conv in enumerate(convs):
-        x = conv(x)
-        if k < len(convs) - 1:
-            x = F.relu(x)
+    for index, cascade in enumerate(model.cascades):
+        convs = [m for m in cascade.block.modules() if isinstance(m, nn.Conv2d)]
+        block_input = x
+        for k, conv in enumerate(convs):
+            x = conv(x)
+            if index in skip_blocks and k == len(convs) - 1:
+                x = x + block_input
+            if not (index == model.n_cascades - 1 and k == len(convs) - 1):
+                x = F.relu(x)
     return image + x
 
 
-@pytest.mark.parametrize("arch", ["vdsr12", "vdsr4", "vdsr10", "rcnn15", "rcnn7"])
+@pytest.mark.parametrize("arch, skip_blocks", [("vdsr12", set()), ("vdsr4", set()), ("vdsr10", set()),
+                                                ("rcnn15", {1, 2, 3}), ("rcnn7", {1, 2, 3})])
 @pytest.mark.parametrize("size", [(16, 16), (15, 18)])
-def test_split_network_computes_the_unsplit_residual_cnn(arch, size):
+def test_split_network_computes_the_unsplit_residual_cnn(arch, skip_blocks, size):
     torch.manual_seed(0)
     model = build_model(arch)
     image = torch.rand(2, 1, *size)
     output = model(image, torch.zeros(2, 1, *size, 2), torch.ones(1, 1, *size))
     assert output.shape == (2, 1, *size)
-    assert torch.allclose(output, _plain_network_output(model, image), atol=1e-6)
+    assert torch.allclose(output, _unsplit_network_output(model, image, skip_blocks), atol=1e-6)
+
+
+def test_rcnn_middle_blocks_are_resnet_units_and_vdsr_is_a_plain_chain():
+    rcnn, vdsr = build_model("rcnn15"), build_model("vdsr12")
+    assert [cascade.block.skip for cascade in rcnn.cascades] == [False, True, True, True, False]
+    assert not any(cascade.block.skip for cascade in vdsr.cascades)
+    # A middle block whose convs output zero passes its input through (relu of non-negative features).
+    block = rcnn.cascades[2].block
+    for conv in (block.conv1, block.conv2, block.conv3):
+        nn.init.zeros_(conv.weight)
+        nn.init.zeros_(conv.bias)
+    state = torch.cat((torch.rand(1, 1, 8, 8), torch.rand(1, 32, 8, 8)), dim=1)
+    assert torch.equal(block(state), state)
 
 
 def test_kspace_and_mask_are_ignored():

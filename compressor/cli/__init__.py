@@ -30,9 +30,13 @@ def _names(text: str | None) -> list[str] | None:
 
 @click.group(invoke_without_command=True, context_settings=CONTEXT)
 @click.option("--preset", default="quick", help="Preset in configs/ (smoke, quick, paper) or a TOML file path.")
-@click.option("--teacher", help="Teacher architecture, e.g. d5c5.")
+@click.option("--task", type=click.Choice(["reconstruction", "sr"]),
+              help="reconstruction (undersampled k-space) or sr (super-resolution, Appendix B; --acceleration is the "
+                   "scale; teacher/student default to vdsr12/vdsr4).")
+@click.option("--teacher", help="Teacher architecture, e.g. d5c5, dcunet5, vdsr12.")
 @click.option("--student", help="Student architecture(s), comma-separated, e.g. d3c5 or d4c5,d3c5,d2c5.")
-@click.option("--method", help="KD method(s), comma-separated, or 'all' (at, fitnets, sp, fsp, cc).")
+@click.option("--method", help="KD method(s), comma-separated, or 'all' (the task's table: at, fitnets, sp, fsp, cc; "
+                               "sr: at, fitnets, cc, pkt, ft, nst).")
 @click.option("--data", "source", help="Data source: mni (embedded), project, fastmri, nifti, authors.")
 @click.option("--train", "train_path", help="Training file or folder (file sources).")
 @click.option("--validation", "validation_path", help="Validation file or folder (file sources).")
@@ -53,6 +57,10 @@ def _names(text: str | None) -> list[str] | None:
 @click.option("--kd-mode", type=click.Choice(["paper", "authors"]), help="Each method as its paper or the authors.")
 @click.option("--sft-weights", help="SFT loss weights w_T,w_S,w_I (paper: 1,1,1).")
 @click.option("--random-init/--no-random-init", default=None, help="Also run SFT-KD from a random student (Table 5).")
+@click.option("--feature-sft/--no-feature-sft", default=None,
+              help="Also run the feature-domain SFT ablation (Tables 2/4: rcnn25/rcnn15, MSE losses).")
+@click.option("--init-teacher", help="Warm-start the teacher and SFT teacher from these weights (.safetensors or a "
+                                     "stage directory of another run); the SFT teacher from scratch is the reference.")
 @click.option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override any config value, e.g. --set train.lr_step=20 --set sft.imitation_per_pixel=true "
                    "(VALUE in TOML syntax; repeatable).")
@@ -68,6 +76,7 @@ def main(ctx: click.Context, preset: str, out: Path, progress: bool, deploy: boo
 
     Without a subcommand, runs teacher → student → Std-KD → SFT teacher → SFT-KD for each method and prints the
     paper's Table 1 for the run. Example: compress --teacher d5c5 --student d3c5 --method at
+    (super-resolution: compress --task sr --teacher vdsr12 --student vdsr4 --method pkt)
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -94,13 +103,21 @@ def _settings(items: tuple[str, ...]) -> dict[str, object]:
     return parsed
 
 
+SR_MODELS = ("vdsr12", "vdsr4")
+"""Appendix B.1's teacher and student, the defaults of ``--task sr``."""
+
+
 def _overrides(o: dict) -> dict[str, object]:
     epochs = o["epochs"]
     sft = _floats(o["sft_weights"])
     if sft is not None and len(sft) != 3:
         raise click.BadParameter("expected three weights w_T,w_S,w_I", param_hint="--sft-weights")
+    teacher, student = o["teacher"], o["student"]
+    if o["task"] == "sr":
+        teacher, student = teacher or SR_MODELS[0], student or SR_MODELS[1]
     return {
-        "model.teacher": o["teacher"], "model.student": _names(o["student"]), "model.block_form": o["block_form"],
+        "data.task": o["task"], "model.init_teacher": o["init_teacher"], "sft.feature_ablation": o["feature_sft"],
+        "model.teacher": teacher, "model.student": _names(student), "model.block_form": o["block_form"],
         "kd.method": _names(o["method"]), "kd.weight": o["kd_weight"], "kd.schedule": o["kd_schedule"],
         "kd.mode": o["kd_mode"], "kd.random_init": o["random_init"],
         "data.source": o["source"],
@@ -125,15 +142,24 @@ def run_pipeline(config, out: Path, progress: bool, deploy: bool) -> None:
 
     started = time.perf_counter()
     pipeline = Pipeline(config, out, score=slice_metrics, log=lambda m: click.echo(m, err=True), progress=progress)
-    click.echo(f"preset {config.preset}: teacher {config.model.teacher}, student {','.join(config.model.student)}, "
+    click.echo(f"preset {config.preset}, task {config.data.task}: teacher {config.model.teacher}, "
+               f"student {','.join(config.model.student)}, "
                f"methods {','.join(pipeline.methods)}, {config.data.source} data, "
                f"accelerations {','.join(f'{a:g}x' for a in config.data.acceleration)}, run directory {out}, "
                f"device {pipeline.device}")
     result = pipeline.run()
-    if deploy:
+    if deploy and config.data.task == "sr":
+        click.echo("deployment skipped: super-resolution models have no data-fidelity layers, and the scanner graph "
+                   "(compress export) takes k-space", err=True)
+    elif deploy:
         deploy_run(out, log=lambda m: click.echo(m, err=True))
     report = build_report(out, fmt="github")
-    for name in ("summary", "table1", "headline", "table8"):
+    shown = ["summary", "table1", "headline", "table8"]
+    if config.sft.feature_ablation:
+        shown.append("table2")
+    if config.model.init_teacher is not None:
+        shown.append("warm_start")
+    for name in shown:
         if name in report.tables:
             click.echo("\n" + report.tables[name])
     click.echo(f"\nNumbers are on the validation split (best-validation-L1 weights); report in {out / 'report'}; "

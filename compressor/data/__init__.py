@@ -13,7 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from compressor.config import DataConfig
-from compressor.data.dataset import NormalisedInput, SliceDataset, centre_crop_or_pad, normalise_kspace
+from compressor.data.dataset import (
+    NormalisedInput,
+    SliceDataset,
+    SuperResolutionDataset,
+    centre_crop_or_pad,
+    normalise_kspace,
+)
 from compressor.data.embedded import build_mni_volume, mni_splits
 from compressor.data.project_h5 import write_project_volume
 from compressor.data.readers import (
@@ -34,6 +40,7 @@ __all__ = [
     "Sample",
     "SliceData",
     "SliceDataset",
+    "SuperResolutionDataset",
     "VolumeReader",
     "build_splits",
     "centre_crop_or_pad",
@@ -45,11 +52,13 @@ __all__ = [
 ]
 
 MNI_SOURCE = "mni"
+TASKS = ("reconstruction", "sr")
 
 
 @dataclass
 class DataSplits:
-    """The datasets of one run at one acceleration, and the mask they share."""
+    """The datasets of one run at one acceleration (for ``sr``: one scale), and the mask they share (``sr``: the
+    all-zero :func:`~compressor.data.dataset.no_measurement_mask`)."""
 
     train: SliceDataset
     validation: SliceDataset
@@ -104,14 +113,19 @@ def build_splits(config: DataConfig, acceleration: float, log: Callable[[str], N
     ``test``. ``max_train_slices`` caps the training slices, ``max_eval_slices`` the validation and test
     slices, each keeping evenly spaced slices. ``downsample`` and ``cache_dir`` apply to ``mni`` only.
     """
+    if config.task not in TASKS:
+        raise InputError(f"unknown task {config.task!r}; valid: {', '.join(TASKS)}")
     source = config.source.lower()
     if source != MNI_SOURCE and source not in VOLUME_SOURCES:
         raise InputError(f"unknown data source {config.source!r}; valid names: "
                          f"{', '.join([MNI_SOURCE, *VOLUME_SOURCES.names()])}")
     if source != MNI_SOURCE and config.downsample != 1:
         raise InputError(f"[data] downsample applies only to source 'mni', got {config.downsample} for {source!r}")
-    mask = build_mask(config, acceleration)
     size = config.image_size
+    super_resolution = config.task == "sr"
+    if super_resolution and acceleration != int(acceleration):
+        raise InputError(f"the super-resolution scale must be an integer, got {acceleration:g}")
+    mask = None if super_resolution else build_mask(config, acceleration)
     if source == MNI_SOURCE:
         volume = build_mni_volume(Path(config.cache_dir) if config.cache_dir else None, size, config.downsample, log)
         readers = [open_volume(volume, "project")]
@@ -125,11 +139,16 @@ def build_splits(config: DataConfig, acceleration: float, log: Callable[[str], N
         origin = f"{source} volumes"
     limits = {"train": config.max_train_slices, "validation": config.max_eval_slices, "test": config.max_eval_slices}
     datasets = {
-        name: SliceDataset(split_readers[name], mask, size, evenly_spaced(split_slices[name], limits[name]))
+        name: SuperResolutionDataset(split_readers[name], int(acceleration), config.sr_interpolation, size,
+                                     evenly_spaced(split_slices[name], limits[name])) if super_resolution
+        else SliceDataset(split_readers[name], mask, size, evenly_spaced(split_slices[name], limits[name]))
         for name in split_slices
     }
+    mask = datasets["train"].mask
     counts = ", ".join(f"{name} {len(dataset)}" for name, dataset in datasets.items())
-    description = (f"{origin}, {size}x{size} px, slices: {counts}; {mask.kind} mask "
-                   f"{acceleration_label(acceleration)}x (digest {mask.digest()})")
+    degradation = (f"super-resolution x{acceleration:g} (k-space truncation, {config.sr_interpolation} "
+                   "interpolation)" if super_resolution else
+                   f"{mask.kind} mask {acceleration_label(acceleration)}x (digest {mask.digest()})")
+    description = f"{origin}, {size}x{size} px, slices: {counts}; {degradation}"
     return DataSplits(train=datasets["train"], validation=datasets["validation"], test=datasets.get("test"),
                       mask=mask, description=description)

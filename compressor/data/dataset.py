@@ -10,6 +10,9 @@ Every source goes through the same steps (see :mod:`compressor.data.sample` for 
 3. :func:`normalise_kspace` forms ``x_u = Re F^{-1}(y)`` and divides everything by ``max |x_u|``.
 
 Inference (``compress reconstruct``) has k-space only and calls the same :func:`normalise_kspace`.
+
+The super-resolution task (:class:`SuperResolutionDataset`) replaces steps 2-3: the input is the target degraded
+by :func:`~compressor.physics.degradation.degrade`, normalised by its own maximum (again from the input alone).
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ from compressor.data.transforms import centre_crop_or_pad
 from compressor.errors import InputError
 from compressor.masks import SamplingMask
 from compressor.physics import apply_mask, undersample, zero_filled
+from compressor.physics.degradation import INTERPOLATIONS, check_scale, degrade
 
-__all__ = ["NormalisedInput", "SliceDataset", "centre_crop_or_pad", "normalise_kspace"]
+__all__ = ["NormalisedInput", "SliceDataset", "SuperResolutionDataset", "centre_crop_or_pad", "no_measurement_mask",
+           "normalise_kspace"]
 
 
 class NormalisedInput(NamedTuple):
@@ -131,3 +136,57 @@ class SliceDataset(Dataset):
                 f"undersampled k-space of slice {slice_index} has samples where the mask (digest "
                 f"{self.mask.digest()}) has none: it was undersampled with another mask or convention", reader.path)
         return measured
+
+
+def no_measurement_mask(shape: tuple[int, int], scale: int) -> SamplingMask:
+    """The all-zero mask of the super-resolution task: nothing is measured on the high-resolution grid, so a DF
+    layer (if a model has one) returns its input unchanged. ``acceleration`` records the SR scale."""
+    return SamplingMask(np.zeros(shape, dtype=np.float32), kind="none (super-resolution)", acceleration=float(scale))
+
+
+class SuperResolutionDataset(SliceDataset):
+    """Slices for the super-resolution task (Appendix B); items are :class:`Sample` like reconstruction's.
+
+    Per slice: the real target ``x`` (centre-cropped/padded to ``image_size`` for images-only sources),
+    the input ``x_lr = degrade(x, scale, interpolation)`` (k-space truncation to the central ``1/scale`` band, then
+    interpolation back to ``H × W``), ``scale_n = max |x_lr|``; ``zero_filled = x_lr / scale_n`` (the field keeps its
+    name: it is the network input), ``target = x / scale_n``, and zero k-space and mask (nothing measured on the
+    HR grid). The ``zero_filled`` row of the tables is therefore the interpolated input.
+
+    Args:
+        readers: the volumes (their stored targets are used; stored k-space is ignored).
+        scale: the integer SR factor ``s``; it must divide both image dimensions.
+        interpolation: ``bicubic`` (VDSR's) or ``sinc`` (zero-padded k-space).
+        image_size: as for :class:`SliceDataset` (required for sources whose stored sizes differ).
+        slices: ``(reader index, slice index)`` pairs, default all.
+    """
+
+    def __init__(self, readers: Sequence[VolumeReader], scale: int, interpolation: str,
+                 image_size: int | tuple[int, int] | None = None,
+                 slices: Sequence[tuple[int, int]] | None = None):
+        if interpolation not in INTERPOLATIONS:
+            raise InputError(f"unknown SR interpolation {interpolation!r}; valid: {', '.join(INTERPOLATIONS)}")
+        shape = _as_size(image_size) or readers[0].image_shape
+        check_scale(shape, scale)
+        super().__init__(readers, no_measurement_mask(shape, scale), shape, slices)
+        self.scale = scale
+        self.interpolation = interpolation
+
+    def __getitem__(self, index: int) -> Sample:
+        reader_index, slice_index = self.slices[index]
+        reader = self.readers[reader_index]
+        data = reader.read_slice(slice_index)
+        if data.target is None:
+            raise InputError(f"slice {slice_index} has no target image (super-resolution needs one)", reader.path)
+        target = torch.from_numpy(centre_crop_or_pad(data.target, self.mask.shape))
+        low_resolution = degrade(target, self.scale, self.interpolation)
+        scale = normalisation_scale(low_resolution)
+        return Sample(
+            zero_filled=(low_resolution / scale)[None],
+            kspace=torch.zeros((1, *self.mask.shape, 2)),
+            mask=self._mask_tensor[None],
+            target=(target / scale)[None],
+            scale=scale,
+            volume=reader.name,
+            slice_index=slice_index,
+        )

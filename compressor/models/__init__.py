@@ -2,9 +2,10 @@
 
 Names are parsed by family. ``dNcM`` is a DC-CNN with N ≥ 2 conv layers per block and M ≥ 1 cascades
 (``d5c5`` teacher, ``d3c5`` student in the paper); ``dcunetM`` a DC-UNet of M cascades (Table 6's teacher);
-``vdsrN`` a VDSR of N convs (super-resolution: vdsr12 teacher, vdsr4 student); ``rcnnL`` a plain residual CNN
-of L convs in 5 blocks (the feature-domain SFT ablation: rcnn25 teacher, rcnn15 student). :func:`build_model`
-turns a name plus :class:`ModelOptions` into a :class:`~compressor.models.base.CascadeModel`.
+``vdsrN`` a VDSR of N convs (super-resolution: vdsr12 teacher, vdsr4 student); ``rcnnL`` a residual CNN of
+L convs in 5 blocks, the middle ones ResNet units (the feature-domain SFT ablation: rcnn25 teacher, rcnn15
+student). :func:`build_model` turns a name plus :class:`ModelOptions` into a
+:class:`~compressor.models.base.CascadeModel`.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from compressor.errors import InputError
 from compressor.models.base import Cascade, CascadeModel, ReconOutput
 from compressor.models.dccnn import BLOCK_FORMS, DCCNN, CNNBlock
 from compressor.models.dcunet import DCUNet
+from compressor.models.feature_chain import RCNN_BLOCKS, FeatureChainModel, ResidualCNN
 from compressor.models.features import FeatureRecorder
-from compressor.models.plain_cnn import RCNN_BLOCKS, FeatureChainModel, PlainResidualCNN
 from compressor.models.vdsr import VDSR, VDSR_BLOCKS
 from compressor.registry import Registry
 
@@ -120,7 +121,7 @@ def _check_rcnn(match: re.Match) -> str | None:
 
 def _build_rcnn(match: re.Match, options: ModelOptions) -> CascadeModel:
     # No DF and no block padding in the feature-domain network: only ``channels`` applies.
-    return PlainResidualCNN(int(match["l"]), channels=options.channels)
+    return ResidualCNN(int(match["l"]), channels=options.channels)
 
 
 ARCHITECTURES.register("rcnn")(ArchitectureFamily(
@@ -172,8 +173,8 @@ __all__ = [
     "FeatureChainModel",
     "FeatureRecorder",
     "ModelOptions",
-    "PlainResidualCNN",
     "ReconOutput",
+    "ResidualCNN",
     "build_model",
     "count_parameters",
     "parse_architecture",

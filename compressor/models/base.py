@@ -62,9 +62,14 @@ def data_fidelity_cascades(blocks: list[nn.Module], dc_lambda: float | None = No
 
 
 class CascadeModel(nn.Module):
-    """A chain of :class:`Cascade` modules sharing one Fourier operator (``self.fourier``, swappable)."""
+    """A chain of :class:`Cascade` modules sharing one Fourier operator (``self.fourier``, swappable).
+
+    Subclasses set ``arch`` (the name it was built from) and ``channels`` (the channel count of every
+    :meth:`distillation_layer` activation, which sizes the KD losses' adapters).
+    """
 
     arch: str
+    channels: int
 
     def __init__(self, cascades: list[Cascade], fourier: FourierOperator | None = None):
         super().__init__()
@@ -74,6 +79,11 @@ class CascadeModel(nn.Module):
     @property
     def n_cascades(self) -> int:
         return len(self.cascades)
+
+    @property
+    def has_data_fidelity(self) -> bool:
+        """Every cascade ends in a DF layer (DC-CNN, DC-UNet); ``False`` for the image-to-image networks."""
+        return all(cascade.data_fidelity is not None for cascade in self.cascades)
 
     def run_cascades(
         self,

@@ -83,4 +83,5 @@ class DCCNN(CascadeModel):
         super().__init__(data_fidelity_cascades(blocks, dc_lambda, dc_learnable), fourier)
         self.arch = f"d{n_layers}c{n_cascades}"
         self.n_layers = n_layers
+        self.channels = channels
         self.block_form = block_form

@@ -9,7 +9,7 @@ For SFT both are cut into :data:`VDSR_BLOCKS` = 4 blocks (vdsr12: 4 × 3 convs; 
 that vdsr4 allows (each of its convs is one block), which gives three student branches. The block network, the
 feature state passed between blocks (input image carried in channel 0, so a branch started at block ``i > 0``
 still adds the global residual), and the hidden layers are those of
-:class:`~compressor.models.plain_cnn.FeatureChainModel`. Paired layers
+:class:`~compressor.models.feature_chain.FeatureChainModel`. Paired layers
 (middle ReLU of each block): vdsr12 block ``i < 3`` → ``relu2`` of 3, block 3 → ``relu2`` of 2; vdsr4 blocks 0–2
 → their only ``relu1``, block 3 (the final conv alone) → ``block_input``, the features entering it (block 2's
 ``relu1``, the network's third ReLU). All are 64-channel ``H × W`` maps, so every feature KD loss applies without
@@ -18,7 +18,7 @@ an adapter once built for 64 → 64 channels.
 
 from __future__ import annotations
 
-from compressor.models.plain_cnn import FeatureChainModel
+from compressor.models.feature_chain import FeatureChainModel
 
 VDSR_CHANNELS = 64
 VDSR_BLOCKS = 4

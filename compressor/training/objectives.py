@@ -6,11 +6,11 @@ An :class:`Objective` names the modules it trains, the model whose validation L1
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from compressor.data.sample import Sample
@@ -56,11 +56,26 @@ def reconstruct(model: CascadeModel, batch: Sample) -> torch.Tensor:
     return model(batch.zero_filled, batch.kspace, batch.mask)
 
 
-class Supervised:
-    """Stages 1 and 2 (teacher alone, student alone): ``L1(model(x_u), x)``."""
+RECONSTRUCTION_LOSSES: dict[str, Callable[[], nn.Module]] = {"l1": nn.L1Loss, "mse": nn.MSELoss}
+"""Image losses by name, each the mean over pixels: ``l1`` (the paper) and ``mse`` (the feature-domain SFT ablation,
+where the classification losses of Park et al. 2021 are replaced by MSE)."""
 
-    def __init__(self, model: CascadeModel):
+
+def reconstruction_loss(name: str) -> nn.Module:
+    """A new instance of the loss ``name`` (a module, so it can be a term of a
+    :class:`~compressor.kd.CompositeLoss`)."""
+    if name not in RECONSTRUCTION_LOSSES:
+        raise ValueError(f"unknown reconstruction loss {name!r}; valid: {', '.join(RECONSTRUCTION_LOSSES)}")
+    return RECONSTRUCTION_LOSSES[name]()
+
+
+class Supervised:
+    """Stages 1 and 2 (teacher alone, student alone): ``loss(model(x_u), x)``, L1 in the paper."""
+
+    def __init__(self, model: CascadeModel, loss: str = "l1"):
         self.output_model = model
+        self.loss_name = loss
+        self.rec_loss = reconstruction_loss(loss)
 
     def start_phase(self, phase: Phase) -> None:
         """One phase only: nothing to switch."""
@@ -75,8 +90,8 @@ class Supervised:
         self.output_model.train()
 
     def loss(self, batch: Sample) -> BatchLoss:
-        l1 = F.l1_loss(reconstruct(self.output_model, batch), batch.target)
-        return BatchLoss(l1, {"l1": l1.item()})
+        rec = self.rec_loss(reconstruct(self.output_model, batch), batch.target)
+        return BatchLoss(rec, {self.loss_name: rec.item()})
 
 
 @dataclass(frozen=True)
@@ -97,15 +112,17 @@ class StudentFriendlyTeacher:
 
     with ``||·||_1`` the mean absolute error. ``S_1`` is in no branch and receives no gradient. The imitation term
     back-propagates into both the teacher and the branch (eq. 5 names no stop-gradient). ``imitation_per_pixel``
-    divides it by ``H·W`` as the authors' code did.
+    divides it by ``H·W`` as the authors' code did. ``loss="mse"`` puts the mean squared error in all three terms
+    (the feature-domain ablation, where branches pass feature maps rather than images between blocks).
     """
 
-    def __init__(self, teacher: CascadeModel, student: CascadeModel, weights: SFTWeights):
+    def __init__(self, teacher: CascadeModel, student: CascadeModel, weights: SFTWeights, loss: str = "l1"):
         if teacher.n_cascades != student.n_cascades:
             raise ValueError(f"SFT needs equal cascade counts, got {teacher.n_cascades} and {student.n_cascades}")
         self.output_model = teacher
         self.student_branches = student
         self.weights = weights
+        self.rec_loss = reconstruction_loss(loss)
 
     def start_phase(self, phase: Phase) -> None:
         """One phase only: nothing to switch."""
@@ -132,14 +149,14 @@ class StudentFriendlyTeacher:
 
     def loss(self, batch: Sample) -> BatchLoss:
         teacher_image, branches = self.branch_outputs(batch)
-        teacher_rec = F.l1_loss(teacher_image, batch.target)
-        student_rec = torch.stack([F.l1_loss(b, batch.target) for b in branches]).mean()
-        imitation = torch.stack([F.l1_loss(b, teacher_image) for b in branches]).mean()
+        teacher_rec = self.rec_loss(teacher_image, batch.target)
+        student_rec = torch.stack([self.rec_loss(b, batch.target) for b in branches]).mean()
+        imitation = torch.stack([self.rec_loss(b, teacher_image) for b in branches]).mean()
         if self.weights.imitation_per_pixel:
             imitation = imitation / batch.target[0, 0].numel()
         w = self.weights
         total = w.teacher * teacher_rec + w.student * student_rec + w.imitation * imitation
-        return BatchLoss(total, {"teacher_l1": teacher_rec.item(), "student_l1": student_rec.item(),
+        return BatchLoss(total, {"teacher_rec": teacher_rec.item(), "student_rec": student_rec.item(),
                                  "imitation": imitation.item()})
 
 
@@ -149,7 +166,8 @@ def record_features(model: CascadeModel, batch: Sample, taps: set[str]) -> list[
 
 
 class Distillation:
-    """Stages 3 and 5: ``w_rec·L1(student, x) + w_kd·L_KD(student features, teacher features)``.
+    """Stages 3 and 5: ``w_rec·L_rec(student, x) + w_kd·L_KD(student features, teacher features)``, ``L_rec`` the
+    stage's reconstruction loss (L1 in the paper).
 
     The teacher is frozen (eval mode, no gradient). The weights are set per phase: the paper's joint schedule
     uses ``(1, w)`` throughout; a KD-loss-only phase (the authors' two-phase schedule, FSP's initialisation)
@@ -157,16 +175,19 @@ class Distillation:
     trains only the loss's modules on teacher features.
     """
 
-    def __init__(self, student: CascadeModel, teacher: CascadeModel, kd_loss: DistillationLoss, kd_weight: float):
+    def __init__(self, student: CascadeModel, teacher: CascadeModel, kd_loss: DistillationLoss, kd_weight: float,
+                 loss: str = "l1"):
         self.output_model = student
         self.teacher = teacher.eval().requires_grad_(False)
         self.kd_loss = kd_loss
         self.kd_weight = kd_weight
+        self.loss_name = loss
+        self.rec_loss = reconstruction_loss(loss)
         self.pretraining = False
         self.composite = self._composite(Phase("joint", 1))
 
     def _composite(self, phase: Phase) -> CompositeLoss:
-        return CompositeLoss({"l1": (phase.rec_weight, nn.L1Loss()),
+        return CompositeLoss({self.loss_name: (phase.rec_weight, self.rec_loss),
                               self.kd_loss.name: (self.kd_weight * phase.kd_weight, self.kd_loss)})
 
     def start_phase(self, phase: Phase) -> None:
@@ -193,10 +214,10 @@ class Distillation:
             pretrain = self.kd_loss.pretrain_loss(teacher_features)
             return BatchLoss(pretrain, {"pretrain": pretrain.item()})
         student_features = record_features(self.output_model, batch, taps)
-        name = self.kd_loss.name
-        terms = self.composite(l1=(student_features[-1].output, batch.target),
-                               **{name: (student_features, teacher_features)})
-        logged = {"l1": terms.terms["l1"].item(), name: terms.weighted(name).item()}
-        if terms.weights["l1"] and terms.weights[name]:
-            logged["kd_to_l1"] = terms.ratio(name, "l1")
+        name, rec = self.kd_loss.name, self.loss_name
+        terms = self.composite(**{rec: (student_features[-1].output, batch.target),
+                                  name: (student_features, teacher_features)})
+        logged = {rec: terms.terms[rec].item(), name: terms.weighted(name).item()}
+        if terms.weights[rec] and terms.weights[name]:
+            logged[f"kd_to_{rec}"] = terms.ratio(name, rec)
         return BatchLoss(terms.total, logged)

@@ -6,6 +6,11 @@
    ``sft_kd_random``: the same with a random initialisation (Table 5 ablation, ``kd.random_init``).
 
 Stages 1, 2 and 4 are shared by every KD method. Numbers reported come from the best-validation-L1 weights.
+
+The graph runs once per :class:`Setup`: ``image`` (the configured models, the paper) and, with
+``sft.feature_ablation``, ``feature`` (Tables 2 and 4: residual CNNs with the same conv counts, MSE losses).
+With ``model.init_teacher`` the image setup's teacher and SFT teacher start from those weights, and the SFT teacher
+is also trained from scratch as Fig. 7's reference (recorded with role ``sft_teacher_scratch``).
 """
 
 from __future__ import annotations
@@ -20,13 +25,14 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
+from torch import nn
 
 import compressor
 from compressor.config import RunConfig
 from compressor.data import DataSplits, build_splits
 from compressor.data.sample import Sample
 from compressor.errors import InputError
-from compressor.io import atomic_path, load_json, save_json
+from compressor.io import atomic_path, file_digest, load_json, save_json
 from compressor.kd import KD_LOSSES, DistillationLoss, build_kd_loss, weight_balance
 from compressor.models import CascadeModel, ModelOptions, build_model
 from compressor.training.checkpoint import load_weights
@@ -48,10 +54,15 @@ Scorer = Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
 
 @dataclass
 class StageOutcome:
+    """A stage trained or reused. ``record_role`` is the role ``results.json`` gives it when that differs from the
+    stage's own (the from-scratch reference SFT teacher of a warm-started run: ``sft_teacher_scratch``)."""
+
     spec: StageSpec
     directory: Path
     reused: bool
     info: dict[str, Any]
+    record_role: str | None = None
+    setup: str = "image"
 
 
 @dataclass
@@ -72,12 +83,55 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_methods(names: list[str]) -> list[str]:
+PAPER_METHODS = {"reconstruction": ["at", "fitnets", "sp", "fsp", "cc"],  # Table 1
+                 "sr": ["at", "fitnets", "cc", "pkt", "ft", "nst"]}  # Table 9
+
+
+def resolve_methods(names: list[str], task: str = "reconstruction") -> list[str]:
+    """KD method names, checked against the registry; ``all`` is the task's table of the paper."""
     if any(n.lower() == "all" for n in names):
-        return ["at", "fitnets", "sp", "fsp", "cc"]
+        return list(PAPER_METHODS[task])
     for name in names:
         KD_LOSSES.get(name)
     return [n.lower() for n in names]
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One teacher/student family run through the stage graph.
+
+    Attributes:
+        name: ``image`` (SFT-KD-Recon: the configured models, DF after each block) or ``feature`` (the
+            feature-domain SFT ablation).
+        teacher: teacher architecture.
+        students: student architectures, each with its own SFT teacher and KD stages.
+        loss: the reconstruction loss of every stage (``l1``; ``mse`` for the feature setup).
+    """
+
+    name: str
+    teacher: str
+    students: tuple[str, ...]
+    loss: str = "l1"
+
+
+def conv_layers(model: nn.Module) -> int:
+    """The number of 2-D convolutions in ``model`` (d5c5: 25, d3c5: 15)."""
+    return sum(isinstance(module, nn.Conv2d) for module in model.modules())
+
+
+def feature_domain_setup(teacher: CascadeModel, students: list[CascadeModel]) -> Setup:
+    """The ablation of Tables 2 and 4: ``rcnnL`` networks with as many convs as the image-domain models."""
+    return Setup("feature", f"rcnn{conv_layers(teacher)}", tuple(f"rcnn{conv_layers(s)}" for s in students), "mse")
+
+
+def resolve_init_weights(location: str) -> Path:
+    """A ``.safetensors`` file, or a stage directory holding ``best.safetensors``."""
+    path = Path(location).expanduser()
+    if path.is_dir():
+        path = path / "best.safetensors"
+    if not path.is_file():
+        raise InputError("no such weights file (give a .safetensors file or a stage directory of another run)", path)
+    return path
 
 
 class Pipeline:
@@ -90,31 +144,45 @@ class Pipeline:
         self.score = score
         self.log = log
         self.device = resolve_device(config.train.device)
-        self.methods = resolve_methods(config.kd.method)
+        self.methods = resolve_methods(config.kd.method, config.data.task)
         self.model_options = ModelOptions(block_form=config.model.block_form, block_padding=config.model.block_padding,
                                           dc_lambda=config.model.dc_lambda, dc_learnable=config.model.dc_learnable)
-        # Building each model once checks every name before any training; the teacher's cascades pair with KD.
-        models = [build_model(arch, self.model_options) for arch in [config.model.teacher, *config.model.student]]
-        self.n_cascades = models[0].n_cascades
+        # Building each model once checks every name before any training.
+        teacher, *students = [build_model(arch, self.model_options)
+                              for arch in [config.model.teacher, *config.model.student]]
+        self.setups = [Setup("image", config.model.teacher, tuple(config.model.student))]
+        if config.sft.feature_ablation:
+            self.setups.append(feature_domain_setup(teacher, students))
+            for arch in [self.setups[-1].teacher, *self.setups[-1].students]:
+                build_model(arch, self.model_options)
+        self.init_teacher = self._check_init_teacher(teacher)
         t = config.train
         self.settings = TrainSettings(batch_size=t.batch_size, lr=t.lr, lr_step=t.lr_step, lr_gamma=t.lr_gamma,
                                       seed=t.seed, device=self.device, amp=t.amp, num_workers=t.num_workers,
                                       progress=progress)
         self.outcomes: list[StageOutcome] = []
 
+    def _check_init_teacher(self, teacher: CascadeModel) -> Path | None:
+        """The warm-start weights file, checked to fit the teacher now rather than after the first stages."""
+        if self.config.model.init_teacher is None:
+            return None
+        path = resolve_init_weights(self.config.model.init_teacher)
+        load_weights(path, teacher)
+        return path
+
     # -- stage identity -------------------------------------------------------------------------------------
     def _determinants(self, splits: DataSplits, epochs: int, **extra: Any) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self.config.data).items() if k not in ("acceleration", "cache_dir")}
+        if data["task"] == "reconstruction":
+            # Only the SR task reads these; leaving them out keeps the keys of reconstruction stages cached before
+            # the task existed. (The SR scale, which the all-zero mask's digest does not show, is in ``extra``.)
+            del data["task"], data["sr_interpolation"]
         t = self.config.train
         return {"data": data, "mask": splits.mask.digest(), "model_options": self.model_options.to_dict(),
                 "epochs": epochs, "batch_size": t.batch_size, "lr": t.lr, "lr_step": t.lr_step,
                 "lr_gamma": t.lr_gamma, "seed": t.seed, "amp": t.amp, **extra}
 
     # -- building blocks --------------------------------------------------------------------------------------
-    def _new_model(self, arch: str) -> CascadeModel:
-        torch.manual_seed(self.config.train.seed)
-        return build_model(arch, self.model_options).to(self.device)
-
     def _trained(self, outcome: StageOutcome, file: str = "best.safetensors", arch: str | None = None) -> CascadeModel:
         model = build_model(arch or outcome.spec.arch, self.model_options)
         return load_weights(outcome.directory / file, model).to(self.device)
@@ -124,24 +192,26 @@ class Pipeline:
         kd = self.config.kd
         return kd.weight if kd.weight is not None else KD_LOSSES.get(method).default_weight_for(kd.mode)
 
-    def _kd_phases(self, method: str) -> tuple[list[Phase], float, DistillationLoss]:
-        """The distillation loss, its weight and the phases of its stage (see :func:`kd_phases`)."""
+    def _kd_phases(self, method: str, student: CascadeModel,
+                   teacher: CascadeModel) -> tuple[list[Phase], float, DistillationLoss]:
+        """The distillation loss (sized for the two models' paired activations), its weight and the phases of its
+        stage (see :func:`kd_phases`)."""
         kd = self.config.kd
-        channels = self.model_options.channels
-        loss = build_kd_loss(method, mode=kd.mode, channels=(channels, channels), n_cascades=self.n_cascades)
+        loss = build_kd_loss(method, mode=kd.mode, channels=(student.channels, teacher.channels),
+                             n_cascades=teacher.n_cascades)
         phases = kd_phases(loss, kd.schedule, self.config.train.epochs_kd, kd.feature_epochs)
         return phases, self._kd_weight(method), loss.to(self.device)
 
     # -- running one stage ------------------------------------------------------------------------------------
     def _run(self, spec: StageSpec, splits: DataSplits, build: Callable[[], tuple[Objective, list[Phase]]],
-             extra_info: dict[str, Any] | None = None) -> StageOutcome:
+             setup: Setup, extra_info: dict[str, Any] | None = None, record_role: str | None = None) -> StageOutcome:
         directory = spec.directory(self.run_dir)
         info_path = directory / "stage.json"
         if info_path.is_file():
             info = load_json(info_path)
             if info.get("complete"):
                 self.log(f"reusing {spec.name} from {directory.relative_to(self.run_dir)}")
-                outcome = StageOutcome(spec, directory, True, info)
+                outcome = StageOutcome(spec, directory, True, info, record_role, setup.name)
                 self.outcomes.append(outcome)
                 return outcome
         objective, phases = build()
@@ -150,14 +220,16 @@ class Pipeline:
                 "config": spec.determinants, "model_options": self.model_options.to_dict(),
                 "mask_digest": splits.mask.digest(), "image_size": list(splits.mask.shape),
                 "parameters": objective.output_model.num_parameters(), "complete": False,
-                "phases": [asdict(p) for p in phases], "tool_version": compressor.__version__, **(extra_info or {})}
+                "phases": [asdict(p) for p in phases], "setup": setup.name, "loss": setup.loss,
+                "tool_version": compressor.__version__, **(extra_info or {})}
         save_json(info_path, info)
         result = train_stage(objective, phases, splits.train, splits.validation, self.settings, directory,
                              label=spec.name, log=self.log)
-        kd_ratio = next((h["terms"]["kd_to_l1"] for h in result.history if "kd_to_l1" in h["terms"]), None)
+        kd_ratio = next((value for h in result.history for term, value in h["terms"].items()
+                         if term.startswith("kd_to_")), None)
         if kd_ratio is not None:
-            self.log(f"{spec.name}: weighted KD / L1 in the first distillation epoch = {kd_ratio:.3g} "
-                     f"({weight_balance(kd_ratio)})")
+            self.log(f"{spec.name}: weighted KD / {setup.loss.upper()} in the first distillation epoch = "
+                     f"{kd_ratio:.3g} ({weight_balance(kd_ratio)})")
         model = self._trained(StageOutcome(spec, directory, False, info))
         info.update(best_epoch=result.best_epoch, best_val_loss=result.best_val_loss, train_seconds=result.seconds,
                     slices_per_second=len(splits.train) * len(result.history[result.resumed_from:])
@@ -166,7 +238,7 @@ class Pipeline:
             self.evaluate(model, dataset, directory, split_name)
         info["complete"] = True
         save_json(info_path, info)
-        outcome = StageOutcome(spec, directory, False, info)
+        outcome = StageOutcome(spec, directory, False, info, record_role, setup.name)
         self.outcomes.append(outcome)
         return outcome
 
@@ -216,43 +288,63 @@ class Pipeline:
     def run(self) -> PipelineResult:
         started = time.perf_counter()
         records: list[dict[str, Any]] = []
-        teacher_params = build_model(self.config.model.teacher, self.model_options).num_parameters()
-        for acceleration in self.config.data.acceleration:
-            splits = build_splits(self.config.data, acceleration, log=self.log)
+        data = self.config.data
+        for acceleration in data.acceleration:
+            splits = build_splits(data, acceleration, log=self.log)
             # Written once the data is known to be readable, so a bad file leaves no run directory behind.
             save_json(self.run_dir / "config.json", self.config.to_dict())
-            self.log(f"data: {splits.description}; {splits.mask.sampled_fraction:.1%} of k-space sampled")
+            sampled = "" if data.task == "sr" else f"; {splits.mask.sampled_fraction:.1%} of k-space sampled"
+            self.log(f"data: {splits.description}{sampled}")
+            image_teacher_params = build_model(self.setups[0].teacher, self.model_options).num_parameters()
             for split, file in self._zero_filled_metrics(splits, acceleration).items():
-                records.append(self._record("zero_filled", None, None, acceleration, split, 0, teacher_params, None,
-                                            file))
-            for outcome in self._run_graph(splits, acceleration):
-                for split in self._eval_splits(splits):
-                    records.append(self._record(outcome.spec.role, outcome.spec.arch, outcome.spec.method,
-                                                acceleration, split, outcome.info["parameters"], teacher_params,
-                                                outcome, outcome.directory / f"metrics_{split}.json"))
+                records.append(self._record(None, "zero_filled", acceleration, split, image_teacher_params, file))
+            for setup in self.setups:
+                teacher_params = build_model(setup.teacher, self.model_options).num_parameters()
+                for outcome in self._run_graph(splits, acceleration, setup):
+                    for split in self._eval_splits(splits):
+                        records.append(self._record(outcome, outcome.record_role or outcome.spec.role, acceleration,
+                                                    split, teacher_params,
+                                                    outcome.directory / f"metrics_{split}.json"))
         results = {"schema": 1, "tool_version": compressor.__version__, "split": "validation",
-                   "teacher": self.config.model.teacher, "models": records}
+                   "teacher": self.config.model.teacher, "task": data.task,
+                   **({"sr_interpolation": data.sr_interpolation} if data.task == "sr" else {}), "models": records}
         results_file = save_json(self.run_dir / "results.json", results)
         return PipelineResult(self.run_dir, results_file, self.outcomes, time.perf_counter() - started)
 
-    def _spec(self, splits: DataSplits, acceleration: float, role: str, arch: str, epochs: int,
+    def _spec(self, splits: DataSplits, acceleration: float, setup: Setup, role: str, arch: str, epochs: int,
               method: str | None = None, parents: dict[str, str] | None = None, **extra: Any) -> StageSpec:
+        # Key parts that only non-default runs have are added only then, so the paper's stages keep their keys.
+        if setup.loss != "l1":
+            extra["loss"] = setup.loss
+        if self.config.data.task == "sr":
+            extra["sr_scale"] = acceleration
         return StageSpec(role, arch, acceleration, method, self._determinants(splits, epochs, **extra), parents or {})
 
-    def _run_graph(self, splits: DataSplits, acceleration: float) -> list[StageOutcome]:
-        """Stages 1-5 (and the Table 5 ablation) for every student and method; shared stages run once."""
+    def _run_graph(self, splits: DataSplits, acceleration: float, setup: Setup) -> list[StageOutcome]:
+        """Stages 1-5 (and the Table 5 ablation) of ``setup`` for every student and method; shared stages run
+        once. The image setup's teacher and SFT teacher are warm-started when ``model.init_teacher`` is set."""
         cfg, epochs = self.config, self.config.train
-        teacher = self._run(self._spec(splits, acceleration, "teacher", cfg.model.teacher, epochs.epochs_teacher),
-                            splits, partial(self._supervised, cfg.model.teacher, epochs.epochs_teacher))
+        init = self.init_teacher if setup.name == "image" else None
+        warm = {"init_teacher": file_digest(init)} if init else {}
+        warm_info = {"init_teacher": str(init)} if init else {}
+        run = partial(self._run, splits=splits, setup=setup)
+        spec = partial(self._spec, splits, acceleration, setup)
+        teacher = run(spec("teacher", setup.teacher, epochs.epochs_teacher, **warm),
+                      build=partial(self._supervised, setup.teacher, epochs.epochs_teacher, setup.loss, init),
+                      extra_info=warm_info)
         outcomes = [teacher]
-        for student_arch in cfg.model.student:
-            student = self._run(self._spec(splits, acceleration, "student", student_arch, epochs.epochs_student),
-                                splits, partial(self._supervised, student_arch, epochs.epochs_student))
-            sft = self._run(self._spec(splits, acceleration, "sft_teacher", cfg.model.teacher, epochs.epochs_sft,
-                                       student_arch=student_arch, sft=asdict(cfg.sft)),
-                            splits, partial(self._student_friendly_teacher, student_arch),
-                            extra_info={"student_arch": student_arch})
+        for student_arch in setup.students:
+            student = run(spec("student", student_arch, epochs.epochs_student),
+                          build=partial(self._supervised, student_arch, epochs.epochs_student, setup.loss, None))
+            sft_spec = partial(spec, "sft_teacher", setup.teacher, epochs.epochs_sft, student_arch=student_arch,
+                               sft=self._sft_determinants())
+            sft = run(sft_spec(**warm), build=partial(self._student_friendly_teacher, setup, student_arch, init),
+                      extra_info={"student_arch": student_arch, **warm_info})
             outcomes += [student, sft]
+            if init:
+                outcomes.append(run(sft_spec(), build=partial(self._student_friendly_teacher, setup, student_arch,
+                                                               None),
+                                    extra_info={"student_arch": student_arch}, record_role="sft_teacher_scratch"))
             variants = [("std_kd", teacher, None), ("sft_kd", sft, sft)]
             if cfg.kd.random_init:
                 variants.append(("sft_kd_random", sft, None))
@@ -261,37 +353,52 @@ class Pipeline:
                 kd = {"method": method, "mode": cfg.kd.mode, "schedule": cfg.kd.schedule,
                       "weight": self._kd_weight(method), "feature_epochs": cfg.kd.feature_epochs}
                 for role, source, init_from in variants:
-                    spec = self._spec(splits, acceleration, role, student_arch, epochs.epochs_kd, method,
-                                      {"teacher": source.spec.key}, kd=kd)
-                    outcomes.append(self._run(spec, splits,
-                                              partial(self._distillation, student_arch, method, source, init_from)))
+                    outcomes.append(run(spec(role, student_arch, epochs.epochs_kd, method, {"teacher": source.spec.key},
+                                             kd=kd),
+                                        build=partial(self._distillation, setup, student_arch, method, source,
+                                                      init_from)))
         return outcomes
 
-    def _supervised(self, arch: str, n_epochs: int) -> tuple[Objective, list[Phase]]:
-        return Supervised(self._new_model(arch)), [Phase("train", n_epochs)]
+    def _sft_determinants(self) -> dict[str, Any]:
+        sft = asdict(self.config.sft)
+        del sft["feature_ablation"]  # which setups run, not what one SFT teacher computes
+        return sft
 
-    def _student_friendly_teacher(self, student_arch: str) -> tuple[Objective, list[Phase]]:
+    def _new_model(self, arch: str, init: Path | None = None) -> CascadeModel:
+        torch.manual_seed(self.config.train.seed)
+        model = build_model(arch, self.model_options)
+        return (load_weights(init, model) if init else model).to(self.device)
+
+    def _supervised(self, arch: str, n_epochs: int, loss: str, init: Path | None) -> tuple[Objective, list[Phase]]:
+        return Supervised(self._new_model(arch, init), loss), [Phase("train", n_epochs)]
+
+    def _student_friendly_teacher(self, setup: Setup, student_arch: str,
+                                  init: Path | None) -> tuple[Objective, list[Phase]]:
         sft = self.config.sft
         weights = SFTWeights(sft.teacher_weight, sft.student_weight, sft.imitation_weight, sft.imitation_per_pixel)
-        objective = StudentFriendlyTeacher(self._new_model(self.config.model.teacher), self._new_model(student_arch),
-                                           weights)
+        objective = StudentFriendlyTeacher(self._new_model(setup.teacher, init), self._new_model(student_arch),
+                                           weights, setup.loss)
         return objective, [Phase("train", self.config.train.epochs_sft)]
 
-    def _distillation(self, student_arch: str, method: str, teacher: StageOutcome,
+    def _distillation(self, setup: Setup, student_arch: str, method: str, teacher: StageOutcome,
                       init_from: StageOutcome | None) -> tuple[Objective, list[Phase]]:
         student = self._new_model(student_arch)
         if init_from is not None:
             branches = self._trained(init_from, "best_student_branches.safetensors", arch=student_arch)
             transfer_student_blocks(branches, student)
-        phases, weight, loss = self._kd_phases(method)
-        return Distillation(student, self._trained(teacher), loss, weight), phases
+        trained_teacher = self._trained(teacher)
+        phases, weight, loss = self._kd_phases(method, student, trained_teacher)
+        return Distillation(student, trained_teacher, loss, weight, setup.loss), phases
 
-    def _record(self, role: str, arch: str | None, method: str | None, acceleration: float, split: str,
-                parameters: int, teacher_params: int, outcome: StageOutcome | None, metrics_file: Path) -> dict:
+    def _record(self, outcome: StageOutcome | None, role: str, acceleration: float, split: str,
+                teacher_params: int, metrics_file: Path) -> dict:
         metrics = load_json(metrics_file)
         summary = {name: {"mean": float(np.mean(metrics[name])), "std": float(np.std(metrics[name]))}
                    for name in metrics if name not in ("split", "volume", "slice_index")}
         rel = lambda p: str(p.relative_to(self.run_dir)) if p else None  # noqa: E731
+        spec = outcome.spec if outcome else None
+        arch, method = (spec.arch, spec.method) if spec else (None, None)
+        parameters = outcome.info["parameters"] if outcome else 0
         # An SFT teacher is trained for one student architecture: its name says which (``d5c5+d3c5``).
         student_arch = outcome.info.get("student_arch") if outcome else None
         model = f"{arch}+{student_arch}" if student_arch else arch
@@ -301,9 +408,11 @@ class Pipeline:
                 "compression": (1 - parameters / teacher_params) if arch else None, **summary,
                 "stage_dir": rel(outcome.directory) if outcome else None, "metrics_file": rel(metrics_file),
                 "reconstructions_file": rel(outcome.directory / f"reconstructions_{split}.h5") if outcome else None,
-                "student_arch": student_arch,
+                "student_arch": student_arch, "setup": outcome.setup if outcome else "image",
+                "init_teacher": outcome.info.get("init_teacher") if outcome else None,
                 "best_epoch": outcome.info.get("best_epoch") if outcome else None,
                 "train_seconds": outcome.info.get("train_seconds") if outcome else None}
+
 
 
 # The KD losses state their own phase lengths for RepDistiller's 240-epoch schedule (``--init_epochs 30``);
