@@ -275,13 +275,10 @@ def _run_mask(run_dir: Path, info: dict[str, Any], stage_dir: Path) -> SamplingM
     """The stage's training mask from the run's ``config.json``; its digest must match ``stage.json``'s."""
     from compressor.config import config_from_dict
     from compressor.data import build_mask
-    from compressor.data.dataset import no_measurement_mask
 
     config_path = run_dir / "config.json"
     config = config_from_dict(load_json(config_path), str(config_path))
-    acceleration = float(info["acceleration"])
-    mask = (no_measurement_mask(tuple(info["image_size"]), int(acceleration)) if config.data.task == "sr"
-            else build_mask(config.data, acceleration))
+    mask = build_mask(config.data, float(info["acceleration"]))
     if info.get("mask_digest") and mask.digest() != info["mask_digest"]:
         raise InputError(f"the mask rebuilt from {config_path} (digest {mask.digest()}) is not the stage's training "
                          f"mask (digest {info['mask_digest']})", stage_dir)

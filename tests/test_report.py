@@ -87,6 +87,17 @@ def write_json(path: Path, data: object) -> None:
     path.write_text(json.dumps(data))
 
 
+def write_reconstructions(path: Path, reconstruction: np.ndarray, target: np.ndarray, zero_filled: np.ndarray) -> None:
+    """A stage's ``reconstructions_validation.h5`` (docs/run-directory.md) for the synthetic slices."""
+    with h5py.File(path, "w") as handle:
+        handle["reconstruction"] = reconstruction.astype(np.float32)
+        handle["target"] = target.astype(np.float32)
+        handle["zero_filled"] = zero_filled.astype(np.float32)
+        handle["scale"] = np.ones(len(VOLUMES), np.float32)
+        handle["volume"] = np.array(VOLUMES, dtype="S")
+        handle["slice_index"] = np.array(SLICE_INDEX)
+
+
 def write_stage(run_dir: Path, spec: ModelSpec, index: int, target: np.ndarray, zero_filled: np.ndarray) -> dict:
     """Write one model's files; return its results.json record."""
     noise = np.random.default_rng(100 + index).standard_normal(target.shape)
@@ -117,13 +128,7 @@ def write_stage(run_dir: Path, spec: ModelSpec, index: int, target: np.ndarray, 
     record.update(stage_dir=stage, metrics_file=f"{stage}/metrics_validation.json",
                   reconstructions_file=f"{stage}/reconstructions_validation.h5")
     write_json(run_dir / record["metrics_file"], per_slice)
-    with h5py.File(run_dir / record["reconstructions_file"], "w") as handle:
-        handle["reconstruction"] = images
-        handle["target"] = target.astype(np.float32)
-        handle["zero_filled"] = zero_filled.astype(np.float32)
-        handle["scale"] = np.ones(len(VOLUMES), np.float32)
-        handle["volume"] = np.array(VOLUMES, dtype="S")
-        handle["slice_index"] = np.array(SLICE_INDEX)
+    write_reconstructions(run_dir / record["reconstructions_file"], images, target, zero_filled)
     epochs = np.arange(1, 6)
     write_json(run_dir / stage / "history.json", [
         {"epoch": int(e), "train_loss": 0.1 / e, "val_loss": spec.noise + 0.05 / e, "lr": 1e-3, "seconds": 0.1,

@@ -18,7 +18,6 @@ import json
 from pathlib import Path
 from typing import NamedTuple
 
-import h5py
 import numpy as np
 import pytest
 
@@ -28,7 +27,7 @@ from evaluate.metrics import slice_metrics
 from evaluate.report import build_report
 from evaluate.rundir import HistoryEntry, convergence, load_run
 from evaluate.tables import MISSING, render, run_summary, table1, table2, warm_start
-from tests.test_report import SLICE_INDEX, VOLUMES, synthetic_targets, write_json
+from tests.test_report import SLICE_INDEX, VOLUMES, synthetic_targets, write_json, write_reconstructions
 
 WEIGHTS = "pretrained/cardiac_d5c5.safetensors"
 # Handwritten validation curves (val_loss, seconds) per epoch. Warm-started SFT teacher: minimum 0.0200 at epoch 5,
@@ -107,13 +106,8 @@ def write_model(run_dir: Path, stage: Stage, index: int, target: np.ndarray) -> 
     record.update(stage_dir=stage_dir, metrics_file=f"{stage_dir}/metrics_validation.json",
                   reconstructions_file=f"{stage_dir}/reconstructions_validation.h5")
     write_json(run_dir / record["metrics_file"], per_slice)
-    with h5py.File(run_dir / record["reconstructions_file"], "w") as handle:
-        handle["reconstruction"] = images
-        handle["target"] = target
-        handle["zero_filled"] = target + 0.15 * target.max() * np.random.default_rng(7).standard_normal(target.shape)
-        handle["scale"] = np.ones(len(VOLUMES), np.float32)
-        handle["volume"] = np.array(VOLUMES, dtype="S")
-        handle["slice_index"] = np.array(SLICE_INDEX)
+    zero_filled = target + 0.15 * target.max() * np.random.default_rng(7).standard_normal(target.shape)
+    write_reconstructions(run_dir / record["reconstructions_file"], images, target, zero_filled)
     curve = stage.curve or tuple((stage.noise + 0.05 / epoch, 0.1) for epoch in range(1, 6))
     write_json(run_dir / stage_dir / "history.json", [
         {"epoch": epoch, "train_loss": loss * 1.1, "val_loss": loss, "lr": 1e-3, "seconds": seconds, "terms": {}}

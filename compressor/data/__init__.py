@@ -18,6 +18,7 @@ from compressor.data.dataset import (
     SliceDataset,
     SuperResolutionDataset,
     centre_crop_or_pad,
+    no_measurement_mask,
     normalise_kspace,
 )
 from compressor.data.embedded import build_mni_volume, mni_splits
@@ -79,8 +80,13 @@ def evenly_spaced(items: Sequence[tuple[int, int]], limit: int | None) -> list[t
 
 def build_mask(config: DataConfig, acceleration: float) -> SamplingMask:
     """The run's mask: ``mask_file`` (``{acceleration}`` replaced, e.g. ``mask_{acceleration}x.npy``) or a
-    generated ``mask_type`` mask of ``image_size x image_size``."""
+    generated ``mask_type`` mask of ``image_size x image_size``; for the ``sr`` task, where ``acceleration`` is the
+    integer scale, the all-zero :func:`~compressor.data.dataset.no_measurement_mask`."""
     shape = (config.image_size, config.image_size)
+    if config.task == "sr":
+        if acceleration != int(acceleration):
+            raise InputError(f"the super-resolution scale must be an integer, got {acceleration:g}")
+        return no_measurement_mask(shape, int(acceleration))
     if config.mask_file:
         path = Path(config.mask_file.replace("{acceleration}", acceleration_label(acceleration))).expanduser()
         return load_mask(path, shape, centred=config.mask_centred)
@@ -123,9 +129,7 @@ def build_splits(config: DataConfig, acceleration: float, log: Callable[[str], N
         raise InputError(f"[data] downsample applies only to source 'mni', got {config.downsample} for {source!r}")
     size = config.image_size
     super_resolution = config.task == "sr"
-    if super_resolution and acceleration != int(acceleration):
-        raise InputError(f"the super-resolution scale must be an integer, got {acceleration:g}")
-    mask = None if super_resolution else build_mask(config, acceleration)
+    mask = build_mask(config, acceleration)
     if source == MNI_SOURCE:
         volume = build_mni_volume(Path(config.cache_dir) if config.cache_dir else None, size, config.downsample, log)
         readers = [open_volume(volume, "project")]
@@ -144,7 +148,6 @@ def build_splits(config: DataConfig, acceleration: float, log: Callable[[str], N
         else SliceDataset(split_readers[name], mask, size, evenly_spaced(split_slices[name], limits[name]))
         for name in split_slices
     }
-    mask = datasets["train"].mask
     counts = ", ".join(f"{name} {len(dataset)}" for name, dataset in datasets.items())
     degradation = (f"super-resolution x{acceleration:g} (k-space truncation, {config.sr_interpolation} "
                    "interpolation)" if super_resolution else

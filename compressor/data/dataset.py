@@ -57,6 +57,14 @@ def normalise_kspace(kspace: torch.Tensor) -> NormalisedInput:
     return NormalisedInput(image / scale[..., None, None], kspace / scale[..., None, None, None], scale)
 
 
+class StoredSlice(NamedTuple):
+    """Item ``index`` of a dataset as stored: its volume, its index there, and the reader's data."""
+
+    reader: VolumeReader
+    slice_index: int
+    data: SliceData
+
+
 def _as_size(image_size: int | tuple[int, int] | None) -> tuple[int, int] | None:
     if image_size is None:
         return None
@@ -99,12 +107,18 @@ class SliceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.slices)
 
-    def __getitem__(self, index: int) -> Sample:
+    def _stored(self, index: int) -> StoredSlice:
+        """Read item ``index``; a slice without a target image is an input error (training and evaluation need
+        one)."""
         reader_index, slice_index = self.slices[index]
         reader = self.readers[reader_index]
         data = reader.read_slice(slice_index)
         if data.target is None:
             raise InputError(f"slice {slice_index} has no target image (training and evaluation need one)", reader.path)
+        return StoredSlice(reader, slice_index, data)
+
+    def __getitem__(self, index: int) -> Sample:
+        reader, slice_index, data = self._stored(index)
         if data.kspace is None:
             target = torch.from_numpy(centre_crop_or_pad(data.target, self.mask.shape))
             kspace = undersample(target, self._mask_tensor)
@@ -173,11 +187,7 @@ class SuperResolutionDataset(SliceDataset):
         self.interpolation = interpolation
 
     def __getitem__(self, index: int) -> Sample:
-        reader_index, slice_index = self.slices[index]
-        reader = self.readers[reader_index]
-        data = reader.read_slice(slice_index)
-        if data.target is None:
-            raise InputError(f"slice {slice_index} has no target image (super-resolution needs one)", reader.path)
+        reader, slice_index, data = self._stored(index)
         target = torch.from_numpy(centre_crop_or_pad(data.target, self.mask.shape))
         low_resolution = degrade(target, self.scale, self.interpolation)
         scale = normalisation_scale(low_resolution)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import h5py
 import numpy as np
@@ -124,6 +124,13 @@ def feature_domain_setup(teacher: CascadeModel, students: list[CascadeModel]) ->
     return Setup("feature", f"rcnn{conv_layers(teacher)}", tuple(f"rcnn{conv_layers(s)}" for s in students), "mse")
 
 
+class WarmStart(NamedTuple):
+    """The weights that start the teacher and SFT teacher, and their digest (part of those stages' keys)."""
+
+    path: Path
+    digest: str
+
+
 def resolve_init_weights(location: str) -> Path:
     """A ``.safetensors`` file, or a stage directory holding ``best.safetensors``."""
     path = Path(location).expanduser()
@@ -147,28 +154,29 @@ class Pipeline:
         self.methods = resolve_methods(config.kd.method, config.data.task)
         self.model_options = ModelOptions(block_form=config.model.block_form, block_padding=config.model.block_padding,
                                           dc_lambda=config.model.dc_lambda, dc_learnable=config.model.dc_learnable)
-        # Building each model once checks every name before any training.
-        teacher, *students = [build_model(arch, self.model_options)
-                              for arch in [config.model.teacher, *config.model.student]]
-        self.setups = [Setup("image", config.model.teacher, tuple(config.model.student))]
+        # Building each model once checks every name before any training; the teachers' sizes give compressions.
+        image = Setup("image", config.model.teacher, tuple(config.model.student))
+        built = {arch: build_model(arch, self.model_options) for arch in (image.teacher, *image.students)}
+        self.setups = [image]
         if config.sft.feature_ablation:
-            self.setups.append(feature_domain_setup(teacher, students))
-            for arch in [self.setups[-1].teacher, *self.setups[-1].students]:
-                build_model(arch, self.model_options)
-        self.init_teacher = self._check_init_teacher(teacher)
+            feature = feature_domain_setup(built[image.teacher], [built[arch] for arch in image.students])
+            built |= {arch: build_model(arch, self.model_options) for arch in (feature.teacher, *feature.students)}
+            self.setups.append(feature)
+        self.teacher_parameters = {setup.name: built[setup.teacher].num_parameters() for setup in self.setups}
+        self.warm_start = self._check_init_teacher(built[image.teacher])
         t = config.train
         self.settings = TrainSettings(batch_size=t.batch_size, lr=t.lr, lr_step=t.lr_step, lr_gamma=t.lr_gamma,
                                       seed=t.seed, device=self.device, amp=t.amp, num_workers=t.num_workers,
                                       progress=progress)
         self.outcomes: list[StageOutcome] = []
 
-    def _check_init_teacher(self, teacher: CascadeModel) -> Path | None:
-        """The warm-start weights file, checked to fit the teacher now rather than after the first stages."""
+    def _check_init_teacher(self, teacher: CascadeModel) -> WarmStart | None:
+        """The warm-start weights, checked to fit the teacher now rather than after the first stages."""
         if self.config.model.init_teacher is None:
             return None
         path = resolve_init_weights(self.config.model.init_teacher)
         load_weights(path, teacher)
-        return path
+        return WarmStart(path, file_digest(path))
 
     # -- stage identity -------------------------------------------------------------------------------------
     def _determinants(self, splits: DataSplits, epochs: int, **extra: Any) -> dict[str, Any]:
@@ -295,15 +303,14 @@ class Pipeline:
             save_json(self.run_dir / "config.json", self.config.to_dict())
             sampled = "" if data.task == "sr" else f"; {splits.mask.sampled_fraction:.1%} of k-space sampled"
             self.log(f"data: {splits.description}{sampled}")
-            image_teacher_params = build_model(self.setups[0].teacher, self.model_options).num_parameters()
             for split, file in self._zero_filled_metrics(splits, acceleration).items():
-                records.append(self._record(None, "zero_filled", acceleration, split, image_teacher_params, file))
+                records.append(self._record(None, "zero_filled", acceleration, split,
+                                            self.teacher_parameters["image"], file))
             for setup in self.setups:
-                teacher_params = build_model(setup.teacher, self.model_options).num_parameters()
                 for outcome in self._run_graph(splits, acceleration, setup):
                     for split in self._eval_splits(splits):
                         records.append(self._record(outcome, outcome.record_role or outcome.spec.role, acceleration,
-                                                    split, teacher_params,
+                                                    split, self.teacher_parameters[setup.name],
                                                     outcome.directory / f"metrics_{split}.json"))
         results = {"schema": 1, "tool_version": compressor.__version__, "split": "validation",
                    "teacher": self.config.model.teacher, "task": data.task,
@@ -324,9 +331,10 @@ class Pipeline:
         """Stages 1-5 (and the Table 5 ablation) of ``setup`` for every student and method; shared stages run
         once. The image setup's teacher and SFT teacher are warm-started when ``model.init_teacher`` is set."""
         cfg, epochs = self.config, self.config.train
-        init = self.init_teacher if setup.name == "image" else None
-        warm = {"init_teacher": file_digest(init)} if init else {}
-        warm_info = {"init_teacher": str(init)} if init else {}
+        warm_start = self.warm_start if setup.name == "image" else None
+        init = warm_start.path if warm_start else None
+        warm = {"init_teacher": warm_start.digest} if warm_start else {}
+        warm_info = {"init_teacher": str(init)} if warm_start else {}
         run = partial(self._run, splits=splits, setup=setup)
         spec = partial(self._spec, splits, acceleration, setup)
         teacher = run(spec("teacher", setup.teacher, epochs.epochs_teacher, **warm),
