@@ -4,13 +4,13 @@ Run from the repository root (one run, same inputs for every model; takes a few 
 
     python -m benchmarks.onnx_latency [--threads 2] [--iterations 30]
 
-PyTorch is given its best conditions: its default OpenMP settings (idle threads spin briefly, which helps it;
-ONNX Runtime's spinning is off), and glibc's malloc told to keep freed blocks up to 32 MiB in its heap
-(:func:`export.benchmark.keep_freed_memory`). Without that, glibc returns PyTorch's ~8 MB activations to the OS
-after every call and maps and zero-fills them afresh on the next, and PyTorch eager d3c5 swings between ~41 and
-~105 ms on this machine (the 43-95 ms the issue reports); ONNX Runtime has its own arena and is unaffected.
-``OMP_WAIT_POLICY=PASSIVE`` in the environment turns PyTorch's spinning off too (slower, but robust when other
-processes share the cores); the allocator setting and that variable are recorded in the results.
+PyTorch is given its best conditions: its default OpenMP settings (idle threads spin briefly, which helps it; ONNX
+Runtime's spinning is off), and glibc's malloc told to keep freed blocks up to 32 MiB in its heap
+(:func:`compressor.export.benchmark.keep_freed_memory`). Without that, glibc returns PyTorch's ~8 MB activations to the
+OS after every call and maps and zero-fills them afresh on the next, and PyTorch eager d3c5 swings between ~41 and ~105
+ms on this machine (the 43-95 ms the issue reports); ONNX Runtime has its own arena and is unaffected.
+``OMP_WAIT_POLICY=PASSIVE`` in the environment turns PyTorch's spinning off too (slower, but robust when other processes
+share the cores); the allocator setting and that variable are recorded in the results.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from pathlib import Path
 import click
 from tabulate import tabulate
 
+from compressor.export.benchmark import benchmark_models, compare_formulations, dft_accuracy, format_table
 from compressor.io import atomic_path, save_json
 from compressor.masks import make_mask
-from export.benchmark import benchmark_models, compare_formulations, dft_accuracy, format_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ARCHS = ("d5c5", "d4c5", "d3c5", "d2c5")

@@ -20,11 +20,11 @@ channels (the authors' ``Σ_c A_c²``) instead of averaging changes nothing afte
 non-negative unit vectors, so ``‖R_i‖₂ ≤ √2`` and ``mean R_i`` lies in ``[0, √(2 / (H·W))]``, comparable across models
 and cascades: it is the number behind the paper's claim (SFT-KD-Recon's residue is the smaller one).
 
-Rows of the figure: Std-KD (student from the ``std_kd`` stage, teacher from the ``teacher`` stage it distilled)
-and SFT-KD-Recon (``sft_kd`` against its ``sft_teacher``), for the run's first KD method and first student
-architecture at its first acceleration. Each student's teacher is the stage its ``stage.json`` names as parent.
-The slice is the one Fig. 3 shows (:func:`evaluate.figures.panel_slice`), else the first validation slice; its
-k-space is rebuilt from the run's ``config.json``, since the stored reconstructions do not keep it.
+Rows of the figure: Std-KD (student from the ``std_kd`` stage, teacher from the ``teacher`` stage it distilled) and
+SFT-KD-Recon (``sft_kd`` against its ``sft_teacher``), for the run's first KD method and first student architecture at
+its first acceleration. Each student's teacher is the stage its ``stage.json`` names as parent. The slice is the one
+Fig. 3 shows (:func:`compressor.evaluate.figures.panel_slice`), else the first validation slice; its k-space is rebuilt
+from the run's ``config.json``, since the stored reconstructions do not keep it.
 """
 
 from __future__ import annotations
@@ -39,13 +39,13 @@ from matplotlib.figure import Figure
 from compressor.config import config_from_dict
 from compressor.data import build_splits
 from compressor.data.sample import Sample
+from compressor.evaluate.figures import ROLE_LABELS, FigureOutcome, default_method, panel_slice, save_figure
+from compressor.evaluate.rundir import ModelRecord, RunData
+from compressor.evaluate.tables import method_label
 from compressor.io import load_json
 from compressor.kd.at import normalise_per_sample, spatial_attention
 from compressor.models import CascadeModel, FeatureRecorder
 from compressor.training.checkpoint import LoadedStage, load_stage_model
-from evaluate.figures import ROLE_LABELS, FigureOutcome, default_method, panel_slice, save_figure
-from evaluate.rundir import ModelRecord, RunData
-from evaluate.tables import method_label
 
 CONFIG_FILE = "config.json"
 STAGE_FILE = "stage.json"

@@ -8,8 +8,8 @@
 - :func:`warm_start_curves`: validation loss of the warm-started SFT teacher against the one trained from scratch
   (Fig. 7).
 
-Fig. 6 (attention-map residues) reruns trained models, so it lives in :mod:`evaluate.attention` (the one figure
-that needs torch); it shows the slice :func:`panel_slice` picks for Fig. 3.
+Fig. 6 (attention-map residues) reruns trained models, so it lives in :mod:`compressor.evaluate.attention` (the one
+figure that needs torch); it shows the slice :func:`panel_slice` picks for Fig. 3.
 
 Matplotlib's object-oriented API with the Agg canvas is used (no pyplot), so no global backend state changes.
 Each function returns a :class:`FigureOutcome`: the file written, or why the figure was skipped (and whether
@@ -30,9 +30,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from compressor.io import atomic_path
-from evaluate.metrics import psnr
-from evaluate.rundir import (
+from compressor.evaluate.metrics import psnr
+from compressor.evaluate.rundir import (
     CONVERGENCE_TOLERANCE,
     Convergence,
     HistoryEntry,
@@ -41,7 +40,14 @@ from evaluate.rundir import (
     RunData,
     convergence,
 )
-from evaluate.tables import WARM_START_HINT, WarmStartCurve, method_label, sft_teacher_curves, zero_filled_label
+from compressor.evaluate.tables import (
+    WARM_START_HINT,
+    WarmStartCurve,
+    method_label,
+    sft_teacher_curves,
+    zero_filled_label,
+)
+from compressor.io import atomic_path
 
 DPI = 120
 ROLE_LABELS = {

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from compressor.errors import InputError
-from compressor.io import atomic_path
-from evaluate.attention import attention_residue_panel
-from evaluate.figures import (
+from compressor.evaluate.attention import attention_residue_panel
+from compressor.evaluate.figures import (
     FigureOutcome,
     box_plots,
     loss_curves,
@@ -23,8 +22,9 @@ from evaluate.figures import (
     qualitative_panel,
     warm_start_curves,
 )
-from evaluate.rundir import RunData, load_run
-from evaluate.tables import FORMATS, TABLE_BUILDERS, render
+from compressor.evaluate.rundir import RunData, load_run
+from compressor.evaluate.tables import FORMATS, TABLE_BUILDERS, render
+from compressor.io import atomic_path
 
 REPORT_DIR = "report"
 FIGURE_BUILDERS: dict[str, Callable[[RunData, Path], FigureOutcome]] = {

@@ -22,8 +22,8 @@ import h5py
 import numpy as np
 
 from compressor.errors import InputError
-from evaluate.metrics import METRICS, SSIM_CONVENTIONS, slice_metrics
-from evaluate.stats import ALPHA, Comparison, Summary, summarise, wilcoxon_test
+from compressor.evaluate.metrics import METRICS, SSIM_CONVENTIONS, slice_metrics
+from compressor.evaluate.stats import ALPHA, Comparison, Summary, summarise, wilcoxon_test
 
 RESULTS_FILE = "results.json"
 BENCHMARK_FILE = "benchmark.json"
@@ -498,7 +498,7 @@ def load_run(run_dir: Path, split: str | None = None, ssim_convention: str = "st
     Args:
         run_dir: the directory ``compress --out`` wrote.
         split: the split to report (default: the one ``results.json`` names, i.e. validation).
-        ssim_convention: ``standard`` or ``authors`` (see :func:`evaluate.metrics.ssim`).
+        ssim_convention: ``standard`` or ``authors`` (see :func:`compressor.evaluate.metrics.ssim`).
 
     Raises:
         InputError: the directory has no ``results.json``, or it does not follow the schema.

@@ -18,9 +18,9 @@ from typing import NamedTuple
 from tabulate import tabulate
 
 from compressor.errors import InputError
-from evaluate.metrics import METRICS
-from evaluate.rundir import CONVERGENCE_TOLERANCE, ModelRecord, RunData, convergence
-from evaluate.stats import ALPHA, Comparison
+from compressor.evaluate.metrics import METRICS
+from compressor.evaluate.rundir import CONVERGENCE_TOLERANCE, ModelRecord, RunData, convergence
+from compressor.evaluate.stats import ALPHA, Comparison
 
 MISSING = "—"
 SIGNIFICANT = "*"  # SFT-KD-Recon vs Std-KD (or SFT teacher vs teacher, SFT init vs random init)

@@ -1,13 +1,13 @@
 """Scanner-side deployment of the SFT-KD-Recon models: ONNX export with the data-fidelity layers, validation,
 ONNX Runtime sessions, a reconstruct tool and latency benchmarks.
 
-Modules: :mod:`export.graph` (the exportable DF formulations and the scanner graph), :mod:`export.onnx_export`
-(export + metadata), :mod:`export.validate` (checker, parity against PyTorch, second runtime),
-:mod:`export.runtime` (providers, sessions, metadata; ONNX Runtime and NumPy only), :mod:`export.reconstruct`
-(k-space files in, HDF5 reconstructions out), :mod:`export.benchmark` (ORT vs PyTorch latency tables).
+Modules: :mod:`compressor.export.graph` (the exportable DF formulations and the scanner graph),
+:mod:`compressor.export.onnx_export` (export + metadata), :mod:`compressor.export.validate` (checker, parity against
+PyTorch, second runtime), :mod:`compressor.export.runtime` (providers, sessions, metadata; ONNX Runtime and NumPy only),
+:mod:`compressor.export.reconstruct` (k-space files in, HDF5 reconstructions out), :mod:`compressor.export.benchmark`
+(ORT vs PyTorch latency tables).
 
-``export`` imports from :mod:`compressor`, never the other way round. Because ``export`` is a generic top-level
-name, the CLI checks the marker below so that another installed package called ``export`` fails loudly.
+The folder ``export/`` is installed as ``compressor.export`` (``package-dir`` in ``pyproject.toml``): a PyPI
+distribution called ``export`` cannot shadow it, nor it that one. It imports from the physics, models and data of
+:mod:`compressor`; those never import it.
 """
-
-__sft_kd_recon__ = True

@@ -41,14 +41,14 @@ import torch
 
 from compressor.data.dataset import normalise_kspace
 from compressor.errors import InputError
+from compressor.export.graph import ScannerGraph
+from compressor.export.onnx_export import phantom_kspace, resolve_formulation, save_with_metadata, trace_graph
+from compressor.export.runtime import OUTPUT_NAMES, choose_provider, create_session, graph_feed
 from compressor.io import atomic_path, load_json, save_json
 from compressor.masks import SamplingMask
 from compressor.models import ModelOptions, build_model
 from compressor.models.base import CascadeModel
 from compressor.physics import apply_mask, dft_matrix
-from export.graph import ScannerGraph
-from export.onnx_export import phantom_kspace, resolve_formulation, save_with_metadata, trace_graph
-from export.runtime import OUTPUT_NAMES, choose_provider, create_session, graph_feed
 
 MIN_ITERATIONS = 30
 THROUGHPUT_BATCH = 16
@@ -168,7 +168,7 @@ def interleaved_timings(calls: Mapping[str, Callable[[], Any]], iterations: int,
 
 
 def export_for_timing(model: CascadeModel, mask: SamplingMask, formulation: str, folder: Path) -> Path:
-    """Export ``model`` with ``formulation`` (any of :data:`export.graph.FORMULATIONS`) without validation."""
+    """Export ``model`` with ``formulation`` (any of :data:`~compressor.export.graph.FORMULATIONS`), unvalidated."""
     line_axis = resolve_formulation("auto", mask).line_axis if formulation == "lines" else None
     path = folder / f"{getattr(model, 'arch', 'model')}_{formulation}.onnx"
     save_with_metadata(trace_graph(ScannerGraph(model, mask.shape, formulation, line_axis)), path, {})
@@ -350,7 +350,7 @@ def benchmark_run(run_dir: str | Path, archs: Sequence[str] | None = None, *, th
     """Benchmark a run directory's trained models plus ``archs`` (default: the run's teacher and
     :data:`DEFAULT_STUDENTS`) and write ``<run>/benchmark.json`` and ``benchmark.csv``. Called at the end of
     ``compress``. Uses the first trained model's mask (every model of one acceleration shares it)."""
-    from export.onnx_export import load_run_models
+    from compressor.export.run_models import load_run_models
 
     run_dir = Path(run_dir)
     # The scanner graph takes k-space: the image-to-image models of the feature-domain ablation are not deployed.

@@ -3,7 +3,7 @@
 Checks, all run and collected before anything is reported (one summary error listing every failure):
 
 1. ``onnx.checker.check_model`` (full check, with shape inference);
-2. the graph declares exactly the inputs and outputs of :mod:`export.runtime` (names, dynamic batch);
+2. the graph declares exactly the inputs and outputs of :mod:`compressor.export.runtime` (names, dynamic batch);
 3. ONNX Runtime on the chosen provider, every node run by that provider (read from a profile);
 4. ONNX Runtime outputs against the PyTorch model, as trained (``torch.fft`` DF), on real validation slices;
 5. ``onnx.reference.ReferenceEvaluator`` (a second, independent runtime) on one slice against PyTorch.
@@ -23,9 +23,9 @@ import torch
 from onnx.reference import ReferenceEvaluator
 
 from compressor.data.dataset import normalise_kspace
+from compressor.export.runtime import INPUT_NAMES, OUTPUT_NAMES, ExportedModel, graph_feed, node_providers
 from compressor.models.base import CascadeModel
 from compressor.physics import apply_mask
-from export.runtime import INPUT_NAMES, OUTPUT_NAMES, ExportedModel, graph_feed, node_providers
 
 RELATIVE_TOLERANCE = 1e-4
 VALIDATION_BATCH = 8
@@ -165,7 +165,7 @@ def validate_export(path: Path, exported: ExportedModel, model: CascadeModel, ks
 
     Args:
         path: the ONNX file.
-        exported: that file opened with the chosen provider (:func:`export.runtime.open_exported`).
+        exported: that file opened with the chosen provider (:func:`compressor.export.runtime.open_exported`).
         model: the PyTorch model as trained, CPU, eval mode.
         kspace: validation k-space ``(S, H, W)`` complex, uncentred, undersampled with ``mask``.
         mask: ``(H, W)`` 0/1, uncentred.

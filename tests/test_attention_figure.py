@@ -20,11 +20,16 @@ from click.testing import CliRunner
 from compressor.cli import main
 from compressor.data.dataset import normalise_kspace
 from compressor.data.sample import Sample
+from compressor.evaluate.attention import (
+    attention_residue_panel,
+    attention_residues,
+    crop_to_image,
+    kd_attention_residues,
+)
+from compressor.evaluate.report import FIGURE_BUILDERS
+from compressor.evaluate.rundir import load_run
 from compressor.models import FeatureRecorder, ModelOptions, build_model
 from compressor.physics import undersample
-from evaluate.attention import attention_residue_panel, attention_residues, crop_to_image, kd_attention_residues
-from evaluate.report import FIGURE_BUILDERS
-from evaluate.rundir import load_run
 
 HEIGHT, WIDTH = 12, 10  # not square, so a crop along the wrong axis shows
 PADDING = 2

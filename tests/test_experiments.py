@@ -13,13 +13,13 @@ from safetensors.torch import load_file
 from compressor.config import apply_overrides, load_config
 from compressor.data import build_splits
 from compressor.errors import InputError
+from compressor.evaluate.metrics import slice_metrics
 from compressor.io import load_json
 from compressor.models import build_model
 from compressor.physics.degradation import degrade
 from compressor.training.checkpoint import load_weights
 from compressor.training.objectives import SFTWeights, StudentFriendlyTeacher, Supervised
 from compressor.training.pipeline import Pipeline, conv_layers
-from evaluate.metrics import slice_metrics
 
 from .test_pipeline import _cache, run  # noqa: F401  (the module-wide data cache fixture)
 

@@ -20,16 +20,24 @@ from compressor.data import build_mask
 from compressor.data.dataset import normalise_kspace
 from compressor.data.project_h5 import write_project_volume
 from compressor.errors import InputError
+from compressor.export.benchmark import benchmark_models, benchmark_run, dft_accuracy, write_benchmark
+from compressor.export.graph import ChannelSumConv, ScannerGraph, line_data_fidelity, line_projection
+from compressor.export.onnx_export import export_model, phantom_kspace, resolve_formulation, simulated_kspace
+from compressor.export.runtime import (
+    CPU,
+    ExportMetadata,
+    choose_provider,
+    decode_mask,
+    encode_mask,
+    node_providers,
+    open_exported,
+)
+from compressor.export.validate import AtolError, ExportValidationError, pytorch_reference
 from compressor.io import save_json
 from compressor.masks import SamplingMask, make_mask
 from compressor.models import ModelOptions, build_model
 from compressor.physics import MatmulDFT, TorchFFT, data_fidelity, dft_matrix, zero_filled
 from compressor.training.checkpoint import save_weights
-from export.benchmark import benchmark_models, benchmark_run, dft_accuracy, write_benchmark
-from export.graph import ChannelSumConv, ScannerGraph, line_data_fidelity, line_projection
-from export.onnx_export import export_model, phantom_kspace, resolve_formulation, simulated_kspace
-from export.runtime import CPU, ExportMetadata, choose_provider, decode_mask, encode_mask, node_providers, open_exported
-from export.validate import AtolError, ExportValidationError, pytorch_reference
 
 SIZE = (16, 16)
 TINY = ModelOptions(channels=8)

@@ -13,7 +13,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.transform import resize
 
 from compressor.errors import InputError
-from evaluate.metrics import METRICS, hfn, nmse, psnr, slice_metrics, ssim, vif
+from compressor.evaluate.metrics import METRICS, hfn, nmse, psnr, slice_metrics, ssim, vif
 
 NOISE_LEVELS = (0.01, 0.03, 0.1, 0.3)
 

@@ -9,10 +9,10 @@ import h5py
 import pytest
 
 from compressor.config import apply_overrides, load_config
+from compressor.evaluate.metrics import slice_metrics
 from compressor.io import load_json
 from compressor.training import loop
 from compressor.training.pipeline import Pipeline
-from evaluate.metrics import slice_metrics
 
 ROLES = {"zero_filled", "teacher", "student", "std_kd", "sft_teacher", "sft_kd"}
 

@@ -21,11 +21,11 @@ from skimage.data import shepp_logan_phantom
 from skimage.transform import resize
 
 from compressor.errors import InputError
-from evaluate.figures import TradeOffPoint, pareto_front
-from evaluate.metrics import hfn, slice_metrics, ssim
-from evaluate.report import build_report
-from evaluate.rundir import load_run
-from evaluate.tables import FORMATS, MISSING, TABLE_BUILDERS, render, table1, table3, table5, table8
+from compressor.evaluate.figures import TradeOffPoint, pareto_front
+from compressor.evaluate.metrics import hfn, slice_metrics, ssim
+from compressor.evaluate.report import build_report
+from compressor.evaluate.rundir import load_run
+from compressor.evaluate.tables import FORMATS, MISSING, TABLE_BUILDERS, render, table1, table3, table5, table8
 
 SIZE = 48
 VOLUMES = ("vol_a",) * 4 + ("vol_b",) * 4

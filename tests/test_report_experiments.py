@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 
 from compressor.errors import InputError
-from evaluate.figures import warm_start_curves
-from evaluate.metrics import slice_metrics
-from evaluate.report import build_report
-from evaluate.rundir import HistoryEntry, convergence, load_run
-from evaluate.tables import MISSING, render, run_summary, table1, table2, warm_start
+from compressor.evaluate.figures import warm_start_curves
+from compressor.evaluate.metrics import slice_metrics
+from compressor.evaluate.report import build_report
+from compressor.evaluate.rundir import HistoryEntry, convergence, load_run
+from compressor.evaluate.tables import MISSING, render, run_summary, table1, table2, warm_start
 from tests.test_report import SLICE_INDEX, VOLUMES, synthetic_targets, write_json, write_reconstructions
 
 WEIGHTS = "pretrained/cardiac_d5c5.safetensors"

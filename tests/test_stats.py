@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from compressor.errors import InputError
-from evaluate.stats import Comparison, Summary, summarise, wilcoxon_test
+from compressor.evaluate.stats import Comparison, Summary, summarise, wilcoxon_test
 
 
 def test_summary_is_mean_and_population_std():

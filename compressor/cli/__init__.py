@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from compressor.cli.common import handles_input_errors, import_own
+from compressor.cli.common import handles_input_errors
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 110}
 
@@ -135,10 +135,9 @@ def _overrides(o: dict) -> dict[str, object]:
 
 def run_pipeline(config, out: Path, progress: bool, deploy: bool) -> None:
     """Run the stage graph, export and benchmark what it produced, then print the tables and build the report."""
-    import_own("evaluate")
+    from compressor.evaluate.metrics import slice_metrics
+    from compressor.evaluate.report import build_report
     from compressor.training.pipeline import Pipeline
-    from evaluate.metrics import slice_metrics
-    from evaluate.report import build_report
 
     started = time.perf_counter()
     pipeline = Pipeline(config, out, score=slice_metrics, log=lambda m: click.echo(m, err=True), progress=progress)
@@ -168,9 +167,8 @@ def run_pipeline(config, out: Path, progress: bool, deploy: bool) -> None:
 
 def deploy_run(out: Path, log) -> None:
     """Export every trained model of the run to ONNX (validated against PyTorch) and benchmark latency."""
-    import_own("export")
-    from export.benchmark import benchmark_run, format_table
-    from export.onnx_export import export_run
+    from compressor.export.benchmark import benchmark_run, format_table
+    from compressor.export.onnx_export import export_run
 
     export_run(out, log=log)
     result = benchmark_run(out, log=log)
@@ -211,8 +209,7 @@ def models_command(names: tuple[str, ...], block_form: str) -> None:
 @handles_input_errors
 def report_command(run_dir: Path, fmt: str, figures: bool, split: str, ssim_convention: str) -> None:
     """Rebuild every table and figure of a run directory without retraining."""
-    import_own("evaluate")
-    from evaluate.report import build_report
+    from compressor.evaluate.report import build_report
 
     report = build_report(run_dir, fmt=fmt, figures=figures, split=split, ssim_convention=ssim_convention)
     for text in report.tables.values():

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import functools
-import importlib
 from collections.abc import Callable
-from pathlib import Path
-from types import ModuleType
 from typing import Any, TypeVar
 
 import click
@@ -14,8 +11,6 @@ import click
 from compressor.errors import InputError
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 class UserError(click.ClickException):
@@ -35,18 +30,3 @@ def handles_input_errors(command: F) -> F:
             raise UserError(str(error)) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def import_own(name: str) -> ModuleType:
-    """Import this project's top-level package ``name`` (``export`` or ``evaluate``) and check it is ours.
-
-    Both names are generic (Hugging Face ships a package called ``evaluate``): if another installed package
-    shadows ours, fail loudly naming the file that was imported instead of running someone else's code.
-    """
-    module = importlib.import_module(name)
-    if not getattr(module, "__sft_kd_recon__", False):
-        raise UserError(
-            f"the module {name!r} imported from {getattr(module, '__file__', '?')} is not this tool's {name!r} "
-            f"package (another installed package shadows it); uninstall it or run from the project checkout"
-        )
-    return module

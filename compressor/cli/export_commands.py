@@ -1,7 +1,8 @@
-"""``compress export``, ``compress reconstruct`` and ``compress benchmark``: thin commands over :mod:`export`.
+"""``compress export``, ``compress reconstruct`` and ``compress benchmark``: thin commands over
+:mod:`compressor.export`.
 
-Each command checks that the ``export`` package is this tool's (``import_own``), imports torch/onnxruntime only
-when it runs, passes explicit arguments to one library function and prints its result. Bad input exits with
+Each command imports torch/onnxruntime only when it runs, passes explicit arguments to one library function and
+prints its result. Bad input exits with
 code 2 and a one-line message; an export that fails validation exits with code 1 and says by how much.
 """
 
@@ -12,13 +13,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from compressor.cli.common import UserError, handles_input_errors, import_own
+from compressor.cli.common import UserError, handles_input_errors
 
 if TYPE_CHECKING:
     import numpy as np
 
+    from compressor.export.onnx_export import ExportResult
     from compressor.masks import SamplingMask
-    from export.onnx_export import ExportResult
 
 SHOW_DEFAULTS = {"show_default": True}
 PROVIDERS = click.Choice(["auto", "cpu", "cuda"])
@@ -34,8 +35,8 @@ def _validation_kspace(path: Path | None, source: str | None, mask: SamplingMask
     """Up to ``count`` evenly spaced slices of a data file as validation k-space, or ``None`` without a file."""
     if path is None:
         return None
-    from export.onnx_export import evenly_spaced_indices
-    from export.reconstruct import infer_source, read_input
+    from compressor.export.reconstruct import infer_source, read_input
+    from compressor.export.run_models import evenly_spaced_indices
 
     kspace = read_input(path, source or infer_source(path), mask.shape, mask.values, acceleration).kspace
     return kspace[evenly_spaced_indices(len(kspace), count)]
@@ -108,9 +109,9 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
         raise UserError("give exactly one of --run, --stage or --weights (with --arch)")
     if names and run_dir is None:
         raise UserError("--model names models of a run; add --run DIR")
-    import_own("export")
-    from export.onnx_export import export_model, export_run_model, load_run_models, load_stage, phantom_kspace
-    from export.validate import ExportValidationError
+    from compressor.export.onnx_export import export_model, export_run_model, phantom_kspace
+    from compressor.export.run_models import load_run_models, load_stage
+    from compressor.export.validate import ExportValidationError
 
     try:
         if weights is not None:
@@ -172,8 +173,7 @@ def reconstruct_command(model_path: Path, input_path: Path, out: Path, source: s
     INPUT: undersampled k-space (.npy, complex (S, H, W) or (H, W)), or a project/fastMRI HDF5 or NIfTI volume
     whose measurement is simulated with the mask. Example: compress reconstruct d3c5.onnx scan.npy --out scan.h5
     """
-    import_own("export")
-    from export.reconstruct import reconstruct_file
+    from compressor.export.reconstruct import reconstruct_file
 
     result = reconstruct_file(model_path, input_path, out, source=source, mask_path=mask_path,
                               mask_centred=mask_centred, kspace_centred=centred, batch_size=batch_size,
@@ -204,8 +204,13 @@ def benchmark_command(run_dir: Path | None, archs: str | None, teacher: str, ima
                       mask_type: str, threads: int | None, iterations: int, warmup: int, provider: str,
                       json_path: Path | None) -> None:
     """Latency of ONNX Runtime (with DF) vs PyTorch eager across model sizes: the paper's Table 8."""
-    import_own("export")
-    from export.benchmark import DEFAULT_STUDENTS, benchmark_models, benchmark_run, format_table, write_benchmark
+    from compressor.export.benchmark import (
+        DEFAULT_STUDENTS,
+        benchmark_models,
+        benchmark_run,
+        format_table,
+        write_benchmark,
+    )
 
     log = lambda message: click.echo(message, err=True)  # noqa: E731
     if run_dir is not None:

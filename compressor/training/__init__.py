@@ -1,0 +1,1 @@
+"""The training stages: objectives, the one training loop, the stage cache and the pipeline."""

@@ -1,0 +1,75 @@
+"""Installed import names are this tool's own: PyPI distributions called ``export`` or ``evaluate`` (Hugging
+Face's) install beside it, and both it and they import and work."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+FOREIGN = {
+    "evaluate": "def load(name):\n    return f'foreign metric {name}'\n",
+    "export": "def run():\n    return 'foreign export'\n",
+}
+
+
+def _foreign_site(root: Path) -> Path:
+    """A throwaway site folder holding top-level packages ``evaluate`` and ``export`` with dist-info records."""
+    site = root / "site"
+    for name, body in FOREIGN.items():
+        (site / name).mkdir(parents=True)
+        (site / name / "__init__.py").write_text(body)
+        info = site / f"{name}-9.9.9.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 9.9.9\n")
+        (info / "RECORD").write_text(f"{name}/__init__.py,,\n")
+    return site
+
+
+def _run(code: str, cwd: Path, site: Path) -> subprocess.CompletedProcess:
+    # The foreign packages come FIRST on the path: nothing of ours may be shadowed by them.
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_foreign_evaluate_and_export_packages_import_beside_the_tool(tmp_path: Path) -> None:
+    site = _foreign_site(tmp_path)
+    result = _run("""
+        import evaluate, export
+        import compressor.evaluate.metrics as metrics
+        import compressor.export.graph as graph
+        import numpy as np
+        print(evaluate.load("psnr"), export.run(), sep="|")
+        print(evaluate.__file__, export.__file__, metrics.__file__, graph.__file__, sep="|")
+        image = np.ones((1, 8, 8))
+        print(metrics.slice_metrics(image, image, ("nmse",))["nmse"][0])
+    """, tmp_path, site)
+    assert result.returncode == 0, result.stderr
+    said, files, nmse = result.stdout.strip().splitlines()
+    assert said == "foreign metric psnr|foreign export"
+    foreign_evaluate, foreign_export, ours_evaluate, ours_export = files.split("|")
+    assert Path(foreign_evaluate).parent.parent == site and Path(foreign_export).parent.parent == site
+    repository = Path(__file__).resolve().parents[1]
+    assert Path(ours_evaluate).resolve().parent == repository / "evaluate"
+    assert Path(ours_export).resolve().parent == repository / "export"
+    assert float(nmse) == 0.0
+
+
+def test_cli_runs_with_foreign_packages_on_the_path(tmp_path: Path) -> None:
+    site = _foreign_site(tmp_path)
+    result = _run("""
+        import sys
+        from click.testing import CliRunner
+        from compressor.cli import main
+        outcome = CliRunner().invoke(main, ["models", "d5c5", "d3c5"])
+        print(outcome.exit_code)
+        print(outcome.output)
+        print(sorted(name for name in sys.modules if name in ("evaluate", "export")))
+    """, tmp_path, site)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "0" and "141765" in result.stdout and "49285" in result.stdout
+    assert lines[-1] == "[]"  # the tool never imported a top-level export/evaluate, foreign or not
