@@ -23,7 +23,8 @@ from pathlib import Path
 import click
 from tabulate import tabulate
 
-from compressor.export.benchmark import benchmark_models, compare_formulations, dft_accuracy, format_table
+from benchmarks.dft_formulations import compare_formulations, dft_accuracy
+from compressor.export.benchmark import benchmark_models, format_table
 from compressor.io import atomic_path, save_json
 from compressor.masks import make_mask
 

@@ -1,25 +1,188 @@
 """Typed run configuration, read from the TOML presets in ``configs/`` and overridable from the CLI.
 
 A config has five sections, each a dataclass; unknown sections or keys are rejected with a message naming the
-file, the section and the key. ``configs/<preset>.toml`` files are complete descriptions; the CLI applies
-overrides on top with :func:`apply_overrides`. A run directory records the exact config it ran
-(``config.json``), and every stage's cache key is derived from the parts of it that determine that stage.
+file, the section and the key. Every value is checked when the config is loaded (TOML preset, ``--set``, CLI
+options): its type, its range (:class:`AtLeast`, :class:`Above`, :class:`Between`) and, for a choice, that it is
+one of the valid names (:class:`OneOf`): a closed vocabulary of this module (:class:`Task`, :class:`BlockForm`,
+:class:`KDSchedule`, :class:`KDMode`) or the names of a registry (architectures, KD methods, mask types, data
+sources), read from the registry itself when the config is checked. A bad value is one :class:`InputError` line
+naming the key, the value and the valid ones. Values stay plain strings and numbers, so ``config.json`` and the
+stage keys derived from it do not depend on how they were checked.
+
+``configs/<preset>.toml`` files are complete descriptions; the CLI applies overrides on top with
+:func:`apply_overrides`. A run directory records the exact config it ran (``config.json``), and every stage's cache
+key is derived from the parts of it that determine that stage.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 import types
 import typing
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
+from enum import Enum, StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import tomllib
 
 from compressor.errors import InputError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class Task(StrEnum):
+    """``data.task``: ``reconstruction`` (undersampled k-space → image) or ``sr`` (super-resolution)."""
+
+    RECONSTRUCTION = "reconstruction"
+    SR = "sr"
+
+
+class BlockForm(StrEnum):
+    """``model.block_form``: a block's output is the new image (``plain``) or image + CNN(image) (``residual``)."""
+
+    PLAIN = "plain"
+    RESIDUAL = "residual"
+
+
+class KDSchedule(StrEnum):
+    """``kd.schedule``: the paper's Algorithm 1 (``joint``) or the authors' scripts (``two-phase``)."""
+
+    JOINT = "joint"
+    TWO_PHASE = "two-phase"
+
+
+class KDMode(StrEnum):
+    """``kd.mode``: each KD method as its own paper defines it (``paper``) or the authors' variant (``authors``)."""
+
+    PAPER = "paper"
+    AUTHORS = "authors"
+
+
+def values(enumeration: type[Enum]) -> tuple[str, ...]:
+    """The string values of a choice enumeration, in declaration order (for ``click.Choice`` and messages)."""
+    return tuple(member.value for member in enumeration)
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """Field metadata: the value must be one of ``names()``, a closed vocabulary or a registry's names.
+
+    ``kind`` names what the value is in messages (``unknown KD schedule 'x'``). ``names`` is called when a config
+    is checked, so registries (which import torch) load only then. ``extra`` are names valid besides those (``all``
+    for the KD methods). Registry names ignore case.
+    """
+
+    kind: str
+    names: Callable[[], Iterable[str]]
+    extra: tuple[str, ...] = ()
+    ignore_case: bool = False
+
+    @classmethod
+    def enum(cls, kind: str, enumeration: type[Enum]) -> OneOf:
+        return cls(kind, lambda: values(enumeration))
+
+    def check(self, value: str, where: str) -> str:
+        valid = [*self.names(), *self.extra]
+        if (value.lower() if self.ignore_case else value) not in valid:
+            raise InputError(f"{where}: unknown {self.kind} {value!r}; valid: {', '.join(valid)}")
+        return value
+
+
+@dataclass(frozen=True)
+class Between:
+    """Field metadata: a number in a range; ``low``/``high`` of ``None`` are open ends, ``strict`` excludes ``low``."""
+
+    low: float | None = None
+    high: float | None = None
+    strict: bool = False
+
+    def check(self, value: float, where: str) -> float:
+        below = self.low is not None and (value <= self.low if self.strict else value < self.low)
+        if below or (self.high is not None and value > self.high):
+            bounds = [f"{'>' if self.strict else '>='} {self.low:g}"] if self.low is not None else []
+            bounds += [f"<= {self.high:g}"] if self.high is not None else []
+            raise InputError(f"{where} must be {' and '.join(bounds)}, got {value!r}")
+        return value
+
+
+def AtLeast(low: float) -> Between:  # noqa: N802  (reads as a type in annotations)
+    return Between(low)
+
+
+def Above(low: float) -> Between:  # noqa: N802
+    return Between(low, strict=True)
+
+
+@dataclass(frozen=True)
+class Valid:
+    """Field metadata: ``check(value)`` raises :class:`InputError` for a bad value (e.g. an architecture name)."""
+
+    check_value: Callable[[Any], None]
+
+    def check(self, value: Any, where: str) -> Any:
+        try:
+            self.check_value(value)
+        except InputError as error:
+            raise InputError(f"{where}: {error}") from None
+        return value
+
+
+def _data_sources() -> list[str]:
+    from compressor.data import MNI_SOURCE, VOLUME_SOURCES
+
+    return [MNI_SOURCE, *VOLUME_SOURCES.names()]
+
+
+def _mask_types() -> list[str]:
+    from compressor.masks import MASKS
+
+    return MASKS.names()
+
+
+def _interpolations() -> tuple[str, ...]:
+    from compressor.physics.degradation import INTERPOLATIONS
+
+    return INTERPOLATIONS
+
+
+def _fastmri_target_keys() -> tuple[str, ...]:
+    from compressor.data.readers import FastMRIReader
+
+    return FastMRIReader.RECONSTRUCTION_KEYS
+
+
+def _kd_methods() -> list[str]:
+    from compressor.kd import KD_LOSSES
+
+    return KD_LOSSES.names()
+
+
+def _architecture(name: str) -> None:
+    from compressor.models import parse_architecture
+
+    parse_architecture(name)
+
+
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+
+
+def _device(name: str) -> None:
+    if name not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", name):
+        raise InputError(f"unknown device {name!r}; valid: {', '.join(DEVICES)}")
+
+
+MIN_IMAGE_SIZE = 8
+"""The smallest square image a run accepts: a generated mask needs lines outside its fully sampled centre band."""
+
+Count = Annotated[int, AtLeast(1)]
+NonNegative = Annotated[float, AtLeast(0)]
+Positive = Annotated[float, Above(0)]
+Architecture = Annotated[str, Valid(_architecture)]
+KDMethod = Annotated[str, OneOf("KD method", _kd_methods, extra=("all",), ignore_case=True)]
 
 
 @dataclass
@@ -36,23 +199,24 @@ class DataConfig:
     integer scale ``s`` (Table 9's "4x") and no mask is used.
     """
 
-    task: str = "reconstruction"
-    sr_interpolation: str = "bicubic"
-    source: str = "mni"
+    task: Annotated[str, OneOf.enum("task", Task)] = "reconstruction"
+    sr_interpolation: Annotated[str, OneOf("SR interpolation", _interpolations)] = "bicubic"
+    source: Annotated[str, OneOf("data source", _data_sources, ignore_case=True)] = "mni"
     train: str | None = None
     validation: str | None = None
     test: str | None = None
-    image_size: int = 240
-    downsample: int = 1
-    acceleration: list[float] = field(default_factory=lambda: [4.0])
-    mask_type: str = "random"
+    image_size: Annotated[int, AtLeast(MIN_IMAGE_SIZE)] = 240
+    downsample: Count = 1
+    # Reconstruction: the undersampling factor R (1 leaves nothing to reconstruct); sr: the integer scale s.
+    acceleration: list[Annotated[float, Above(1)]] = field(default_factory=lambda: [4.0])
+    mask_type: Annotated[str, OneOf("mask type", _mask_types, ignore_case=True)] = "random"
     mask_seed: int = 0
-    center_fraction: float | None = None
+    center_fraction: Annotated[float, Between(0, 1, strict=True)] | None = None
     mask_file: str | None = None
     mask_centred: bool = False
-    max_train_slices: int | None = None
-    max_eval_slices: int | None = None
-    fastmri_target_key: str = "reconstruction_esc"
+    max_train_slices: Count | None = None
+    max_eval_slices: Count | None = None
+    fastmri_target_key: Annotated[str, OneOf("fastMRI target key", _fastmri_target_keys)] = "reconstruction_esc"
     cache_dir: str | None = None
 
 
@@ -65,11 +229,11 @@ class ModelConfig:
     here); the from-scratch SFT teacher is then trained too, as the reference curve.
     """
 
-    teacher: str = "d5c5"
-    student: list[str] = field(default_factory=lambda: ["d3c5"])
-    block_form: str = "plain"
-    block_padding: int = 5
-    dc_lambda: float | None = None
+    teacher: Architecture = "d5c5"
+    student: list[Architecture] = field(default_factory=lambda: ["d3c5"])
+    block_form: Annotated[str, OneOf.enum("block form", BlockForm)] = "plain"
+    block_padding: Annotated[int, AtLeast(0)] = 5
+    dc_lambda: NonNegative | None = None
     dc_learnable: bool = False
     init_teacher: str | None = None
 
@@ -78,19 +242,19 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation, shared by every stage (per-stage epochs below)."""
 
-    epochs_teacher: int = 150
-    epochs_student: int = 150
-    epochs_kd: int = 150
-    epochs_sft: int = 150
-    batch_size: int = 4
-    lr: float = 1e-3
-    lr_step: int | None = 40
-    lr_gamma: float = 0.1
+    epochs_teacher: Count = 150
+    epochs_student: Count = 150
+    epochs_kd: Count = 150
+    epochs_sft: Count = 150
+    batch_size: Count = 4
+    lr: NonNegative = 1e-3  # 0 keeps the starting weights (a warm-start check)
+    lr_step: Count | None = 40
+    lr_gamma: Positive = 0.1
     seed: int = 0
-    device: str = "auto"
+    device: Annotated[str, Valid(_device)] = "auto"
     amp: bool = False
-    num_workers: int = 0
-    threads: int | None = None
+    num_workers: Annotated[int, AtLeast(0)] = 0
+    threads: Count | None = None
 
 
 @dataclass
@@ -103,9 +267,9 @@ class SFTConfig:
     d3c5 → rcnn15), no intermediate DF or image outputs, every loss MSE.
     """
 
-    teacher_weight: float = 1.0
-    student_weight: float = 1.0
-    imitation_weight: float = 1.0
+    teacher_weight: NonNegative = 1.0
+    student_weight: NonNegative = 1.0
+    imitation_weight: NonNegative = 1.0
     imitation_per_pixel: bool = False
     feature_ablation: bool = False
 
@@ -121,11 +285,11 @@ class KDConfig:
     ``random_init``: also run SFT-KD with a randomly initialised student (Table 5 ablation).
     """
 
-    method: list[str] = field(default_factory=lambda: ["at"])
-    weight: float | None = None
-    schedule: str = "joint"
-    mode: str = "paper"
-    feature_epochs: int | None = None
+    method: list[KDMethod] = field(default_factory=lambda: ["at"])
+    weight: NonNegative | None = None
+    schedule: Annotated[str, OneOf.enum("KD schedule", KDSchedule)] = "joint"
+    mode: Annotated[str, OneOf.enum("KD mode", KDMode)] = "paper"
+    feature_epochs: Count | None = None
     random_init: bool = False
 
 
@@ -150,7 +314,14 @@ SECTION_TYPES: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "tra
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Check ``value`` against a field's type annotation, converting ints to floats and scalars to lists."""
+    """Check ``value`` against a field's type annotation, converting ints to floats and scalars to lists, then
+    against the annotation's metadata (:class:`OneOf`, :class:`Between`, :class:`Valid`)."""
+    if typing.get_origin(annotation) is Annotated:
+        base, *checks = typing.get_args(annotation)
+        value = _coerce(value, base, where)
+        for check in checks:
+            value = check.check(value, where)
+        return value
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
         if value is None and type(None) in options:
@@ -158,20 +329,25 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         return _coerce(value, next(o for o in options if o is not type(None)), where)
     if typing.get_origin(annotation) is list:
         (inner,) = typing.get_args(annotation)
-        return [_coerce(v, inner, where) for v in (value if isinstance(value, list) else [value])]
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            raise InputError(f"{where} must name at least one value, got []")
+        return [_coerce(v, inner, where) for v in items]
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if annotation is bool and not isinstance(value, bool):
         raise InputError(f"{where} must be true or false, got {value!r}")
     if annotation in (int, float, str) and (not isinstance(value, annotation) or isinstance(value, bool)):
         raise InputError(f"{where} must be {annotation.__name__}, got {value!r}")
+    if annotation is float and not math.isfinite(value):
+        raise InputError(f"{where} must be a finite number, got {value!r}")
     return value
 
 
 def build_section(name: str, values: dict[str, Any], source: str) -> Any:
     """One config section from a dict; unknown keys and wrong types raise :class:`InputError`."""
     cls = SECTION_TYPES[name]
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:

@@ -22,6 +22,30 @@ import numpy as np
 from compressor.errors import ConventionError, InputError
 from compressor.registry import Registry
 
+LINE_AXES = (-1, -2)
+"""The axes a whole-line mask can vary along, in order of preference: ``-1`` (``W``) first, as this tool's masks."""
+
+
+def is_whole_lines(values: np.ndarray, axis: int) -> bool:
+    """Whether a 2-D ``(H, W)`` mask is made of whole lines that vary along ``axis``.
+
+    ``axis=-1``: every row is the same, so whole columns are sampled and the sampled line index runs along ``W``
+    (the phase-encode axis of this tool's masks); ``axis=-2``: every column is the same (whole rows). A constant
+    mask (all ones or all zeros) is whole lines along both.
+    """
+    if axis == -1:
+        return bool(np.all(values == values[:1, :]))
+    if axis == -2:
+        return bool(np.all(values == values[:, :1]))
+    raise ValueError(f"line axis must be -1 or -2, got {axis}")
+
+
+def line_axis(values: np.ndarray) -> int | None:
+    """The first axis of :data:`LINE_AXES` along which the ``(H, W)`` mask is whole lines (:func:`is_whole_lines`),
+    or ``None`` for a mask that is not made of whole lines. The one place the line axis is found: masks, export
+    (its ``"lines"`` data-fidelity graph) and ``compress reconstruct`` use it."""
+    return next((axis for axis in LINE_AXES if is_whole_lines(values, axis)), None)
+
 
 @dataclass(frozen=True)
 class SamplingMask:
@@ -50,12 +74,8 @@ class SamplingMask:
 
     @property
     def phase_encode_axis(self) -> int | None:
-        """``-1`` if the mask is whole columns (every row equal), ``-2`` if whole rows, ``None`` otherwise."""
-        if np.all(self.values == self.values[:1, :]):
-            return -1
-        if np.all(self.values == self.values[:, :1]):
-            return -2
-        return None
+        """The mask's :func:`line_axis`: ``-1`` whole columns, ``-2`` whole rows, ``None`` otherwise."""
+        return line_axis(self.values)
 
     def centred(self) -> np.ndarray:
         """The mask with DC moved to ``(H // 2, W // 2)`` (for display and centred k-space)."""

@@ -39,16 +39,15 @@ from matplotlib.figure import Figure
 from compressor.config import config_from_dict
 from compressor.data import build_splits
 from compressor.data.sample import Sample
-from compressor.evaluate.figures import ROLE_LABELS, FigureOutcome, default_method, panel_slice, save_figure
+from compressor.evaluate.figures import FigureOutcome, default_method, panel_slice, save_figure
 from compressor.evaluate.rundir import ModelRecord, RunData
 from compressor.evaluate.tables import method_label
 from compressor.io import load_json
 from compressor.kd.at import normalise_per_sample, spatial_attention
 from compressor.models import CascadeModel, FeatureRecorder
+from compressor.rundir import CONFIG_FILE, ROLE_LABELS, STAGE_FILE, read_stage
 from compressor.training.checkpoint import LoadedStage, load_stage_model
 
-CONFIG_FILE = "config.json"
-STAGE_FILE = "stage.json"
 TEACHER_OF = {"std_kd": "teacher", "sft_kd": "sft_teacher"}
 """The figure's rows: each distilled student's role and the role of the teacher it is compared with."""
 
@@ -177,7 +176,7 @@ def _load_complete_stage(record: ModelRecord) -> LoadedStage:
     stage_file = record.stage_dir / STAGE_FILE if record.stage_dir is not None else None
     if stage_file is None or not stage_file.is_file():
         raise ResiduesUnavailableError(f"{record.name} has no {STAGE_FILE} ({record.stage_dir})")
-    if not load_json(stage_file).get("complete"):
+    if not read_stage(record.stage_dir).complete:
         raise ResiduesUnavailableError(f"{record.name} did not finish training ({stage_file} says complete=false)")
     loaded = load_stage_model(record.stage_dir)
     model = loaded.model
@@ -188,12 +187,12 @@ def _load_complete_stage(record: ModelRecord) -> LoadedStage:
 
 def _teacher_record(run: RunData, student: LoadedStage, teacher_role: str, acceleration: float) -> ModelRecord:
     """The ``teacher_role`` record whose stage key is the student's ``parents.teacher`` in its ``stage.json``."""
-    key = student.info.get("parents", {}).get("teacher")
+    key = student.record.parents.get("teacher")
     for record in run.records:
         if (record.role == teacher_role and record.acceleration == acceleration and record.stage_dir is not None
                 and record.stage_dir.name.endswith(f"-{key}")):
             return record
-    raise ResiduesUnavailableError(f"{student.info.get('name')}'s teacher stage (key {key}) is not a "
+    raise ResiduesUnavailableError(f"{student.record.name}'s teacher stage (key {key}) is not a "
                                    f"{teacher_role} record of results.json")
 
 
@@ -227,7 +226,7 @@ def kd_attention_residues(run: RunData, method: str | None = None, acceleration:
         teacher_record = _teacher_record(run, student, TEACHER_OF[role], acceleration)
         pairs.append(DistillationPair(role, record, teacher_record, student, _load_complete_stage(teacher_record)))
     slice_key = slice_key if slice_key is not None else panel_slice(run, acceleration, method)
-    sample = validation_sample(run.run_dir, acceleration, slice_key, pairs[0].student.info.get("mask_digest"))
+    sample = validation_sample(run.run_dir, acceleration, slice_key, pairs[0].student.record.mask_digest)
     rows = []
     for pair in pairs:
         try:

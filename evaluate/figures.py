@@ -48,18 +48,9 @@ from compressor.evaluate.tables import (
     zero_filled_label,
 )
 from compressor.io import atomic_path
+from compressor.rundir import ROLE_LABELS
 
 DPI = 120
-ROLE_LABELS = {
-    "zero_filled": "ZF",
-    "teacher": "Teacher",
-    "sft_teacher": "SFT teacher",
-    "sft_teacher_scratch": "SFT teacher (from scratch)",
-    "student": "Student",
-    "std_kd": "Std-KD",
-    "sft_kd": "SFT-KD-Recon",
-    "sft_kd_random": "SFT-KD-Recon (random)",
-}
 ROLE_COLOURS = {
     "zero_filled": "tab:gray",
     "teacher": "tab:blue",

@@ -47,6 +47,8 @@ class Report(NamedTuple):
         notes: why a figure was skipped although the run did its experiment (e.g. no ``benchmark.json``).
         not_run: figures of experiments the run did not do (e.g. no ``--init-teacher``), with how to get them.
         seconds: wall time of the whole report.
+        warnings: one line each about what the run directory lacks that the tables and figures would use (stage
+            folders that ``results.json`` lists but that are gone); the CLI prints them.
     """
 
     tables: dict[str, str]
@@ -54,6 +56,23 @@ class Report(NamedTuple):
     notes: list[str]
     not_run: list[str]
     seconds: float
+    warnings: tuple[str, ...] = ()
+
+
+def missing_stage_folders(run: RunData) -> str | None:
+    """One line naming the stage folders ``results.json`` lists that are not in the run directory, or ``None``.
+
+    Without them the tables fall back to the means ``results.json`` states, and the p-values and figures that need
+    per-slice values are left out."""
+    missing = list(dict.fromkeys(record.stage_dir for record in run.all_records
+                                 if record.stage_dir is not None and not record.stage_dir.is_dir()))
+    if not missing:
+        return None
+    named = ", ".join(str(path.relative_to(run.run_dir)) for path in missing[:3])
+    more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+    return (f"{run.run_dir}: {len(missing)} stage folder(s) listed in results.json are missing ({named}{more}): "
+            "their rows use the means results.json states; p-values and figures that need their per-slice values "
+            "are left out")
 
 
 def build_report(
@@ -98,4 +117,6 @@ def build_report(
                 not_run.append(f"{name}: {outcome.note}")
             else:
                 notes.append(f"{name}: {outcome.note}")
-    return Report(tables=tables, files=files, notes=notes, not_run=not_run, seconds=time.perf_counter() - started)
+    warning = missing_stage_folders(run)
+    return Report(tables=tables, files=files, notes=notes, not_run=not_run, seconds=time.perf_counter() - started,
+                  warnings=(warning,) if warning else ())

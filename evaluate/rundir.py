@@ -1,4 +1,4 @@
-"""Reading a run directory written by ``compress`` (layout and schema: ``docs/run-directory.md``).
+"""Reading a run directory written by ``compress`` for the report (layout and schema: :mod:`compressor.rundir`).
 
 :func:`load_run` reads ``results.json`` and ``benchmark.json`` eagerly; per-slice metrics, training histories and
 reconstructions are read on first use and cached. A metric missing from a stage's ``metrics_<split>.json`` (or
@@ -24,19 +24,18 @@ import numpy as np
 from compressor.errors import InputError
 from compressor.evaluate.metrics import METRICS, SSIM_CONVENTIONS, slice_metrics
 from compressor.evaluate.stats import ALPHA, Comparison, Summary, summarise, wilcoxon_test
+from compressor.rundir import (
+    BENCHMARK_FILE,
+    HISTORY_FILE,
+    KD_ROLES,
+    RESULTS_FILE,
+    SETUPS,
+    STUDENT_ROLES,
+    ModelResult,
+    RunRecord,
+)
 
-RESULTS_FILE = "results.json"
-BENCHMARK_FILE = "benchmark.json"
-HISTORY_FILE = "history.json"
-SCHEMA_VERSION = 1
-ROLES = ("zero_filled", "teacher", "student", "std_kd", "sft_teacher", "sft_kd", "sft_kd_random",
-         "sft_teacher_scratch")
-KD_ROLES = ("std_kd", "sft_kd", "sft_kd_random")
-STUDENT_ROLES = ("student", *KD_ROLES)
 RECONSTRUCTION_DATASETS = ("reconstruction", "target", "zero_filled", "volume", "slice_index")
-SETUPS = ("image", "feature")  # SFT-KD-Recon (DC-CNNs, image domain); the feature-domain SFT ablation (rcnnL)
-TASKS = ("reconstruction", "sr")  # undersampled MRI reconstruction; super-resolution (Appendix B)
-SR_INTERPOLATIONS = ("bicubic", "sinc")  # how the low-resolution image was brought back to the HR grid
 CONVERGENCE_TOLERANCE = 0.02  # converged: validation loss within 2 % of the curve's minimum
 
 
@@ -180,65 +179,26 @@ def _optional_number(value: Any, path: Path, key: str) -> float | None:
     return float(value)
 
 
-def _optional_path(run_dir: Path, value: Any, path: Path, key: str) -> Path | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InputError(f"expected a path relative to the run directory, got {value!r}", path, key)
-    return run_dir / value
-
-
-def _reported_summaries(entry: dict[str, Any], path: Path, key: str) -> dict[str, Summary]:
+def _reported_summaries(result: ModelResult) -> dict[str, Summary]:
     reported = {}
     for metric in ("psnr", "ssim"):
-        stated = entry.get(metric)
-        if stated is None:
-            continue
-        if not isinstance(stated, dict) or "mean" not in stated:
-            raise InputError('expected {"mean": ..., "std": ...}', path, f"{key}.{metric}")
-        mean = _optional_number(stated["mean"], path, f"{key}.{metric}.mean")
-        std = _optional_number(stated.get("std"), path, f"{key}.{metric}.std")
-        if mean is not None:
-            reported[metric] = Summary(mean=mean, std=float("nan") if std is None else std, n=0)
+        stated = result.metrics.get(metric)
+        if stated is not None and stated.mean is not None:
+            reported[metric] = Summary(mean=stated.mean, std=float("nan") if stated.std is None else stated.std, n=0)
     return reported
 
 
-def _parse_record(run_dir: Path, entry: Any, default_split: str, path: Path, index: int) -> ModelRecord:
-    key = f"models[{index}]"
-    if not isinstance(entry, dict):
-        raise InputError("expected an object", path, key)
-    for required in ("name", "role", "acceleration"):
-        if required not in entry:
-            raise InputError(f"missing key {required!r}", path, key)
-    if entry["role"] not in ROLES:
-        raise InputError(f"unknown role {entry['role']!r}; valid roles: {', '.join(ROLES)}", path, f"{key}.role")
-    setup = entry.get("setup", "image")
-    if setup not in SETUPS:
-        raise InputError(f"unknown setup {setup!r}; valid setups: {', '.join(SETUPS)}", path, f"{key}.setup")
-    init_teacher = entry.get("init_teacher")
-    if init_teacher is not None and not isinstance(init_teacher, str):
-        raise InputError(f"expected a weights file path or null, got {init_teacher!r}", path, f"{key}.init_teacher")
-    acceleration = _optional_number(entry["acceleration"], path, f"{key}.acceleration")
-    if acceleration is None:
-        raise InputError("acceleration must be a number", path, f"{key}.acceleration")
-    parameters = _optional_number(entry.get("parameters"), path, f"{key}.parameters")
+def _model_record(run_dir: Path, result: ModelResult) -> ModelRecord:
+    """The report's view of a ``results.json`` record: paths resolved against the run directory."""
+    def resolved(value: str | None) -> Path | None:
+        return None if value is None else run_dir / value
+
     return ModelRecord(
-        name=str(entry["name"]),
-        role=entry["role"],
-        arch=entry.get("arch"),
-        method=entry.get("method"),
-        acceleration=acceleration,
-        split=str(entry.get("split", default_split)),
-        parameters=None if parameters is None else int(parameters),
-        compression=_optional_number(entry.get("compression"), path, f"{key}.compression"),
-        reported=_reported_summaries(entry, path, key),
-        stage_dir=_optional_path(run_dir, entry.get("stage_dir"), path, f"{key}.stage_dir"),
-        metrics_file=_optional_path(run_dir, entry.get("metrics_file"), path, f"{key}.metrics_file"),
-        reconstructions_file=_optional_path(
-            run_dir, entry.get("reconstructions_file"), path, f"{key}.reconstructions_file"
-        ),
-        setup=setup,
-        init_teacher=init_teacher,
+        name=result.name, role=result.role.value, arch=result.arch, method=result.method,
+        acceleration=result.acceleration, split=result.split, parameters=result.parameters,
+        compression=result.compression, reported=_reported_summaries(result), stage_dir=resolved(result.stage_dir),
+        metrics_file=resolved(result.metrics_file), reconstructions_file=resolved(result.reconstructions_file),
+        setup=result.setup, init_teacher=result.init_teacher,
     )
 
 
@@ -484,14 +444,6 @@ def _setup_records(records: tuple[ModelRecord, ...], setup: str) -> tuple[ModelR
     return tuple(record for record in records if record.role == "zero_filled" or record.setup == setup)
 
 
-def _choice(raw: dict[str, Any], key: str, valid: tuple[str, ...], default: str | None, path: Path) -> str | None:
-    """``raw[key]`` (``default`` when absent), which must be one of ``valid``."""
-    value = raw.get(key, default)
-    if value != default and value not in valid:
-        raise InputError(f"unknown {key} {value!r}; valid: {', '.join(valid)}", path, key)
-    return value
-
-
 def load_run(run_dir: Path, split: str | None = None, ssim_convention: str = "standard") -> RunData:
     """Read a run directory's ``results.json`` (and ``benchmark.json`` when present).
 
@@ -509,15 +461,9 @@ def load_run(run_dir: Path, split: str | None = None, ssim_convention: str = "st
         raise InputError(f"not a run directory: no {RESULTS_FILE}", run_dir)
     if ssim_convention not in SSIM_CONVENTIONS:
         raise InputError(f"unknown SSIM convention {ssim_convention!r}; valid: {', '.join(SSIM_CONVENTIONS)}")
-    raw = _read_json(path)
-    if not isinstance(raw, dict) or not isinstance(raw.get("models"), list):
-        raise InputError("expected an object with a 'models' list", path)
-    if raw.get("schema") != SCHEMA_VERSION:
-        raise InputError(f"unsupported schema {raw.get('schema')!r}; this tool reads {SCHEMA_VERSION}", path, "schema")
-    default_split = str(raw.get("split", "validation"))
-    records = [_parse_record(run_dir, entry, default_split, path, i) for i, entry in enumerate(raw["models"])]
-    task = _choice(raw, "task", TASKS, "reconstruction", path)
-    sr_interpolation = _choice(raw, "sr_interpolation", SR_INTERPOLATIONS, None, path)
+    run = RunRecord.from_json(_read_json(path), path)
+    default_split = run.split
+    records = [_model_record(run_dir, result) for result in run.models]
     chosen = split or default_split
     selected = tuple(record for record in records if record.split == chosen)
     if records and not selected:
@@ -526,11 +472,11 @@ def load_run(run_dir: Path, split: str | None = None, ssim_convention: str = "st
     return RunData(
         run_dir=run_dir,
         split=chosen,
-        teacher_arch=raw.get("teacher"),
+        teacher_arch=run.teacher,
         records=_setup_records(selected, "image"),
         all_records=selected,
         benchmark=_load_benchmark(run_dir / BENCHMARK_FILE),
         ssim_convention=ssim_convention,
-        task=task,
-        sr_interpolation=sr_interpolation,
+        task=run.task,
+        sr_interpolation=run.sr_interpolation,
     )

@@ -21,6 +21,7 @@ from compressor.errors import InputError
 from compressor.evaluate.metrics import METRICS
 from compressor.evaluate.rundir import CONVERGENCE_TOLERANCE, ModelRecord, RunData, convergence
 from compressor.evaluate.stats import ALPHA, Comparison
+from compressor.rundir import ROLE_LABELS
 
 MISSING = "—"
 SIGNIFICANT = "*"  # SFT-KD-Recon vs Std-KD (or SFT teacher vs teacher, SFT init vs random init)
@@ -430,9 +431,8 @@ def headline(run: RunData) -> Table:
     return Table(title="Headline: student–teacher PSNR gap", headers=headers, rows=rows, notes=notes)
 
 
-ROLE_LABELS = {"zero_filled": "ZF", "teacher": "Teacher", "sft_teacher": "SFT teacher",
-               "sft_teacher_scratch": "SFT teacher (from scratch)", "student": "Student", "std_kd": "Std-KD",
-               "sft_kd": "SFT-KD-Recon", "sft_kd_random": "SFT-KD-Recon (random init)"}
+SUMMARY_ORDER = ("zero_filled", "teacher", "sft_teacher", "sft_teacher_scratch", "student", "std_kd", "sft_kd",
+                 "sft_kd_random")  # the run summary's row order
 
 
 def run_summary(run: RunData) -> Table:
@@ -442,7 +442,7 @@ def run_summary(run: RunData) -> Table:
     The compact table ``compress`` prints at the end (the paper's Table 1 rows for this run, with sizes).
     """
     headers = ["Acceleration", "Model", "Arch", "Parameters", "Compression", "PSNR (dB)", "SSIM"]
-    order = list(ROLE_LABELS)
+    order = list(SUMMARY_ORDER)
     rows = []
     for acceleration in run.accelerations():
         records = sorted((r for r in run.records if r.acceleration == acceleration),

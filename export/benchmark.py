@@ -19,6 +19,9 @@ Method (these machines are noisy, so the runtimes are timed *interleaved*):
 
 A model is timed once per architecture (latency does not depend on the weights); trained models of the same
 architecture share that timing and add their PSNR/SSIM.
+
+The research comparisons (every DF formulation side by side, ONNX's ``DFT`` operator against the matrix-product DFT)
+live with the benchmark scripts, in ``benchmarks/dft_formulations.py``.
 """
 
 from __future__ import annotations
@@ -39,16 +42,16 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from compressor.data.dataset import normalise_kspace
 from compressor.errors import InputError
 from compressor.export.graph import ScannerGraph
-from compressor.export.onnx_export import phantom_kspace, resolve_formulation, save_with_metadata, trace_graph
+from compressor.export.onnx_export import phantom_kspace, resolve_formulation, trace_graph
 from compressor.export.runtime import OUTPUT_NAMES, choose_provider, create_session, graph_feed
+from compressor.export.targets import save_with_metadata
 from compressor.io import atomic_path, load_json, save_json
 from compressor.masks import SamplingMask
 from compressor.models import ModelOptions, build_model
 from compressor.models.base import CascadeModel
-from compressor.physics import apply_mask, dft_matrix
+from compressor.physics import apply_mask, normalise_kspace
 
 MIN_ITERATIONS = 30
 THROUGHPUT_BATCH = 16
@@ -168,8 +171,8 @@ def interleaved_timings(calls: Mapping[str, Callable[[], Any]], iterations: int,
 
 
 def export_for_timing(model: CascadeModel, mask: SamplingMask, formulation: str, folder: Path) -> Path:
-    """Export ``model`` with ``formulation`` (any of :data:`~compressor.export.graph.FORMULATIONS`), unvalidated."""
-    line_axis = resolve_formulation("auto", mask).line_axis if formulation == "lines" else None
+    """Export ``model`` with ``formulation`` (a name of :data:`~compressor.export.graph.FORMULATIONS`), unvalidated."""
+    line_axis = resolve_formulation(formulation, mask).line_axis
     path = folder / f"{getattr(model, 'arch', 'model')}_{formulation}.onnx"
     save_with_metadata(trace_graph(ScannerGraph(model, mask.shape, formulation, line_axis)), path, {})
     return path
@@ -367,112 +370,3 @@ def benchmark_run(run_dir: str | Path, archs: Sequence[str] | None = None, *, th
                               provider, log)
     write_benchmark(result, run_dir / "benchmark.json", run_dir / "benchmark.csv")
     return result
-
-
-# --- the DF formulations side by side and the DFT operator's accuracy (benchmarks/onnx_latency.py) --------------
-
-@dataclass
-class FormulationTiming:
-    """One DF formulation of one model in ORT, timed interleaved with the others and PyTorch eager."""
-
-    formulation: str
-    ort_ms_median: float
-    ort_ms_p90: float
-    torch_ms_median: float
-    speedup: float
-    max_abs_error: float
-
-
-def compare_formulations(arch: str, mask: SamplingMask, formulations: Sequence[str] = ("lines", "dft", "fft"),
-                         threads: int | None = None, iterations: int = MIN_ITERATIONS,
-                         warmup: int = 5) -> list[FormulationTiming]:
-    """Time ``arch`` exported with each DF formulation (``fft`` = naive dynamo ``torch.fft`` -> ONNX ``DFT``),
-    interleaved with PyTorch eager; ``max_abs_error`` is ORT vs PyTorch on the same slice."""
-    previous_threads = torch.get_num_threads()
-    threads = threads or previous_threads
-    torch.set_num_threads(threads)
-    keep_freed_memory()
-    try:
-        model = build_model(arch).eval()
-        kspace = phantom_kspace(mask, count=1)
-        feed = graph_feed(kspace, mask.values)
-        eager = TorchEager(model, kspace, mask.values)
-        reference = eager()[:, 0].numpy()
-        with tempfile.TemporaryDirectory() as folder:
-            sessions = {name: create_session(export_for_timing(model, mask, name, Path(folder)), "CPUExecutionProvider",
-                                             threads) for name in formulations}
-            errors = {name: float(np.max(np.abs(session.run(["image"], feed)[0] - reference)))
-                      for name, session in sessions.items()}
-            calls: dict[str, Callable[[], Any]] = {name: (lambda s=session: s.run(None, feed))
-                                                   for name, session in sessions.items()}
-            timings = interleaved_timings({**calls, "torch": eager}, iterations, warmup)
-    finally:
-        torch.set_num_threads(previous_threads)
-    return [FormulationTiming(name, timings[name].median, timings[name].p90, timings["torch"].median,
-                              timings["torch"].median / timings[name].median, errors[name]) for name in formulations]
-
-
-@dataclass
-class DftAccuracy:
-    """Orthonormal 2-D DFT of random real data in ORT fp32, against NumPy float64, relative to max |X|."""
-
-    size: int
-    dft_op_relative_error: float
-    matmul_relative_error: float
-    dft_op_ms: float
-    matmul_ms: float
-
-
-def _dft_op_model(size: int) -> bytes:
-    """ONNX graph: ``x (1, N, N, 2) -> DFT along axes 1 and 2 (opset 17), scaled by 1/N (orthonormal)``."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    tensor = helper.make_tensor_value_info
-    nodes = [helper.make_node("DFT", ["x"], ["rows"], axis=1), helper.make_node("DFT", ["rows"], ["both"], axis=2),
-             helper.make_node("Mul", ["both", "norm"], ["y"])]
-    norm = numpy_helper.from_array(np.array(1.0 / size, dtype=np.float32), "norm")
-    graph = helper.make_graph(nodes, "dft_op", [tensor("x", TensorProto.FLOAT, [1, size, size, 2])],
-                              [tensor("y", TensorProto.FLOAT, [1, size, size, 2])], [norm])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
-
-
-def _matmul_dft_model(size: int) -> bytes:
-    """ONNX graph: ``(xr, xi) (N, N) -> F x F`` with precomputed fp32 DFT matrices, as :class:`MatmulDFT` does."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    real, imag = (m.numpy() for m in dft_matrix(size))
-    tensor = helper.make_tensor_value_info
-    mm, node = "MatMul", helper.make_node
-    nodes = [node(mm, ["Fr", "xr"], ["a"]), node(mm, ["Fi", "xi"], ["b"]), node("Sub", ["a", "b"], ["yr"]),
-             node(mm, ["Fr", "xi"], ["c"]), node(mm, ["Fi", "xr"], ["d"]), node("Add", ["c", "d"], ["yi"]),
-             node(mm, ["yr", "Fr"], ["e"]), node(mm, ["yi", "Fi"], ["f"]), node("Sub", ["e", "f"], ["zr"]),
-             node(mm, ["yr", "Fi"], ["g"]), node(mm, ["yi", "Fr"], ["h"]), node("Add", ["g", "h"], ["zi"])]
-    shape = [size, size]
-    graph = helper.make_graph(nodes, "matmul_dft", [tensor("xr", TensorProto.FLOAT, shape),
-                                                     tensor("xi", TensorProto.FLOAT, shape)],
-                              [tensor("zr", TensorProto.FLOAT, shape), tensor("zi", TensorProto.FLOAT, shape)],
-                              [numpy_helper.from_array(real, "Fr"), numpy_helper.from_array(imag, "Fi")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
-
-
-def dft_accuracy(size: int, threads: int = 1, repeats: int = 20) -> DftAccuracy:
-    """ORT's ``DFT`` operator against the matrix-product DFT at ``size x size`` (accuracy and median time)."""
-    rng = np.random.default_rng(0)
-    image = rng.standard_normal((size, size))
-    expected = np.fft.fft2(image, norm="ortho")
-    scale = np.max(np.abs(expected))
-    dft_session = create_session(_dft_op_model(size), "CPUExecutionProvider", threads)
-    matmul_session = create_session(_matmul_dft_model(size), "CPUExecutionProvider", threads)
-    dft_feed = {"x": np.stack([image, np.zeros_like(image)], axis=-1)[None].astype(np.float32)}
-    matmul_feed = {"xr": image.astype(np.float32), "xi": np.zeros((size, size), np.float32)}
-    dft_out = dft_session.run(None, dft_feed)[0][0]
-    zr, zi = matmul_session.run(None, matmul_feed)
-    timings = interleaved_timings({"dft": lambda: dft_session.run(None, dft_feed),
-                                   "matmul": lambda: matmul_session.run(None, matmul_feed)}, repeats, 2)
-    return DftAccuracy(size, float(np.max(np.abs(dft_out[..., 0] + 1j * dft_out[..., 1] - expected)) / scale),
-                       float(np.max(np.abs(zr + 1j * zi - expected)) / scale), timings["dft"].median,
-                       timings["matmul"].median)

@@ -1,8 +1,9 @@
 r"""The exportable scanner-side graph: raw undersampled k-space and mask in, normalised reconstruction out.
 
 :class:`ScannerGraph` wraps a trained :class:`~compressor.models.base.CascadeModel` so that the exported ONNX
-file needs nothing but ONNX Runtime: it masks the k-space, forms the zero-filled image, normalises it exactly as
-training did (:mod:`compressor.data.sample`), and runs every cascade with its data-fidelity (DF) layer.
+file needs nothing but ONNX Runtime: it masks the k-space, forms the zero-filled image and normalises it with the
+function training uses (:func:`compressor.physics.normalisation.normalise_kspace`, given the graph's own Fourier
+operator), and runs every cascade with its data-fidelity (DF) layer.
 
 Graph inputs and outputs (``B`` dynamic, ``H x W`` fixed at export):
 
@@ -14,7 +15,8 @@ Graph inputs and outputs (``B`` dynamic, ``H x W`` fixed at export):
   zero-filled image divided by its max absolute value);
 * ``scale``: ``(B,)`` float32, that divisor, so ``image * scale[:, None, None]`` is in the input's units.
 
-DF formulations (all exact to float32 rounding; a test proves them equal to the training DF on ``torch.fft``):
+DF formulations (registered in :data:`FORMULATIONS`; all exact to float32 rounding; a test proves them equal to the
+training DF on ``torch.fft``):
 
 ``"dft"``
     the training DF function :func:`compressor.physics.data_fidelity.data_fidelity`, unchanged, with the
@@ -35,7 +37,8 @@ DF formulations (all exact to float32 rounding; a test proves them equal to the 
     (right-multiplication for column lines, ``P z`` for row lines), where :math:`x_u = \mathrm{Re}\,F^{-1}(My)`.
     Exact because :math:`F^{-1} M F` factorises along the two axes and :math:`z` is real. The graph reads the
     line pattern from the mask input's first row (column lines) or first column (row lines), so the mask fed
-    to it must be whole lines along the axis recorded in the metadata (``compress reconstruct`` checks).
+    to it must be whole lines along the axis recorded in the metadata (``compress reconstruct`` checks, with
+    :func:`compressor.masks.is_whole_lines`; the axis itself is found by :func:`compressor.masks.line_axis`).
 ``"fft"``
     the training operator :class:`~compressor.physics.fft.TorchFFT`; the dynamo exporter turns it into ONNX
     ``DFT`` nodes. Kept only as the naive baseline of the latency benchmark (slow and Bluestein-inaccurate in
@@ -51,29 +54,41 @@ d3c5 at 240x240.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressor.data.sample import normalisation_scale
+from compressor.masks import LINE_AXES
 from compressor.models.base import CascadeModel
-from compressor.physics import MatmulDFT, TorchFFT, apply_mask, dft_matrix, zero_filled
-
-FORMULATIONS = ("lines", "dft", "fft", "none")
-EXPORTABLE_FORMULATIONS = ("lines", "dft")
-LINE_AXES = (-1, -2)
+from compressor.physics import MatmulDFT, TorchFFT, apply_mask, dft_matrix, normalise_kspace
+from compressor.registry import Registry
 
 
-def is_whole_lines(mask: np.ndarray, axis: int) -> bool:
-    """Whether the ``(H, W)`` mask consists of whole lines along ``axis``: ``-1`` means every row is the same
-    (whole columns sampled, lines along the last axis ``W``), ``-2`` every column is the same (whole rows)."""
-    if axis == -1:
-        return bool(np.all(mask == mask[:1, :]))
-    if axis == -2:
-        return bool(np.all(mask == mask[:, :1]))
-    raise ValueError(f"line axis must be -1 or -2, got {axis}")
+@dataclass(frozen=True)
+class FormulationSpec:
+    """What the rest of the tool needs to know about a DF formulation of :class:`ScannerGraph`.
+
+    Attributes:
+        exportable: whether ``compress export`` may write it (the others are benchmark baselines).
+        needs_line_axis: whether the graph takes the mask's line axis (only for whole-line masks).
+    """
+
+    exportable: bool
+    needs_line_axis: bool = False
+
+
+FORMULATIONS: Registry[FormulationSpec] = Registry("DF formulation")
+FORMULATIONS.register("lines")(FormulationSpec(exportable=True, needs_line_axis=True))
+FORMULATIONS.register("dft")(FormulationSpec(exportable=True))
+FORMULATIONS.register("fft")(FormulationSpec(exportable=False))
+FORMULATIONS.register("none")(FormulationSpec(exportable=False))
+
+
+def exportable_formulations() -> list[str]:
+    """The formulations ``compress export`` may write (``--formulation`` choices besides ``auto``)."""
+    return [name for name in FORMULATIONS if FORMULATIONS.get(name).exportable]
 
 
 def line_projection(lines: torch.Tensor, dft_real: torch.Tensor, dft_imag: torch.Tensor) -> torch.Tensor:
@@ -155,8 +170,8 @@ class ScannerGraph(nn.Module):
     Args:
         model: the trained model, in eval mode.
         image_size: ``(H, W)`` fixed at export.
-        formulation: one of :data:`FORMULATIONS`.
-        line_axis: for ``"lines"`` (only), the axis along which the mask's lines run (``-1`` or ``-2``).
+        formulation: a name registered in :data:`FORMULATIONS`.
+        line_axis: for ``"lines"`` (only), the mask's :func:`~compressor.masks.line_axis` (``-1`` or ``-2``).
     """
 
     def __init__(self, model: CascadeModel, image_size: tuple[int, int], formulation: str,
@@ -164,7 +179,7 @@ class ScannerGraph(nn.Module):
         super().__init__()
         if formulation not in FORMULATIONS:
             raise ValueError(f"formulation must be one of {', '.join(FORMULATIONS)}, got {formulation!r}")
-        if (formulation == "lines") != (line_axis in LINE_AXES):
+        if FORMULATIONS.get(formulation).needs_line_axis != (line_axis in LINE_AXES):
             raise ValueError(f"the 'lines' formulation and only it takes a line axis (-1 or -2), got {line_axis}")
         self.cascades = with_channel_sum_convs(copy.deepcopy(model.cascades))
         self.image_size = (int(image_size[0]), int(image_size[1]))
@@ -182,10 +197,7 @@ class ScannerGraph(nn.Module):
         """``(B, H, W), (B, H, W), (H, W) -> image (B, H, W) normalised, scale (B,)``."""
         mask = mask[None, None]
         kspace = apply_mask(torch.stack((kspace_real, kspace_imag), dim=-1)[:, None], mask)
-        image = zero_filled(kspace, self.fourier)
-        scale = normalisation_scale(image)
-        image = image / scale[..., None, None]
-        kspace = kspace / scale[..., None, None, None]
+        image, kspace, scale = normalise_kspace(kspace, self.fourier)
         if self.formulation == "lines":
             image = self._run_line_cascades(image, mask[0, 0])
         elif self.formulation == "none":

@@ -1,4 +1,4 @@
-"""Export a trained DC-CNN, data-fidelity layers included, to one validated ONNX file.
+"""Export a trained DC-CNN, data-fidelity layers included, to validated files of an export target.
 
 Exporter: ``torch.onnx.export(..., dynamo=True)`` (the ``torch.export`` based exporter, opset 18). It handles the graph
 of :mod:`compressor.export.graph` directly, including the ``torch.fft`` baseline the benchmark compares against (the
@@ -6,8 +6,10 @@ TorchScript exporter rejects ``aten::fft_*``), and it is the exporter PyTorch ma
 deprecated. ``torch.export`` specialises a dimension whose example size is 1, so the graph is traced with a batch of
 :data:`TRACE_BATCH` slices and the batch axis is declared dynamic.
 
-The file is written under a temporary name, validated (:mod:`compressor.export.validate`), and renamed only when every
-check passed: a failed export leaves nothing behind.
+What is written is an export target's (:mod:`compressor.export.targets`; the default, ``onnx-fp32``, one ONNX file).
+:func:`export_model` drives every target the same way: trace, the target writes under a temporary name, the shared
+validation (:mod:`compressor.export.validate`) runs, and the files are renamed only when every check passed: a failed
+export leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import io
 import logging
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ import torch
 
 import compressor
 from compressor.errors import InputError
-from compressor.export.graph import EXPORTABLE_FORMULATIONS, FORMULATIONS, ScannerGraph, is_whole_lines
+from compressor.export.graph import FORMULATIONS, ScannerGraph, exportable_formulations
 from compressor.export.run_models import (
     EXPORTS_FOLDER,
     RunModel,
@@ -38,9 +40,10 @@ from compressor.export.run_models import (
     simulated_kspace,
 )
 from compressor.export.runtime import INPUT_NAMES, OUTPUT_NAMES, ExportMetadata, open_exported
-from compressor.export.validate import RELATIVE_TOLERANCE, ValidationReport, validate_export
-from compressor.io import atomic_path, save_json
-from compressor.masks import SamplingMask
+from compressor.export.targets import DEFAULT_TARGET, EXPORT_TARGETS, ExportRequest
+from compressor.export.validate import ValidationReport, validate_export
+from compressor.io import save_json
+from compressor.masks import SamplingMask, line_axis
 from compressor.models.base import CascadeModel
 
 OPSET = 18
@@ -70,6 +73,7 @@ class ExportResult:
         seconds: wall time of export plus validation.
         validation_slices: how many slices were compared.
         metadata: what the file records.
+        target: the export target that wrote it (:data:`~compressor.export.targets.EXPORT_TARGETS`).
     """
 
     path: Path
@@ -82,6 +86,7 @@ class ExportResult:
     seconds: float
     validation_slices: int
     metadata: ExportMetadata
+    target: str = DEFAULT_TARGET
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready record of the export."""
@@ -93,18 +98,20 @@ class ExportResult:
 
 
 def resolve_formulation(requested: str, mask: SamplingMask) -> Formulation:
-    """``"auto"``: ``"lines"`` when the mask is made of whole lines (along ``W`` preferred), else ``"dft"``.
+    """``"auto"``: ``"lines"`` when the mask is made of whole lines (its :func:`~compressor.masks.line_axis`, along
+    ``W`` preferred), else ``"dft"``.
 
     ``"lines"`` for a mask that is not whole lines raises :class:`InputError`.
     """
-    if requested not in ("auto", *FORMULATIONS):
+    if requested != "auto" and requested not in FORMULATIONS:
         raise InputError(f"unknown formulation {requested!r}; valid: auto, {', '.join(FORMULATIONS)}")
-    axis = next((a for a in (-1, -2) if is_whole_lines(mask.values, a)), None)
+    axis = line_axis(mask.values)
     if requested == "auto":
         return Formulation("lines", axis) if axis is not None else Formulation("dft", None)
-    if requested == "lines" and axis is None:
-        raise InputError(f"the 'lines' formulation needs a mask of whole lines; mask {mask.digest()} is not")
-    return Formulation(requested, axis if requested == "lines" else None)
+    needs_axis = FORMULATIONS.get(requested).needs_line_axis
+    if needs_axis and axis is None:
+        raise InputError(f"the {requested!r} formulation needs a mask of whole lines; mask {mask.digest()} is not")
+    return Formulation(requested, axis if needs_axis else None)
 
 
 @contextlib.contextmanager
@@ -139,15 +146,6 @@ def trace_graph(graph: ScannerGraph, opset: int = OPSET) -> onnx.ModelProto:
     return program.model_proto
 
 
-def save_with_metadata(proto: onnx.ModelProto, path: Path, metadata: Mapping[str, str]) -> None:
-    """Write ``proto`` to ``path`` as one self-contained file with ``metadata`` as ``metadata_props``."""
-    del proto.metadata_props[:]
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save_model(proto, str(path), save_as_external_data=False)
-
-
 def phantom_kspace(mask: SamplingMask, count: int = 4) -> np.ndarray:
     """Validation k-space when no data is at hand: Shepp-Logan phantoms, shifted and scaled, ``(count, H, W)``.
 
@@ -172,32 +170,37 @@ def export_model(
     extras: Mapping[str, Any] | None = None,
     formulation: str = "auto",
     provider: str = "auto",
-    relative_tolerance: float = RELATIVE_TOLERANCE,
+    relative_tolerance: float | None = None,
+    target: str = DEFAULT_TARGET,
 ) -> ExportResult:
-    """Export ``model`` with its DF layers to ``out_path`` and validate it; nothing is left behind on failure.
+    """Export ``model`` with its DF layers through ``target`` to ``out_path`` and validate it; nothing is left
+    behind on failure (steps in :mod:`compressor.export.targets`).
 
     Args:
         model: the trained model (any device; a CPU copy is exported, ``model`` is not modified).
-        out_path: destination ``.onnx`` file (its folder is created).
+        out_path: destination of the target's output, e.g. a ``.onnx`` file (its folder is created).
         mask: the training mask; its shape is the graph's fixed image size and it is recorded in the metadata.
         validation_kspace: ``(S, H, W)`` complex, uncentred k-space undersampled with ``mask`` (real slices).
         acceleration: nominal acceleration to record (default: the mask's).
         config_key: the run's stage key to record.
         extras: further metadata (role, run name, ...).
         formulation: ``"auto"``, ``"lines"`` or ``"dft"`` (see :mod:`compressor.export.graph`).
-        provider: ``"auto"``, ``"cpu"`` or ``"cuda"`` for the validation session.
-        relative_tolerance: validation tolerance relative to the reference's max.
+        provider: ``"auto"`` or a registered provider (:data:`~compressor.export.runtime.EXECUTION_PROVIDERS`) for
+            the validation session.
+        relative_tolerance: validation tolerance relative to the reference's max (default: the target's).
+        target: a name registered in :data:`~compressor.export.targets.EXPORT_TARGETS`.
 
     Raises:
         export.validate.ExportValidationError: a check failed (the message lists every failure and by how much).
-        InputError: bad arguments (formulation, validation data of the wrong shape).
+        InputError: bad arguments (target, formulation, validation data of the wrong shape).
     """
     started = time.perf_counter()
     out_path = Path(out_path)
+    exporter = EXPORT_TARGETS.get(target)()
     chosen = resolve_formulation(formulation, mask)
-    if chosen.name not in EXPORTABLE_FORMULATIONS:
+    if not FORMULATIONS.get(chosen.name).exportable:
         raise InputError(f"formulation {chosen.name!r} is for benchmarks only; export uses "
-                         f"{' or '.join(EXPORTABLE_FORMULATIONS)}")
+                         f"{' or '.join(exportable_formulations())}")
     validation_kspace = np.asarray(validation_kspace)
     if validation_kspace.ndim != 3 or validation_kspace.shape[1:] != mask.shape or not len(validation_kspace):
         raise InputError(f"validation k-space must be (S, H, W) = (S, {mask.shape[0]}, {mask.shape[1]}) with S >= 1, "
@@ -215,28 +218,36 @@ def export_model(
         extras={"exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}", "opset": OPSET,
                 **(extras or {})},
     )
+    request = ExportRequest(cpu_model, mask, chosen.name, chosen.line_axis, metadata, validation_kspace)
     proto = trace_graph(ScannerGraph(cpu_model, mask.shape, chosen.name, chosen.line_axis))
-    with atomic_path(out_path) as temporary:
-        save_with_metadata(proto, temporary, metadata.to_properties())
-        exported = open_exported(temporary, provider)
-        report = validate_export(temporary, exported, cpu_model, validation_kspace, mask.values, relative_tolerance)
+    tolerance = exporter.relative_tolerance if relative_tolerance is None else relative_tolerance
+    with exporter.staging(out_path) as staged:
+        onnx_file = exporter.write(proto, request, staged)
+        exported = open_exported(onnx_file, provider)
+        report = validate_export(onnx_file, exported, cpu_model, validation_kspace, mask.values, tolerance)
         report.raise_for_failures(out_path)
     return _result(out_path, report, exported.provider, chosen.name, time.perf_counter() - started,
-                   len(validation_kspace), metadata)
+                   len(validation_kspace), metadata, target)
 
 
 def _result(path: Path, report: ValidationReport, provider: str, formulation: str, seconds: float, slices: int,
-            metadata: ExportMetadata) -> ExportResult:
+            metadata: ExportMetadata, target: str) -> ExportResult:
     image = report.comparison(f"ONNX Runtime ({provider})", "image")
     return ExportResult(path=path, max_abs_error=image.max_abs_error, relative_error=image.relative_error,
                         tolerance=image.tolerance,
                         reference_evaluator_error=report.comparison("onnx.reference", "image").max_abs_error,
                         provider=provider, formulation=formulation, seconds=seconds, validation_slices=slices,
-                        metadata=metadata)
+                        metadata=metadata, target=target)
+
+
+def output_name(stem: str, target: str = DEFAULT_TARGET) -> str:
+    """The name ``target`` writes a model called ``stem`` to: ``<stem>.onnx`` for ``onnx-fp32``."""
+    return EXPORT_TARGETS.get(target)().output_name(stem)
 
 
 def export_run_model(run_model: RunModel, out_path: str | Path, *, formulation: str = "auto",
-                     provider: str = "auto", validation_kspace: np.ndarray | None = None) -> ExportResult:
+                     provider: str = "auto", validation_kspace: np.ndarray | None = None,
+                     target: str = DEFAULT_TARGET) -> ExportResult:
     """Export one trained model of a run, validated on the run's validation slices (else phantoms)."""
     if validation_kspace is None:
         validation_kspace = run_validation_kspace(run_model)
@@ -247,14 +258,16 @@ def export_run_model(run_model: RunModel, out_path: str | Path, *, formulation: 
                         acceleration=info.get("acceleration"), config_key=info.get("key"),
                         extras={"name": run_model.name, "role": run_model.role, "method": info.get("method"),
                                 "stage": info.get("stage")},
-                        formulation=formulation, provider=provider)
+                        formulation=formulation, provider=provider, target=target)
 
 
 def export_run(run_dir: str | Path, names: list[str] | None = None, *, formulation: str = "auto",
-               provider: str = "auto", log: Callable[[str], None] = print) -> list[ExportResult]:
-    """Export every trained model of ``run_dir`` (or those named) to ``<run>/exports/<name>.onnx`` and write
-    ``<run>/exports/exports.json`` with each file's validation figures. Called at the end of ``compress``.
-    Without ``names``, models without DF layers (the feature-domain ablation's) are skipped with a log line."""
+               provider: str = "auto", log: Callable[[str], None] = print,
+               targets: Sequence[str] = (DEFAULT_TARGET,)) -> list[ExportResult]:
+    """Export every trained model of ``run_dir`` (or those named) through each of ``targets`` to
+    ``<run>/exports/`` (``<name>.onnx`` for ``onnx-fp32``) and write ``<run>/exports/exports.json`` with each file's
+    validation figures. Called at the end of ``compress``. Without ``names``, models without DF layers (the
+    feature-domain ablation's) are skipped with a log line."""
 
     run_dir = Path(run_dir)
     results = []
@@ -262,13 +275,17 @@ def export_run(run_dir: str | Path, names: list[str] | None = None, *, formulati
     image_to_image = [m.name for m in run_models if names is None and not m.model.has_data_fidelity]
     if image_to_image:
         log(f"not exported (no data-fidelity layers; the scanner graph takes k-space): {', '.join(image_to_image)}")
+    for target in targets:
+        EXPORT_TARGETS.get(target)  # an unknown target fails before the first export
     for run_model in run_models:
         if run_model.name in image_to_image:
             continue
-        result = export_run_model(run_model, run_dir / EXPORTS_FOLDER / run_model.file_name,
-                                  formulation=formulation, provider=provider)
-        log(f"exported {run_model.name} -> {result.path} ({result.formulation}, max abs error "
-            f"{result.max_abs_error:.1e} <= {result.tolerance:.1e}, {result.provider})")
-        results.append(result)
+        for target in targets:
+            destination = run_dir / EXPORTS_FOLDER / output_name(Path(run_model.file_name).stem, target)
+            result = export_run_model(run_model, destination, formulation=formulation, provider=provider,
+                                      target=target)
+            log(f"exported {run_model.name} -> {result.path} ({result.formulation}, max abs error "
+                f"{result.max_abs_error:.1e} <= {result.tolerance:.1e}, {result.provider})")
+            results.append(result)
     save_json(run_dir / EXPORTS_FOLDER / "exports.json", [r.summary() for r in results])
     return results

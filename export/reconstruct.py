@@ -36,11 +36,10 @@ import numpy as np
 
 from compressor.data.readers import SliceData, open_volume
 from compressor.errors import InputError
-from compressor.export.graph import is_whole_lines
 from compressor.export.onnx_export import simulated_kspace
 from compressor.export.runtime import ExportedModel, ExportMetadata, open_exported
 from compressor.io import atomic_path
-from compressor.masks import load_mask
+from compressor.masks import is_whole_lines, load_mask
 
 COMPLEX_IMAGE_THRESHOLD = 0.01
 ACCELERATION_TOLERANCE = 0.1

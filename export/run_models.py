@@ -10,13 +10,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from compressor import rundir
 from compressor.errors import InputError
-from compressor.io import load_json
 from compressor.masks import SamplingMask
 from compressor.models.base import CascadeModel
 from compressor.physics import undersample
+from compressor.rundir import EXPORTS_FOLDER, ModelResult, StageRecord
 
-EXPORTS_FOLDER = "exports"
+__all__ = ["EXPORTS_FOLDER", "RunModel", "load_run_models", "load_stage", "run_records", "run_validation_kspace",
+           "simulated_kspace"]
 VALIDATION_SLICES = 8
 
 
@@ -35,8 +37,9 @@ class RunModel:
         name: the ``results.json`` name, e.g. ``"sft_kd/at/d3c5@4x"`` (the stage folder name for ``--stage``).
         role: ``teacher``, ``student``, ``std_kd``, ``sft_teacher``, ``sft_kd`` or ``sft_kd_random``.
         model: the model with its best weights, CPU, eval mode.
-        info: the stage's ``stage.json``.
-        mask: the training mask, rebuilt from the run's ``config.json`` and checked against the stage's digest.
+        stage: the stage's ``stage.json`` record.
+        mask: the training mask: the one the run saved (``masks/``), or for a format-1 run rebuilt from its
+            ``config.json``; either way checked against the stage's digest.
         stage_dir: the stage folder.
         psnr: mean validation PSNR from ``results.json`` (``None`` when not known).
         ssim: mean validation SSIM from ``results.json``.
@@ -45,11 +48,16 @@ class RunModel:
     name: str
     role: str
     model: CascadeModel
-    info: dict[str, Any]
+    stage: StageRecord
     mask: SamplingMask
     stage_dir: Path
     psnr: float | None = None
     ssim: float | None = None
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The stage's ``stage.json`` as a dict (prefer :attr:`stage`)."""
+        return self.stage.to_json()
 
     @property
     def file_name(self) -> str:
@@ -57,45 +65,48 @@ class RunModel:
         return self.name.replace("/", "_") + ".onnx"
 
 
-def _run_mask(run_dir: Path, info: dict[str, Any], stage_dir: Path) -> SamplingMask:
-    """The stage's training mask from the run's ``config.json``; its digest must match ``stage.json``'s."""
-    from compressor.config import config_from_dict
-    from compressor.data import build_mask
+def _run_mask(run_dir: Path, stage: StageRecord, stage_dir: Path) -> SamplingMask:
+    """The stage's training mask: the one the run saved (the stage's ``mask_file``, or for a stage reused from a
+    format-1 run the run's mask of that acceleration), else (format 1) rebuilt from the run's ``config.json``; its
+    digest must match the stage's."""
+    saved = stage.mask_file
+    if saved is None and (run_dir / rundir.RESULTS_FILE).is_file():
+        record = rundir.read_results(run_dir).masks.get(rundir.acceleration_label(stage.acceleration))
+        saved = record.file if record is not None and record.digest == stage.mask_digest else None
+    if saved is not None:
+        values = rundir.load_mask_values(run_dir, saved)
+        mask, source = SamplingMask(values, acceleration=stage.acceleration), run_dir / saved
+    else:
+        from compressor.data import build_mask
 
-    config_path = run_dir / "config.json"
-    config = config_from_dict(load_json(config_path), str(config_path))
-    mask = build_mask(config.data, float(info["acceleration"]))
-    if info.get("mask_digest") and mask.digest() != info["mask_digest"]:
-        raise InputError(f"the mask rebuilt from {config_path} (digest {mask.digest()}) is not the stage's training "
-                         f"mask (digest {info['mask_digest']})", stage_dir)
+        mask, source = build_mask(rundir.read_config(run_dir).data, stage.acceleration), run_dir / rundir.CONFIG_FILE
+    if stage.mask_digest and mask.digest() != stage.mask_digest:
+        raise InputError(f"the mask from {source} (digest {mask.digest()}) is not the stage's training mask "
+                         f"(digest {stage.mask_digest})", stage_dir)
     return mask
 
 
-def _summary_mean(record: dict[str, Any], metric: str) -> float | None:
-    value = record.get(metric)
-    return float(value["mean"]) if isinstance(value, dict) and value.get("mean") is not None else None
+def _summary_mean(record: ModelResult | None, metric: str) -> float | None:
+    summary = record.metrics.get(metric) if record else None
+    return summary.mean if summary else None
 
 
-def load_stage(stage_dir: str | Path, record: dict[str, Any] | None = None) -> RunModel:
+def load_stage(stage_dir: str | Path, record: ModelResult | None = None) -> RunModel:
     """The trained model of ``stage_dir`` (``<run>/stages/<stage>``); ``record`` is its ``results.json`` entry."""
     from compressor.training.checkpoint import load_stage_model
 
     stage_dir = Path(stage_dir)
     loaded = load_stage_model(stage_dir)
-    record = record or {}
-    return RunModel(name=record.get("name") or loaded.info.get("name") or stage_dir.name,
-                    role=loaded.info.get("role", "model"), model=loaded.model, info=loaded.info,
-                    mask=_run_mask(stage_dir.parent.parent, loaded.info, stage_dir), stage_dir=stage_dir,
+    stage = loaded.record
+    return RunModel(name=record.name if record else stage.name, role=stage.role.value, model=loaded.model,
+                    stage=stage, mask=_run_mask(stage_dir.parent.parent, stage, stage_dir), stage_dir=stage_dir,
                     psnr=_summary_mean(record, "psnr"), ssim=_summary_mean(record, "ssim"))
 
 
-def run_records(run_dir: str | Path) -> list[dict[str, Any]]:
+def run_records(run_dir: str | Path) -> list[ModelResult]:
     """The ``results.json`` records of trained models (one per name, on the split that picked the weights)."""
-
-    results_path = Path(run_dir) / "results.json"
-    results = load_json(results_path)
-    split = results.get("split", "validation")
-    records = {r["name"]: r for r in results.get("models", []) if r.get("stage_dir") and r.get("split") == split}
+    results = rundir.read_results(Path(run_dir))
+    records = {r.name: r for r in results.models if r.stage_dir and r.split == results.split}
     return list(records.values())
 
 
@@ -103,12 +114,12 @@ def load_run_models(run_dir: str | Path, names: list[str] | None = None) -> list
     """The trained models of ``run_dir`` named ``names`` (default: all), in ``results.json`` order."""
     run_dir = Path(run_dir)
     records = run_records(run_dir)
-    by_name = {r["name"]: r for r in records}
+    by_name = {r.name: r for r in records}
     unknown = [n for n in names or [] if n not in by_name]
     if unknown:
         raise InputError(f"no model {unknown[0]!r} in results.json; known: {', '.join(by_name) or 'none'}", run_dir)
     chosen = [by_name[n] for n in names] if names else records
-    return [load_stage(run_dir / r["stage_dir"], r) for r in chosen]
+    return [load_stage(run_dir / r.stage_dir, r) for r in chosen]
 
 
 def evenly_spaced_indices(total: int, count: int) -> np.ndarray:
@@ -122,7 +133,7 @@ def run_validation_kspace(run_model: RunModel, count: int = VALIDATION_SLICES) -
     ``None`` when the stage has no such file."""
     import h5py
 
-    path = run_model.stage_dir / "reconstructions_validation.h5"
+    path = run_model.stage_dir / rundir.reconstructions_file("validation")
     if not path.is_file():
         return None
     with h5py.File(path, "r") as file:

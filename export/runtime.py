@@ -3,9 +3,11 @@
 Everything here needs only ``onnxruntime`` and ``numpy`` (no PyTorch), as on a scanner; ``onnx`` builds the
 one-node model of the CUDA probe.
 
-Providers: ``onnxruntime-gpu`` lists ``CUDAExecutionProvider`` as available even where CUDA cannot run (no GPU,
-missing CUDA libraries); ONNX Runtime then quietly builds a CPU session. :func:`cuda_usable` therefore probes by
-building a session on a one-node model and checking that CUDA is really the active provider. A CUDA session is
+Providers: every execution provider the tool may use is registered in :data:`EXECUTION_PROVIDERS`, one line each
+(the ``--provider`` choices of the CLI come from it, plus ``auto``). ``onnxruntime-gpu`` lists
+``CUDAExecutionProvider`` as available even where CUDA cannot run (no GPU, missing CUDA libraries); ONNX Runtime then
+quietly builds a CPU session. A provider registered with ``probed=True`` is therefore probed by building a session on
+a one-node model and checking that it is really the active provider (:func:`provider_usable`). A CUDA session is
 created with ``session.disable_cpu_ep_fallback = 1``, so a node without a CUDA kernel is an error at session
 creation instead of a silent CPU fallback, and :func:`node_providers` reads from a profile which provider
 ran each node.
@@ -25,10 +27,11 @@ import numpy as np
 import onnxruntime as ort
 
 from compressor.errors import InputError
+from compressor.registry import Registry
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-PROVIDER_CHOICES = {"auto": None, "cpu": CPU, "cuda": CUDA}
+AUTO_PROVIDER = "auto"
 ORT_DEFAULT_SEVERITY = 2
 ORT_SILENT_SEVERITY = 4
 
@@ -164,30 +167,69 @@ def _probe_model() -> bytes:
 
 
 @functools.cache
-def cuda_usable() -> bool:
-    """Whether ONNX Runtime can really run the CUDA provider here (probed once, load errors silenced)."""
-    if CUDA not in ort.get_available_providers():
+def provider_usable(ort_name: str, probed: bool = True) -> bool:
+    """Whether ONNX Runtime can really run ``ort_name`` here: listed as available and, when ``probed``, a one-node
+    session built on it alone runs on it (probed once per process, load errors silenced)."""
+    if ort_name not in ort.get_available_providers():
         return False
+    if not probed:
+        return True
     ort.set_default_logger_severity(ORT_SILENT_SEVERITY)
     try:
-        session = ort.InferenceSession(_probe_model(), providers=[CUDA])
-        return session.get_providers()[0] == CUDA
-    except Exception:  # any failure to build a CUDA session means "not usable"
+        session = ort.InferenceSession(_probe_model(), providers=[ort_name])
+        return session.get_providers()[0] == ort_name
+    except Exception:  # any failure to build a session means "not usable"
         return False
     finally:
         ort.set_default_logger_severity(ORT_DEFAULT_SEVERITY)
 
 
-def choose_provider(requested: str = "auto") -> str:
-    """``"auto"``: CUDA when really usable, else CPU; ``"cpu"``/``"cuda"``: that one (CUDA must be usable)."""
-    if requested not in PROVIDER_CHOICES:
-        raise InputError(f"unknown provider {requested!r}; valid: {', '.join(PROVIDER_CHOICES)}")
-    if requested == "auto":
-        return CUDA if cuda_usable() else CPU
-    if requested == "cuda" and not cuda_usable():
-        raise InputError("the CUDA execution provider was asked for but cannot run here (no GPU or CUDA libraries "
-                         "missing); use --provider cpu")
-    return PROVIDER_CHOICES[requested]
+@dataclass(frozen=True)
+class ExecutionProvider:
+    """An ONNX Runtime execution provider the tool can validate, reconstruct and benchmark on.
+
+    Attributes:
+        ort_name: ONNX Runtime's name, e.g. ``"CPUExecutionProvider"``.
+        preference: ``auto`` picks the usable provider of highest preference.
+        probed: whether availability must be proven by a session (providers that list themselves where they
+            cannot run, as CUDA does).
+        unusable: why it may not run, for the error message when it was asked for and cannot.
+    """
+
+    ort_name: str
+    preference: int
+    probed: bool = False
+    unusable: str = ""
+
+    def usable(self) -> bool:
+        return provider_usable(self.ort_name, self.probed)
+
+
+EXECUTION_PROVIDERS: Registry[ExecutionProvider] = Registry("execution provider")
+EXECUTION_PROVIDERS.register("cpu")(ExecutionProvider(CPU, preference=0))
+EXECUTION_PROVIDERS.register("cuda")(ExecutionProvider(CUDA, preference=1, probed=True,
+                                                       unusable="no GPU or CUDA libraries missing"))
+
+
+def provider_choices() -> list[str]:
+    """``auto`` and every registered provider: the CLI's ``--provider`` choices."""
+    return [AUTO_PROVIDER, *EXECUTION_PROVIDERS.names()]
+
+
+def choose_provider(requested: str = AUTO_PROVIDER) -> str:
+    """The ONNX Runtime name of the provider to use: for ``"auto"`` the usable registered provider of highest
+    preference (CUDA when really usable, else CPU); for a registered name, that provider, which must be usable."""
+    if requested not in provider_choices():
+        raise InputError(f"unknown provider {requested!r}; valid: {', '.join(provider_choices())}")
+    if requested == AUTO_PROVIDER:
+        ranked = sorted((EXECUTION_PROVIDERS.get(name) for name in EXECUTION_PROVIDERS), key=lambda p: -p.preference)
+        return next(provider.ort_name for provider in ranked if provider.usable())
+    provider = EXECUTION_PROVIDERS.get(requested)
+    if not provider.usable():
+        reason = f" ({provider.unusable})" if provider.unusable else ""
+        raise InputError(f"the {provider.ort_name.removesuffix('ExecutionProvider')} execution provider was asked "
+                         f"for but cannot run here{reason}; use --provider cpu")
+    return provider.ort_name
 
 
 def session_options(provider: str, threads: int | None = None, spinning: bool = False,

@@ -22,10 +22,9 @@ import onnx
 import torch
 from onnx.reference import ReferenceEvaluator
 
-from compressor.data.dataset import normalise_kspace
 from compressor.export.runtime import INPUT_NAMES, OUTPUT_NAMES, ExportedModel, graph_feed, node_providers
 from compressor.models.base import CascadeModel
-from compressor.physics import apply_mask
+from compressor.physics import apply_mask, normalise_kspace
 
 RELATIVE_TOLERANCE = 1e-4
 VALIDATION_BATCH = 8
@@ -108,7 +107,7 @@ def pytorch_reference(model: CascadeModel, kspace: np.ndarray, mask: np.ndarray)
 
     Returns:
         ``{"image": (S, H, W) normalised, "scale": (S,)}``, the graph's outputs as training defines them
-        (:func:`compressor.data.dataset.normalise_kspace`).
+        (:func:`compressor.physics.normalisation.normalise_kspace`).
     """
     mask_tensor = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]
     images, scales = [], []

@@ -51,3 +51,59 @@ def test_unknown_preset_lists_the_valid_ones():
     with pytest.raises(InputError, match="smoke"):
         load_config("nonexistent")
     assert {"smoke", "quick", "paper"} <= set(list_presets())
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"kd.schedule": "twophase"}, r"\[kd\] schedule: unknown KD schedule 'twophase'; valid: joint, two-phase"),
+    ({"kd.mode": "code"}, r"\[kd\] mode: unknown KD mode 'code'; valid: paper, authors"),
+    ({"data.task": "SR"}, r"\[data\] task: unknown task 'SR'; valid: reconstruction, sr"),
+    ({"model.block_form": "dense"}, r"\[model\] block_form: unknown block form 'dense'; valid: plain, residual"),
+    ({"train.device": "tpu"}, r"\[train\] device: unknown device 'tpu'; valid: auto, cpu, cuda, cuda:N"),
+])
+def test_an_unknown_choice_names_the_key_the_value_and_the_valid_ones(overrides, expected):
+    with pytest.raises(InputError, match=expected):
+        apply_overrides(RunConfig(), overrides)
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"data.image_size": 0}, r"\[data\] image_size must be >= 8, got 0"),
+    ({"train.batch_size": 0}, r"\[train\] batch_size must be >= 1, got 0"),
+    ({"train.epochs_kd": 0}, r"\[train\] epochs_kd must be >= 1, got 0"),
+    ({"data.acceleration": [4, 1]}, r"\[data\] acceleration must be > 1, got 1.0"),
+    ({"train.lr": -0.1}, r"\[train\] lr must be >= 0, got -0.1"),
+    ({"train.lr_gamma": 0}, r"\[train\] lr_gamma must be > 0, got 0.0"),
+    ({"train.lr": float("inf")}, r"\[train\] lr must be a finite number, got inf"),
+    ({"data.center_fraction": 0.0}, r"\[data\] center_fraction must be > 0 and <= 1, got 0.0"),
+    ({"model.student": []}, r"\[model\] student must name at least one value"),
+])
+def test_a_value_out_of_range_is_refused(overrides, expected):
+    with pytest.raises(InputError, match=expected):
+        apply_overrides(RunConfig(), overrides)
+
+
+def test_registry_backed_names_come_from_the_registries(tmp_path):
+    from compressor.data import MNI_SOURCE, VOLUME_SOURCES
+    from compressor.kd import KD_LOSSES
+    from compressor.masks import MASKS
+
+    with pytest.raises(InputError, match=f"unknown KD method 'kd'; valid: {', '.join([*KD_LOSSES.names(), 'all'])}"):
+        config_from_dict({"kd": {"method": ["kd"]}})
+    with pytest.raises(InputError, match=f"unknown mask type 'poisson'; valid: {', '.join(MASKS.names())}"):
+        config_from_dict({"data": {"mask_type": "poisson"}})
+    sources = ", ".join([MNI_SOURCE, *VOLUME_SOURCES.names()])
+    with pytest.raises(InputError, match=f"unknown data source 'dicom'; valid: {sources}"):
+        config_from_dict({"data": {"source": "dicom"}})
+    with pytest.raises(InputError, match=r"\[model\] teacher: invalid architecture 'd1c5'"):
+        config_from_dict({"model": {"teacher": "d1c5"}})
+    path = tmp_path / "bad.toml"
+    path.write_text('[kd]\nschedule = "twophase"\n')
+    with pytest.raises(InputError, match="unknown KD schedule 'twophase'; valid: joint, two-phase"):
+        load_config(str(path))
+    names = config_from_dict({"kd": {"method": ["ALL", "AT"]}, "data": {"source": "Project"}})
+    assert names.kd.method == ["ALL", "AT"] and names.data.source == "Project"  # registries ignore case
+
+
+def test_checked_values_stay_plain_strings_so_config_json_is_unchanged():
+    config = apply_overrides(load_config("quick"), {"kd.schedule": "two-phase", "model.block_form": "plain"})
+    assert type(config.kd.schedule) is str and type(config.model.block_form) is str
+    assert config.kd.schedule == "two-phase" and config.to_dict()["kd"]["schedule"] == "two-phase"

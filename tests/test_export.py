@@ -14,13 +14,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from benchmarks.dft_formulations import dft_accuracy
 from compressor.cli.export_commands import COMMANDS, export_command
 from compressor.config import RunConfig
 from compressor.data import build_mask
 from compressor.data.dataset import normalise_kspace
 from compressor.data.project_h5 import write_project_volume
 from compressor.errors import InputError
-from compressor.export.benchmark import benchmark_models, benchmark_run, dft_accuracy, write_benchmark
+from compressor.export.benchmark import benchmark_models, benchmark_run, write_benchmark
 from compressor.export.graph import ChannelSumConv, ScannerGraph, line_data_fidelity, line_projection
 from compressor.export.onnx_export import export_model, phantom_kspace, resolve_formulation, simulated_kspace
 from compressor.export.runtime import (
@@ -271,7 +272,8 @@ def write_run(run_dir, model, name: str = "sft_kd/at/d2c2@4x"):
     with h5py.File(stage / "reconstructions_validation.h5", "w") as file:
         file["target"] = random_images(5, seed=8)
     save_json(run_dir / "results.json", {"schema": 1, "split": "validation", "teacher": "d2c2", "models": [
-        {"name": name, "role": "sft_kd", "arch": "d2c2", "split": "validation", "stage_dir": f"stages/{stage.name}",
+        {"name": name, "role": "sft_kd", "arch": "d2c2", "acceleration": 4.0, "split": "validation",
+         "stage_dir": f"stages/{stage.name}",
          "psnr": {"mean": 31.5, "std": 1.0}, "ssim": {"mean": 0.9, "std": 0.01}}]})
     return mask
 

@@ -1,4 +1,4 @@
-"""Cartesian masks: exact line counts, centre band, determinism, conventions, validation of user masks."""
+"""Cartesian masks: exact line counts, centre band, determinism, conventions, validation of user masks, line axis."""
 
 from __future__ import annotations
 
@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 
 from compressor.errors import ConventionError, InputError
-from compressor.masks import EquispacedMask, VariableDensityMask, load_mask, make_mask, validate_mask
+from compressor.masks import (
+    EquispacedMask,
+    SamplingMask,
+    VariableDensityMask,
+    is_whole_lines,
+    line_axis,
+    load_mask,
+    make_mask,
+    validate_mask,
+)
 
 
 @pytest.mark.parametrize("kind", ["random", "equispaced"])
@@ -108,3 +117,41 @@ def test_one_dimensional_line_pattern_is_accepted():
     lines[[0, 1, 15, 8]] = 1
     mask = validate_mask(lines, (6, 16), centred=False)
     assert mask.shape == (6, 16) and mask.phase_encode_axis == -1
+
+
+# --- the line axis, found in one place ---------------------------------------------------------------------------
+
+def lines_along(axis: int, shape: tuple[int, int] = (6, 10)) -> np.ndarray:
+    """Whole lines varying along ``axis``: a 0/1 pattern along it, repeated along the other axis."""
+    pattern = np.zeros(shape[axis], np.float32)
+    pattern[[0, 1, 4]] = 1
+    return np.broadcast_to(pattern[None, :] if axis == -1 else pattern[:, None], shape).copy()
+
+
+@pytest.mark.parametrize("axis", [-1, -2])
+def test_whole_line_masks_report_their_axis(axis):
+    values = lines_along(axis)
+    assert line_axis(values) == axis and is_whole_lines(values, axis)
+    assert not is_whole_lines(values, -3 - axis)  # -1 <-> -2
+    assert SamplingMask(values).phase_encode_axis == axis
+
+
+def test_a_mask_that_is_not_lines_has_no_line_axis():
+    values = lines_along(-1)
+    values[2, 5] = 1  # one stray sample breaks the columns
+    assert line_axis(values) is None and SamplingMask(values).phase_encode_axis is None
+    assert not is_whole_lines(values, -1) and not is_whole_lines(values, -2)
+
+
+def test_a_constant_mask_is_lines_along_both_axes_and_reports_the_last():
+    values = np.ones((4, 5), np.float32)
+    assert is_whole_lines(values, -1) and is_whole_lines(values, -2) and line_axis(values) == -1
+
+
+def test_generated_masks_are_whole_columns():
+    assert line_axis(make_mask("random", 4, (12, 20), seed=2).values) == -1
+
+
+def test_only_the_two_image_axes_are_line_axes():
+    with pytest.raises(ValueError, match="line axis must be -1 or -2"):
+        is_whole_lines(np.ones((4, 4)), 0)

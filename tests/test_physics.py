@@ -1,4 +1,5 @@
-"""The MRI physics: FFT conventions against NumPy, the forward model, and the data-fidelity layer of eq. (2)."""
+"""The MRI physics: FFT conventions against NumPy, the forward model, the input normalisation, and the data-fidelity
+layer of eq. (2)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ from compressor.physics import (
     fft2c,
     ifft2,
     ifft2c,
+    normalise_kspace,
     real_to_pair,
     undersample,
     zero_filled,
 )
+from compressor.physics.normalisation import EPSILON
 
 
 def to_pair(array: np.ndarray) -> torch.Tensor:
@@ -155,3 +158,39 @@ def test_df_is_differentiable_through_the_cnn_output():
     cnn_output = torch.randn(2, 1, 16, 16, dtype=torch.float64, requires_grad=True)
     data_fidelity(cnn_output, kspace, mask, TorchFFT()).sum().backward()
     assert cnn_output.grad is not None and torch.isfinite(cnn_output.grad).all()
+
+
+# --- the one normalisation ---------------------------------------------------------------------------------------
+
+def numpy_normalisation(kspace: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The oracle: ``x_u = Re ifft2(y, ortho)``, ``s = max |x_u|`` per slice, and ``(x_u / s, y / s, s)``."""
+    image = np.fft.ifft2(kspace, norm="ortho").real
+    scale = np.maximum(np.abs(image).max(axis=(-2, -1)), EPSILON)
+    return image / scale[..., None, None], kspace / scale[..., None, None], scale
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_normalisation_is_one_function_whatever_the_fourier_operator(shape):
+    """TorchFFT (training) and MatmulDFT (the exported graph) give the NumPy oracle's result to float32 rounding."""
+    rng = np.random.default_rng(2)
+    kspace = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)) * 37.0  # any units
+    expected_image, expected_kspace, expected_scale = numpy_normalisation(kspace)
+    pair = to_pair(kspace).float()
+    for fourier in (None, TorchFFT(), MatmulDFT(*shape[-2:])):
+        image, normalised_kspace, scale = normalise_kspace(pair, fourier)
+        assert image.shape == shape and normalised_kspace.shape == (*shape, 2) and scale.shape == shape[:-2]
+        np.testing.assert_allclose(image.numpy(), expected_image, atol=1e-5)
+        np.testing.assert_allclose(to_complex(normalised_kspace), expected_kspace, atol=1e-5)
+        np.testing.assert_allclose(scale.numpy(), expected_scale, rtol=1e-5)
+        assert np.allclose(np.abs(image.numpy()).max(axis=(-2, -1)), 1.0)  # x_u / s lies in [-1, 1], max |.| = 1
+
+
+def test_normalisation_defaults_to_the_training_operator_bit_for_bit():
+    kspace = torch.randn(3, 1, 12, 10, 2)
+    default, explicit = normalise_kspace(kspace), normalise_kspace(kspace, TorchFFT())
+    assert all(torch.equal(a, b) for a, b in zip(default, explicit))
+
+
+def test_normalisation_of_empty_kspace_stays_finite():
+    image, kspace, scale = normalise_kspace(torch.zeros(2, 6, 4, 2))
+    assert torch.all(scale == EPSILON) and torch.all(image == 0) and torch.all(kspace == 0)

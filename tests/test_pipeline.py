@@ -8,13 +8,14 @@ from pathlib import Path
 import h5py
 import pytest
 
+from compressor import rundir
 from compressor.config import apply_overrides, load_config
 from compressor.evaluate.metrics import slice_metrics
 from compressor.io import load_json
 from compressor.training import loop
 from compressor.training.pipeline import Pipeline
 
-ROLES = {"zero_filled", "teacher", "student", "std_kd", "sft_teacher", "sft_kd"}
+ROLES = set(rundir.ROLES) - {"sft_kd_random", "sft_teacher_scratch"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -62,12 +63,16 @@ def test_another_method_reuses_teacher_student_and_sft_teacher(tmp_path):
     results = run(tmp_path, log, **{"kd.method": ["fitnets"]})
     reused = {line.split()[1] for line in log if line.startswith("reusing")}
     assert reused == {"teacher/d5c5@4x", "student/d3c5@4x", "sft_teacher/d5c5@4x"}
-    assert {m["method"] for m in results["models"] if m["role"] == "sft_kd"} == {"fitnets"}
+    # results.json keeps the earlier run's AT records (same config but the method): the two runs merge.
+    assert {m["method"] for m in results["models"] if m["role"] == "sft_kd"} == {"at", "fitnets"}
     # Changing what the student depends on retrains the student but not the teacher.
     log.clear()
-    run(tmp_path, log, **{"kd.method": ["fitnets"], "train.epochs_student": 2})
+    results = run(tmp_path, log, **{"kd.method": ["fitnets"], "train.epochs_student": 2})
     reused = {line.split()[1] for line in log if line.startswith("reusing")}
     assert "teacher/d5c5@4x" in reused and "student/d3c5@4x" not in reused
+    # Another training setting: the earlier records are replaced, not merged, and the log says so.
+    assert {m["method"] for m in results["models"] if m["role"] == "sft_kd"} == {"fitnets"}
+    assert any("replaced, not merged" in line and "train.epochs_student" in line for line in log)
 
 
 class KilledError(Exception):

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import click
 
-from compressor.cli.common import handles_input_errors
+from compressor.cli.common import OneLineErrors, handles_input_errors, require_writable
+from compressor.config import BlockForm, KDMode, KDSchedule, Task, values
+from compressor.masks import MASKS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 110}
 
@@ -28,9 +30,9 @@ def _names(text: str | None) -> list[str] | None:
     return None if text is None else [x.strip().lower() for x in text.split(",") if x.strip()]
 
 
-@click.group(invoke_without_command=True, context_settings=CONTEXT)
+@click.group(cls=OneLineErrors, invoke_without_command=True, context_settings=CONTEXT)
 @click.option("--preset", default="quick", help="Preset in configs/ (smoke, quick, paper) or a TOML file path.")
-@click.option("--task", type=click.Choice(["reconstruction", "sr"]),
+@click.option("--task", type=click.Choice(values(Task)),
               help="reconstruction (undersampled k-space) or sr (super-resolution, Appendix B; --acceleration is the "
                    "scale; teacher/student default to vdsr12/vdsr4).")
 @click.option("--teacher", help="Teacher architecture, e.g. d5c5, dcunet5, vdsr12.")
@@ -42,19 +44,19 @@ def _names(text: str | None) -> list[str] | None:
 @click.option("--validation", "validation_path", help="Validation file or folder (file sources).")
 @click.option("--test", "test_path", help="Held-out test file or folder (file sources; optional).")
 @click.option("--acceleration", help="Acceleration factor(s), comma-separated, e.g. 4,5.")
-@click.option("--mask-type", type=click.Choice(["random", "equispaced"]), help="Generated mask type.")
+@click.option("--mask-type", type=click.Choice(MASKS.names()), help="Generated mask type.")
 @click.option("--mask", "mask_file", help="Mask .npy file ('{acceleration}' is replaced by the factor).")
 @click.option("--image-size", type=int, help="Square image size (centre crop/pad).")
 @click.option("--epochs", type=int, help="Epochs for every stage (overrides the per-stage preset values).")
 @click.option("--batch-size", type=int, help="Batch size.")
 @click.option("--lr", type=float, help="Adam learning rate.")
-@click.option("--device", help="auto, cpu or cuda.")
+@click.option("--device", help="auto, cpu, cuda or cuda:N.")
 @click.option("--amp/--no-amp", default=None, help="bfloat16 autocast for the convolutions on CUDA (DF stays fp32).")
 @click.option("--seed", type=int, help="Seed for initialisation, shuffling and the mask.")
-@click.option("--block-form", type=click.Choice(["plain", "residual"]), help="DC-CNN block form.")
+@click.option("--block-form", type=click.Choice(values(BlockForm)), help="DC-CNN block form.")
 @click.option("--kd-weight", type=float, help="Distillation weight (default: each method's documented weight).")
-@click.option("--kd-schedule", type=click.Choice(["joint", "two-phase"]), help="Paper (joint) or authors' schedule.")
-@click.option("--kd-mode", type=click.Choice(["paper", "authors"]), help="Each method as its paper or the authors.")
+@click.option("--kd-schedule", type=click.Choice(values(KDSchedule)), help="Paper (joint) or authors' schedule.")
+@click.option("--kd-mode", type=click.Choice(values(KDMode)), help="Each method as its paper or the authors.")
 @click.option("--sft-weights", help="SFT loss weights w_T,w_S,w_I (paper: 1,1,1).")
 @click.option("--random-init/--no-random-init", default=None, help="Also run SFT-KD from a random student (Table 5).")
 @click.option("--feature-sft/--no-feature-sft", default=None,
@@ -134,13 +136,19 @@ def _overrides(o: dict) -> dict[str, object]:
 
 
 def run_pipeline(config, out: Path, progress: bool, deploy: bool) -> None:
-    """Run the stage graph, export and benchmark what it produced, then print the tables and build the report."""
+    """Check the run (:func:`~compressor.training.preflight.check_run`: nothing trains or is written before it
+    passes), run the stage graph, export and benchmark what it produced, then print the tables and build the
+    report."""
     from compressor.evaluate.metrics import slice_metrics
     from compressor.evaluate.report import build_report
     from compressor.training.pipeline import Pipeline
+    from compressor.training.preflight import check_run
 
     started = time.perf_counter()
-    pipeline = Pipeline(config, out, score=slice_metrics, log=lambda m: click.echo(m, err=True), progress=progress)
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    require_writable(out)
+    check_run(config, log=log)
+    pipeline = Pipeline(config, out, score=slice_metrics, log=log, progress=progress)
     click.echo(f"preset {config.preset}, task {config.data.task}: teacher {config.model.teacher}, "
                f"student {','.join(config.model.student)}, "
                f"methods {','.join(pipeline.methods)}, {config.data.source} data, "
@@ -177,7 +185,7 @@ def deploy_run(out: Path, log) -> None:
 
 @main.command("models", context_settings=CONTEXT)
 @click.argument("names", nargs=-1)
-@click.option("--block-form", type=click.Choice(["plain", "residual"]), default="plain", help="Block form.")
+@click.option("--block-form", type=click.Choice(values(BlockForm)), default=BlockForm.PLAIN.value, help="Block form.")
 @handles_input_errors
 def models_command(names: tuple[str, ...], block_form: str) -> None:
     """List architectures with their parameter counts (default: the paper's teacher and students)."""

@@ -8,12 +8,13 @@ code 2 and a one-line message; an export that fails validation exits with code 1
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from compressor.cli.common import UserError, handles_input_errors
+from compressor.cli.common import UserError, handles_input_errors, require_writable
 
 if TYPE_CHECKING:
     import numpy as np
@@ -22,8 +23,48 @@ if TYPE_CHECKING:
     from compressor.masks import SamplingMask
 
 SHOW_DEFAULTS = {"show_default": True}
-PROVIDERS = click.Choice(["auto", "cpu", "cuda"])
 SOURCES = click.Choice(["npy", "project", "fastmri", "nifti", "authors"])
+
+
+class RegistryChoice(click.Choice):
+    """A :class:`click.Choice` whose choices are read from a registry each time they are needed (help, parsing):
+    a name registered in one line is a choice at once, and building the CLI imports neither torch nor ONNX Runtime.
+    """
+
+    def __init__(self, names: Callable[[], Sequence[str]]):
+        self._names = names
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(self._names())
+
+    @choices.setter
+    def choices(self, _: Any) -> None:  # click.Choice.__init__ assigns it; the registry is the source
+        pass
+
+
+def _providers() -> list[str]:
+    from compressor.export.runtime import provider_choices
+
+    return provider_choices()
+
+
+def _formulations() -> list[str]:
+    from compressor.export.graph import exportable_formulations
+
+    return ["auto", *exportable_formulations()]
+
+
+def _targets() -> list[str]:
+    from compressor.export.targets import EXPORT_TARGETS
+
+    return EXPORT_TARGETS.names()
+
+
+PROVIDERS = RegistryChoice(_providers)
+FORMULATIONS = RegistryChoice(_formulations)
+TARGETS = RegistryChoice(_targets)
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -87,9 +128,11 @@ def _report_export(result: ExportResult) -> None:
               help="Data file whose slices validate the export (default: the run's validation slices; for bare "
                    "weights, Shepp-Logan phantoms).")
 @click.option("--source", type=SOURCES, help="Source of --validation (default: from its file name).")
-@click.option("--formulation", type=click.Choice(["auto", "lines", "dft"]), default="auto",
+@click.option("--formulation", type=FORMULATIONS, default="auto",
               help="DF formulation in the graph: lines (whole-line masks), dft (DFT matrices, any mask).")
 @click.option("--provider", type=PROVIDERS, default="auto", help="ONNX Runtime provider for validation.")
+@click.option("--target", type=TARGETS, default="onnx-fp32",
+              help="What to write: onnx-fp32 is one validated fp32 ONNX file per model.")
 @click.option("--out", type=click.Path(path_type=Path),
               help="Output .onnx file (--stage, --weights) or folder (--run); default <run>/exports or beside "
                    "the weights.")
@@ -98,7 +141,7 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
                    weights: Path | None, acceleration: float, image_size: int, mask_path: Path | None,
                    mask_centred: bool | None, mask_type: str, mask_seed: int, block_form: str, block_padding: int,
                    channels: int, validation_path: Path | None, source: str | None, formulation: str, provider: str,
-                   out: Path | None) -> None:
+                   target: str, out: Path | None) -> None:
     """Export trained DC-CNNs with their data-fidelity layers to validated ONNX files.
 
     Inputs of the graph: k-space (real, imaginary; uncentred) and mask; outputs: the normalised image and its
@@ -109,7 +152,9 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
         raise UserError("give exactly one of --run, --stage or --weights (with --arch)")
     if names and run_dir is None:
         raise UserError("--model names models of a run; add --run DIR")
-    from compressor.export.onnx_export import export_model, export_run_model, phantom_kspace
+    if out is not None:
+        require_writable(out)
+    from compressor.export.onnx_export import export_model, export_run_model, output_name, phantom_kspace
     from compressor.export.run_models import load_run_models, load_stage
     from compressor.export.validate import ExportValidationError
 
@@ -128,20 +173,21 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
             if kspace is None:
                 click.echo("no --validation data: validating on Shepp-Logan phantoms", err=True)
                 kspace = phantom_kspace(mask)
-            result = export_model(model, out or weights.with_suffix(".onnx"), mask=mask, validation_kspace=kspace,
-                                  acceleration=acceleration, extras={"weights": weights.name},
-                                  formulation=formulation, provider=provider)
+            result = export_model(model, out or weights.with_name(output_name(weights.stem, target)), mask=mask,
+                                  validation_kspace=kspace, acceleration=acceleration, extras={"weights": weights.name},
+                                  formulation=formulation, provider=provider, target=target)
             _report_export(result)
             return
         run_models = [load_stage(stage_dir)] if stage_dir is not None else load_run_models(run_dir, _names(names))
         for run_model in run_models:
+            file_name = output_name(Path(run_model.file_name).stem, target)
             if stage_dir is not None:
-                target = out or stage_dir.parent.parent / "exports" / run_model.file_name
+                destination = out or stage_dir.parent.parent / "exports" / file_name
             else:
-                target = (out or run_dir / "exports") / run_model.file_name
+                destination = (out or run_dir / "exports") / file_name
             kspace = _validation_kspace(validation_path, source, run_model.mask, run_model.info.get("acceleration"))
-            _report_export(export_run_model(run_model, target, formulation=formulation, provider=provider,
-                                            validation_kspace=kspace))
+            _report_export(export_run_model(run_model, destination, formulation=formulation, provider=provider,
+                                            validation_kspace=kspace, target=target))
     except ExportValidationError as error:
         raise click.ClickException(str(error)) from None
 
@@ -175,6 +221,9 @@ def reconstruct_command(model_path: Path, input_path: Path, out: Path, source: s
     """
     from compressor.export.reconstruct import reconstruct_file
 
+    for path in (out, previews):
+        if path is not None:
+            require_writable(path)
     result = reconstruct_file(model_path, input_path, out, source=source, mask_path=mask_path,
                               mask_centred=mask_centred, kspace_centred=centred, batch_size=batch_size,
                               previews=previews, take_real_part=take_real_part, provider=provider, threads=threads,

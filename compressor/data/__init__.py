@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compressor.config import DataConfig
+from compressor.config import DataConfig, Task, values
 from compressor.data.dataset import (
     NormalisedInput,
     SliceDataset,
@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 MNI_SOURCE = "mni"
-TASKS = ("reconstruction", "sr")
+TASKS = values(Task)
 
 
 @dataclass
@@ -118,6 +118,8 @@ def build_splits(config: DataConfig, acceleration: float, log: Callable[[str], N
     (:func:`~compressor.data.embedded.mni_splits`); file sources read ``train``, ``validation`` and optionally
     ``test``. ``max_train_slices`` caps the training slices, ``max_eval_slices`` the validation and test
     slices, each keeping evenly spaced slices. ``downsample`` and ``cache_dir`` apply to ``mni`` only.
+    Every chosen slice is read once (:meth:`SliceDataset.scan`): NaN, Inf or an all-zero target stops here, naming
+    the file and slice, before anything trains.
     """
     if config.task not in TASKS:
         raise InputError(f"unknown task {config.task!r}; valid: {', '.join(TASKS)}")
@@ -148,6 +150,8 @@ def build_splits(config: DataConfig, acceleration: float, log: Callable[[str], N
         else SliceDataset(split_readers[name], mask, size, evenly_spaced(split_slices[name], limits[name]))
         for name in split_slices
     }
+    for dataset in datasets.values():
+        dataset.scan()
     counts = ", ".join(f"{name} {len(dataset)}" for name, dataset in datasets.items())
     degradation = (f"super-resolution x{acceleration:g} (k-space truncation, {config.sr_interpolation} "
                    "interpolation)" if super_resolution else

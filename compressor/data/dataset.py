@@ -1,15 +1,18 @@
 """The one dataset abstraction: per slice, the zero-filled image, undersampled k-space, mask and target.
 
-Every source goes through the same steps (see :mod:`compressor.data.sample` for the normalisation):
+Every source goes through the same steps (see :mod:`compressor.physics.normalisation` for the
+normalisation):
 
 1. the reader gives the stored slice (:class:`~compressor.data.readers.SliceData`);
 2. images-only sources (fastMRI reconstructions, NIfTI, the MNI template: real magnitude images) are
    centre-cropped/zero-padded to the image size and their k-space is **simulated**, ``y = M ⊙ F(x)``
    (uncentred, orthonormal); a source with fully sampled k-space is undersampled with the mask; a source
    with already undersampled k-space (the authors' files) is used as is;
-3. :func:`normalise_kspace` forms ``x_u = Re F^{-1}(y)`` and divides everything by ``max |x_u|``.
+3. :func:`~compressor.physics.normalisation.normalise_kspace` forms ``x_u = Re F^{-1}(y)`` and divides everything
+   by ``max |x_u|``.
 
-Inference (``compress reconstruct``) has k-space only and calls the same :func:`normalise_kspace`.
+That function is the one normalisation of the tool: the exported graph (:mod:`compressor.export.graph`) calls it with
+its own Fourier operator, so ``compress reconstruct`` and export validation normalise exactly as training does.
 
 The super-resolution task (:class:`SuperResolutionDataset`) replaces steps 2-3: the input is the target degraded
 by :func:`~compressor.physics.degradation.degrade`, normalised by its own maximum (again from the input alone).
@@ -29,32 +32,11 @@ from compressor.data.sample import Sample, normalisation_scale
 from compressor.data.transforms import centre_crop_or_pad
 from compressor.errors import InputError
 from compressor.masks import SamplingMask
-from compressor.physics import apply_mask, undersample, zero_filled
+from compressor.physics import NormalisedInput, apply_mask, normalise_kspace, undersample
 from compressor.physics.degradation import INTERPOLATIONS, check_scale, degrade
 
 __all__ = ["NormalisedInput", "SliceDataset", "SuperResolutionDataset", "centre_crop_or_pad", "no_measurement_mask",
            "normalise_kspace"]
-
-
-class NormalisedInput(NamedTuple):
-    """Model input computed from undersampled k-space alone.
-
-    Attributes:
-        zero_filled: ``Re F^{-1}(y) / scale``, ``(..., H, W)``.
-        kspace: ``y / scale``, ``(..., H, W, 2)``, uncentred.
-        scale: ``max |Re F^{-1}(y)|`` per slice, ``(...)``; multiply a reconstruction by it to undo.
-    """
-
-    zero_filled: torch.Tensor
-    kspace: torch.Tensor
-    scale: torch.Tensor
-
-
-def normalise_kspace(kspace: torch.Tensor) -> NormalisedInput:
-    """Zero-fill and normalise undersampled uncentred k-space ``(..., H, W, 2)`` (the only place this is done)."""
-    image = zero_filled(kspace)
-    scale = normalisation_scale(image)
-    return NormalisedInput(image / scale[..., None, None], kspace / scale[..., None, None, None], scale)
 
 
 class StoredSlice(NamedTuple):
@@ -71,6 +53,10 @@ def _as_size(image_size: int | tuple[int, int] | None) -> tuple[int, int] | None
     if isinstance(image_size, int):
         return image_size, image_size
     return int(image_size[0]), int(image_size[1])
+
+
+_SCANNED: set[tuple] = set()
+"""Slices :meth:`SliceDataset.scan` found good in this process: ``(file, mtime, size, slice, shape, dataset)``."""
 
 
 class SliceDataset(Dataset):
@@ -116,6 +102,34 @@ class SliceDataset(Dataset):
         if data.target is None:
             raise InputError(f"slice {slice_index} has no target image (training and evaluation need one)", reader.path)
         return StoredSlice(reader, slice_index, data)
+
+    def scanned_target(self, data: SliceData) -> np.ndarray:
+        """The target an item of ``data`` is trained and scored on, unnormalised: stored k-space is never cropped,
+        an images-only slice is centre-cropped/padded to the mask's shape."""
+        return data.target if data.kspace is not None else centre_crop_or_pad(data.target, self.mask.shape)
+
+    def scan(self) -> None:
+        """Read every slice once before training, so bad data stops a run before its first stage.
+
+        The readers refuse NaN or Inf (naming the file, key and slice); a target whose maximum is not positive
+        (an all-zero slice) is refused here: it normalises to nothing to learn, and PSNR/SSIM take the target
+        slice's maximum as data range. A slice already scanned in this process (same file, size and time) is
+        not read again, so the pipeline's own :func:`~compressor.data.build_splits` after the CLI's check is cheap.
+        """
+        for index, (reader_index, slice_index) in enumerate(self.slices):
+            reader = self.readers[reader_index]
+            stat = reader.path.stat()
+            key = (str(reader.path.resolve()), stat.st_mtime_ns, stat.st_size, slice_index, self.mask.shape,
+                   type(self).__name__)
+            if key in _SCANNED:
+                continue
+            peak = float(np.max(self.scanned_target(self._stored(index).data)))
+            if not peak > 0:
+                problem = "is all zero" if peak == 0 else f"has maximum {peak:g} <= 0"
+                raise InputError(f"slice {slice_index}: the target image {problem}, so there is nothing to learn "
+                                 "and no data range to score it (PSNR/SSIM use the slice's maximum); remove the "
+                                 "slice from the file", reader.path)
+            _SCANNED.add(key)
 
     def __getitem__(self, index: int) -> Sample:
         reader, slice_index, data = self._stored(index)
@@ -185,6 +199,9 @@ class SuperResolutionDataset(SliceDataset):
         super().__init__(readers, no_measurement_mask(shape, scale), shape, slices)
         self.scale = scale
         self.interpolation = interpolation
+
+    def scanned_target(self, data: SliceData) -> np.ndarray:
+        return centre_crop_or_pad(data.target, self.mask.shape)
 
     def __getitem__(self, index: int) -> Sample:
         reader, slice_index, data = self._stored(index)

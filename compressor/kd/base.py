@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compressor.config import KDMode, values
 from compressor.errors import InputError
 from compressor.models.base import CascadeModel, ReconOutput
 from compressor.models.features import FeatureRecorder
@@ -46,7 +47,7 @@ from compressor.registry import Registry
 
 TAPS = ("first", "middle", "last", "block_output", "output")
 HIDDEN_TAPS = ("first", "middle", "last")
-MODES = ("paper", "authors")
+MODES = values(KDMode)
 
 BALANCED_RATIO = (0.1, 10.0)
 """Weighted KD term / L1 term at the first epoch: below the lower bound KD is negligible, above the upper dominant."""

@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compressor.config import BlockForm, values
 from compressor.models.base import CascadeModel, data_fidelity_cascades
 from compressor.physics.fft import FourierOperator
 
-BLOCK_FORMS = ("plain", "residual")
+BLOCK_FORMS = values(BlockForm)
 
 
 def is_residual(block_form: str) -> bool:

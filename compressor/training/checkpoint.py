@@ -7,6 +7,7 @@ arbitrary objects: loading a checkpoint never executes code.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from compressor import rundir
 from compressor.errors import InputError
-from compressor.io import load_json, write_atomic
+from compressor.io import write_atomic
 from compressor.models import CascadeModel, ModelOptions, build_model
+from compressor.rundir import StageRecord
 
 
 def save_weights(path: Path, module: nn.Module) -> Path:
@@ -50,9 +53,14 @@ def save_state(path: Path, state: dict[str, Any]) -> Path:
 
 
 def load_state(path: Path) -> dict[str, Any]:
+    """Resume state written by :func:`save_state`. Only plain containers of tensors and numbers are unpickled
+    (``weights_only=True``); anything else is refused with one line, and nothing in the file runs."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError) as error:
+    except pickle.UnpicklingError:
+        raise InputError("not a plain-tensor checkpoint (it holds other Python objects); it will not be loaded. "
+                         "Delete it to retrain the stage from its start", path) from None
+    except (RuntimeError, OSError, EOFError, ValueError) as error:
         raise InputError(f"not a readable checkpoint ({error.__class__.__name__})", path) from None
 
 
@@ -61,15 +69,20 @@ class LoadedStage:
     """A trained model restored from a stage directory, with its ``stage.json`` record."""
 
     model: CascadeModel
-    info: dict[str, Any]
+    record: StageRecord
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The ``stage.json`` contents as a dict (prefer :attr:`record`)."""
+        return self.record.to_json()
 
 
 def load_stage_model(stage_dir: Path, weights: str = "best") -> LoadedStage:
     """Rebuild the stage's output model from ``stage.json`` and load ``<weights>.safetensors`` (eval mode)."""
     stage_dir = Path(stage_dir)
-    info = load_json(stage_dir / "stage.json")
-    if not info.get("complete"):
-        raise InputError("stage did not finish training (stage.json says complete=false)", stage_dir)
-    model = build_model(info["arch"], ModelOptions(**info["model_options"]))
+    record = rundir.read_stage(stage_dir)
+    if not record.complete:
+        raise InputError(f"stage did not finish training ({rundir.STAGE_FILE} says complete=false)", stage_dir)
+    model = build_model(record.arch, ModelOptions(**record.model_options))
     load_weights(stage_dir / f"{weights}.safetensors", model)
-    return LoadedStage(model.eval(), info)
+    return LoadedStage(model.eval(), record)

@@ -23,10 +23,11 @@ from tqdm.auto import tqdm
 
 from compressor.data.sample import Sample
 from compressor.io import save_json
+from compressor.rundir import CHECKPOINT_FILE, HISTORY_FILE
 from compressor.training.checkpoint import load_state, save_state, save_weights
 from compressor.training.objectives import Objective, Phase, reconstruct
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = CHECKPOINT_FILE
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ def train_stage(objective: Objective, phases: Sequence[Phase], train_data: Datas
                 for name, module in models.items():
                     save_weights(stage_dir / ("best.safetensors" if name == "model" else f"best_{name}.safetensors"),
                                  module)
-            save_json(stage_dir / "history.json", history)
+            save_json(stage_dir / HISTORY_FILE, history)
             save_state(stage_dir / CHECKPOINT, {
                 "phase": phase_index, "history": history, "best_val": best_val, "best_epoch": best_epoch,
                 "models": {name: module.state_dict() for name, module in models.items()},

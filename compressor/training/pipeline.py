@@ -11,42 +11,49 @@ The graph runs once per :class:`Setup`: ``image`` (the configured models, the pa
 ``sft.feature_ablation``, ``feature`` (Tables 2 and 4: residual CNNs with the same conv counts, MSE losses).
 With ``model.init_teacher`` the image setup's teacher and SFT teacher start from those weights, and the SFT teacher
 is also trained from scratch as Fig. 7's reference (recorded with role ``sft_teacher_scratch``).
+
+Responsibilities: :func:`~compressor.training.stages.plan_run` says which stages a config has and their keys;
+:class:`~compressor.training.factories.StageFactory` builds their models and objectives; this module runs the
+plan (reusing complete stages), evaluates each stage and writes every outcome through :mod:`compressor.rundir`.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from functools import partial
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import h5py
 import numpy as np
 import torch
-from torch import nn
 
 import compressor
+from compressor import rundir
 from compressor.config import RunConfig
 from compressor.data import DataSplits, build_splits
 from compressor.data.sample import Sample
 from compressor.errors import InputError
-from compressor.io import atomic_path, file_digest, load_json, save_json
-from compressor.kd import KD_LOSSES, DistillationLoss, build_kd_loss, weight_balance
-from compressor.models import CascadeModel, ModelOptions, build_model
-from compressor.training.checkpoint import load_weights
+from compressor.io import atomic_path, load_json, save_json
+from compressor.kd import weight_balance
+from compressor.models import CascadeModel
+from compressor.rundir import MaskRecord, ModelResult, Role, RunRecord, Setup, StageRecord
+from compressor.training.factories import REFERENCE_KD_EPOCHS, StageFactory, kd_phases, transfer_student_blocks
 from compressor.training.loop import TrainSettings, make_loader, to_device, train_stage
-from compressor.training.objectives import (
-    Distillation,
-    Objective,
-    Phase,
-    SFTWeights,
-    StudentFriendlyTeacher,
-    Supervised,
-    reconstruct,
+from compressor.training.objectives import reconstruct
+from compressor.training.stages import (
+    PAPER_METHODS,
+    PlannedStage,
+    StageSpec,
+    conv_layers,
+    model_options,
+    plan_run,
+    resolve_methods,
 )
-from compressor.training.stages import StageSpec
+
+__all__ = ["PAPER_METHODS", "REFERENCE_KD_EPOCHS", "Pipeline", "PipelineResult", "Setup", "StageOutcome",
+           "conv_layers", "kd_phases", "resolve_device", "resolve_methods", "transfer_student_blocks"]
 
 Scorer = Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
 """Per-slice metrics ``(reconstruction (S,H,W), target (S,H,W)) -> {name: (S,)}``, injected by the CLI."""
@@ -54,14 +61,14 @@ Scorer = Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
 
 @dataclass
 class StageOutcome:
-    """A stage trained or reused. ``record_role`` is the role ``results.json`` gives it when that differs from the
-    stage's own (the from-scratch reference SFT teacher of a warm-started run: ``sft_teacher_scratch``)."""
+    """A stage trained or reused, with its ``stage.json`` record. ``record_role`` is the role ``results.json``
+    gives it when that differs from the stage's own (``sft_teacher_scratch``)."""
 
     spec: StageSpec
     directory: Path
     reused: bool
-    info: dict[str, Any]
-    record_role: str | None = None
+    record: StageRecord
+    record_role: Role | None = None
     setup: str = "image"
 
 
@@ -83,66 +90,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-PAPER_METHODS = {"reconstruction": ["at", "fitnets", "sp", "fsp", "cc"],  # Table 1
-                 "sr": ["at", "fitnets", "cc", "pkt", "ft", "nst"]}  # Table 9
-
-
-def resolve_methods(names: list[str], task: str = "reconstruction") -> list[str]:
-    """KD method names, checked against the registry; ``all`` is the task's table of the paper."""
-    if any(n.lower() == "all" for n in names):
-        return list(PAPER_METHODS[task])
-    for name in names:
-        KD_LOSSES.get(name)
-    return [n.lower() for n in names]
-
-
-@dataclass(frozen=True)
-class Setup:
-    """One teacher/student family run through the stage graph.
-
-    Attributes:
-        name: ``image`` (SFT-KD-Recon: the configured models, DF after each block) or ``feature`` (the
-            feature-domain SFT ablation).
-        teacher: teacher architecture.
-        students: student architectures, each with its own SFT teacher and KD stages.
-        loss: the reconstruction loss of every stage (``l1``; ``mse`` for the feature setup).
-    """
-
-    name: str
-    teacher: str
-    students: tuple[str, ...]
-    loss: str = "l1"
-
-
-def conv_layers(model: nn.Module) -> int:
-    """The number of 2-D convolutions in ``model`` (d5c5: 25, d3c5: 15)."""
-    return sum(isinstance(module, nn.Conv2d) for module in model.modules())
-
-
-def feature_domain_setup(teacher: CascadeModel, students: list[CascadeModel]) -> Setup:
-    """The ablation of Tables 2 and 4: ``rcnnL`` networks with as many convs as the image-domain models."""
-    return Setup("feature", f"rcnn{conv_layers(teacher)}", tuple(f"rcnn{conv_layers(s)}" for s in students), "mse")
-
-
-class WarmStart(NamedTuple):
-    """The weights that start the teacher and SFT teacher, and their digest (part of those stages' keys)."""
-
-    path: Path
-    digest: str
-
-
-def resolve_init_weights(location: str) -> Path:
-    """A ``.safetensors`` file, or a stage directory holding ``best.safetensors``."""
-    path = Path(location).expanduser()
-    if path.is_dir():
-        path = path / "best.safetensors"
-    if not path.is_file():
-        raise InputError("no such weights file (give a .safetensors file or a stage directory of another run)", path)
-    return path
-
-
 class Pipeline:
-    """Runs the stage graph for one :class:`RunConfig` into ``run_dir``."""
+    """Runs the stage graph for one :class:`RunConfig` into ``run_dir``.
+
+    Construction plans every stage (checking names, masks and warm-start weights) without reading data;
+    :meth:`run` holds the run directory's lock (:func:`compressor.rundir.run_lock`) while it trains and writes.
+    """
 
     def __init__(self, config: RunConfig, run_dir: Path, score: Scorer, log: Callable[[str], None] = print,
                  progress: bool = True):
@@ -151,86 +104,91 @@ class Pipeline:
         self.score = score
         self.log = log
         self.device = resolve_device(config.train.device)
-        self.methods = resolve_methods(config.kd.method, config.data.task)
-        self.model_options = ModelOptions(block_form=config.model.block_form, block_padding=config.model.block_padding,
-                                          dc_lambda=config.model.dc_lambda, dc_learnable=config.model.dc_learnable)
-        # Building each model once checks every name before any training; the teachers' sizes give compressions.
-        image = Setup("image", config.model.teacher, tuple(config.model.student))
-        built = {arch: build_model(arch, self.model_options) for arch in (image.teacher, *image.students)}
-        self.setups = [image]
-        if config.sft.feature_ablation:
-            feature = feature_domain_setup(built[image.teacher], [built[arch] for arch in image.students])
-            built |= {arch: build_model(arch, self.model_options) for arch in (feature.teacher, *feature.students)}
-            self.setups.append(feature)
-        self.teacher_parameters = {setup.name: built[setup.teacher].num_parameters() for setup in self.setups}
-        self.warm_start = self._check_init_teacher(built[image.teacher])
+        self.plan = plan_run(config)
+        self.methods = self.plan.methods
+        self.setups = self.plan.setups
+        self.factory = StageFactory(config, model_options(config), self.run_dir, self.device)
         t = config.train
         self.settings = TrainSettings(batch_size=t.batch_size, lr=t.lr, lr_step=t.lr_step, lr_gamma=t.lr_gamma,
                                       seed=t.seed, device=self.device, amp=t.amp, num_workers=t.num_workers,
                                       progress=progress)
         self.outcomes: list[StageOutcome] = []
 
-    def _check_init_teacher(self, teacher: CascadeModel) -> WarmStart | None:
-        """The warm-start weights, checked to fit the teacher now rather than after the first stages."""
-        if self.config.model.init_teacher is None:
-            return None
-        path = resolve_init_weights(self.config.model.init_teacher)
-        load_weights(path, teacher)
-        return WarmStart(path, file_digest(path))
+    # -- the graph ----------------------------------------------------------------------------------------------
+    def run(self) -> PipelineResult:
+        """Train (or reuse) every planned stage and write ``results.json``, holding the run directory's lock."""
+        with rundir.run_lock(self.run_dir):
+            return self._run()
 
-    # -- stage identity -------------------------------------------------------------------------------------
-    def _determinants(self, splits: DataSplits, epochs: int, **extra: Any) -> dict[str, Any]:
-        data = {k: v for k, v in asdict(self.config.data).items() if k not in ("acceleration", "cache_dir")}
-        if data["task"] == "reconstruction":
-            # Only the SR task reads these; leaving them out keeps the keys of reconstruction stages cached before
-            # the task existed. (The SR scale, which the all-zero mask's digest does not show, is in ``extra``.)
-            del data["task"], data["sr_interpolation"]
-        t = self.config.train
-        return {"data": data, "mask": splits.mask.digest(), "model_options": self.model_options.to_dict(),
-                "epochs": epochs, "batch_size": t.batch_size, "lr": t.lr, "lr_step": t.lr_step,
-                "lr_gamma": t.lr_gamma, "seed": t.seed, "amp": t.amp, **extra}
+    def _run(self) -> PipelineResult:
+        started = time.perf_counter()
+        earlier = self._earlier_run()
+        records: list[ModelResult] = []
+        masks: dict[str, MaskRecord] = {}
+        data = self.config.data
+        for acceleration in data.acceleration:
+            splits = build_splits(data, acceleration, log=self.log)
+            if splits.mask.digest() != self.plan.masks[acceleration].digest():
+                raise RuntimeError("the data's mask is not the planned one (build_splits and build_mask disagree)")
+            # Written once the data is known to be readable, so a bad file leaves no run directory behind.
+            rundir.write_config(self.run_dir, self.config)
+            mask = rundir.save_mask(self.run_dir, acceleration, splits.mask.values, splits.mask.digest())
+            masks[rundir.acceleration_label(acceleration)] = mask
+            sampled = "" if data.task == "sr" else f"; {splits.mask.sampled_fraction:.1%} of k-space sampled"
+            self.log(f"data: {splits.description}{sampled}")
+            for split, file in self._zero_filled_metrics(splits, acceleration).items():
+                records.append(self._result(None, acceleration, split, file))
+            for stage in self.plan.stages[acceleration]:
+                outcome = self._stage(stage, splits, mask)
+                records += [self._result(outcome, acceleration, split,
+                                         outcome.directory / rundir.metrics_file(split))
+                            for split in _eval_splits(splits)]
+        new = RunRecord(teacher=self.config.model.teacher, task=data.task, split="validation",
+                        sr_interpolation=data.sr_interpolation if data.task == "sr" else None,
+                        models=tuple(records), masks=masks, tool_version=compressor.__version__,
+                        config=self.config.to_dict())
+        merged, note = rundir.merge_results(*earlier, new, self.config.to_dict())
+        if note:
+            self.log(note)
+        results_file = rundir.write_results(self.run_dir, merged)
+        return PipelineResult(self.run_dir, results_file, self.outcomes, time.perf_counter() - started)
 
-    # -- building blocks --------------------------------------------------------------------------------------
-    def _trained(self, outcome: StageOutcome, file: str = "best.safetensors", arch: str | None = None) -> CascadeModel:
-        model = build_model(arch or outcome.spec.arch, self.model_options)
-        return load_weights(outcome.directory / file, model).to(self.device)
+    def _earlier_run(self) -> tuple[RunRecord | None, dict[str, Any] | None]:
+        """The directory's ``results.json`` from before this run and the config that wrote it (format 1: the
+        ``config.json`` beside it), when it has them."""
+        if not (self.run_dir / rundir.RESULTS_FILE).is_file():
+            return None, None
+        earlier = rundir.read_results(self.run_dir)
+        config_path = self.run_dir / rundir.CONFIG_FILE
+        if earlier.config is not None or not config_path.is_file():
+            return earlier, earlier.config
+        return earlier, load_json(config_path)
 
-    def _kd_weight(self, method: str) -> float:
-        """``kd.weight`` if set, else the method's documented default for the configured mode."""
-        kd = self.config.kd
-        return kd.weight if kd.weight is not None else KD_LOSSES.get(method).default_weight_for(kd.mode)
+    # -- one stage ----------------------------------------------------------------------------------------------
+    def _stage(self, stage: PlannedStage, splits: DataSplits, mask: MaskRecord) -> StageOutcome:
+        spec, directory = stage.spec, stage.spec.directory(self.run_dir)
+        record = rundir.read_stage_if_complete(directory)
+        reused = record is not None
+        if reused:
+            self.log(f"reusing {spec.name} from {directory.relative_to(self.run_dir)}")
+        else:
+            record = self._train(stage, directory, splits, mask)
+        outcome = StageOutcome(spec, directory, reused, record, stage.record_role, stage.setup.name)
+        self.outcomes.append(outcome)
+        return outcome
 
-    def _kd_phases(self, method: str, student: CascadeModel,
-                   teacher: CascadeModel) -> tuple[list[Phase], float, DistillationLoss]:
-        """The distillation loss (sized for the two models' paired activations), its weight and the phases of its
-        stage (see :func:`kd_phases`)."""
-        kd = self.config.kd
-        loss = build_kd_loss(method, mode=kd.mode, channels=(student.channels, teacher.channels),
-                             n_cascades=teacher.n_cascades)
-        phases = kd_phases(loss, kd.schedule, self.config.train.epochs_kd, kd.feature_epochs)
-        return phases, self._kd_weight(method), loss.to(self.device)
-
-    # -- running one stage ------------------------------------------------------------------------------------
-    def _run(self, spec: StageSpec, splits: DataSplits, build: Callable[[], tuple[Objective, list[Phase]]],
-             setup: Setup, extra_info: dict[str, Any] | None = None, record_role: str | None = None) -> StageOutcome:
-        directory = spec.directory(self.run_dir)
-        info_path = directory / "stage.json"
-        if info_path.is_file():
-            info = load_json(info_path)
-            if info.get("complete"):
-                self.log(f"reusing {spec.name} from {directory.relative_to(self.run_dir)}")
-                outcome = StageOutcome(spec, directory, True, info, record_role, setup.name)
-                self.outcomes.append(outcome)
-                return outcome
-        objective, phases = build()
-        info = {"stage": directory.name, "role": spec.role, "arch": spec.arch, "method": spec.method,
-                "acceleration": spec.acceleration, "key": spec.key, "name": spec.name, "parents": spec.parents,
-                "config": spec.determinants, "model_options": self.model_options.to_dict(),
-                "mask_digest": splits.mask.digest(), "image_size": list(splits.mask.shape),
-                "parameters": objective.output_model.num_parameters(), "complete": False,
-                "phases": [asdict(p) for p in phases], "setup": setup.name, "loss": setup.loss,
-                "tool_version": compressor.__version__, **(extra_info or {})}
-        save_json(info_path, info)
+    def _train(self, stage: PlannedStage, directory: Path, splits: DataSplits, mask: MaskRecord) -> StageRecord:
+        spec, setup = stage.spec, stage.setup
+        objective, phases = self.factory.build(stage)
+        record = StageRecord(
+            stage=directory.name, name=spec.name, role=Role(spec.role), arch=spec.arch,
+            acceleration=spec.acceleration, key=spec.key, method=spec.method, parents=spec.parents,
+            config=spec.determinants, model_options=self.factory.options.to_dict(), mask_digest=mask.digest,
+            mask_file=mask.file, image_size=splits.mask.shape, parameters=objective.output_model.num_parameters(),
+            phases=tuple(asdict(phase) for phase in phases), setup=setup.name, loss=setup.loss,
+            student_arch=stage.student_arch, init_teacher=str(stage.init) if stage.init else None,
+            tool_version=compressor.__version__)
+        rundir.write_stage(directory, record)
         result = train_stage(objective, phases, splits.train, splits.validation, self.settings, directory,
                              label=spec.name, log=self.log)
         kd_ratio = next((value for h in result.history for term, value in h["terms"].items()
@@ -238,22 +196,19 @@ class Pipeline:
         if kd_ratio is not None:
             self.log(f"{spec.name}: weighted KD / {setup.loss.upper()} in the first distillation epoch = "
                      f"{kd_ratio:.3g} ({weight_balance(kd_ratio)})")
-        model = self._trained(StageOutcome(spec, directory, False, info))
-        info.update(best_epoch=result.best_epoch, best_val_loss=result.best_val_loss, train_seconds=result.seconds,
-                    slices_per_second=len(splits.train) * len(result.history[result.resumed_from:])
-                    / max(result.seconds, 1e-9) if len(result.history) > result.resumed_from else None)
-        for split_name, dataset in self._eval_splits(splits).items():
+        trained_epochs = len(result.history) - result.resumed_from
+        record = replace(record, best_epoch=result.best_epoch, best_val_loss=result.best_val_loss,
+                         train_seconds=result.seconds,
+                         slices_per_second=len(splits.train) * trained_epochs / max(result.seconds, 1e-9)
+                         if trained_epochs > 0 else None)
+        model = self.factory.trained(stage)
+        for split_name, dataset in _eval_splits(splits).items():
             self.evaluate(model, dataset, directory, split_name)
-        info["complete"] = True
-        save_json(info_path, info)
-        outcome = StageOutcome(spec, directory, False, info, record_role, setup.name)
-        self.outcomes.append(outcome)
-        return outcome
+        record = replace(record, complete=True)
+        rundir.write_stage(directory, record)
+        return record
 
-    @staticmethod
-    def _eval_splits(splits: DataSplits) -> dict[str, Any]:
-        return {"validation": splits.validation, **({"test": splits.test} if splits.test is not None else {})}
-
+    # -- evaluation outputs -------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, model: CascadeModel, dataset: Any, directory: Path, split: str) -> dict[str, list]:
         """Reconstruct ``split`` with ``model``; write ``reconstructions_<split>.h5`` and ``metrics_<split>.json``."""
@@ -264,12 +219,12 @@ class Pipeline:
             **_reference_arrays(batches),
         }
         volumes, slices = _slice_ids(batches)
-        with atomic_path(directory / f"reconstructions_{split}.h5") as tmp, h5py.File(tmp, "w") as f:
+        with atomic_path(directory / rundir.reconstructions_file(split)) as tmp, h5py.File(tmp, "w") as f:
             for name, values in arrays.items():
                 f.create_dataset(name, data=values.astype(np.float32))
             f.create_dataset("volume", data=np.array(volumes, dtype="S"))
             f.create_dataset("slice_index", data=np.array(slices, dtype=np.int64))
-        return self._save_metrics(directory / f"metrics_{split}.json", split, arrays["reconstruction"],
+        return self._save_metrics(directory / rundir.metrics_file(split), split, arrays["reconstruction"],
                                   arrays["target"], volumes, slices)
 
     def _save_metrics(self, path: Path, split: str, reconstruction: np.ndarray, target: np.ndarray,
@@ -283,8 +238,8 @@ class Pipeline:
     def _zero_filled_metrics(self, splits: DataSplits, acceleration: float) -> dict[str, Path]:
         """Score the zero-filled images of each evaluation split (the ZF row); computed once per acceleration."""
         files = {}
-        for split, dataset in self._eval_splits(splits).items():
-            path = self.run_dir / f"zero_filled_{acceleration:g}x_{split}.json"
+        for split, dataset in _eval_splits(splits).items():
+            path = self.run_dir / rundir.zero_filled_file(acceleration, split)
             if not path.is_file():
                 batches = list(make_loader(dataset, self.settings, shuffle=False))
                 arrays = _reference_arrays(batches)
@@ -292,175 +247,35 @@ class Pipeline:
             files[split] = path
         return files
 
-    # -- the graph ----------------------------------------------------------------------------------------------
-    def run(self) -> PipelineResult:
-        started = time.perf_counter()
-        records: list[dict[str, Any]] = []
-        data = self.config.data
-        for acceleration in data.acceleration:
-            splits = build_splits(data, acceleration, log=self.log)
-            # Written once the data is known to be readable, so a bad file leaves no run directory behind.
-            save_json(self.run_dir / "config.json", self.config.to_dict())
-            sampled = "" if data.task == "sr" else f"; {splits.mask.sampled_fraction:.1%} of k-space sampled"
-            self.log(f"data: {splits.description}{sampled}")
-            for split, file in self._zero_filled_metrics(splits, acceleration).items():
-                records.append(self._record(None, "zero_filled", acceleration, split,
-                                            self.teacher_parameters["image"], file))
-            for setup in self.setups:
-                for outcome in self._run_graph(splits, acceleration, setup):
-                    for split in self._eval_splits(splits):
-                        records.append(self._record(outcome, outcome.record_role or outcome.spec.role, acceleration,
-                                                    split, self.teacher_parameters[setup.name],
-                                                    outcome.directory / f"metrics_{split}.json"))
-        results = {"schema": 1, "tool_version": compressor.__version__, "split": "validation",
-                   "teacher": self.config.model.teacher, "task": data.task,
-                   **({"sr_interpolation": data.sr_interpolation} if data.task == "sr" else {}), "models": records}
-        results_file = save_json(self.run_dir / "results.json", results)
-        return PipelineResult(self.run_dir, results_file, self.outcomes, time.perf_counter() - started)
-
-    def _spec(self, splits: DataSplits, acceleration: float, setup: Setup, role: str, arch: str, epochs: int,
-              method: str | None = None, parents: dict[str, str] | None = None, **extra: Any) -> StageSpec:
-        # Key parts that only non-default runs have are added only then, so the paper's stages keep their keys.
-        if setup.loss != "l1":
-            extra["loss"] = setup.loss
-        if self.config.data.task == "sr":
-            extra["sr_scale"] = acceleration
-        return StageSpec(role, arch, acceleration, method, self._determinants(splits, epochs, **extra), parents or {})
-
-    def _run_graph(self, splits: DataSplits, acceleration: float, setup: Setup) -> list[StageOutcome]:
-        """Stages 1-5 (and the Table 5 ablation) of ``setup`` for every student and method; shared stages run
-        once. The image setup's teacher and SFT teacher are warm-started when ``model.init_teacher`` is set."""
-        cfg, epochs = self.config, self.config.train
-        warm_start = self.warm_start if setup.name == "image" else None
-        init = warm_start.path if warm_start else None
-        warm = {"init_teacher": warm_start.digest} if warm_start else {}
-        warm_info = {"init_teacher": str(init)} if warm_start else {}
-        run = partial(self._run, splits=splits, setup=setup)
-        spec = partial(self._spec, splits, acceleration, setup)
-        teacher = run(spec("teacher", setup.teacher, epochs.epochs_teacher, **warm),
-                      build=partial(self._supervised, setup.teacher, epochs.epochs_teacher, setup.loss, init),
-                      extra_info=warm_info)
-        outcomes = [teacher]
-        for student_arch in setup.students:
-            student = run(spec("student", student_arch, epochs.epochs_student),
-                          build=partial(self._supervised, student_arch, epochs.epochs_student, setup.loss, None))
-            sft_spec = partial(spec, "sft_teacher", setup.teacher, epochs.epochs_sft, student_arch=student_arch,
-                               sft=self._sft_determinants())
-            sft = run(sft_spec(**warm), build=partial(self._student_friendly_teacher, setup, student_arch, init),
-                      extra_info={"student_arch": student_arch, **warm_info})
-            outcomes += [student, sft]
-            if init:
-                outcomes.append(run(sft_spec(), build=partial(self._student_friendly_teacher, setup, student_arch,
-                                                               None),
-                                    extra_info={"student_arch": student_arch}, record_role="sft_teacher_scratch"))
-            variants = [("std_kd", teacher, None), ("sft_kd", sft, sft)]
-            if cfg.kd.random_init:
-                variants.append(("sft_kd_random", sft, None))
-            for method in self.methods:
-                # The resolved weight, not the option: a changed default must not reuse stages trained with the old.
-                kd = {"method": method, "mode": cfg.kd.mode, "schedule": cfg.kd.schedule,
-                      "weight": self._kd_weight(method), "feature_epochs": cfg.kd.feature_epochs}
-                for role, source, init_from in variants:
-                    outcomes.append(run(spec(role, student_arch, epochs.epochs_kd, method, {"teacher": source.spec.key},
-                                             kd=kd),
-                                        build=partial(self._distillation, setup, student_arch, method, source,
-                                                      init_from)))
-        return outcomes
-
-    def _sft_determinants(self) -> dict[str, Any]:
-        sft = asdict(self.config.sft)
-        del sft["feature_ablation"]  # which setups run, not what one SFT teacher computes
-        return sft
-
-    def _new_model(self, arch: str, init: Path | None = None) -> CascadeModel:
-        torch.manual_seed(self.config.train.seed)
-        model = build_model(arch, self.model_options)
-        return (load_weights(init, model) if init else model).to(self.device)
-
-    def _supervised(self, arch: str, n_epochs: int, loss: str, init: Path | None) -> tuple[Objective, list[Phase]]:
-        return Supervised(self._new_model(arch, init), loss), [Phase("train", n_epochs)]
-
-    def _student_friendly_teacher(self, setup: Setup, student_arch: str,
-                                  init: Path | None) -> tuple[Objective, list[Phase]]:
-        sft = self.config.sft
-        weights = SFTWeights(sft.teacher_weight, sft.student_weight, sft.imitation_weight, sft.imitation_per_pixel)
-        objective = StudentFriendlyTeacher(self._new_model(setup.teacher, init), self._new_model(student_arch),
-                                           weights, setup.loss)
-        return objective, [Phase("train", self.config.train.epochs_sft)]
-
-    def _distillation(self, setup: Setup, student_arch: str, method: str, teacher: StageOutcome,
-                      init_from: StageOutcome | None) -> tuple[Objective, list[Phase]]:
-        student = self._new_model(student_arch)
-        if init_from is not None:
-            branches = self._trained(init_from, "best_student_branches.safetensors", arch=student_arch)
-            transfer_student_blocks(branches, student)
-        trained_teacher = self._trained(teacher)
-        phases, weight, loss = self._kd_phases(method, student, trained_teacher)
-        return Distillation(student, trained_teacher, loss, weight, setup.loss), phases
-
-    def _record(self, outcome: StageOutcome | None, role: str, acceleration: float, split: str,
-                teacher_params: int, metrics_file: Path) -> dict:
-        metrics = load_json(metrics_file)
-        summary = {name: {"mean": float(np.mean(metrics[name])), "std": float(np.std(metrics[name]))}
+    def _result(self, outcome: StageOutcome | None, acceleration: float, split: str,
+                metrics_path: Path) -> ModelResult:
+        """The ``results.json`` record of a stage outcome (``None``: the zero-filled images) on ``split``."""
+        metrics = load_json(metrics_path)
+        summary = {name: rundir.MetricSummary(float(np.mean(metrics[name])), float(np.std(metrics[name])))
                    for name in metrics if name not in ("split", "volume", "slice_index")}
-        rel = lambda p: str(p.relative_to(self.run_dir)) if p else None  # noqa: E731
-        spec = outcome.spec if outcome else None
-        arch, method = (spec.arch, spec.method) if spec else (None, None)
-        parameters = outcome.info["parameters"] if outcome else 0
+        relative = str(metrics_path.relative_to(self.run_dir))
+        if outcome is None:
+            return ModelResult(name=f"zero_filled@{acceleration:g}x", role=Role.ZERO_FILLED,
+                               acceleration=acceleration, split=split, parameters=0, metrics=summary,
+                               metrics_file=relative)
+        spec, stage = outcome.spec, outcome.record
+        role = outcome.record_role or Role(spec.role)
         # An SFT teacher is trained for one student architecture: its name says which (``d5c5+d3c5``).
-        student_arch = outcome.info.get("student_arch") if outcome else None
-        model = f"{arch}+{student_arch}" if student_arch else arch
-        name = f"{role}{'/' + method if method else ''}{'/' + model if model else ''}@{acceleration:g}x"
-        return {"name": name, "role": role, "arch": arch, "method": method, "acceleration": acceleration,
-                "split": split, "parameters": parameters,
-                "compression": (1 - parameters / teacher_params) if arch else None, **summary,
-                "stage_dir": rel(outcome.directory) if outcome else None, "metrics_file": rel(metrics_file),
-                "reconstructions_file": rel(outcome.directory / f"reconstructions_{split}.h5") if outcome else None,
-                "student_arch": student_arch, "setup": outcome.setup if outcome else "image",
-                "init_teacher": outcome.info.get("init_teacher") if outcome else None,
-                "best_epoch": outcome.info.get("best_epoch") if outcome else None,
-                "train_seconds": outcome.info.get("train_seconds") if outcome else None}
+        model = f"{spec.arch}+{stage.student_arch}" if stage.student_arch else spec.arch
+        teacher_parameters = self.plan.teacher_parameters[outcome.setup]
+        return ModelResult(
+            name=f"{role.value}{'/' + spec.method if spec.method else ''}/{model}@{acceleration:g}x", role=role,
+            arch=spec.arch, method=spec.method, acceleration=acceleration, split=split,
+            parameters=stage.parameters, compression=1 - (stage.parameters or 0) / teacher_parameters,
+            metrics=summary, stage_dir=str(outcome.directory.relative_to(self.run_dir)), metrics_file=relative,
+            reconstructions_file=str((outcome.directory / rundir.reconstructions_file(split))
+                                     .relative_to(self.run_dir)),
+            student_arch=stage.student_arch, setup=outcome.setup, init_teacher=stage.init_teacher,
+            best_epoch=stage.best_epoch, train_seconds=stage.train_seconds)
 
 
-
-# The KD losses state their own phase lengths for RepDistiller's 240-epoch schedule (``--init_epochs 30``);
-# they are scaled to the stage's epochs.
-REFERENCE_KD_EPOCHS = 240
-
-
-def kd_phases(loss: DistillationLoss, schedule: str, epochs: int, feature_epochs: int | None = None) -> list[Phase]:
-    """The phases of a distillation stage of ``epochs`` epochs.
-
-    * ``joint`` (Algorithm 1, step 2): L1 + w·KD together, preceded by the method's own initialisation phase when
-      its paper has one (FSP: KD loss alone first), scaled from :data:`REFERENCE_KD_EPOCHS` to ``epochs``;
-    * ``two-phase`` (the authors' scripts): ``feature_epochs`` (default ``epochs``) of KD loss alone, then
-      ``epochs`` of L1 alone.
-
-    A loss with a pre-training phase of its own modules (FT's paraphraser) gets it first, scaled likewise.
-    """
-    def scaled(default: int) -> int:
-        return max(1, round(default * epochs / REFERENCE_KD_EPOCHS)) if default else 0
-
-    phases = [Phase("paraphraser", scaled(loss.pretrain_epochs_default), pretraining=True)] \
-        if loss.pretrain_epochs_default else []
-    if schedule == "two-phase":
-        return [*phases, Phase("feature", feature_epochs or epochs, rec_weight=0.0),
-                Phase("finetune", epochs, kd_weight=0.0)]
-    if schedule != "joint":
-        raise InputError(f"unknown KD schedule {schedule!r}; valid: joint, two-phase")
-    feature_only = min(scaled(loss.feature_only_epochs_default), epochs - 1)
-    if feature_only > 0:
-        phases.append(Phase("feature", feature_only, rec_weight=0.0))
-    return [*phases, Phase("joint", epochs - feature_only)]
-
-
-def transfer_student_blocks(branches: CascadeModel, student: CascadeModel) -> list[str]:
-    """Copy the SFT student blocks ``S_2..S_N`` (cascades 1..N-1) into ``student``; ``S_1`` keeps its fresh
-    initialisation because no branch trains it (Fig. 2). Returns the copied parameter names."""
-    source = branches.state_dict()
-    copied = {k: v for k, v in source.items() if k.startswith("cascades.") and int(k.split(".")[1]) >= 1}
-    student.load_state_dict(copied, strict=False)
-    return sorted(copied)
+def _eval_splits(splits: DataSplits) -> dict[str, Any]:
+    return {"validation": splits.validation, **({"test": splits.test} if splits.test is not None else {})}
 
 
 def _reference_arrays(batches: list[Sample]) -> dict[str, np.ndarray]:

@@ -1,0 +1,283 @@
+"""The run-directory contract (compressor.rundir): committed stage keys, the key rule, formats, the lock, the
+results merge, masks, hostile checkpoints and a report on a run with a stage folder missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compressor import rundir
+from compressor.config import apply_overrides, load_config
+from compressor.errors import InputError
+from compressor.training.stages import StageSpec, plan_run
+
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
+
+
+def quick(**overrides):
+    return apply_overrides(load_config("quick"), overrides)
+
+
+SR = {"data.task": "sr", "model.teacher": "vdsr12", "model.student": ["vdsr4"], "kd.method": ["pkt"],
+      "train.lr_step": 15, **{f"train.epochs_{stage}": 20 for stage in ("teacher", "student", "sft", "kd")}}
+
+# The committed runs and the invocations that made them (quick preset + the options in their compress*.log).
+COMMITTED_RUNS = {
+    "quick-at": [{}, {"sft.feature_ablation": True}],  # compress --method at; then --feature-sft
+    "quick-sweep": [{"model.student": ["d3c5", "d2c5"]}],
+    "quick-sr": [SR, {**SR, "kd.weight": 1000.0}],  # PKT at its default weight, then --kd-weight 1000
+    "quick-sr-pkt-weight-3e4": [SR],
+}
+# Run before commit dbbe920 made KD keys use the resolved weight (AT's default was then 1e4): its two KD stages
+# carry the retired keys; the teacher, student and SFT teacher are today's.
+OLD_WEIGHT_RUN = ("quick-at-weight-1e4", {"std_kd", "sft_kd"})
+# The warm-started stages' keys hold the donor weights' digest, which no committed file records; the rest is checked.
+WARM_RUN = ("quick-warm", {"teacher-d5c5-10db66f0a048", "sft_teacher-d5c5-f9ffbe2e3bef", "std_kd-at-d3c5-fa3d86838ef2",
+                           "sft_kd-at-d3c5-65f2c4a71c39"})
+
+
+def committed_folders(run: str) -> set[str]:
+    models = json.loads((RESULTS / run / "results.json").read_text())["models"]
+    return {Path(model["stage_dir"]).name for model in models if model["stage_dir"]}
+
+
+def planned_folders(*overrides: dict) -> set[str]:
+    return {stage.spec.folder for config in overrides for stage in plan_run(quick(**config)).all_stages()}
+
+
+@pytest.mark.parametrize("run", sorted(COMMITTED_RUNS))
+def test_planner_gives_every_committed_stage_folder(run):
+    assert planned_folders(*COMMITTED_RUNS[run]) >= committed_folders(run)
+    if run != "quick-sr":  # quick-sr's results.json holds the weight-1000 KD stages only
+        assert planned_folders(*COMMITTED_RUNS[run]) == committed_folders(run)
+
+
+def test_planner_gives_the_older_runs_unretired_stage_folders():
+    run, retired = OLD_WEIGHT_RUN
+    current = {folder for folder in committed_folders(run) if folder.split("-")[0] not in retired}
+    assert len(current) == 3 and current <= planned_folders({"kd.weight": 10000.0})
+    warm_run, warm_stages = WARM_RUN
+    assert committed_folders(warm_run) - warm_stages <= planned_folders({})
+
+
+def test_planner_reads_no_data(monkeypatch):
+    import compressor.data as data
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the planner read data")
+
+    monkeypatch.setattr(data, "build_splits", no_reading)
+    plan = plan_run(quick())
+    assert [stage.spec.name for stage in plan.stages[4.0]] == [
+        "teacher/d5c5@4x", "student/d3c5@4x", "sft_teacher/d5c5@4x", "std_kd/at/d3c5@4x", "sft_kd/at/d3c5@4x"]
+
+
+# -- the key rule -----------------------------------------------------------------------------------------------------
+def _key(options: dict, defaults: dict, **stage) -> str:
+    config = quick().to_dict()
+    determinants = rundir.stage_determinants(config, options, defaults, "0" * 16, 40, stage)
+    return StageSpec("student", "d3c5", 4.0, None, determinants).key
+
+
+def test_a_new_field_at_its_default_leaves_keys_unchanged():
+    from compressor.models import ModelOptions
+
+    options = ModelOptions(block_form="residual").to_dict()
+    defaults = ModelOptions().to_dict()
+    reference = _key(options, defaults)
+    assert _key({**options, "precision": "fp32"}, {**defaults, "precision": "fp32"}) == reference
+    assert _key({**options, "precision": "fp16"}, {**defaults, "precision": "fp32"}) != reference
+    # A format-1 field enters even at its default: removing it would change committed keys.
+    assert _key({k: v for k, v in options.items() if k != "channels"}, defaults) != reference
+    # The stage's own parts: loss l1 and no warm start are defaults; mse or a digest change the key.
+    assert _key(options, defaults, loss="l1", init_teacher=None) == reference
+    assert _key(options, defaults, loss="mse") != reference
+
+
+def test_new_config_fields_follow_the_rule():
+    task = "reconstruction"
+    data = asdict(quick().data)
+    kept = rundir.key_fields("data", data, task)
+    assert "task" not in kept and "sr_interpolation" not in kept and "acceleration" not in kept
+    assert kept["mask_seed"] == 0  # a format-1 field at its default stays
+    assert "image_channels" not in rundir.key_fields("data", {**data, "image_channels": 1}, task,
+                                                      {**rundir._section_defaults("data"), "image_channels": 1})
+    assert rundir.key_fields("data", {**data, "task": "sr"}, "sr")["sr_interpolation"] == "bicubic"
+    train = asdict(quick().train)
+    assert set(rundir.key_fields("train", {**train, "precision": "fp32"}, task,
+                                 {**rundir._section_defaults("train"), "precision": "fp32"})) == {
+        "batch_size", "lr", "lr_step", "lr_gamma", "seed", "amp"}
+
+
+# -- formats ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("run", ["quick-at", "quick-sr", "quick-warm", "quick-at-weight-1e4"])
+def test_committed_format_1_results_are_read(run):
+    record = rundir.read_results(RESULTS / run)
+    assert record.schema == 1 and record.models
+    raw = json.loads((RESULTS / run / "results.json").read_text())
+    again = record.to_json()["models"]
+    assert [{k: v for k, v in m.items() if v is not None} for m in again] == [
+        {k: v for k, v in {"setup": "image", **m}.items() if v is not None} for m in raw["models"]]
+
+
+def test_a_newer_format_is_refused_in_one_line(tmp_path):
+    raw = json.loads((RESULTS / "quick-at" / "results.json").read_text())
+    (tmp_path / "results.json").write_text(json.dumps({**raw, "schema": 3}))
+    with pytest.raises(InputError) as error:
+        rundir.read_results(tmp_path)
+    message = str(error.value)
+    assert "results.json [schema]" in message and "format 3" in message and "1, 2" in message
+    assert "\n" not in message
+
+
+def test_roles_carry_one_label():
+    assert rundir.Role("sft_kd_random").label == "SFT-KD-Recon (random init)"
+    assert rundir.ROLES[0] == "zero_filled" and set(rundir.STAGE_ROLES) < set(rundir.ROLES)
+
+
+# -- the lock ---------------------------------------------------------------------------------------------------------
+def test_a_second_process_is_refused_while_a_run_holds_the_directory(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from compressor.rundir import run_lock\n"
+         "with run_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(30)", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(InputError) as error, rundir.run_lock(tmp_path):
+            pass
+        assert f"PID {holder.pid}" in str(error.value) and str(tmp_path) in str(error.value)
+    finally:
+        holder.kill()
+        holder.wait()
+    with rundir.run_lock(tmp_path), rundir.run_lock(tmp_path):  # free again, and re-entrant
+        pass
+
+
+def test_a_lock_on_a_new_directory_leaves_nothing_when_nothing_was_written(tmp_path):
+    with rundir.run_lock(tmp_path / "new"):
+        pass
+    assert not (tmp_path / "new").exists()
+
+
+# -- hostile checkpoints ----------------------------------------------------------------------------------------------
+class _Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("writer", ["pickle", "torch"])
+def test_a_hostile_checkpoint_is_refused_without_running_it(tmp_path, writer):
+    import torch
+
+    from compressor.training.checkpoint import load_state
+
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / "checkpoint.pt"
+    if writer == "pickle":
+        path.write_bytes(pickle.dumps({"epoch": 1, "x": _Payload(marker)}))
+    else:
+        torch.save({"epoch": 1, "x": _Payload(marker)}, path)
+    with pytest.raises(InputError) as error:
+        load_state(path)
+    message = str(error.value)
+    assert str(path) in message and "not a plain-tensor checkpoint" in message and "will not be loaded" in message
+    assert "weights_only=False" not in message and "\n" not in message
+    assert not marker.exists()
+
+
+# -- masks ------------------------------------------------------------------------------------------------------------
+def test_masks_round_trip(tmp_path):
+    values = (np.random.default_rng(0).random((6, 8)) > 0.5).astype(np.float32)
+    record = rundir.save_mask(tmp_path, 4.0, values, "abc")
+    assert record.file == "masks/mask_4x.npy"
+    np.testing.assert_array_equal(rundir.load_mask_values(tmp_path, record.file), values)
+
+
+# -- pipeline runs on one directory ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``--method at`` then ``--method fitnets`` into one smoke run directory."""
+    from compressor.evaluate.metrics import slice_metrics
+    from compressor.training.pipeline import Pipeline
+
+    out = tmp_path_factory.mktemp("run")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SFT_KD_RECON_CACHE", str(tmp_path_factory.mktemp("cache")))
+        for method in ("at", "fitnets"):
+            config = apply_overrides(load_config("smoke"), {"kd.method": [method]})
+            Pipeline(config, out, score=slice_metrics, log=lambda message: None, progress=False).run()
+    return out
+
+
+def test_results_of_two_methods_merge(smoke_run):
+    record = rundir.read_results(smoke_run)
+    assert record.schema == rundir.FORMAT_VERSION
+    kd = {(m.method, m.split) for m in record.models if m.role in rundir.KD_ROLES}
+    assert kd == {(method, split) for method in ("at", "fitnets") for split in ("validation", "test")}
+    names = [(m.name, m.split, m.stage_dir) for m in record.models]
+    assert len(names) == len(set(names))
+    assert record.masks["4"].file == "masks/mask_4x.npy" and (smoke_run / "masks" / "mask_4x.npy").is_file()
+    stage = rundir.read_stage(smoke_run / record.models[-1].stage_dir)
+    assert stage.format == rundir.FORMAT_VERSION and stage.mask_file == "masks/mask_4x.npy"
+
+
+def test_export_reads_the_saved_mask(smoke_run):
+    from compressor.export.run_models import load_run_models
+
+    model = load_run_models(smoke_run, ["teacher/d5c5@4x"])[0]
+    np.testing.assert_array_equal(model.mask.values, np.load(smoke_run / "masks" / "mask_4x.npy"))
+
+
+def test_report_says_which_stage_folder_is_missing(smoke_run, tmp_path):
+    from compressor.evaluate.report import build_report
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    std_kd = next(m for m in rundir.read_results(run).models if m.role == "std_kd" and m.method == "at")
+    shutil.rmtree(run / std_kd.stage_dir)
+    report = build_report(run, fmt="github", figures=False)
+    lines = [line for line in report.warnings if std_kd.stage_dir in line]
+    assert len(lines) == 1 and "missing" in lines[0]
+
+
+class _KilledError(Exception):
+    """Stands in for kill -9 right after the first checkpoint."""
+
+
+def test_a_resumed_stage_with_a_hostile_checkpoint_stops_in_one_line(tmp_path, monkeypatch):
+    from compressor.evaluate.metrics import slice_metrics
+    from compressor.training import loop
+    from compressor.training.pipeline import Pipeline
+
+    monkeypatch.setenv("SFT_KD_RECON_CACHE", str(tmp_path / "cache"))
+    config = apply_overrides(load_config("smoke"), {"train.epochs_teacher": 2})
+    original = loop.save_state
+
+    def save_then_die(path, state):
+        original(path, state)
+        raise _KilledError
+
+    monkeypatch.setattr(loop, "save_state", save_then_die)
+    out = tmp_path / "run"
+    with pytest.raises(_KilledError):
+        Pipeline(config, out, score=slice_metrics, log=lambda message: None, progress=False).run()
+    monkeypatch.setattr(loop, "save_state", original)
+    (checkpoint,) = (out / "stages").glob("teacher-*/checkpoint.pt")
+    marker = tmp_path / "payload-ran"
+    checkpoint.write_bytes(pickle.dumps({"epoch": 1, "x": _Payload(marker)}))
+    with pytest.raises(InputError) as error:
+        Pipeline(config, out, score=slice_metrics, log=lambda message: None, progress=False).run()
+    assert str(checkpoint) in str(error.value) and "not a plain-tensor checkpoint" in str(error.value)
+    assert not marker.exists()
