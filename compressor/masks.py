@@ -47,6 +47,12 @@ def line_axis(values: np.ndarray) -> int | None:
     return next((axis for axis in LINE_AXES if is_whole_lines(values, axis)), None)
 
 
+def acceleration_label(acceleration: float) -> str:
+    """``4.0 -> "4"``, ``2.5 -> "2.5"``: the acceleration as written in file names and HDF5 keys."""
+    acceleration = float(acceleration)
+    return str(int(acceleration)) if acceleration.is_integer() else str(acceleration)
+
+
 @dataclass(frozen=True)
 class SamplingMask:
     """A 2-D 0/1 sampling mask, uncentred (DC at ``(0, 0)``), float32 ``(H, W)``."""

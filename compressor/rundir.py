@@ -82,6 +82,7 @@ import numpy as np
 from compressor.config import SECTION_TYPES, Task
 from compressor.errors import InputError
 from compressor.io import load_json, save_json, write_atomic
+from compressor.masks import acceleration_label
 
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
@@ -96,12 +97,6 @@ LOCK_FILE = ".compress.lock"
 STAGES_FOLDER = "stages"
 MASKS_FOLDER = "masks"
 EXPORTS_FOLDER = "exports"
-
-
-def acceleration_label(acceleration: float) -> str:
-    """``4.0 -> "4"``, ``2.5 -> "2.5"`` (file names and mask keys)."""
-    acceleration = float(acceleration)
-    return str(int(acceleration)) if acceleration.is_integer() else str(acceleration)
 
 
 def metrics_file(split: str) -> str:
@@ -652,9 +647,9 @@ def merge_results(earlier: RunRecord | None, earlier_config: dict[str, Any] | No
 
     Honest: the earlier config (``results.json``'s own ``config``; for format 1 the ``config.json`` beside it)
     differs from the new config only in :data:`SELECTION_FIELDS` and names the same teacher and task. Earlier
-    records whose ``(name, split, stage_dir)`` the new run also produced are replaced by the new ones; the others
-    are kept after the new ones. Otherwise the earlier records are dropped (their stage folders stay cached)
-    and the note (one line) says why.
+    records whose ``(name, split, stage_dir)`` the new run also produced are replaced in place by the new ones;
+    the others keep their place, and records only the new run has follow. Otherwise the earlier records are
+    dropped (their stage folders stay cached) and the note (one line) says why.
     """
     if earlier is None or not earlier.models:
         return new, None
@@ -664,6 +659,10 @@ def merge_results(earlier: RunRecord | None, earlier_config: dict[str, Any] | No
         reason = f"its config differs in {', '.join(blocking[:3])}" if blocking else "it has no comparable config"
         return new, (f"results.json: the earlier run's records were replaced, not merged ({reason}); their stage "
                      "folders are still cached")
-    produced = {model.merge_key for model in new.models}
-    kept = tuple(model for model in earlier.models if model.merge_key not in produced)
-    return replace(new, models=new.models + kept, masks={**earlier.masks, **new.masks}), None
+    produced = {model.merge_key: model for model in new.models}
+    # Earlier order first, each record replaced in place by its new version, then what only the new run has: a
+    # second method run into the directory reads as if both had been asked for at once (``--method at,fitnets``).
+    merged = [produced.get(model.merge_key, model) for model in earlier.models]
+    known = {model.merge_key for model in earlier.models}
+    merged += [model for model in new.models if model.merge_key not in known]
+    return replace(new, models=tuple(merged), masks={**earlier.masks, **new.masks}), None

@@ -76,8 +76,8 @@ def _data_range(target: np.ndarray, data_range: float | None) -> np.ndarray:
     if np.any(maxima <= 0):
         index = np.argwhere(np.atleast_1d(maxima <= 0))[0].tolist()
         raise InputError(
-            f"target slice {index} has maximum ≤ 0, so the default data range (the target slice's max) is "
-            f"undefined; pass data_range explicitly"
+            f"target slice {index} has maximum ≤ 0 (an all-zero or negative image), so its default data range "
+            f"(the slice's max) is undefined; give the metric function a data_range"
         )
     return maxima
 

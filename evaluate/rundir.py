@@ -12,7 +12,6 @@ and figure reports) and ``feature`` (the feature-domain SFT ablation of Tables 2
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 from compressor.errors import InputError
 from compressor.evaluate.metrics import METRICS, SSIM_CONVENTIONS, slice_metrics
 from compressor.evaluate.stats import ALPHA, Comparison, Summary, summarise, wilcoxon_test
+from compressor.io import load_json
 from compressor.rundir import (
     BENCHMARK_FILE,
     HISTORY_FILE,
@@ -162,15 +162,6 @@ class Benchmark(NamedTuple):
         return None
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError("file not found", path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"not valid JSON ({error})", path) from None
-
-
 def _optional_number(value: Any, path: Path, key: str) -> float | None:
     if value is None:
         return None
@@ -205,7 +196,7 @@ def _model_record(run_dir: Path, result: ModelResult) -> ModelRecord:
 def _load_benchmark(path: Path) -> Benchmark | None:
     if not path.is_file():
         return None
-    raw = _read_json(path)
+    raw = load_json(path)
     if not isinstance(raw, dict) or not isinstance(raw.get("models"), list):
         raise InputError("expected an object with a 'models' list", path)
     entries = []
@@ -389,7 +380,7 @@ class RunData:
 
     def _metrics_table(self, path: Path) -> dict[str, Any]:
         if path not in self._metric_files:
-            table = _read_json(path)
+            table = load_json(path)
             if not isinstance(table, dict):
                 raise InputError("expected an object of per-slice lists", path)
             for key in ("volume", "slice_index"):
@@ -424,7 +415,7 @@ class RunData:
         if record is None or record.stage_dir is None or not (record.stage_dir / HISTORY_FILE).is_file():
             return None
         path = record.stage_dir / HISTORY_FILE
-        raw = _read_json(path)
+        raw = load_json(path)
         if not isinstance(raw, list):
             raise InputError("expected a list of epochs", path)
         entries = []
@@ -461,7 +452,7 @@ def load_run(run_dir: Path, split: str | None = None, ssim_convention: str = "st
         raise InputError(f"not a run directory: no {RESULTS_FILE}", run_dir)
     if ssim_convention not in SSIM_CONVENTIONS:
         raise InputError(f"unknown SSIM convention {ssim_convention!r}; valid: {', '.join(SSIM_CONVENTIONS)}")
-    run = RunRecord.from_json(_read_json(path), path)
+    run = RunRecord.from_json(load_json(path), path)
     default_split = run.split
     records = [_model_record(run_dir, result) for result in run.models]
     chosen = split or default_split

@@ -2,10 +2,12 @@
 ONNX Runtime sessions, a reconstruct tool and latency benchmarks.
 
 Modules: :mod:`compressor.export.graph` (the exportable DF formulations and the scanner graph),
-:mod:`compressor.export.onnx_export` (export + metadata), :mod:`compressor.export.validate` (checker, parity against
-PyTorch, second runtime), :mod:`compressor.export.runtime` (providers, sessions, metadata; ONNX Runtime and NumPy only),
-:mod:`compressor.export.reconstruct` (k-space files in, HDF5 reconstructions out), :mod:`compressor.export.benchmark`
-(ORT vs PyTorch latency tables).
+:mod:`compressor.export.targets` (export targets, one class each: fp32 ONNX today),
+:mod:`compressor.export.onnx_export` (trace, metadata, the export driver shared by every target),
+:mod:`compressor.export.validate` (checker, parity against PyTorch, second runtime), :mod:`compressor.export.runtime`
+(providers, sessions, metadata; ONNX Runtime and NumPy only), :mod:`compressor.export.run_models` (a run's trained
+models, masks and validation slices), :mod:`compressor.export.reconstruct` (k-space files in, HDF5 reconstructions
+out), :mod:`compressor.export.benchmark` (ORT vs PyTorch latency tables).
 
 The folder ``export/`` is installed as ``compressor.export`` (``package-dir`` in ``pyproject.toml``): a PyPI
 distribution called ``export`` cannot shadow it, nor it that one. It imports from the physics, models and data of

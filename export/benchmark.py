@@ -42,12 +42,13 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from compressor import rundir
 from compressor.errors import InputError
 from compressor.export.graph import ScannerGraph
 from compressor.export.onnx_export import phantom_kspace, resolve_formulation, trace_graph
 from compressor.export.runtime import OUTPUT_NAMES, choose_provider, create_session, graph_feed
 from compressor.export.targets import save_with_metadata
-from compressor.io import atomic_path, load_json, save_json
+from compressor.io import atomic_path, save_json
 from compressor.masks import SamplingMask
 from compressor.models import ModelOptions, build_model
 from compressor.models.base import CascadeModel
@@ -360,13 +361,13 @@ def benchmark_run(run_dir: str | Path, archs: Sequence[str] | None = None, *, th
     run_models = [m for m in load_run_models(run_dir) if m.model.has_data_fidelity]
     if not run_models:
         raise InputError("the run has no trained models with data-fidelity layers to benchmark", run_dir)
-    teacher = load_json(run_dir / "results.json").get("teacher", "d5c5")
+    teacher = rundir.read_results(run_dir).teacher or "d5c5"
     mask = run_models[0].mask
     same_mask = [m for m in run_models if m.mask.digest() == mask.digest()]
     trained = {m.name: TrainedModel(m.model, m.role, m.psnr, m.ssim) for m in same_mask}
     archs = list(archs) if archs is not None else [teacher, *DEFAULT_STUDENTS]
-    options = ModelOptions(**run_models[0].info["model_options"])
+    options = ModelOptions(**run_models[0].stage.model_options)
     result = benchmark_models(archs, mask.shape, mask, threads, iterations, warmup, trained, teacher, options,
                               provider, log)
-    write_benchmark(result, run_dir / "benchmark.json", run_dir / "benchmark.csv")
+    write_benchmark(result, run_dir / rundir.BENCHMARK_FILE, (run_dir / rundir.BENCHMARK_FILE).with_suffix(".csv"))
     return result

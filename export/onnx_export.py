@@ -253,11 +253,11 @@ def export_run_model(run_model: RunModel, out_path: str | Path, *, formulation: 
         validation_kspace = run_validation_kspace(run_model)
     if validation_kspace is None:
         validation_kspace = phantom_kspace(run_model.mask)
-    info = run_model.info
+    stage = run_model.stage
     return export_model(run_model.model, out_path, mask=run_model.mask, validation_kspace=validation_kspace,
-                        acceleration=info.get("acceleration"), config_key=info.get("key"),
-                        extras={"name": run_model.name, "role": run_model.role, "method": info.get("method"),
-                                "stage": info.get("stage")},
+                        acceleration=stage.acceleration, config_key=stage.key,
+                        extras={"name": run_model.name, "role": run_model.role, "method": stage.method,
+                                "stage": stage.stage},
                         formulation=formulation, provider=provider, target=target)
 
 

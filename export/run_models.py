@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -53,11 +52,6 @@ class RunModel:
     stage_dir: Path
     psnr: float | None = None
     ssim: float | None = None
-
-    @property
-    def info(self) -> dict[str, Any]:
-        """The stage's ``stage.json`` as a dict (prefer :attr:`stage`)."""
-        return self.stage.to_json()
 
     @property
     def file_name(self) -> str:

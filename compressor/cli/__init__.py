@@ -139,15 +139,24 @@ def run_pipeline(config, out: Path, progress: bool, deploy: bool) -> None:
     """Check the run (:func:`~compressor.training.preflight.check_run`: nothing trains or is written before it
     passes), run the stage graph, export and benchmark what it produced, then print the tables and build the
     report."""
-    from compressor.evaluate.metrics import slice_metrics
-    from compressor.evaluate.report import build_report
-    from compressor.training.pipeline import Pipeline
+    from compressor.rundir import run_lock
     from compressor.training.preflight import check_run
 
     started = time.perf_counter()
     log = lambda m: click.echo(m, err=True)  # noqa: E731
     require_writable(out)
     check_run(config, log=log)
+    # One compress per run directory: a second one refuses here, before it trains, and the lock covers the export,
+    # benchmark and report at the end as well as the training.
+    with run_lock(out):
+        _train_deploy_report(config, out, progress, deploy, log, started)
+
+
+def _train_deploy_report(config, out: Path, progress: bool, deploy: bool, log, started: float) -> None:
+    from compressor.evaluate.metrics import slice_metrics
+    from compressor.evaluate.report import build_report
+    from compressor.training.pipeline import Pipeline
+
     pipeline = Pipeline(config, out, score=slice_metrics, log=log, progress=progress)
     click.echo(f"preset {config.preset}, task {config.data.task}: teacher {config.model.teacher}, "
                f"student {','.join(config.model.student)}, "
@@ -159,8 +168,10 @@ def run_pipeline(config, out: Path, progress: bool, deploy: bool) -> None:
         click.echo("deployment skipped: super-resolution models have no data-fidelity layers, and the scanner graph "
                    "(compress export) takes k-space", err=True)
     elif deploy:
-        deploy_run(out, log=lambda m: click.echo(m, err=True))
+        deploy_run(out, log=log)
     report = build_report(out, fmt="github")
+    for warning in report.warnings:
+        log(f"warning: {warning}")
     shown = ["summary", "table1", "headline", "table8"]
     if config.sft.feature_ablation:
         shown.append("table2")
@@ -220,6 +231,8 @@ def report_command(run_dir: Path, fmt: str, figures: bool, split: str, ssim_conv
     from compressor.evaluate.report import build_report
 
     report = build_report(run_dir, fmt=fmt, figures=figures, split=split, ssim_convention=ssim_convention)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
     for text in report.tables.values():
         click.echo(text + "\n")
     click.echo(f"{len(report.files)} files written under {run_dir / 'report'} in {report.seconds:.1f} s")

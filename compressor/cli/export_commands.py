@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from compressor.cli.common import UserError, handles_input_errors, require_writable
+from compressor.cli.common import OneLineCommand, UserError, handles_input_errors, require_writable
+from compressor.rundir import BENCHMARK_FILE, EXPORTS_FOLDER
 
 if TYPE_CHECKING:
     import numpy as np
@@ -104,7 +105,7 @@ def _report_export(result: ExportResult) -> None:
                f"{result.reference_evaluator_error:.2e}; {result.seconds:.1f} s")
 
 
-@click.command("export", context_settings=SHOW_DEFAULTS)
+@click.command("export", cls=OneLineCommand, context_settings=SHOW_DEFAULTS)
 @click.option("--run", "run_dir", type=click.Path(path_type=Path, file_okay=False),
               help="Run directory: export its trained models (all, or those named by --model).")
 @click.option("--model", "names", help="Comma-separated results.json names, e.g. sft_kd/at/d3c5@4x (with --run).")
@@ -182,17 +183,17 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
         for run_model in run_models:
             file_name = output_name(Path(run_model.file_name).stem, target)
             if stage_dir is not None:
-                destination = out or stage_dir.parent.parent / "exports" / file_name
+                destination = out or stage_dir.parent.parent / EXPORTS_FOLDER / file_name
             else:
-                destination = (out or run_dir / "exports") / file_name
-            kspace = _validation_kspace(validation_path, source, run_model.mask, run_model.info.get("acceleration"))
+                destination = (out or run_dir / EXPORTS_FOLDER) / file_name
+            kspace = _validation_kspace(validation_path, source, run_model.mask, run_model.stage.acceleration)
             _report_export(export_run_model(run_model, destination, formulation=formulation, provider=provider,
                                             validation_kspace=kspace, target=target))
     except ExportValidationError as error:
         raise click.ClickException(str(error)) from None
 
 
-@click.command("reconstruct", context_settings=SHOW_DEFAULTS)
+@click.command("reconstruct", cls=OneLineCommand, context_settings=SHOW_DEFAULTS)
 @click.argument("model_path", metavar="MODEL.onnx", type=click.Path(path_type=Path, dir_okay=False))
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
@@ -232,7 +233,7 @@ def reconstruct_command(model_path: Path, input_path: Path, out: Path, source: s
                f"{result.seconds:.1f} s" + (f"; {len(result.previews)} previews in {previews}" if previews else ""))
 
 
-@click.command("benchmark", context_settings=SHOW_DEFAULTS)
+@click.command("benchmark", cls=OneLineCommand, context_settings=SHOW_DEFAULTS)
 @click.option("--run", "run_dir", type=click.Path(path_type=Path, file_okay=False),
               help="Run directory: include its trained models (with PSNR/SSIM) and use its mask.")
 @click.option("--archs", help="Architectures to time (default: the teacher and d2c5,d3c5,d4c5).")
@@ -265,7 +266,7 @@ def benchmark_command(run_dir: Path | None, archs: str | None, teacher: str, ima
     if run_dir is not None:
         result = benchmark_run(run_dir, _names(archs), threads=threads, iterations=iterations, warmup=warmup,
                                provider=provider, log=log)
-        written = [run_dir / "benchmark.json", run_dir / "benchmark.csv"]
+        written = [run_dir / BENCHMARK_FILE, (run_dir / BENCHMARK_FILE).with_suffix(".csv")]
         if json_path is not None:
             written = write_benchmark(result, json_path, json_path.with_suffix(".csv"))
     else:
@@ -274,7 +275,7 @@ def benchmark_command(run_dir: Path | None, archs: str | None, teacher: str, ima
         mask = make_mask(mask_type, acceleration, (image_size, image_size))
         result = benchmark_models(_names(archs) or [teacher, *DEFAULT_STUDENTS], mask.shape, mask, threads,
                                   iterations, warmup, teacher=teacher, provider=provider, log=log)
-        json_path = json_path or Path("benchmark.json")
+        json_path = json_path or Path(BENCHMARK_FILE)
         written = write_benchmark(result, json_path, json_path.with_suffix(".csv"))
     click.echo(format_table(result))
     click.echo(f"\nwritten: {', '.join(str(p) for p in written)}")

@@ -27,13 +27,12 @@ from compressor.data.readers import (
     VOLUME_SOURCES,
     SliceData,
     VolumeReader,
-    acceleration_label,
     list_volume_files,
     open_volume,
 )
-from compressor.data.sample import Sample, normalisation_scale
+from compressor.data.sample import Sample
 from compressor.errors import InputError
-from compressor.masks import SamplingMask, load_mask, make_mask
+from compressor.masks import SamplingMask, acceleration_label, load_mask, make_mask
 
 __all__ = [
     "DataSplits",
@@ -46,7 +45,6 @@ __all__ = [
     "build_splits",
     "centre_crop_or_pad",
     "list_volume_files",
-    "normalisation_scale",
     "normalise_kspace",
     "open_volume",
     "write_project_volume",

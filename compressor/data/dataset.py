@@ -28,11 +28,11 @@ import torch
 from torch.utils.data import Dataset
 
 from compressor.data.readers import SliceData, VolumeReader
-from compressor.data.sample import Sample, normalisation_scale
+from compressor.data.sample import Sample
 from compressor.data.transforms import centre_crop_or_pad
 from compressor.errors import InputError
 from compressor.masks import SamplingMask
-from compressor.physics import NormalisedInput, apply_mask, normalise_kspace, undersample
+from compressor.physics import NormalisedInput, apply_mask, normalisation_scale, normalise_kspace, undersample
 from compressor.physics.degradation import INTERPOLATIONS, check_scale, degrade
 
 __all__ = ["NormalisedInput", "SliceDataset", "SuperResolutionDataset", "centre_crop_or_pad", "no_measurement_mask",

@@ -32,6 +32,7 @@ import numpy as np
 from compressor.data import project_h5
 from compressor.data.transforms import centre_crop_or_pad
 from compressor.errors import InputError
+from compressor.masks import acceleration_label
 from compressor.registry import Registry
 
 HDF5_EXTENSIONS = (".h5", ".hdf5")
@@ -103,12 +104,6 @@ def volume_name(path: Path, extensions: tuple[str, ...]) -> str:
         if path.name.lower().endswith(extension):
             return path.name[: -len(extension)]
     return path.stem
-
-
-def acceleration_label(acceleration: float) -> str:
-    """``4.0 -> "4"``, ``2.5 -> "2.5"``: the acceleration as written in file names and HDF5 keys."""
-    acceleration = float(acceleration)
-    return str(int(acceleration)) if acceleration.is_integer() else str(acceleration)
 
 
 def check_finite(data: np.ndarray, path: Path, key: str | None, index: int | None) -> None:

@@ -1,19 +1,12 @@
-"""The per-slice record every data source yields, and the one normalisation used everywhere.
-
-Normalisation (identical at train, evaluation and export/reconstruct time): each slice is divided by
-``scale = max |x_u|``, the largest absolute value of its zero-filled image ``x_u = Re F^{-1}(y)``. It is
-computed from the undersampled k-space alone, since at inference there is no target. The same ``scale``
-divides the k-space, the zero-filled image and the target, so the model works on ``x_u`` in ``[-1, 1]``;
-multiply a model output by ``scale`` to return to the input's units.
-"""
+"""The per-slice record every data source yields, normalised by
+:func:`compressor.physics.normalisation.normalise_kspace` (the one normalisation of training, evaluation, export and
+reconstruct)."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
 import torch
-
-EPSILON = 1e-12
 
 
 class Sample(NamedTuple):
@@ -36,8 +29,3 @@ class Sample(NamedTuple):
     scale: torch.Tensor
     volume: str
     slice_index: int
-
-
-def normalisation_scale(zero_filled: torch.Tensor) -> torch.Tensor:
-    """``max |x_u|`` over the last two dimensions, ``(..., H, W) -> (...)``; never below 1e-12."""
-    return zero_filled.abs().amax(dim=(-2, -1)).clamp_min(EPSILON)

@@ -71,11 +71,6 @@ class LoadedStage:
     model: CascadeModel
     record: StageRecord
 
-    @property
-    def info(self) -> dict[str, Any]:
-        """The ``stage.json`` contents as a dict (prefer :attr:`record`)."""
-        return self.record.to_json()
-
 
 def load_stage_model(stage_dir: Path, weights: str = "best") -> LoadedStage:
     """Rebuild the stage's output model from ``stage.json`` and load ``<weights>.safetensors`` (eval mode)."""
