@@ -28,7 +28,8 @@ Records (frozen dataclasses; ``to_json``/``from_json`` are the JSON form):
 * :class:`RunRecord` (``results.json``): ``schema`` (the format version), ``tool_version``, ``split`` (the one
   that picked the best weights), ``teacher``, ``task``, ``sr_interpolation`` (``sr`` runs), ``config`` (the
   RunConfig of the latest run that wrote it, format 2), ``masks`` (acceleration label → :class:`MaskRecord`,
-  format 2) and ``models``, a list of :class:`ModelResult`.
+  format 2), ``distributed`` (only when several processes trained, ``torchrun``: ``world_size``, ``backend``,
+  ``per_rank_batch_size``, ``global_batch_size``, ``lr``) and ``models``, a list of :class:`ModelResult`.
 * :class:`ModelResult`: ``name`` (``role[/method]/arch[+student]@Rx``), ``role`` (a :class:`Role`), ``arch``,
   ``method``, ``acceleration``, ``split``, ``parameters``, ``compression`` (1 − parameters / teacher parameters),
   one ``{"mean", "std"}`` per metric (``psnr``, ``ssim``, ...), ``stage_dir``, ``metrics_file``,
@@ -56,7 +57,7 @@ Stage keys (:func:`stage_determinants`, one rule): a field enters the key of a s
 2. it applies only to another task (:data:`ONLY_FOR_TASK`: ``sr_interpolation`` and the SR scale), or
 3. it is not one of the format-1 key fields (:data:`KEY_FIELDS_V1`) and holds its declared default (the
    dataclass default of its config section or of ``ModelOptions``; :data:`STAGE_DEFAULTS` for the stage's own
-   parts: ``loss`` ``l1``, ``init_teacher`` none).
+   parts: ``loss`` ``l1``, ``init_teacher`` none, ``world_size`` 1).
 
 So a field added later (image channels, precision, ...) leaves every committed key unchanged until a run sets it,
 and ``TRAINING_CODE_VERSION`` (``compressor.training.stages``) stays the one way to retire keys on purpose.
@@ -201,8 +202,9 @@ KEY_FIELDS_V1: dict[str, frozenset[str]] = {
 ONLY_FOR_TASK = {"data.sr_interpolation": "sr", "stage.sr_scale": "sr"}
 """Fields that apply to one task only; other tasks' keys leave them out."""
 
-STAGE_DEFAULTS = {"loss": "l1", "init_teacher": None}
-"""Declared defaults of the stage's own key parts that are not config fields."""
+STAGE_DEFAULTS = {"loss": "l1", "init_teacher": None, "world_size": 1}
+"""Declared defaults of the stage's own key parts that are not config fields (``world_size``: the processes that
+train it, ``torchrun``; ``train.batch_size`` is the per-rank batch, so the global batch is their product)."""
 
 
 def _section_defaults(section: str) -> dict[str, Any]:
@@ -396,12 +398,14 @@ class RunRecord:
     schema: int = FORMAT_VERSION
     tool_version: str | None = None
     config: dict[str, Any] | None = None
+    distributed: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": self.schema, "tool_version": self.tool_version, "split": self.split,
                 "teacher": self.teacher, "task": self.task,
                 **({"sr_interpolation": self.sr_interpolation} if self.task == "sr" else {}),
                 **({"config": self.config} if self.config is not None else {}),
+                **({"distributed": self.distributed} if self.distributed is not None else {}),
                 "masks": {label: asdict(mask) for label, mask in self.masks.items()},
                 "models": [model.to_json() for model in self.models]}
 
@@ -426,7 +430,9 @@ class RunRecord:
         return cls(teacher=_text(raw.get("teacher"), path, "teacher"), task=task, split=split,
                    sr_interpolation=interpolation, models=models, masks=masks, schema=schema,
                    tool_version=_text(raw.get("tool_version"), path, "tool_version"),
-                   config=_object(raw["config"], path, "config") if raw.get("config") is not None else None)
+                   config=_object(raw["config"], path, "config") if raw.get("config") is not None else None,
+                   distributed=_object(raw["distributed"], path, "distributed")
+                   if raw.get("distributed") is not None else None)
 
 
 @dataclass(frozen=True)
@@ -641,6 +647,10 @@ def config_differences(earlier: dict[str, Any], new: dict[str, Any]) -> list[str
     return out
 
 
+def _world_size(record: RunRecord) -> int:
+    return int((record.distributed or {}).get("world_size", 1))
+
+
 def merge_results(earlier: RunRecord | None, earlier_config: dict[str, Any] | None, new: RunRecord,
                   new_config: dict[str, Any]) -> tuple[RunRecord, str | None]:
     """``new`` with the earlier records it did not produce, when merging is honest; and a note when it is not.
@@ -655,6 +665,8 @@ def merge_results(earlier: RunRecord | None, earlier_config: dict[str, Any] | No
         return new, None
     differences = config_differences(earlier_config or {}, new_config)
     blocking = [name for name in differences if name not in SELECTION_FIELDS]
+    if _world_size(earlier) != _world_size(new):
+        blocking.append("the number of training processes")
     if earlier_config is None or blocking or (earlier.teacher, earlier.task) != (new.teacher, new.task):
         reason = f"its config differs in {', '.join(blocking[:3])}" if blocking else "it has no comparable config"
         return new, (f"results.json: the earlier run's records were replaced, not merged ({reason}); their stage "

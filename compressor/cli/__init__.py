@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from compressor.cli.common import OneLineErrors, handles_input_errors, require_writable
+from compressor.cli.common import OneLineErrors, UserError, handles_input_errors, require_writable
 from compressor.config import BlockForm, KDMode, KDSchedule, Task, values
 from compressor.masks import MASKS
 
@@ -138,26 +138,95 @@ def _overrides(o: dict) -> dict[str, object]:
 def run_pipeline(config, out: Path, progress: bool, deploy: bool) -> None:
     """Check the run (:func:`~compressor.training.preflight.check_run`: nothing trains or is written before it
     passes), run the stage graph, export and benchmark what it produced, then print the tables and build the
-    report."""
+    report.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank checks and trains; rank 0 alone holds the run lock, writes,
+    logs, exports, benchmarks and reports (:mod:`compressor.training.distributed`). A collective that fails (a
+    rank died, or the timeout passed) ends the surviving ranks with one line.
+    """
+    from compressor.training.distributed import close_distributed, init_distributed
+    from compressor.training.pipeline import resolve_device
+
+    context = init_distributed(resolve_device(config.train.device))
+    try:
+        _run_checked(config, out, progress, deploy, context)
+    except RuntimeError as error:
+        if not (context.distributed and _collective_failure(error)):
+            raise
+        raise UserError(f"rank {context.rank}: training stopped because another process of the run failed or "
+                        f"did not answer ({_first_sentence(error)})") from None
+    finally:
+        close_distributed(context)
+
+
+def _first_sentence(error: BaseException) -> str:
+    """The first sentence of an error, without the ``[file.cc:123]`` prefix of gloo's messages."""
+    import re
+
+    text = re.sub(r"^\[[^\]]*\]\s*", "", str(error).strip().split("\n")[0])
+    return text.split(". ")[0][:160] or type(error).__name__
+
+
+def _collective_failure(error: RuntimeError) -> bool:
+    """Whether ``error`` is a collective that failed (a peer died, or the timeout passed), not a bug of this rank."""
+    import torch.distributed as dist
+
+    text = str(error)
+    return isinstance(error, dist.DistError) or any(
+        sign in text for sign in ("Connection closed by peer", "Connection reset by peer", "imed out", "NCCL"))
+
+
+def _run_checked(config, out: Path, progress: bool, deploy: bool, context) -> None:
+    from contextlib import ExitStack
+
     from compressor.rundir import run_lock
     from compressor.training.preflight import check_run
 
     started = time.perf_counter()
-    log = lambda m: click.echo(m, err=True)  # noqa: E731
-    require_writable(out)
-    check_run(config, log=log)
+    main = context.is_main
+    log = (lambda m: click.echo(m, err=True)) if main else (lambda m: None)
+    if main:
+        require_writable(out)
+    # Rank 0 checks first (and fills the embedded data's cache), then the others; a refusal stops every rank.
+    for turn in (main, not main):
+        _agree(context, _attempt(lambda: check_run(config, log=log, world_size=context.world_size)) if turn else None)
     # One compress per run directory: a second one refuses here, before it trains, and the lock covers the export,
-    # benchmark and report at the end as well as the training.
-    with run_lock(out):
-        _train_deploy_report(config, out, progress, deploy, log, started)
+    # benchmark and report at the end as well as the training. Under torchrun rank 0 alone takes it.
+    with ExitStack() as stack:
+        _agree(context, _attempt(lambda: stack.enter_context(run_lock(out))) if main else None)
+        _train_deploy_report(config, out, progress, deploy, log, started, context)
 
 
-def _train_deploy_report(config, out: Path, progress: bool, deploy: bool, log, started: float) -> None:
+def _attempt(step) -> Exception | None:
+    """The user error ``step`` raised, else ``None``."""
+    from compressor.errors import InputError
+
+    try:
+        step()
+    except (InputError, click.ClickException) as error:
+        return error
+    return None
+
+
+def _agree(context, error: Exception | None) -> None:
+    """Raise ``error``, or stop this rank with one line when another rank failed the same step."""
+    from compressor.errors import InputError
+
+    if not context.all_true(error is None) and error is None:
+        raise InputError("another process of this run refused it (rank 0 says why); nothing was trained")
+    if error is not None:
+        raise error
+
+
+def _train_deploy_report(config, out: Path, progress: bool, deploy: bool, log, started: float, context) -> None:
     from compressor.evaluate.metrics import slice_metrics
     from compressor.evaluate.report import build_report
     from compressor.training.pipeline import Pipeline
 
-    pipeline = Pipeline(config, out, score=slice_metrics, log=log, progress=progress)
+    pipeline = Pipeline(config, out, score=slice_metrics, log=log, progress=progress, distributed=context)
+    if not context.is_main:  # the other ranks train their shares; rank 0 writes, exports and reports
+        pipeline.run()
+        return
     click.echo(f"preset {config.preset}, task {config.data.task}: teacher {config.model.teacher}, "
                f"student {','.join(config.model.student)}, "
                f"methods {','.join(pipeline.methods)}, {config.data.source} data, "

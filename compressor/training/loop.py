@@ -5,6 +5,11 @@ Determinism: parameters are initialised by the caller under a fixed seed; each e
 generator seeded from ``(seed, epoch)``, so a resumed run sees the same batches as an uninterrupted one.
 Checkpoint order per epoch: ``last`` weights, ``best`` weights (if improved), ``history.json``, then
 ``checkpoint.pt`` last, as the commit point; an epoch whose checkpoint was not written is redone.
+
+Several processes (``settings.distributed``, :mod:`compressor.training.distributed`): the trainable modules are
+wrapped in DistributedDataParallel (:class:`TrainedModules`; a distillation's frozen teacher stays outside, in eval
+mode), each rank trains on its share of the single-process batches of the global batch size, the validation L1 is
+summed over ranks, and rank 0 alone writes; every rank reads the same ``checkpoint.pt`` to resume.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -25,6 +32,13 @@ from compressor.data.sample import Sample
 from compressor.io import save_json
 from compressor.rundir import CHECKPOINT_FILE, HISTORY_FILE
 from compressor.training.checkpoint import load_state, save_state, save_weights
+from compressor.training.distributed import (
+    SINGLE_PROCESS,
+    DistributedContext,
+    index_loader,
+    rank_batches,
+    validation_batches,
+)
 from compressor.training.objectives import Objective, Phase, reconstruct
 
 CHECKPOINT = CHECKPOINT_FILE
@@ -41,6 +55,7 @@ class TrainSettings:
     amp: bool = False
     num_workers: int = 0
     progress: bool = True
+    distributed: DistributedContext = SINGLE_PROCESS
 
 
 @dataclass
@@ -74,14 +89,71 @@ def validation_l1(objective: Objective, dataset: Dataset, settings: TrainSetting
     """Mean over slices of the output model's L1 error (the paper's best-weight criterion)."""
     model = objective.output_model.eval()
     total, count = 0.0, 0
-    for batch in make_loader(dataset, settings, shuffle=False):
+    for batch in _validation_loader(dataset, settings):
         batch = to_device(batch, settings.device)
         with autocast(settings):
             output = reconstruct(model, batch)
         per_slice = F.l1_loss(output.float(), batch.target, reduction="none").mean(dim=(1, 2, 3))
         total += per_slice.sum().item()
         count += per_slice.numel()
+    if settings.distributed.distributed:  # every rank its share; the sums make every rank's mean the global one
+        total, count = settings.distributed.all_reduce_sum([total, count])
     return total / max(count, 1)
+
+
+def _validation_loader(dataset: Dataset, settings: TrainSettings) -> DataLoader:
+    context = settings.distributed
+    if not context.distributed:
+        return make_loader(dataset, settings, shuffle=False)
+    return index_loader(dataset, validation_batches(len(dataset), settings.batch_size, context), settings.seed,
+                        settings.num_workers)
+
+
+def _train_batches(dataset: Dataset, settings: TrainSettings, epoch: int):
+    """``(batch, weight)`` pairs of an epoch: the single-process loader with weight ``None``, or this rank's share
+    of each global batch with its loss weight (:func:`~compressor.training.distributed.rank_batches`)."""
+    context = settings.distributed
+    if not context.distributed:
+        for batch in make_loader(dataset, settings, shuffle=True, epoch=epoch):
+            yield batch, None
+        return
+    shares = rank_batches(len(dataset), settings.batch_size, context, settings.seed, epoch)
+    loader = index_loader(dataset, [share.indices for share in shares], settings.seed * 1_000_003 + epoch,
+                          settings.num_workers)
+    yield from zip(loader, (share.weight for share in shares))
+
+
+class TrainedModules(nn.Module):
+    """The modules an objective trains, as one module for DistributedDataParallel; ``forward(batch)`` is the
+    objective's loss (the total; the logged terms are kept in :attr:`logged`). Modules the objective holds
+    otherwise (a distillation's frozen teacher) are not part of it and run unwrapped.
+
+    Only the phase's trainable parameters are synchronised (DDP ignores the others: a KD loss's pre-trained
+    modules after their phase, the student during that phase). ``find_unused_parameters`` is on when a trainable
+    parameter lies outside the output model: the SFT teacher's student branches (``S_1`` is in no branch, eqs.
+    3-5) and a KD loss's own modules (cascades it does not select); a model alone (teacher, student) and the
+    parameter-free KD losses (AT, SP, CC, ...) use every parameter in every step and keep it off.
+    """
+
+    def __init__(self, objective: Objective):
+        super().__init__()
+        self.objective = objective
+        self.parts = nn.ModuleList([objective.output_model, *objective.saved_models().values()])
+        self.logged: dict[str, float] = {}
+
+    def forward(self, batch: Sample) -> torch.Tensor:
+        terms = self.objective.loss(batch)
+        self.logged = terms.logged
+        return terms.total
+
+    def wrap(self, context: DistributedContext) -> DistributedDataParallel:
+        trainable = {id(p) for p in self.objective.trainable()}
+        ignored = [name for name, p in self.named_parameters() if id(p) not in trainable]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, ignored)
+        in_output = {id(p) for p in self.objective.output_model.parameters()}
+        unused = any(i not in in_output for i in trainable)
+        ids = [context.device.index] if context.device.type == "cuda" else None
+        return DistributedDataParallel(self, device_ids=ids, find_unused_parameters=unused)
 
 
 def _optimizer(objective: Objective, phase: Phase, settings: TrainSettings):
@@ -93,8 +165,13 @@ def _optimizer(objective: Objective, phase: Phase, settings: TrainSettings):
 def train_stage(objective: Objective, phases: Sequence[Phase], train_data: Dataset, val_data: Dataset,
                 settings: TrainSettings, stage_dir: Path, label: str,
                 log: Callable[[str], None] = print) -> TrainResult:
-    """Train ``objective`` through ``phases``, writing weights, history and resume state into ``stage_dir``."""
-    stage_dir.mkdir(parents=True, exist_ok=True)
+    """Train ``objective`` through ``phases``, writing weights, history and resume state into ``stage_dir``
+    (rank 0 only when several processes train; every rank reads the same resume state, and returns once rank 0
+    has written the last epoch's files)."""
+    context = settings.distributed
+    writes = context.is_main
+    if writes:
+        stage_dir.mkdir(parents=True, exist_ok=True)
     models = {"model": objective.output_model, **objective.saved_models()}
     state = load_state(stage_dir / CHECKPOINT) if (stage_dir / CHECKPOINT).is_file() else None
     history: list[dict] = list(state["history"]) if state else []
@@ -107,8 +184,8 @@ def train_stage(objective: Objective, phases: Sequence[Phase], train_data: Datas
         log(f"{label}: resuming after epoch {resumed_from} of {sum(p.epochs for p in phases)}")
     total_epochs = sum(p.epochs for p in phases)
     started = time.perf_counter()
-    bar = tqdm(total=total_epochs, initial=resumed_from, desc=label, unit="epoch", disable=not settings.progress,
-               dynamic_ncols=True, leave=True)
+    bar = tqdm(total=total_epochs, initial=resumed_from, desc=label, unit="epoch",
+               disable=not (settings.progress and writes), dynamic_ncols=True, leave=True)
     global_epoch = 0
     for phase_index, phase in enumerate(phases):
         phase_start = global_epoch
@@ -120,31 +197,49 @@ def train_stage(objective: Objective, phases: Sequence[Phase], train_data: Datas
         if state and state["phase"] == phase_index:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
+        # One DDP wrapper per phase: its synchronised parameters are the phase's trainable ones.
+        wrapped = TrainedModules(objective).wrap(context) if context.distributed else None
         for epoch in range(max(resumed_from, phase_start), global_epoch):
             tick = time.perf_counter()
             objective.train_mode()
             sums: dict[str, float] = {}
             batches = 0
-            for batch in make_loader(train_data, settings, shuffle=True, epoch=epoch):
+            for batch, weight in _train_batches(train_data, settings, epoch):
                 batch = to_device(batch, settings.device)
-                with autocast(settings):
-                    terms = objective.loss(batch)
+                if wrapped is None:
+                    with autocast(settings):
+                        terms = objective.loss(batch)
+                    total, logged = terms.total, terms.logged
+                else:  # this rank's share of the global batch's mean loss (module docstring of .distributed)
+                    with autocast(settings):
+                        total = wrapped(batch) * weight
+                    logged = {name: value * weight for name, value in wrapped.module.logged.items()}
                 optimizer.zero_grad(set_to_none=True)
-                terms.total.backward()
+                total.backward()
                 optimizer.step()
-                sums["loss"] = sums.get("loss", 0.0) + terms.total.item()
-                for name, value in terms.logged.items():
+                sums["loss"] = sums.get("loss", 0.0) + total.item()
+                for name, value in logged.items():
                     sums[name] = sums.get(name, 0.0) + value
                 batches += 1
             scheduler.step()
+            if context.distributed:  # global-batch means: the sum over ranks of the weighted terms / world
+                names = sorted(sums)
+                sums = dict(zip(names, (v / context.world_size for v in context.all_reduce_sum(
+                    [sums[n] for n in names]))))
             val = validation_l1(objective, val_data, settings)
             record = {"epoch": epoch + 1, "phase": phase.name, "train_loss": sums.pop("loss") / batches,
                       "val_loss": val, "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - tick,
                       "terms": {k: v / batches for k, v in sums.items()}}
             history.append(record)
-            save_weights(stage_dir / "last.safetensors", objective.output_model)
-            if val < best_val:
+            improved = val < best_val
+            if improved:
                 best_val, best_epoch = val, epoch + 1
+            bar.set_postfix(loss=f"{record['train_loss']:.4g}", val=f"{val:.4g}", phase=phase.name)
+            bar.update(1)
+            if not writes:
+                continue
+            save_weights(stage_dir / "last.safetensors", objective.output_model)
+            if improved:
                 for name, module in models.items():
                     save_weights(stage_dir / ("best.safetensors" if name == "model" else f"best_{name}.safetensors"),
                                  module)
@@ -154,7 +249,6 @@ def train_stage(objective: Objective, phases: Sequence[Phase], train_data: Datas
                 "models": {name: module.state_dict() for name, module in models.items()},
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             })
-            bar.set_postfix(loss=f"{record['train_loss']:.4g}", val=f"{val:.4g}", phase=phase.name)
-            bar.update(1)
     bar.close()
+    context.barrier()  # on every rank, the stage's files are now written (rank 0 wrote them)
     return TrainResult(best_epoch, best_val, history, time.perf_counter() - started, resumed_from)

@@ -15,6 +15,12 @@ is also trained from scratch as Fig. 7's reference (recorded with role ``sft_tea
 Responsibilities: :func:`~compressor.training.stages.plan_run` says which stages a config has and their keys;
 :class:`~compressor.training.factories.StageFactory` builds their models and objectives; this module runs the
 plan (reusing complete stages), evaluates each stage and writes every outcome through :mod:`compressor.rundir`.
+
+Several processes (``torchrun``, :mod:`compressor.training.distributed`): every rank runs the plan and trains
+each stage's share of its batches; rank 0 alone writes (config, masks, stage records, weights, checkpoints,
+evaluation files, ``results.json``) and evaluates. All ranks meet at a barrier at each stage boundary, before
+they look at the stage folder (so all reach the same reuse/resume decision from the same files) and after its
+training (so every rank then loads the stage's best weights as rank 0 wrote them).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from compressor.io import atomic_path, load_json, save_json
 from compressor.kd import weight_balance
 from compressor.models import CascadeModel
 from compressor.rundir import MaskRecord, ModelResult, Role, RunRecord, Setup, StageRecord
+from compressor.training.distributed import SINGLE_PROCESS, DistributedContext
 from compressor.training.factories import REFERENCE_KD_EPOCHS, StageFactory, kd_phases, transfer_student_blocks
 from compressor.training.loop import TrainSettings, make_loader, to_device, train_stage
 from compressor.training.objectives import reconstruct
@@ -95,28 +102,33 @@ class Pipeline:
 
     Construction plans every stage (checking names, masks and warm-start weights) without reading data;
     :meth:`run` holds the run directory's lock (:func:`compressor.rundir.run_lock`) while it trains and writes.
+    ``distributed``: this process's place in a multi-process run (rank 0 alone logs, writes and holds the lock).
     """
 
     def __init__(self, config: RunConfig, run_dir: Path, score: Scorer, log: Callable[[str], None] = print,
-                 progress: bool = True):
+                 progress: bool = True, distributed: DistributedContext = SINGLE_PROCESS):
         self.config = config
         self.run_dir = Path(run_dir)
         self.score = score
-        self.log = log
-        self.device = resolve_device(config.train.device)
-        self.plan = plan_run(config)
+        self.dist = distributed
+        self.writes = distributed.is_main
+        self.log = log if self.writes else _quiet
+        self.device = distributed.device if distributed.distributed else resolve_device(config.train.device)
+        self.plan = plan_run(config, world_size=distributed.world_size)
         self.methods = self.plan.methods
         self.setups = self.plan.setups
         self.factory = StageFactory(config, model_options(config), self.run_dir, self.device)
         t = config.train
         self.settings = TrainSettings(batch_size=t.batch_size, lr=t.lr, lr_step=t.lr_step, lr_gamma=t.lr_gamma,
                                       seed=t.seed, device=self.device, amp=t.amp, num_workers=t.num_workers,
-                                      progress=progress)
+                                      progress=progress, distributed=distributed)
         self.outcomes: list[StageOutcome] = []
 
     # -- the graph ----------------------------------------------------------------------------------------------
     def run(self) -> PipelineResult:
         """Train (or reuse) every planned stage and write ``results.json``, holding the run directory's lock."""
+        if not self.writes:
+            return self._run()
         with rundir.run_lock(self.run_dir):
             return self._run()
 
@@ -126,10 +138,18 @@ class Pipeline:
         records: list[ModelResult] = []
         masks: dict[str, MaskRecord] = {}
         data = self.config.data
+        if self.dist.distributed:
+            self.log(self.dist.describe(self.settings.batch_size, self.settings.lr))
         for acceleration in data.acceleration:
-            splits = build_splits(data, acceleration, log=self.log)
+            with self.dist.main_first():  # rank 0 fills a data cache (embedded MNI) before the others read it
+                splits = build_splits(data, acceleration, log=self.log)
             if splits.mask.digest() != self.plan.masks[acceleration].digest():
                 raise RuntimeError("the data's mask is not the planned one (build_splits and build_mask disagree)")
+            if not self.writes:
+                mask = MaskRecord(rundir.mask_file(acceleration), splits.mask.digest())
+                for stage in self.plan.stages[acceleration]:
+                    self._stage(stage, splits, mask)
+                continue
             # Written once the data is known to be readable, so a bad file leaves no run directory behind.
             rundir.write_config(self.run_dir, self.config)
             mask = rundir.save_mask(self.run_dir, acceleration, splits.mask.values, splits.mask.digest())
@@ -146,7 +166,11 @@ class Pipeline:
         new = RunRecord(teacher=self.config.model.teacher, task=data.task, split="validation",
                         sr_interpolation=data.sr_interpolation if data.task == "sr" else None,
                         models=tuple(records), masks=masks, tool_version=compressor.__version__,
-                        config=self.config.to_dict())
+                        config=self.config.to_dict(),
+                        distributed=self.dist.record(self.settings.batch_size, self.settings.lr))
+        if not self.writes:
+            return PipelineResult(self.run_dir, self.run_dir / rundir.RESULTS_FILE, self.outcomes,
+                                  time.perf_counter() - started)
         merged, note = rundir.merge_results(*earlier, new, self.config.to_dict())
         if note:
             self.log(note)
@@ -167,10 +191,13 @@ class Pipeline:
     # -- one stage ----------------------------------------------------------------------------------------------
     def _stage(self, stage: PlannedStage, splits: DataSplits, mask: MaskRecord) -> StageOutcome:
         spec, directory = stage.spec, stage.spec.directory(self.run_dir)
+        self.dist.barrier()  # the stage boundary: rank 0 has finished writing the previous stage
         record = rundir.read_stage_if_complete(directory)
         reused = record is not None
         if reused:
             self.log(f"reusing {spec.name} from {directory.relative_to(self.run_dir)}")
+            if self.dist.distributed:  # every rank can read the weights (a shared file system)
+                self.factory.trained(stage)
         else:
             record = self._train(stage, directory, splits, mask)
         outcome = StageOutcome(spec, directory, reused, record, stage.record_role, stage.setup.name)
@@ -188,7 +215,8 @@ class Pipeline:
             phases=tuple(asdict(phase) for phase in phases), setup=setup.name, loss=setup.loss,
             student_arch=stage.student_arch, init_teacher=str(stage.init) if stage.init else None,
             tool_version=compressor.__version__)
-        rundir.write_stage(directory, record)
+        if self.writes:
+            rundir.write_stage(directory, record)
         result = train_stage(objective, phases, splits.train, splits.validation, self.settings, directory,
                              label=spec.name, log=self.log)
         kd_ratio = next((value for h in result.history for term, value in h["terms"].items()
@@ -201,10 +229,12 @@ class Pipeline:
                          train_seconds=result.seconds,
                          slices_per_second=len(splits.train) * trained_epochs / max(result.seconds, 1e-9)
                          if trained_epochs > 0 else None)
-        model = self.factory.trained(stage)
+        model = self.factory.trained(stage)  # every rank: train_stage returns once rank 0 has written them
+        record = replace(record, complete=True)
+        if not self.writes:
+            return record
         for split_name, dataset in _eval_splits(splits).items():
             self.evaluate(model, dataset, directory, split_name)
-        record = replace(record, complete=True)
         rundir.write_stage(directory, record)
         return record
 
@@ -272,6 +302,10 @@ class Pipeline:
                                      .relative_to(self.run_dir)),
             student_arch=stage.student_arch, setup=outcome.setup, init_teacher=stage.init_teacher,
             best_epoch=stage.best_epoch, train_seconds=stage.train_seconds)
+
+
+def _quiet(message: str) -> None:
+    """The log of ranks other than 0: rank 0 speaks for the run."""
 
 
 def _eval_splits(splits: DataSplits) -> dict[str, Any]:

@@ -11,7 +11,8 @@ combinations the method cannot run, each as one :class:`~compressor.errors.Input
   cascades, schedule's phases), and the layers it taps must exist in both models;
 * the data splits of every acceleration are built: the mask fits the image size, the files are readable, and
   every slice is read once (NaN, Inf, an all-zero target: :meth:`~compressor.data.SliceDataset.scan`);
-* the batches fit the KD methods (the authors' CC multiplies consecutive batch items: no batch of one).
+* the batches fit the KD methods (the authors' CC multiplies consecutive batch items: no batch of one, and under
+  ``torchrun`` no rank's share of a batch of one: each rank computes the loss on its own items).
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ from compressor.training.factories import kd_phases
 from compressor.training.stages import model_options, plan_run
 
 
-def check_run(config: RunConfig, log: Callable[[str], None] = print) -> None:
+def check_run(config: RunConfig, log: Callable[[str], None] = print, world_size: int = 1) -> None:
     """Raise :class:`InputError` (one line) for anything in ``config`` the run would fail on after training began.
 
     Writes nothing: plans the run (:func:`~compressor.training.stages.plan_run`: names, masks, warm-start
-    weights), builds its models and KD losses on the CPU, and reads each data slice once.
+    weights), builds its models and KD losses on the CPU, and reads each data slice once. ``world_size``: the
+    processes that will train (``torchrun``; ``train.batch_size`` is then the per-rank batch).
     """
-    plan = plan_run(config)
+    plan = plan_run(config, world_size=world_size)
     options = model_options(config)
     losses = []
     for setup in plan.setups:
@@ -43,7 +45,7 @@ def check_run(config: RunConfig, log: Callable[[str], None] = print) -> None:
     for acceleration in config.data.acceleration:
         splits = build_splits(config.data, acceleration, log=log)
         for loss in losses:
-            check_batches(loss, config.kd.mode, config.train.batch_size, len(splits.train))
+            check_batches(loss, config.kd.mode, config.train.batch_size, len(splits.train), world_size)
 
 
 def check_pair(config: RunConfig, teacher: CascadeModel, student: CascadeModel, method: str) -> DistillationLoss:
@@ -72,12 +74,22 @@ def check_pair(config: RunConfig, teacher: CascadeModel, student: CascadeModel, 
     return loss
 
 
-def check_batches(loss: DistillationLoss, mode: str, batch_size: int, train_slices: int) -> None:
-    """The authors' CC multiplies consecutive items of a batch: every training batch needs two or more."""
+def check_batches(loss: DistillationLoss, mode: str, batch_size: int, train_slices: int, world_size: int = 1
+                  ) -> None:
+    """The authors' CC multiplies consecutive items of a batch: every training batch needs two or more, on every
+    rank (``batch_size`` per rank; the global batches of ``batch_size × world_size`` are split among the ranks,
+    the last one's smallest share being ``last // world_size``, see :mod:`compressor.training.distributed`)."""
     if loss.name != "cc" or mode != KDMode.AUTHORS:
         return
-    last = train_slices % batch_size or batch_size
-    if min(batch_size, train_slices, last) < 2:
+    global_batch = batch_size * world_size
+    last = train_slices % global_batch or global_batch
+    if min(batch_size, train_slices, last // world_size) >= 2:
+        return
+    if world_size == 1:
         raise InputError(f"[train] batch_size {batch_size} over {train_slices} training slices leaves a batch of "
                          "one, and KD method 'cc' (authors) multiplies consecutive batch items: use batches of 2 "
                          "or more that leave no single slice")
+    raise InputError(f"[train] per-rank batch_size {batch_size} × {world_size} processes over {train_slices} "
+                     "training slices leaves a rank a batch of one or none, and KD method 'cc' (authors) multiplies "
+                     "consecutive batch items: use per-rank batches of 2 or more that leave every rank 2 or more "
+                     "of the last batch")

@@ -185,8 +185,11 @@ class RunPlan:
         return [stage for stages in self.stages.values() for stage in stages]
 
 
-def plan_run(config: RunConfig, masks: dict[float, SamplingMask] | None = None) -> RunPlan:
+def plan_run(config: RunConfig, masks: dict[float, SamplingMask] | None = None, world_size: int = 1) -> RunPlan:
     """The stages ``config`` trains and their keys, without training or reading data.
+
+    ``world_size``: the processes that train them (``torchrun``); above 1 it enters every key, since the global
+    batch is ``train.batch_size × world_size``.
 
     Builds each model once (which checks every architecture name) and each acceleration's mask with
     :func:`compressor.data.build_mask` (or takes ``masks``); the warm-start weights, when set, are checked to fit
@@ -214,7 +217,7 @@ def plan_run(config: RunConfig, masks: dict[float, SamplingMask] | None = None) 
     for acceleration in config.data.acceleration:
         if acceleration not in masks:
             masks[acceleration] = build_mask(config.data, acceleration)
-    planner = _Planner(config, methods, options.to_dict(), warm_start)
+    planner = _Planner(config, methods, options.to_dict(), warm_start, world_size)
     stages = {acceleration: [stage for setup in setups for stage in planner.graph(masks[acceleration], acceleration,
                                                                                   setup)]
               for acceleration in config.data.acceleration}
@@ -223,15 +226,17 @@ def plan_run(config: RunConfig, masks: dict[float, SamplingMask] | None = None) 
 
 
 class _Planner:
-    def __init__(self, config: RunConfig, methods: list[str], options: dict[str, Any], warm: WarmStart | None):
+    def __init__(self, config: RunConfig, methods: list[str], options: dict[str, Any], warm: WarmStart | None,
+                 world_size: int = 1):
         from compressor.models import ModelOptions
 
         self.config, self.methods, self.options, self.warm = config, methods, options, warm
+        self.world_size = world_size
         self.option_defaults = ModelOptions().to_dict()
 
     def spec(self, mask: SamplingMask, acceleration: float, setup: Setup, role: str, arch: str, epochs: int,
              method: str | None = None, parents: dict[str, str] | None = None, **extra: Any) -> StageSpec:
-        stage = {**extra, "loss": setup.loss, "sr_scale": acceleration}
+        stage = {**extra, "loss": setup.loss, "sr_scale": acceleration, "world_size": self.world_size}
         determinants = rundir.stage_determinants(self.config.to_dict(), self.options, self.option_defaults,
                                                  mask.digest(), epochs, stage)
         return StageSpec(role, arch, acceleration, method, determinants, parents or {})
