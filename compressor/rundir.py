@@ -386,6 +386,28 @@ class MaskRecord:
 
 
 @dataclass(frozen=True)
+class ProcessesRecord:
+    """How many processes trained the run (``torchrun``) and the batch and learning rate they used."""
+
+    world_size: int
+    backend: str
+    per_rank_batch_size: int
+    global_batch_size: int
+    lr: float
+
+    @classmethod
+    def from_json(cls, raw: Any, path: Path) -> ProcessesRecord:
+        raw = _object(raw, path, "distributed")
+        try:
+            return cls(world_size=int(raw["world_size"]), backend=str(raw["backend"]),
+                       per_rank_batch_size=int(raw["per_rank_batch_size"]),
+                       global_batch_size=int(raw["global_batch_size"]), lr=float(raw["lr"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise InputError(f"expected world_size, backend, per_rank_batch_size, global_batch_size and lr ({error})",
+                             path, "distributed") from None
+
+
+@dataclass(frozen=True)
 class RunRecord:
     """``results.json``: the run and its models (see the module docstring)."""
 
@@ -398,14 +420,14 @@ class RunRecord:
     schema: int = FORMAT_VERSION
     tool_version: str | None = None
     config: dict[str, Any] | None = None
-    distributed: dict[str, Any] | None = None
+    distributed: ProcessesRecord | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": self.schema, "tool_version": self.tool_version, "split": self.split,
                 "teacher": self.teacher, "task": self.task,
                 **({"sr_interpolation": self.sr_interpolation} if self.task == "sr" else {}),
                 **({"config": self.config} if self.config is not None else {}),
-                **({"distributed": self.distributed} if self.distributed is not None else {}),
+                **({"distributed": asdict(self.distributed)} if self.distributed is not None else {}),
                 "masks": {label: asdict(mask) for label, mask in self.masks.items()},
                 "models": [model.to_json() for model in self.models]}
 
@@ -431,7 +453,7 @@ class RunRecord:
                    sr_interpolation=interpolation, models=models, masks=masks, schema=schema,
                    tool_version=_text(raw.get("tool_version"), path, "tool_version"),
                    config=_object(raw["config"], path, "config") if raw.get("config") is not None else None,
-                   distributed=_object(raw["distributed"], path, "distributed")
+                   distributed=ProcessesRecord.from_json(raw["distributed"], path)
                    if raw.get("distributed") is not None else None)
 
 
@@ -648,7 +670,7 @@ def config_differences(earlier: dict[str, Any], new: dict[str, Any]) -> list[str
 
 
 def _world_size(record: RunRecord) -> int:
-    return int((record.distributed or {}).get("world_size", 1))
+    return record.distributed.world_size if record.distributed is not None else 1
 
 
 def merge_results(earlier: RunRecord | None, earlier_config: dict[str, Any] | None, new: RunRecord,

@@ -218,8 +218,10 @@ def test_ranks_write_what_one_process_writes_and_record_the_global_batch(runs):
     single, ranks, log = runs
     assert files(ranks) == files(single)
     assert log.count("DDP: 2 processes (gloo, cpu), per-rank batch 2, global batch 4, lr 0.001 (not scaled)") == 1
-    assert rundir.read_results(ranks).distributed == {"world_size": 2, "backend": "gloo", "per_rank_batch_size": 2,
-                                                      "global_batch_size": 4, "lr": 0.001}
+    assert rundir.read_results(ranks).distributed == rundir.ProcessesRecord(
+        world_size=2, backend="gloo", per_rank_batch_size=2, global_batch_size=4, lr=0.001)
+    assert load_json(ranks / "results.json")["distributed"] == {
+        "world_size": 2, "backend": "gloo", "per_rank_batch_size": 2, "global_batch_size": 4, "lr": 0.001}
     assert rundir.read_results(single).distributed is None
     assert "distributed" not in load_json(single / "results.json")
     for stage in (ranks / "stages").iterdir():
@@ -259,7 +261,9 @@ def test_python_m_compressor_is_compress():
 def test_records_of_another_world_size_are_replaced_not_merged():
     model = rundir.ModelResult(name="teacher/d5c5@4x", role=rundir.Role.TEACHER, acceleration=4.0, split="validation")
     one = rundir.RunRecord(teacher="d5c5", models=(model,))
-    two = rundir.RunRecord(teacher="d5c5", models=(), distributed={"world_size": 2})
+    processes = rundir.ProcessesRecord(world_size=2, backend="gloo", per_rank_batch_size=2, global_batch_size=4,
+                                       lr=1e-3)
+    two = rundir.RunRecord(teacher="d5c5", models=(), distributed=processes)
     merged, note = rundir.merge_results(one, {"preset": "smoke"}, two, {"preset": "smoke"})
     assert merged.models == () and "number of training processes" in note
     assert rundir.merge_results(one, {"preset": "smoke"}, one, {"preset": "smoke"})[1] is None

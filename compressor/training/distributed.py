@@ -51,6 +51,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from compressor.rundir import ProcessesRecord
+
 TIMEOUT_ENV = "SFT_KD_RECON_DDP_TIMEOUT"
 """Seconds a collective (a barrier at a stage boundary included) waits for the other ranks; default 1800."""
 
@@ -119,12 +121,12 @@ class DistributedContext:
         return (f"DDP: {self.world_size} processes ({self.backend}, {self.device.type}), per-rank batch {batch_size}, "
                 f"global batch {batch_size * self.world_size}, lr {lr:g} (not scaled)")
 
-    def record(self, batch_size: int, lr: float) -> dict[str, object] | None:
+    def record(self, batch_size: int, lr: float) -> ProcessesRecord | None:
         """What ``results.json`` states about the processes (``None`` with one process: the file stays as it was)."""
         if not self.distributed:
             return None
-        return {"world_size": self.world_size, "backend": self.backend, "per_rank_batch_size": batch_size,
-                "global_batch_size": batch_size * self.world_size, "lr": lr}
+        return ProcessesRecord(world_size=self.world_size, backend=str(self.backend), per_rank_batch_size=batch_size,
+                               global_batch_size=batch_size * self.world_size, lr=lr)
 
 
 SINGLE_PROCESS = DistributedContext()
