@@ -1,4 +1,5 @@
-"""ONNX Runtime vs PyTorch eager latency of the DC-CNN sizes at 240x240, against the deployment targets.
+"""ONNX Runtime vs PyTorch eager latency of the DC-CNN sizes at 240x240, against the deployment targets; and the
+cost of complex images: each size's 2-channel (complex image) graph against its 1-channel (real image) graph.
 
 Run from the repository root (one run, same inputs for every model; takes a few minutes on 2 cores)::
 
@@ -49,6 +50,22 @@ def targets(models: list[dict]) -> dict:
     }
 
 
+def complex_images(models: list[dict]) -> list[dict]:
+    """Per architecture with both graphs: the 1- and 2-channel graphs' ORT latency, the ratio, and each one's DF share
+    (blocks only against the full graph)."""
+    return [{"arch": m["arch"], "ort_1ch_ms": m["ort_1ch_ms_median"], "ort_2ch_ms": m["ort_2ch_ms_median"],
+             "ratio": m["complex_latency_ratio"], "df_share_1ch": m["df_share_1ch"], "df_share_2ch": m["df_share_2ch"]}
+            for m in models if m["complex_latency_ratio"] is not None]
+
+
+def complex_table(rows: list[dict]) -> str:
+    """:func:`complex_images` as a Markdown table."""
+    return tabulate([[r["arch"], f"{r['ort_1ch_ms']:.1f}", f"{r['ort_2ch_ms']:.1f}", f"{r['ratio']:.2f}x",
+                      f"{r['df_share_1ch']:.1%}", f"{r['df_share_2ch']:.1%}"] for r in rows],
+                    headers=["model", "ORT 1-ch ms (median)", "ORT 2-ch ms (median)", "2-ch / 1-ch", "DF share 1-ch",
+                             "DF share 2-ch"], tablefmt="github")
+
+
 def markdown(report: dict, table: str) -> str:
     """The results as Markdown: the main table, the formulations, the DFT accuracy and the targets."""
     goals = report["targets"]
@@ -74,6 +91,8 @@ def markdown(report: dict, table: str) -> str:
         f"(target >= {SPEEDUP_TARGET}x): {'met' if goals['d3c5_speedup_met'] else 'NOT met'}\n"
         f"- DF share of ORT time: {shares} (target <= {DF_SHARE_TARGET:.0%} for d3c5-d5c5): "
         f"{'met' if goals['df_share_met'] else 'NOT met'}",
+        "## Real (1-channel) vs complex (2-channel) images in ONNX Runtime (same interleaved loop)",
+        complex_table(report["complex_images"]),
         "## DF formulations of d3c5 in ONNX Runtime (interleaved with PyTorch eager)",
         formulations,
         "## ONNX `DFT` operator vs matrix-product DFT (fp32, relative to max |X|, vs NumPy float64)",
@@ -109,6 +128,7 @@ def main(threads: int, iterations: int, warmup: int, out: Path) -> None:
         "formulations": [asdict(f) for f in formulations],
         "dft_accuracy": [asdict(a) for a in accuracy],
         "targets": targets(data["models"]),
+        "complex_images": complex_images(data["models"]),
         "paper_rtx3090_ms": PAPER_RTX3090_MS,
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "load_before": load_before,
                     "load_after": os.getloadavg()[0], "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),

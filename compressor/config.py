@@ -48,6 +48,14 @@ class BlockForm(StrEnum):
     RESIDUAL = "residual"
 
 
+class Phase(StrEnum):
+    """``data.phase``: the embedded magnitude data as they are (``none``) or multiplied by a smooth, seeded,
+    slice-varying synthetic phase (``synthetic``, a simulation that lets the complex path run offline)."""
+
+    NONE = "none"
+    SYNTHETIC = "synthetic"
+
+
 class KDSchedule(StrEnum):
     """``kd.schedule``: the paper's Algorithm 1 (``joint``) or the authors' scripts (``two-phase``)."""
 
@@ -197,6 +205,13 @@ class DataConfig:
     Appendix B: the input is the image degraded by k-space truncation for scale ``s`` and interpolated back with
     ``sr_interpolation``, see :mod:`compressor.physics.degradation`); for ``sr`` each ``acceleration`` is the
     integer scale ``s`` (Table 9's "4x") and no mask is used.
+
+    ``image_size``: the side of the square images that are scored (losses and metrics). Images-only sources are
+    centre-cropped/padded to it; sources with measured k-space keep the grid their phase-encode lines were measured on
+    (k-space cannot be cropped along them), and losses and metrics take its ``image_size`` centre crop.
+
+    ``phase``: ``synthetic`` multiplies the embedded MNI magnitude images by a smooth, seeded synthetic phase
+    (:mod:`compressor.data.phase`); file sources carry their own phase (or none) and refuse it.
     """
 
     task: Annotated[str, OneOf.enum("task", Task)] = "reconstruction"
@@ -218,6 +233,7 @@ class DataConfig:
     max_eval_slices: Count | None = None
     fastmri_target_key: Annotated[str, OneOf("fastMRI target key", _fastmri_target_keys)] = "reconstruction_esc"
     cache_dir: str | None = None
+    phase: Annotated[str, OneOf.enum("phase", Phase)] = "none"
 
 
 @dataclass
@@ -227,6 +243,9 @@ class ModelConfig:
     ``init_teacher``: a weights file (``.safetensors``) or a stage directory of another run whose
     ``best.safetensors`` starts the teacher and the SFT teacher (Fig. 7: pre-trained on another dataset, fine-tuned
     here); the from-scratch SFT teacher is then trained too, as the reference curve.
+
+    ``image_channels``: 1, the paper's real image (the real part of every inverse transform is kept); 2, the complex
+    image as real and imaginary channels (DC-CNNs only), for data with phase: measured k-space, or ``data.phase``.
     """
 
     teacher: Architecture = "d5c5"
@@ -236,6 +255,7 @@ class ModelConfig:
     dc_lambda: NonNegative | None = None
     dc_learnable: bool = False
     init_teacher: str | None = None
+    image_channels: Annotated[int, Between(1, 2)] = 1
 
 
 @dataclass
@@ -370,7 +390,17 @@ def list_presets() -> list[str]:
 
 
 def load_config(preset_or_path: str) -> RunConfig:
-    """Load a preset name from ``configs/`` (``smoke``, ``quick``, ``paper``) or a TOML file path."""
+    """Load a preset name from ``configs/`` (``smoke``, ``quick``, ``paper``) or a TOML file path.
+
+    A file may start from another preset with a top-level ``extends = "NAME"`` (a preset name or a path); its
+    sections' keys then override the base's key by key (``quick-complex`` is ``quick`` with two keys changed).
+    """
+    raw, path = _read_config(preset_or_path, seen=())
+    raw.setdefault("preset", path.stem)
+    return config_from_dict(raw, str(path))
+
+
+def _config_path(preset_or_path: str) -> Path:
     path = Path(preset_or_path)
     if not path.suffix and not CONFIG_DIR.is_dir():
         raise InputError(f"preset {preset_or_path!r}: the presets folder {CONFIG_DIR} is missing (presets ship "
@@ -381,12 +411,28 @@ def load_config(preset_or_path: str) -> RunConfig:
             raise InputError(f"unknown preset {preset_or_path!r}; valid presets: {', '.join(list_presets())}")
     if not path.is_file():
         raise InputError("config file not found", path)
+    return path
+
+
+def _read_config(preset_or_path: str, seen: tuple[Path, ...]) -> tuple[dict[str, Any], Path]:
+    """The raw sections of a config file with its ``extends`` chain merged in, and the file's path."""
+    path = _config_path(preset_or_path)
+    if path.resolve() in seen:
+        raise InputError(f"'extends' loops back to {path.name}", path)
     try:
         raw = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise InputError(f"not valid TOML ({error})", path) from None
-    raw.setdefault("preset", path.stem)
-    return config_from_dict(raw, str(path))
+    base_name = raw.pop("extends", None)
+    if base_name is None:
+        return raw, path
+    if not isinstance(base_name, str):
+        raise InputError(f"'extends' must name a preset or a file, got {base_name!r}", path)
+    base, _ = _read_config(base_name, (*seen, path.resolve()))
+    merged = {name: dict(values) if isinstance(values, dict) else values for name, values in base.items()}
+    for name, values in raw.items():
+        merged[name] = {**merged.get(name, {}), **values} if isinstance(values, dict) else values
+    return merged, path
 
 
 def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:

@@ -20,7 +20,10 @@ Layout (format 2; a format-1 directory is still read, see *Versions*)::
         best.safetensors, best_<part>.safetensors, last.safetensors   weights (tensors only)
         checkpoint.pt              resume state, plain tensors and numbers only (CHECKPOINT_FILE)
         reconstructions_<split>.h5 datasets reconstruction, target, zero_filled (S, H, W) float32, scale (S,),
-                                   volume (S,) bytes, slice_index (S,); normalised units
+                                   volume (S,) bytes, slice_index (S,); normalised units; the images are what
+                                   the metrics score: the image_size centre of the grid, the real image of
+                                   1-channel models, the magnitude of 2-channel ones, which also store
+                                   target_complex (S, H, W) complex64 on the model's grid (COMPLEX_TARGET_KEY)
         metrics_<split>.json       {"split", "volume": [...], "slice_index": [...], "<metric>": [...]}
 
 Records (frozen dataclasses; ``to_json``/``from_json`` are the JSON form):
@@ -29,7 +32,9 @@ Records (frozen dataclasses; ``to_json``/``from_json`` are the JSON form):
   that picked the best weights), ``teacher``, ``task``, ``sr_interpolation`` (``sr`` runs), ``config`` (the
   RunConfig of the latest run that wrote it, format 2), ``masks`` (acceleration label → :class:`MaskRecord`,
   format 2), ``distributed`` (only when several processes trained, ``torchrun``: ``world_size``, ``backend``,
-  ``per_rank_batch_size``, ``global_batch_size``, ``lr``) and ``models``, a list of :class:`ModelResult`.
+  ``per_rank_batch_size``, ``global_batch_size``, ``lr``), ``coil_compression`` (only for multi-coil data,
+  :class:`CoilCompressionRecord`: ``split``, ``slices``, one ``{"mean", "std"}`` per metric of the virtual coil's
+  magnitude against the root-sum-of-squares image) and ``models``, a list of :class:`ModelResult`.
 * :class:`ModelResult`: ``name`` (``role[/method]/arch[+student]@Rx``), ``role`` (a :class:`Role`), ``arch``,
   ``method``, ``acceleration``, ``split``, ``parameters``, ``compression`` (1 − parameters / teacher parameters),
   one ``{"mean", "std"}`` per metric (``psnr``, ``ssim``, ...), ``stage_dir``, ``metrics_file``,
@@ -98,6 +103,11 @@ LOCK_FILE = ".compress.lock"
 STAGES_FOLDER = "stages"
 MASKS_FOLDER = "masks"
 EXPORTS_FOLDER = "exports"
+
+
+COMPLEX_TARGET_KEY = "target_complex"
+"""The dataset of a 2-channel stage's ``reconstructions_<split>.h5`` that holds the complex target on the model's grid
+(normalised units): what export validation undersamples for 2-channel models."""
 
 
 def metrics_file(split: str) -> str:
@@ -408,6 +418,34 @@ class ProcessesRecord:
 
 
 @dataclass(frozen=True)
+class CoilCompressionRecord:
+    """What compressing multi-coil k-space to one virtual coil costs, apart from any model: the magnitude of the
+    virtual-coil image scored against the root-sum-of-squares image of the same slices (``split``, ``slices`` of
+    them; each pair divided by the RSS slice's maximum; the scored region)."""
+
+    split: str
+    slices: int
+    metrics: dict[str, MetricSummary]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"split": self.split, "slices": self.slices,
+                **{name: asdict(summary) for name, summary in self.metrics.items()}}
+
+    @classmethod
+    def from_json(cls, raw: Any, path: Path) -> CoilCompressionRecord:
+        raw = _object(raw, path, "coil_compression")
+        metrics = {}
+        for name, stated in raw.items():
+            if name in ("split", "slices"):
+                continue
+            stated = _object(stated, path, f"coil_compression.{name}")
+            metrics[name] = MetricSummary(_number(stated.get("mean"), path, f"coil_compression.{name}.mean"),
+                                          _number(stated.get("std"), path, f"coil_compression.{name}.std"))
+        return cls(split=_text(raw.get("split"), path, "coil_compression.split", optional=False),
+                   slices=int(_number(raw.get("slices"), path, "coil_compression.slices")), metrics=metrics)
+
+
+@dataclass(frozen=True)
 class RunRecord:
     """``results.json``: the run and its models (see the module docstring)."""
 
@@ -421,6 +459,7 @@ class RunRecord:
     tool_version: str | None = None
     config: dict[str, Any] | None = None
     distributed: ProcessesRecord | None = None
+    coil_compression: CoilCompressionRecord | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": self.schema, "tool_version": self.tool_version, "split": self.split,
@@ -428,6 +467,7 @@ class RunRecord:
                 **({"sr_interpolation": self.sr_interpolation} if self.task == "sr" else {}),
                 **({"config": self.config} if self.config is not None else {}),
                 **({"distributed": asdict(self.distributed)} if self.distributed is not None else {}),
+                **({"coil_compression": self.coil_compression.to_json()} if self.coil_compression else {}),
                 "masks": {label: asdict(mask) for label, mask in self.masks.items()},
                 "models": [model.to_json() for model in self.models]}
 
@@ -454,7 +494,9 @@ class RunRecord:
                    tool_version=_text(raw.get("tool_version"), path, "tool_version"),
                    config=_object(raw["config"], path, "config") if raw.get("config") is not None else None,
                    distributed=ProcessesRecord.from_json(raw["distributed"], path)
-                   if raw.get("distributed") is not None else None)
+                   if raw.get("distributed") is not None else None,
+                   coil_compression=CoilCompressionRecord.from_json(raw["coil_compression"], path)
+                   if raw.get("coil_compression") is not None else None)
 
 
 @dataclass(frozen=True)

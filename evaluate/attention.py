@@ -156,7 +156,8 @@ def validation_sample(run_dir: Path, acceleration: float, slice_key: tuple[str, 
     if not path.is_file():
         raise ResiduesUnavailableError(f"no {CONFIG_FILE} to rebuild the validation input from")
     config = config_from_dict(load_json(path), source=str(path))
-    splits = build_splits(config.data, acceleration, log=lambda _message: None)
+    splits = build_splits(config.data, acceleration, log=lambda _message: None,
+                          image_channels=config.model.image_channels)
     if mask_digest is not None and splits.mask.digest() != mask_digest:
         raise ResiduesUnavailableError(f"{path}'s data give mask {splits.mask.digest()}, the stages were trained "
                                        f"with {mask_digest}")

@@ -11,6 +11,11 @@ Method (these machines are noisy, so the runtimes are timed *interleaved*):
 * the PyTorch time covers the model's forward on already normalised inputs, the ORT time the whole graph
   (masking, zero filling and normalisation included), so the comparison is conservative for ORT;
 * DF share ``= 1 - t(blocks only) / t(full graph)`` in ORT;
+* real and complex images: for an architecture whose family has both (the DC-CNNs), the 1-channel (real image) and
+  the 2-channel (complex image) graph are both timed, full and blocks only, in the same interleaved loop (the variant
+  the row's model is not is built with random weights and the same options: latency does not depend on the
+  weights); the row gives each one's latency and DF share and the ratio of the 2-channel graph's latency to the
+  1-channel one's;
 * throughput: slices per second at batch 16 (median of a few calls);
 * glibc's malloc keeps freed blocks up to 32 MiB (:func:`keep_freed_memory`): otherwise it returns PyTorch's
   ~8 MB activations to the OS after each call and maps and zero-fills them afresh on the next, and PyTorch eager
@@ -34,7 +39,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +51,14 @@ from compressor import rundir
 from compressor.errors import InputError
 from compressor.export.graph import ScannerGraph
 from compressor.export.onnx_export import phantom_kspace, resolve_formulation, trace_graph
-from compressor.export.runtime import OUTPUT_NAMES, choose_provider, create_session, graph_feed
+from compressor.export.runtime import choose_provider, create_session, graph_feed, graph_outputs
 from compressor.export.targets import save_with_metadata
+from compressor.export.validate import pytorch_reference
 from compressor.io import atomic_path, save_json
 from compressor.masks import SamplingMask
-from compressor.models import ModelOptions, build_model
+from compressor.models import ModelOptions, build_model, parse_architecture
 from compressor.models.base import CascadeModel
-from compressor.physics import apply_mask, normalise_kspace
+from compressor.physics import IMAGE_CHANNELS, apply_mask, normalise_kspace
 
 MIN_ITERATIONS = 30
 THROUGHPUT_BATCH = 16
@@ -98,7 +104,12 @@ class _Entry:
 
 @dataclass
 class ModelBenchmark:
-    """One row of the table (JSON keys of ``benchmark.json``; times in ms per slice at batch 1)."""
+    """One row of the table (JSON keys of ``benchmark.json``; times in ms per slice at batch 1).
+
+    The ``ort_*``, ``torch_*``, ``df_share`` and ``parity`` fields are the row's model's (of ``image_channels``);
+    ``*_1ch``/``*_2ch`` are the real-image and complex-image graphs of the same architecture, and
+    ``complex_latency_ratio`` is ``ort_2ch_ms_median / ort_1ch_ms_median`` (``None`` where the family is real-only).
+    """
 
     name: str
     arch: str
@@ -116,6 +127,14 @@ class ModelBenchmark:
     ort_no_df_ms_median: float
     df_share: float
     parity_max_abs_error: float
+    image_channels: int = 1
+    ort_1ch_ms_median: float | None = None
+    ort_1ch_no_df_ms_median: float | None = None
+    df_share_1ch: float | None = None
+    ort_2ch_ms_median: float | None = None
+    ort_2ch_no_df_ms_median: float | None = None
+    df_share_2ch: float | None = None
+    complex_latency_ratio: float | None = None
     torch_cuda_ms_median: float | None = None
     psnr: float | None = None
     ssim: float | None = None
@@ -174,9 +193,20 @@ def interleaved_timings(calls: Mapping[str, Callable[[], Any]], iterations: int,
 def export_for_timing(model: CascadeModel, mask: SamplingMask, formulation: str, folder: Path) -> Path:
     """Export ``model`` with ``formulation`` (a name of :data:`~compressor.export.graph.FORMULATIONS`), unvalidated."""
     line_axis = resolve_formulation(formulation, mask).line_axis
-    path = folder / f"{getattr(model, 'arch', 'model')}_{formulation}.onnx"
+    path = folder / f"{getattr(model, 'arch', 'model')}_{model.image_channels}ch_{formulation}.onnx"
     save_with_metadata(trace_graph(ScannerGraph(model, mask.shape, formulation, line_axis)), path, {})
     return path
+
+
+def channel_variants(model: CascadeModel) -> dict[int, CascadeModel]:
+    """``{image channels: model}``: ``model`` itself and, when its family takes both real and complex images, the
+    other variant, randomly initialised with the same options (latency does not depend on the weights)."""
+    variants = {model.image_channels: model}
+    family, _ = parse_architecture(model.arch)
+    for channels in IMAGE_CHANNELS if family.complex_images else ():
+        if channels not in variants:
+            variants[channels] = build_model(model.arch, replace(model.options, image_channels=channels)).eval()
+    return dict(sorted(variants.items()))
 
 
 class TorchEager:
@@ -187,7 +217,7 @@ class TorchEager:
         self.device = device
         self.mask = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None].to(device)
         measured = torch.view_as_real(torch.from_numpy(np.asarray(kspace, dtype=np.complex64)))[:, None]
-        self.inputs = normalise_kspace(apply_mask(measured.to(device), self.mask))
+        self.inputs = normalise_kspace(apply_mask(measured.to(device), self.mask), channels=model.image_channels)
 
     @torch.inference_mode()
     def __call__(self) -> torch.Tensor:
@@ -212,31 +242,55 @@ def cuda_latency(model: CascadeModel, kspace: np.ndarray, mask: np.ndarray, iter
     return interleaved_timings({"cuda": run}, iterations, warmup)["cuda"].median
 
 
+def parity_error(session: ort.InferenceSession, model: CascadeModel, kspace: np.ndarray, mask: np.ndarray) -> float:
+    """Max |ONNX Runtime - PyTorch| of the image outputs of ``model``'s graph ``session`` on ``kspace``
+    ``(1, H, W)``."""
+    outputs = graph_outputs(model.image_channels)
+    got = dict(zip(outputs.names, session.run(list(outputs.names), graph_feed(kspace, mask)), strict=True))
+    reference = pytorch_reference(model, kspace, mask)
+    return max(float(np.max(np.abs(got[name] - reference[name]))) for name in outputs.image_names)
+
+
 def benchmark_architecture(model: CascadeModel, mask: SamplingMask, kspace: np.ndarray, provider: str, threads: int,
                            iterations: int, warmup: int, folder: Path) -> dict[str, Any]:
-    """Time one architecture (see the module docstring); returns the timing fields of :class:`ModelBenchmark`."""
+    """Time one architecture, its real- and complex-image variants where it has both (see the module docstring);
+    returns the timing fields of :class:`ModelBenchmark`."""
     formulation = resolve_formulation("auto", mask).name
-    full = create_session(export_for_timing(model, mask, formulation, folder), provider, threads)
-    blocks = create_session(export_for_timing(model, mask, "none", folder), provider, threads)
+    variants = channel_variants(model)
+    full = {channels: create_session(export_for_timing(variant, mask, formulation, folder), provider, threads)
+            for channels, variant in variants.items()}
+    blocks = {channels: create_session(export_for_timing(variant, mask, "none", folder), provider, threads)
+              for channels, variant in variants.items()}
+    own = model.image_channels
     single = graph_feed(kspace[:1], mask.values)
     torch_single = TorchEager(model, kspace[:1], mask.values)
-    ort_image = full.run(list(OUTPUT_NAMES), single)[0]
-    parity = float(np.max(np.abs(ort_image - torch_single()[:, 0].numpy())))
-    timings = interleaved_timings({"ort": lambda: full.run(None, single), "torch": torch_single,
-                                   "blocks": lambda: blocks.run(None, single)}, iterations, warmup)
+    calls: dict[str, Callable[[], Any]] = {"torch": torch_single}
+    for channels in variants:
+        calls[f"ort_{channels}"] = lambda session=full[channels]: session.run(None, single)
+        calls[f"blocks_{channels}"] = lambda session=blocks[channels]: session.run(None, single)
+    timings = interleaved_timings(calls, iterations, warmup)
+    ort_ms = {channels: timings[f"ort_{channels}"].median for channels in variants}
+    blocks_ms = {channels: timings[f"blocks_{channels}"].median for channels in variants}
+    df_share = {channels: 1.0 - blocks_ms[channels] / ort_ms[channels] for channels in variants}
     batch = np.repeat(kspace[:1], THROUGHPUT_BATCH, axis=0)
     batch_feed = graph_feed(batch, mask.values)
     torch_batch = TorchEager(model, batch, mask.values)
     return {
         "formulation": formulation,
-        "ort_ms_median": timings["ort"].median, "ort_ms_p90": timings["ort"].p90,
+        "ort_ms_median": ort_ms[own], "ort_ms_p90": timings[f"ort_{own}"].p90,
         "torch_ms_median": timings["torch"].median, "torch_ms_p90": timings["torch"].p90,
-        "speedup": timings["torch"].median / timings["ort"].median,
-        "ort_throughput_b16": throughput(lambda: full.run(None, batch_feed), THROUGHPUT_BATCH),
+        "speedup": timings["torch"].median / ort_ms[own],
+        "ort_throughput_b16": throughput(lambda: full[own].run(None, batch_feed), THROUGHPUT_BATCH),
         "torch_throughput_b16": throughput(torch_batch, THROUGHPUT_BATCH),
-        "ort_no_df_ms_median": timings["blocks"].median,
-        "df_share": 1.0 - timings["blocks"].median / timings["ort"].median,
-        "parity_max_abs_error": parity,
+        "ort_no_df_ms_median": blocks_ms[own],
+        "df_share": df_share[own],
+        "parity_max_abs_error": parity_error(full[own], model, kspace[:1], mask.values),
+        "image_channels": own,
+        **{key: value for channels in (1, 2) for key, value in (
+            (f"ort_{channels}ch_ms_median", ort_ms.get(channels)),
+            (f"ort_{channels}ch_no_df_ms_median", blocks_ms.get(channels)),
+            (f"df_share_{channels}ch", df_share.get(channels)))},
+        "complex_latency_ratio": ort_ms[2] / ort_ms[1] if len(variants) == 2 else None,
         "torch_cuda_ms_median": cuda_latency(model, kspace[:1], mask.values, iterations, warmup),
     }
 
@@ -309,7 +363,9 @@ TABLE_COLUMNS = (
     ("ort_ms_median", "ORT ms (median)", "{:.1f}"), ("ort_ms_p90", "ORT ms (p90)", "{:.1f}"),
     ("torch_ms_median", "PyTorch ms (median)", "{:.1f}"), ("torch_ms_p90", "PyTorch ms (p90)", "{:.1f}"),
     ("speedup", "speed-up", "{:.2f}x"), ("ort_throughput_b16", "ORT slices/s (b16)", "{:.1f}"),
-    ("torch_throughput_b16", "PyTorch slices/s (b16)", "{:.1f}"), ("df_share", "DF share (ORT)", "{:.1%}"),
+    ("torch_throughput_b16", "PyTorch slices/s (b16)", "{:.1f}"), ("df_share_1ch", "DF share 1-ch (ORT)", "{:.1%}"),
+    ("ort_2ch_ms_median", "ORT 2-ch ms (median)", "{:.1f}"), ("complex_latency_ratio", "2-ch / 1-ch", "{:.2f}x"),
+    ("df_share_2ch", "DF share 2-ch (ORT)", "{:.1%}"),
     ("torch_cuda_ms_median", "PyTorch CUDA ms", "{:.2f}"), ("psnr", "PSNR", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"),
 )
 

@@ -39,7 +39,7 @@ from compressor.export.run_models import (
     run_validation_kspace,
     simulated_kspace,
 )
-from compressor.export.runtime import INPUT_NAMES, OUTPUT_NAMES, ExportMetadata, open_exported
+from compressor.export.runtime import INPUT_NAMES, ExportMetadata, open_exported
 from compressor.export.targets import DEFAULT_TARGET, EXPORT_TARGETS, ExportRequest
 from compressor.export.validate import ValidationReport, validate_export
 from compressor.io import save_json
@@ -64,7 +64,8 @@ class ExportResult:
 
     Attributes:
         path: the ONNX file.
-        max_abs_error: max |ONNX Runtime - PyTorch| of the reconstruction over the validation slices.
+        max_abs_error: max |ONNX Runtime - PyTorch| of the reconstruction over the validation slices (for a
+            2-channel model, of its real or imaginary part, whichever is relatively worse).
         relative_error: that error divided by max |PyTorch reconstruction|.
         tolerance: the absolute tolerance it passed (``1e-4 x max |PyTorch reconstruction|``).
         reference_evaluator_error: max |onnx.reference - PyTorch| on one slice.
@@ -91,7 +92,8 @@ class ExportResult:
     def summary(self) -> dict[str, Any]:
         """A JSON-ready record of the export."""
         return {"file": str(self.path), "architecture": self.metadata.architecture,
-                "parameters": self.metadata.parameters, "formulation": self.formulation, "provider": self.provider,
+                "parameters": self.metadata.parameters, "image_channels": self.metadata.image_channels,
+                "formulation": self.formulation, "provider": self.provider,
                 "max_abs_error": self.max_abs_error, "relative_error": self.relative_error,
                 "tolerance": self.tolerance, "reference_evaluator_error": self.reference_evaluator_error,
                 "validation_slices": self.validation_slices, "seconds": self.seconds}
@@ -129,8 +131,8 @@ def quiet_exporter() -> Iterator[None]:
 
 
 def trace_graph(graph: ScannerGraph, opset: int = OPSET) -> onnx.ModelProto:
-    """Export ``graph`` with the dynamo exporter: inputs/outputs named as in :mod:`~compressor.export.runtime`,
-    batch dynamic."""
+    """Export ``graph`` with the dynamo exporter: inputs/outputs named as in :mod:`~compressor.export.runtime`
+    (the outputs by the model's image channels), batch dynamic."""
     height, width = graph.image_size
     generator = torch.Generator().manual_seed(0)
     # Distinct tensors per input: torch.export would merge one tensor passed twice into a single graph input.
@@ -140,22 +142,28 @@ def trace_graph(graph: ScannerGraph, opset: int = OPSET) -> onnx.ModelProto:
     with quiet_exporter(), torch.no_grad():
         program = torch.onnx.export(
             graph.eval(), (kspace_real, kspace_imag, mask), None, dynamo=True, opset_version=opset,
-            input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
+            input_names=list(INPUT_NAMES), output_names=list(graph.output_names),
             dynamic_shapes=({0: batch}, {0: batch}, None), verbose=False,
         )
     return program.model_proto
 
 
-def phantom_kspace(mask: SamplingMask, count: int = 4) -> np.ndarray:
+def phantom_kspace(mask: SamplingMask, count: int = 4, image_channels: int = 1) -> np.ndarray:
     """Validation k-space when no data is at hand: Shepp-Logan phantoms, shifted and scaled, ``(count, H, W)``.
 
-    Used only when neither a run's validation slices nor a data file is given (the export says so).
+    For a 2-channel model the phantoms carry a synthetic phase (:func:`compressor.data.phase.with_synthetic_phase`),
+    so that validation exercises the imaginary channel as measured data would. Used only when neither a run's
+    validation slices nor a data file is given (the export says so).
     """
     from skimage.data import shepp_logan_phantom
     from skimage.transform import resize
 
     base = resize(shepp_logan_phantom(), mask.shape, anti_aliasing=True).astype(np.float32)
     images = np.stack([np.roll(base, (3 * i, -2 * i), axis=(0, 1)) * (1.0 + 0.5 * i) for i in range(count)])
+    if image_channels == 2:
+        from compressor.data.phase import with_synthetic_phase
+
+        images = np.stack([with_synthetic_phase(image, "phantom", i) for i, image in enumerate(images)])
     return simulated_kspace(images, mask.values)
 
 
@@ -180,7 +188,8 @@ def export_model(
         model: the trained model (any device; a CPU copy is exported, ``model`` is not modified).
         out_path: destination of the target's output, e.g. a ``.onnx`` file (its folder is created).
         mask: the training mask; its shape is the graph's fixed image size and it is recorded in the metadata.
-        validation_kspace: ``(S, H, W)`` complex, uncentred k-space undersampled with ``mask`` (real slices).
+        validation_kspace: ``(S, H, W)`` complex, uncentred k-space undersampled with ``mask`` (real slices; for a
+            2-channel model preferably of complex images, which is what it is for).
         acceleration: nominal acceleration to record (default: the mask's).
         config_key: the run's stage key to record.
         extras: further metadata (role, run name, ...).
@@ -217,6 +226,7 @@ def export_model(
         config_key=config_key, tool_version=compressor.__version__,
         extras={"exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}", "opset": OPSET,
                 **(extras or {})},
+        image_channels=cpu_model.image_channels,
     )
     request = ExportRequest(cpu_model, mask, chosen.name, chosen.line_axis, metadata, validation_kspace)
     proto = trace_graph(ScannerGraph(cpu_model, mask.shape, chosen.name, chosen.line_axis))
@@ -232,10 +242,11 @@ def export_model(
 
 def _result(path: Path, report: ValidationReport, provider: str, formulation: str, seconds: float, slices: int,
             metadata: ExportMetadata, target: str) -> ExportResult:
-    image = report.comparison(f"ONNX Runtime ({provider})", "image")
+    image_outputs = metadata.outputs.image_names
+    image = report.worst(f"ONNX Runtime ({provider})", image_outputs)
     return ExportResult(path=path, max_abs_error=image.max_abs_error, relative_error=image.relative_error,
                         tolerance=image.tolerance,
-                        reference_evaluator_error=report.comparison("onnx.reference", "image").max_abs_error,
+                        reference_evaluator_error=report.worst("onnx.reference", image_outputs).max_abs_error,
                         provider=provider, formulation=formulation, seconds=seconds, validation_slices=slices,
                         metadata=metadata, target=target)
 
@@ -252,7 +263,7 @@ def export_run_model(run_model: RunModel, out_path: str | Path, *, formulation: 
     if validation_kspace is None:
         validation_kspace = run_validation_kspace(run_model)
     if validation_kspace is None:
-        validation_kspace = phantom_kspace(run_model.mask)
+        validation_kspace = phantom_kspace(run_model.mask, image_channels=run_model.model.image_channels)
     stage = run_model.stage
     return export_model(run_model.model, out_path, mask=run_model.mask, validation_kspace=validation_kspace,
                         acceleration=stage.acceleration, config_key=stage.key,

@@ -3,25 +3,34 @@ r"""Scanner-side reconstruction: an exported model plus a k-space or image file 
 Inputs (``source``):
 
 * ``npy``: measured k-space ``(S, H, W)`` or ``(H, W)``, complex, **already undersampled**, uncentred unless
-  ``kspace_centred``; every sample outside the mask must be zero (else the mask does not fit the data);
+  ``kspace_centred``; every sample outside the mask must be zero (else the mask does not fit the data). Multi-coil
+  k-space ``(S, coils, H, W)`` takes a 2-channel model: each slice's coils are compressed to one virtual coil
+  (:func:`compressor.data.coils.virtual_coil`), which is complex whatever the object;
 * ``project``, ``authors``: this tool's HDF5 or the authors' HDF5 (:mod:`compressor.data.readers`); stored fully
   sampled k-space is undersampled with the mask, stored undersampled k-space is used as is;
-* ``fastmri``, ``nifti``, and ``project`` files without k-space: magnitude images, whose measurement is
-  simulated, ``y = M ⊙ F(x)``.
+* ``fastmri``, ``nifti``, and ``project`` files without k-space: images, whose measurement is simulated,
+  ``y = M ⊙ F(x)``.
+
+For a 2-channel model the readers are opened with ``keep_phase=True``: sources that carry phase give the complex
+image and its k-space on the measured grid (multi-coil fastMRI compressed to one virtual coil).
 
 The mask is ``mask_path`` when given, else the training mask recorded in the model. Every input problem (model
 exported for another image size or acceleration, a mask that does not fit the model or the data, NaN/Inf in
-k-space, a complex-valued image) is an :class:`~compressor.errors.InputError` raised before anything is
-written; the output HDF5 is written under a temporary name and renamed when complete. Measured k-space must be
-zero outside the mask and non-zero somewhere on every sampled position (else it was undersampled with another,
-or sparser, mask).
+k-space, a complex-valued image for a real-valued model, multi-coil data for a real-valued model) is an
+:class:`~compressor.errors.InputError` raised before anything is written; the output HDF5 is written under a
+temporary name and renamed when complete. Measured k-space must be zero outside the mask and non-zero somewhere on
+every sampled position (else it was undersampled with another, or sparser, mask).
 
-Complex-valued images: the models are real-valued (the DF keeps ``Re``), so k-space measured from an image with
-a phase cannot be reconstructed faithfully. A real image has Hermitian k-space, ``y(-k) = conj(y(k))``; on the
-frequencies sampled together with their mirror (``M(k) M(-k) = 1``) the zero-filled image is then exactly real.
-:func:`imaginary_energy_fraction` measures ``||Im x_s||^2 / ||x_s||^2`` for ``x_s = F^{-1}(M(k) M(-k) y)`` over
-the whole input; above :data:`COMPLEX_IMAGE_THRESHOLD` (1 %) the input is refused unless the caller asks to take
-the real part, which is what the paper's pipeline does (the graph keeps ``Re`` of every inverse transform).
+Output (:func:`reconstruction_datasets`): ``reconstruction`` ``(S, H, W)`` in the input's units, float32 for a
+1-channel model, complex64 for a 2-channel one, which also gets ``magnitude`` ``(S, H, W)`` float32, its absolute value.
+
+Complex-valued images and 1-channel models: those models are real-valued (the DF keeps ``Re``), so k-space measured
+from an image with a phase cannot be reconstructed faithfully by them. A real image has Hermitian k-space,
+``y(-k) = conj(y(k))``; on the frequencies sampled together with their mirror (``M(k) M(-k) = 1``) the zero-filled
+image is then exactly real. :func:`imaginary_energy_fraction` measures ``||Im x_s||^2 / ||x_s||^2`` for
+``x_s = F^{-1}(M(k) M(-k) y)`` over the whole input; above :data:`COMPLEX_IMAGE_THRESHOLD` (1 %) the input is refused
+unless the caller asks to take the real part, which is what the paper's pipeline does (the graph keeps ``Re`` of every
+inverse transform). A 2-channel model reconstructs the complex image and needs no such check.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from compressor.data.coils import virtual_coil
 from compressor.data.readers import SliceData, open_volume
 from compressor.errors import InputError
 from compressor.export.onnx_export import simulated_kspace
@@ -101,25 +111,50 @@ def imaginary_energy_fraction(kspace: np.ndarray, mask: np.ndarray) -> float:
     return float(np.sum(image.imag ** 2)) / total if total > 0 else 0.0
 
 
+MULTI_COIL_MESSAGE = "multi-coil data needs a 2-channel model: coil compression gives a complex virtual coil"
+
+
 def read_npy_kspace(path: Path, centred: bool) -> np.ndarray:
-    """Complex k-space ``(S, H, W)`` (an ``(H, W)`` array is one slice), converted to uncentred."""
+    """Complex k-space ``(S, H, W)`` (an ``(H, W)`` array is one slice) or multi-coil ``(S, coils, H, W)``, converted
+    to uncentred."""
     try:
         values = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
         raise InputError(f"not a readable .npy array ({error.__class__.__name__}: {error})", path) from None
     if values.ndim == 2:
         values = values[None]
-    if values.ndim != 3:
-        raise InputError(f"k-space must be (S, H, W) or (H, W), got shape {values.shape}", path)
+    if values.ndim not in (3, 4):
+        raise InputError(f"k-space must be (S, H, W), (H, W) or multi-coil (S, coils, H, W), got shape {values.shape}",
+                         path)
     if values.dtype.kind != "c":
         raise InputError(f"k-space must be complex, got dtype {values.dtype}", path)
+    if values.size == 0:
+        raise InputError(f"k-space is empty (shape {values.shape})", path)
     values = values.astype(np.complex64)
     return np.fft.ifftshift(values, axes=(-2, -1)) if centred else values
 
 
+def compress_coils(kspace: np.ndarray) -> np.ndarray:
+    """One virtual coil per slice: multi-coil k-space ``(S, coils, H, W)`` -> ``(S, H, W)`` complex64.
+
+    :func:`~compressor.data.coils.virtual_coil` is applied to each slice's k-space directly: the Fourier transform is
+    unitary along the pixels, so the coil k-space matrix has the coil images' left singular vectors (the same
+    compression vector) and compressing commutes with the transform; samples outside the mask stay exactly zero.
+    """
+    return np.stack([virtual_coil(coils) for coils in kspace])
+
+
+def check_finite(kspace: np.ndarray, path: Path) -> None:
+    """Refuse k-space ``(S, ...)`` with NaN or Inf, naming the file and the first such slice."""
+    finite = np.isfinite(kspace).reshape(len(kspace), -1).all(axis=1)
+    if not finite.all():
+        raise InputError(f"k-space of slice {int(np.argmin(finite))} contains NaN or Inf", path)
+
+
 def _volume_kspace(slices: list[SliceData], mask: np.ndarray) -> tuple[np.ndarray, bool]:
     """A volume's slices as undersampled k-space ``(S, H, W)`` and whether it was measured: stored k-space is
-    masked (or kept, if already undersampled); images-only volumes have their measurement simulated."""
+    masked (or kept, if already undersampled); images-only volumes (real, or complex with ``keep_phase``) have their
+    measurement simulated."""
     if slices[0].kspace is None:
         return simulated_kspace(np.stack([data.target for data in slices]), mask), False
     stored = np.stack([data.kspace for data in slices]).astype(np.complex64)
@@ -147,7 +182,8 @@ def check_mask(mask: np.ndarray, metadata: ExportMetadata, source: Path | str) -
 
 
 def read_input(path: Path, source: str, image_size: tuple[int, int], mask: np.ndarray,
-               acceleration: float | None = None, kspace_centred: bool = False) -> ScannerInput:
+               acceleration: float | None = None, kspace_centred: bool = False,
+               image_channels: int = 1) -> ScannerInput:
     """Read ``path`` as undersampled k-space of ``image_size`` slices; every input problem is an
     :class:`InputError` naming the file.
 
@@ -157,6 +193,8 @@ def read_input(path: Path, source: str, image_size: tuple[int, int], mask: np.nd
         mask: ``(H, W)`` 0/1 uncentred mask that undersamples (or undersampled) the data.
         acceleration: for the ``authors`` source, which ``kspace_volus_<R>x`` to read.
         kspace_centred: whether ``.npy`` k-space has DC at ``(H//2, W//2)``.
+        image_channels: the model's (1 real, 2 complex): 2 opens the readers with ``keep_phase`` and compresses
+            multi-coil ``.npy`` k-space to one virtual coil; 1 refuses multi-coil k-space.
     """
     if not path.is_file():
         raise InputError("input file not found", path)
@@ -164,18 +202,22 @@ def read_input(path: Path, source: str, image_size: tuple[int, int], mask: np.nd
         raise InputError(f"unknown source {source!r}; valid: {', '.join(SOURCES)}")
     if source == "npy":
         kspace, measured = read_npy_kspace(path, kspace_centred), True
+        check_finite(kspace, path)
+        if kspace.ndim == 4:
+            if image_channels != 2:
+                raise InputError(MULTI_COIL_MESSAGE, path)
+            kspace = compress_coils(kspace)
     else:
-        reader = open_volume(path, source, **({"acceleration": acceleration} if source == "authors" else {}))
+        options = {"acceleration": acceleration} if source == "authors" else {}
+        reader = open_volume(path, source, keep_phase=image_channels == 2, **options)
         if len(reader) == 0:
             raise InputError("the volume has no slices", path)
         if reader.image_shape != tuple(image_size):
             raise InputError(_size_message(reader.image_shape, image_size), path)
         kspace, measured = _volume_kspace([reader.read_slice(i) for i in range(len(reader))], mask)
+        check_finite(kspace, path)
     if kspace.shape[1:] != tuple(image_size):
         raise InputError(_size_message(kspace.shape[1:], image_size), path)
-    finite = np.isfinite(kspace).reshape(len(kspace), -1).all(axis=1)
-    if not finite.all():
-        raise InputError(f"k-space of slice {int(np.argmin(finite))} contains NaN or Inf", path)
     if np.any(kspace[:, mask == 0] != 0):
         raise InputError("k-space has samples where the mask has none: it was undersampled with another mask or "
                          "centring (see --mask, --mask-centred, --centred)", path)
@@ -194,34 +236,47 @@ def _size_message(shape: tuple[int, ...], image_size: tuple[int, int]) -> str:
 
 def reconstruct_slices(model: ExportedModel, kspace: np.ndarray, mask: np.ndarray, batch_size: int = 8,
                        on_batch: Callable[[int], None] | None = None) -> np.ndarray:
-    """Reconstruct ``(S, H, W)`` k-space in batches; returns ``(S, H, W)`` float32 in the input's units."""
+    """Reconstruct ``(S, H, W)`` k-space in batches; returns ``(S, H, W)`` in the input's units: float32 for a
+    1-channel model, complex64 for a 2-channel one (:meth:`~compressor.export.runtime.ExportedModel.run`)."""
     outputs = []
     for start in range(0, len(kspace), batch_size):
         image, scale = model.run(kspace[start:start + batch_size], mask)
         outputs.append(image * scale[:, None, None])
         if on_batch is not None:
             on_batch(len(image))
-    return np.concatenate(outputs).astype(np.float32)
+    return np.concatenate(outputs)
+
+
+def reconstruction_datasets(reconstruction: np.ndarray) -> dict[str, np.ndarray]:
+    """The datasets of the output HDF5: ``reconstruction`` as given (float32 real, or complex64) and, for a complex
+    one, ``magnitude`` float32, its absolute value."""
+    if not np.iscomplexobj(reconstruction):
+        return {"reconstruction": reconstruction.astype(np.float32)}
+    return {"reconstruction": reconstruction.astype(np.complex64),
+            "magnitude": np.abs(reconstruction).astype(np.float32)}
 
 
 def write_reconstructions(path: Path, reconstruction: np.ndarray, attrs: dict[str, str]) -> Path:
-    """Write ``reconstruction`` ``(S, H, W)`` and ``attrs`` to an HDF5 file, atomically."""
+    """Write :func:`reconstruction_datasets` of ``reconstruction`` ``(S, H, W)`` and ``attrs`` to an HDF5 file,
+    atomically."""
     with atomic_path(path) as temporary, h5py.File(temporary, "w") as file:
-        file.create_dataset("reconstruction", data=reconstruction, compression="gzip")
+        for name, values in reconstruction_datasets(reconstruction).items():
+            file.create_dataset(name, data=values, compression="gzip")
         for key, value in attrs.items():
             file.attrs[key] = value
     return path
 
 
 def write_previews(folder: Path, reconstruction: np.ndarray) -> list[Path]:
-    """One grey-scale PNG per slice, ``slice_0000.png`` ..., each written atomically."""
+    """One grey-scale PNG per slice, ``slice_0000.png`` ..., each written atomically (the magnitude of a complex
+    reconstruction)."""
     from matplotlib.image import imsave
 
     written = []
     for index, image in enumerate(reconstruction):
         path = folder / f"slice_{index:04d}.png"
         with atomic_path(path) as temporary:
-            imsave(temporary, image, cmap="gray", format="png")
+            imsave(temporary, np.abs(image) if np.iscomplexobj(image) else image, cmap="gray", format="png")
         written.append(path)
     return written
 
@@ -250,11 +305,13 @@ def reconstruct_file(
         mask_centred: whether ``mask_path`` has DC at ``(H//2, W//2)``.
         kspace_centred: whether ``.npy`` k-space has DC at ``(H//2, W//2)``.
         previews: a folder for one PNG per slice.
-        take_real_part: reconstruct k-space of a complex-valued image anyway (the real part, as the paper does).
+        take_real_part: with a 1-channel model, reconstruct k-space of a complex-valued image anyway (the real part,
+            as the paper does); a 2-channel model reconstructs the complex image and ignores it.
         provider: ``"auto"``, ``"cpu"`` or ``"cuda"``.
 
-    Output HDF5: ``reconstruction`` ``(S, H, W)`` float32 in the input's units; attributes: the model's
-    metadata, the input file, source, provider and the input's imaginary energy fraction.
+    Output HDF5 (:func:`reconstruction_datasets`): ``reconstruction`` ``(S, H, W)`` in the input's units, float32
+    (1-channel model) or complex64 (2-channel model, with ``magnitude`` float32); attributes: the model's metadata,
+    the input file, source, provider and the input's imaginary energy fraction.
     """
     from tqdm.auto import tqdm
 
@@ -267,9 +324,12 @@ def reconstruct_file(
     mask = choose_mask(model.metadata, mask_path, mask_centred)
     check_mask(mask, model.metadata, mask_path or model_path)
     metadata = model.metadata
-    scanner_input = read_input(input_path, source, metadata.image_size, mask, metadata.acceleration, kspace_centred)
+    complex_model = metadata.image_channels == 2
+    scanner_input = read_input(input_path, source, metadata.image_size, mask, metadata.acceleration, kspace_centred,
+                               metadata.image_channels)
     fraction = imaginary_energy_fraction(scanner_input.kspace, mask)
-    if fraction > COMPLEX_IMAGE_THRESHOLD and not take_real_part:
+    takes_real_part = fraction > COMPLEX_IMAGE_THRESHOLD and not complex_model
+    if takes_real_part and not take_real_part:
         raise InputError(f"k-space is of a complex-valued image ({fraction:.1%} of the energy is imaginary, "
                          f"threshold {COMPLEX_IMAGE_THRESHOLD:.0%}); the real-valued model cannot reconstruct it "
                          "faithfully (pass --take-real-part to reconstruct the real part)", input_path)
@@ -281,7 +341,8 @@ def reconstruct_file(
         "provider": model.provider, "mask": str(mask_path) if mask_path else "the model's training mask",
         "kspace": "measured" if scanner_input.measured else "simulated from the images (y = M F x)",
         "imaginary_energy_fraction": f"{fraction:.3g}",
-        "took_real_part": str(bool(take_real_part and fraction > COMPLEX_IMAGE_THRESHOLD)),
+        "took_real_part": str(takes_real_part),
+        "image_channels": str(metadata.image_channels),
         "units": "input units (the graph's normalised image times its scale)",
     }
     write_reconstructions(out_path, reconstruction, attrs)

@@ -13,18 +13,18 @@ from compressor import rundir
 from compressor.errors import InputError
 from compressor.masks import SamplingMask
 from compressor.models.base import CascadeModel
-from compressor.physics import undersample
+from compressor.physics import apply_mask, fft2
 from compressor.rundir import EXPORTS_FOLDER, ModelResult, StageRecord
 
-__all__ = ["EXPORTS_FOLDER", "RunModel", "load_run_models", "load_stage", "run_records", "run_validation_kspace",
-           "simulated_kspace"]
+__all__ = ["EXPORTS_FOLDER", "RunModel", "load_run_models", "load_stage", "run_records",
+           "run_validation_kspace", "simulated_kspace"]
 VALIDATION_SLICES = 8
 
 
 def simulated_kspace(images: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``y = M ⊙ F(x)`` (uncentred, orthonormal) for real images ``(S, H, W)``: complex64 ``(S, H, W)``."""
-    kspace = undersample(torch.from_numpy(np.asarray(images, dtype=np.float32)),
-                         torch.from_numpy(np.asarray(mask, dtype=np.float32)))
+    """``y = M ⊙ F(x)`` (uncentred, orthonormal) for images ``(S, H, W)``, real or complex: complex64 ``(S, H, W)``."""
+    pairs = torch.view_as_real(torch.from_numpy(np.asarray(images, dtype=np.complex64)))
+    kspace = apply_mask(fft2(pairs), torch.from_numpy(np.asarray(mask, dtype=np.float32)))
     return torch.view_as_complex(kspace.contiguous()).numpy()
 
 
@@ -123,13 +123,15 @@ def evenly_spaced_indices(total: int, count: int) -> np.ndarray:
 
 def run_validation_kspace(run_model: RunModel, count: int = VALIDATION_SLICES) -> np.ndarray | None:
     """Real validation slices of the run, ``(S <= count, H, W)`` complex: the targets the stage wrote in
-    ``reconstructions_validation.h5`` (normalised units), evenly spaced, undersampled with the training mask.
-    ``None`` when the stage has no such file."""
+    ``reconstructions_validation.h5`` (normalised units), evenly spaced, undersampled with the training mask
+    (:func:`simulated_kspace`): the complex targets (:data:`~compressor.rundir.COMPLEX_TARGET_KEY`) when the stage
+    wrote them (2-channel runs), else the real ``target``. ``None`` when the stage has no such file."""
     import h5py
 
     path = run_model.stage_dir / rundir.reconstructions_file("validation")
     if not path.is_file():
         return None
     with h5py.File(path, "r") as file:
-        targets = file["target"][evenly_spaced_indices(file["target"].shape[0], count)]
+        dataset = file[rundir.COMPLEX_TARGET_KEY] if rundir.COMPLEX_TARGET_KEY in file else file["target"]
+        targets = dataset[evenly_spaced_indices(dataset.shape[0], count)]
     return simulated_kspace(targets, run_model.mask.values)

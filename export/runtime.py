@@ -19,6 +19,7 @@ import base64
 import functools
 import json
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,15 +39,51 @@ ORT_SILENT_SEVERITY = 4
 FORMAT = "sft-kd-recon-onnx"
 FORMAT_VERSION = 1
 INPUT_NAMES = ("kspace_real", "kspace_imag", "mask")
-OUTPUT_NAMES = ("image", "scale")
 NORMALISATION = (
-    "image is in normalised units: x_u = Re F^-1(mask * kspace), scale = max|x_u| per slice (>= 1e-12), "
-    "inputs divided by scale; image * scale is in the input's units"
+    "the image outputs are in normalised units: x_u = F^-1(mask * kspace) (its real part for 1 image channel, the "
+    "complex image for 2), scale = max|x_u| per slice (>= 1e-12), inputs divided by scale; image * scale is in the "
+    "input's units"
 )
 KSPACE_CONVENTION = (
     "uncentred (DC at index (0, 0)), orthonormal 2-D FFT (norm='ortho'), real and imaginary parts as separate "
     "float32 inputs (B, H, W); mask (H, W) float32 0/1, uncentred"
 )
+
+
+@dataclass(frozen=True)
+class GraphOutputs:
+    """The outputs of a scanner graph of one image channel count, in graph order (the one place they are named).
+
+    Attributes:
+        names: every output: the image's parts ``(B, H, W)`` float32 in normalised units, then for 2 channels its
+            magnitude ``(B, H, W)``, last ``scale`` ``(B,)``.
+        image_names: the outputs that make up the image: ``("image",)`` (real) or ``("image_real", "image_imag")``.
+    """
+
+    names: tuple[str, ...]
+    image_names: tuple[str, ...]
+
+    def image(self, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The normalised image ``(B, H, W)`` from the named outputs: float32 for 1 channel, complex64 for 2."""
+        if len(self.image_names) == 1:
+            return outputs[self.image_names[0]]
+        real, imag = (outputs[name] for name in self.image_names)
+        return (real + 1j * imag).astype(np.complex64)
+
+
+SCALE_OUTPUT = "scale"
+GRAPH_OUTPUTS: dict[int, GraphOutputs] = {
+    1: GraphOutputs(("image", SCALE_OUTPUT), ("image",)),
+    2: GraphOutputs(("image_real", "image_imag", "magnitude", SCALE_OUTPUT), ("image_real", "image_imag")),
+}
+"""The graph's outputs by the model's image channels (1 real, 2 complex as real and imaginary parts)."""
+
+
+def graph_outputs(image_channels: int) -> GraphOutputs:
+    """The outputs of the graph of a model of ``image_channels`` (1 or 2)."""
+    if image_channels not in GRAPH_OUTPUTS:
+        raise ValueError(f"image channels must be one of {sorted(GRAPH_OUTPUTS)}, got {image_channels}")
+    return GRAPH_OUTPUTS[image_channels]
 
 
 def encode_mask(mask: np.ndarray) -> dict[str, Any]:
@@ -79,6 +116,8 @@ class ExportMetadata:
         config_key: the run's stage key (``stage.json`` ``key``), ``None`` for a bare weights file.
         tool_version: version of this tool at export.
         extras: further string-keyed facts (role, run name, exporter, opset, ...).
+        image_channels: the model's image channels, which fix the graph's outputs (:func:`graph_outputs`); a file
+            exported before 2-channel models existed records none and means 1.
     """
 
     architecture: str
@@ -93,6 +132,12 @@ class ExportMetadata:
     config_key: str | None
     tool_version: str
     extras: dict[str, Any] = field(default_factory=dict)
+    image_channels: int = 1
+
+    @property
+    def outputs(self) -> GraphOutputs:
+        """The outputs of this model's graph."""
+        return graph_outputs(self.image_channels)
 
     def to_properties(self) -> dict[str, str]:
         """The ``metadata_props`` key/value strings (values are JSON)."""
@@ -110,10 +155,11 @@ class ExportMetadata:
             "model_options": self.model_options,
             "config_key": self.config_key,
             "tool_version": self.tool_version,
+            "image_channels": self.image_channels,
             "normalisation": NORMALISATION,
             "kspace_convention": KSPACE_CONVENTION,
             "inputs": list(INPUT_NAMES),
-            "outputs": list(OUTPUT_NAMES),
+            "outputs": list(self.outputs.names),
         }
         clashes = sorted(set(self.extras) & set(values))
         if clashes:
@@ -132,12 +178,17 @@ class ExportMetadata:
                              "'compress export'", source)
         if values.get("format_version") != FORMAT_VERSION:
             raise InputError(f"metadata format version {values.get('format_version')} is not {FORMAT_VERSION}", source)
-        known = {"format", "format_version", "normalisation", "kspace_convention", "inputs", "outputs"}
+        known = {"format", "format_version", "normalisation", "kspace_convention", "inputs", "outputs",
+                 "image_channels"}
         fields_ = {"architecture", "parameters", "image_size", "acceleration", "mask", "mask_digest", "formulation",
                    "line_axis", "model_options", "config_key", "tool_version"}
         missing = sorted(fields_ - set(values))
         if missing:
             raise InputError(f"model metadata lacks {', '.join(missing)}", source)
+        image_channels = values.get("image_channels", 1)  # files exported before complex models: real images
+        if image_channels not in GRAPH_OUTPUTS:
+            raise InputError(f"model metadata has image_channels {image_channels!r}; known: "
+                             f"{', '.join(map(str, GRAPH_OUTPUTS))}", source)
         return cls(
             architecture=values["architecture"],
             parameters=int(values["parameters"]),
@@ -151,6 +202,7 @@ class ExportMetadata:
             config_key=values["config_key"],
             tool_version=values["tool_version"],
             extras={key: value for key, value in values.items() if key not in known | fields_},
+            image_channels=image_channels,
         )
 
 
@@ -300,13 +352,20 @@ class ExportedModel:
     provider: str
     metadata: ExportMetadata
 
+    def run_outputs(self, kspace: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output of the graph by name (:attr:`ExportMetadata.outputs`) for complex uncentred k-space
+        ``(B, H, W)`` and ``mask`` ``(H, W)``."""
+        names = list(self.metadata.outputs.names)
+        return dict(zip(names, self.session.run(names, graph_feed(kspace, mask)), strict=True))
+
     def run(self, kspace: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Reconstruct complex uncentred k-space ``(B, H, W)`` with ``mask`` ``(H, W)``.
 
-        Returns ``(image (B, H, W) normalised, scale (B,))``; ``image * scale[:, None, None]`` is in input units.
+        Returns ``(image (B, H, W) normalised, scale (B,))``; the image is float32 for a 1-channel model, complex64
+        for a 2-channel one; ``image * scale[:, None, None]`` is in input units.
         """
-        image, scale = self.session.run(list(OUTPUT_NAMES), graph_feed(kspace, mask))
-        return image, scale
+        outputs = self.run_outputs(kspace, mask)
+        return self.metadata.outputs.image(outputs), outputs[SCALE_OUTPUT]
 
 
 def open_exported(path: str | Path, provider: str = "auto", threads: int | None = None) -> ExportedModel:

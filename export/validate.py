@@ -22,7 +22,8 @@ import onnx
 import torch
 from onnx.reference import ReferenceEvaluator
 
-from compressor.export.runtime import INPUT_NAMES, OUTPUT_NAMES, ExportedModel, graph_feed, node_providers
+from compressor.export.graph import graph_output_tensors
+from compressor.export.runtime import INPUT_NAMES, ExportedModel, graph_feed, graph_outputs, node_providers
 from compressor.models.base import CascadeModel
 from compressor.physics import apply_mask, normalise_kspace
 
@@ -90,6 +91,10 @@ class ValidationReport:
     def comparison(self, runtime: str, output: str) -> OutputComparison:
         return next(c for c in self.comparisons if c.runtime == runtime and c.output == output)
 
+    def worst(self, runtime: str, outputs: tuple[str, ...]) -> OutputComparison:
+        """Of ``runtime``'s comparisons of ``outputs``, the one of largest relative error."""
+        return max((self.comparison(runtime, output) for output in outputs), key=lambda c: c.relative_error)
+
     def raise_for_failures(self, path: Path) -> None:
         if self.failures:
             summary = "; ".join(str(failure) for failure in self.failures)
@@ -106,18 +111,20 @@ def pytorch_reference(model: CascadeModel, kspace: np.ndarray, mask: np.ndarray)
         mask: ``(H, W)`` 0/1, uncentred.
 
     Returns:
-        ``{"image": (S, H, W) normalised, "scale": (S,)}``, the graph's outputs as training defines them
-        (:func:`compressor.physics.normalisation.normalise_kspace`).
+        The graph's outputs by name (:func:`~compressor.export.runtime.graph_outputs` of the model's image channels),
+        as training defines them (:func:`compressor.physics.normalisation.normalise_kspace`): e.g. ``{"image":
+        (S, H, W) normalised, "scale": (S,)}`` for a 1-channel model.
     """
+    channels = model.image_channels
     mask_tensor = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]
-    images, scales = [], []
+    chunks = []
     for start in range(0, len(kspace), VALIDATION_BATCH):
         chunk = torch.view_as_real(torch.from_numpy(np.asarray(kspace[start:start + VALIDATION_BATCH],
                                                                dtype=np.complex64)))[:, None]
-        normalised = normalise_kspace(apply_mask(chunk, mask_tensor))
-        images.append(model(normalised.zero_filled, normalised.kspace, mask_tensor)[:, 0].numpy())
-        scales.append(normalised.scale[:, 0].numpy())
-    return {"image": np.concatenate(images), "scale": np.concatenate(scales)}
+        normalised = normalise_kspace(apply_mask(chunk, mask_tensor), channels=channels)
+        image = model(normalised.zero_filled, normalised.kspace, mask_tensor)
+        chunks.append([output.numpy() for output in graph_output_tensors(image, normalised.scale)])
+    return {name: np.concatenate(parts) for name, parts in zip(graph_outputs(channels).names, zip(*chunks))}
 
 
 def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], runtime: str,
@@ -142,13 +149,15 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
     return comparisons, failures
 
 
-def check_declared_io(model: onnx.ModelProto) -> list[ExportValidationError]:
-    """The graph's inputs and outputs must be :data:`INPUT_NAMES`/:data:`OUTPUT_NAMES`, batch axis symbolic."""
+def check_declared_io(model: onnx.ModelProto, image_channels: int = 1) -> list[ExportValidationError]:
+    """The graph's inputs and outputs must be :data:`INPUT_NAMES` and the outputs of ``image_channels``
+    (:func:`~compressor.export.runtime.graph_outputs`), batch axis symbolic."""
     failures: list[ExportValidationError] = []
     inputs = tuple(value.name for value in model.graph.input)
     outputs = tuple(value.name for value in model.graph.output)
-    if inputs != INPUT_NAMES or outputs != OUTPUT_NAMES:
-        failures.append(OutputMatchError(f"graph I/O {inputs} -> {outputs}, expected {INPUT_NAMES} -> {OUTPUT_NAMES}"))
+    expected = graph_outputs(image_channels).names
+    if inputs != INPUT_NAMES or outputs != expected:
+        failures.append(OutputMatchError(f"graph I/O {inputs} -> {outputs}, expected {INPUT_NAMES} -> {expected}"))
         return failures
     batched = [v for v in (*model.graph.input, *model.graph.output) if v.name != "mask"]
     for value in batched:
@@ -175,17 +184,16 @@ def validate_export(path: Path, exported: ExportedModel, model: CascadeModel, ks
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         report.failures.append(OutputMatchError(f"onnx.checker: {str(error).splitlines()[0]}"))
     proto = onnx.load(str(path))
-    report.failures += check_declared_io(proto)
+    names = exported.metadata.outputs.names
+    report.failures += check_declared_io(proto, exported.metadata.image_channels)
 
     reference = pytorch_reference(model, kspace, mask)
-    images, scales = [], []
-    for start in range(0, len(kspace), VALIDATION_BATCH):
-        image, scale = exported.run(kspace[start:start + VALIDATION_BATCH], mask)
-        images.append(image)
-        scales.append(scale)
+    batches = [exported.run_outputs(kspace[start:start + VALIDATION_BATCH], mask)
+               for start in range(0, len(kspace), VALIDATION_BATCH)]
     runtime = f"ONNX Runtime ({exported.provider})"
-    comparisons, failures = compare_outputs(reference, {"image": np.concatenate(images),
-                                                        "scale": np.concatenate(scales)}, runtime, relative_tolerance)
+    comparisons, failures = compare_outputs(
+        reference, {name: np.concatenate([batch[name] for batch in batches]) for name in names}, runtime,
+        relative_tolerance)
     report.comparisons += comparisons
     report.failures += failures
 
@@ -197,8 +205,7 @@ def validate_export(path: Path, exported: ExportedModel, model: CascadeModel, ks
 
     evaluated = ReferenceEvaluator(proto).run(None, feed)
     comparisons, failures = compare_outputs({name: value[:1] for name, value in reference.items()},
-                                            dict(zip(OUTPUT_NAMES, evaluated)), "onnx.reference", relative_tolerance)
+                                            dict(zip(names, evaluated)), "onnx.reference", relative_tolerance)
     report.comparisons += comparisons
     report.failures += failures
     return report
-

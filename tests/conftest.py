@@ -28,3 +28,19 @@ def smooth_image(height: int, width: int, seed: int = 0) -> np.ndarray:
 @pytest.fixture
 def image_factory():
     return smooth_image
+
+
+def hdf5_selections(monkeypatch: pytest.MonkeyPatch, read) -> list:
+    """The selections every ``h5py.Dataset`` was indexed with while ``read()`` ran (readers must read one slice)."""
+    import h5py
+
+    selections = []
+    original = h5py.Dataset.__getitem__
+
+    def record(self: h5py.Dataset, selection: object) -> object:
+        selections.append(selection)
+        return original(self, selection)
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", record)
+    read()
+    return selections

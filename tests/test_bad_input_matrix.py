@@ -47,6 +47,21 @@ def spoil(path: Path, key: str, slice_index: int, value: float) -> Path:
     return path
 
 
+def fastmri_volume(path: Path, kspace_shape: tuple[int, ...], reconstruction_slices: int | None = None,
+                   nan_slice: int | None = None) -> Path:
+    """A fastMRI-like file: complex centred ``kspace`` of ``kspace_shape`` (its readout 2 x SIZE rows), and a
+    ``reconstruction_esc`` of ``reconstruction_slices`` slices when given; NaN in one k-space slice if asked."""
+    rng = np.random.default_rng(len(path.name))
+    kspace = (rng.standard_normal(kspace_shape) + 1j * rng.standard_normal(kspace_shape)).astype(np.complex64)
+    if nan_slice is not None:
+        kspace[nan_slice, ..., 1, 2] = np.nan
+    with h5py.File(path, "w") as file:
+        file["kspace"] = kspace
+        if reconstruction_slices is not None:
+            file["reconstruction_esc"] = rng.random((reconstruction_slices, SIZE, SIZE), dtype=np.float32) + 0.1
+    return path
+
+
 def data_files(folder: Path) -> dict[str, Path]:
     """Named inputs the cases refer to as ``{name}``."""
     folder.mkdir()
@@ -58,6 +73,11 @@ def data_files(folder: Path) -> dict[str, Path]:
     files["validation_kspace"] = project_volume(folder / "validation_kspace.h5", kspace=True)
     files["train_zero"] = spoil(project_volume(folder / "train_zero.h5"), "target", 2, 0)
     files["validation_zero"] = spoil(project_volume(folder / "validation_zero.h5"), "target", 0, 0)
+    files["fastmri_counts"] = fastmri_volume(folder / "fastmri_counts.h5", (3, 2 * SIZE, SIZE), 2)
+    files["fastmri_multicoil"] = fastmri_volume(folder / "fastmri_multicoil.h5", (2, 4, 2 * SIZE, SIZE))
+    files["fastmri_nan"] = fastmri_volume(folder / "fastmri_nan.h5", (2, 2 * SIZE, SIZE), nan_slice=1)
+    files["fastmri"] = fastmri_volume(folder / "fastmri.h5", (2, 2 * SIZE, SIZE))
+    files["complex_target"] = write_project_volume(folder / "complex_target.h5", np.full((2, SIZE, SIZE), 1 + 1j))
     files["mask40"] = folder / "mask40.npy"
     np.save(files["mask40"], np.ones((40, 40), np.float32))
     files["a_file"] = folder / "a_file"
@@ -67,6 +87,7 @@ def data_files(folder: Path) -> dict[str, Path]:
 
 
 PROJECT = ["--data", "project", "--image-size", str(SIZE)]
+FASTMRI = ["--data", "fastmri", "--image-size", str(SIZE)]
 
 COMPRESS_CASES = {
     # -- values, checked when the config is loaded -------------------------------------------------------------
@@ -152,6 +173,28 @@ COMPRESS_CASES = {
                                    "validation_zero.h5: slice 0: the target image is all zero"),
     "data file missing": ([*PROJECT, "--train", "{missing}", "--validation", "{validation}"],
                           "missing.npy: no such file or folder"),
+    # -- data with phase (2 image channels) ----------------------------------------------------------------------
+    "channels 3": (["--channels", "3"], "Invalid value for '--channels': 3 is not in the range 1<=x<=2"),
+    "phase option": (["--phase", "random"], "'random' is not one of 'none', 'synthetic'"),
+    "synthetic phase, real models": (["--phase", "synthetic"],
+                                     "[data] phase 'synthetic' makes complex images, which real-valued"),
+    "synthetic phase on measured k-space": ([*PROJECT, "--channels", "2", "--phase", "synthetic", "--train",
+                                             "{validation_kspace}", "--validation", "{validation_kspace}"],
+                                            "validation_kspace.h5: stores k-space, which carries its own phase"),
+    "2 channels, a real-valued family": (["--channels", "2", "--teacher", "dcunet5"],
+                                         "dcunet5 takes real images only (1 image channel)"),
+    "complex target, real models": ([*PROJECT, "--train", "{complex_target}", "--validation", "{validation}"],
+                                    "complex_target.h5 [target]: complex image (dtype complex64): a complex "
+                                    "target needs the 2-channel models (compress --channels 2)"),
+    "multi-coil, real models": ([*FASTMRI, "--train", "{fastmri_multicoil}", "--validation", "{fastmri}"],
+                                "fastmri_multicoil.h5 [kspace]: multi-coil k-space (S, coils, H, W) and no "
+                                "reconstruction_esc/reconstruction_rss target: multi-coil k-space is used by the "
+                                "2-channel models (compress --channels 2)"),
+    "fastMRI slice counts differ": ([*FASTMRI, "--channels", "2", "--train", "{fastmri_counts}", "--validation",
+                                     "{fastmri}"], "fastmri_counts.h5: 'reconstruction_esc' has 2 slices but "
+                                                   "'kspace' has 3"),
+    "NaN in measured k-space": ([*FASTMRI, "--channels", "2", "--train", "{fastmri}", "--validation",
+                                 "{fastmri_nan}"], "fastmri_nan.h5 [kspace]: slice 1 contains NaN or Inf"),
     # -- the run directory ------------------------------------------------------------------------------------
     "out on a read-only file system": (["--out", "/proc/sft-kd-recon/run"],
                                        "cannot write /proc/sft-kd-recon/run: the folder /proc is not writable"),

@@ -94,13 +94,11 @@ def test_set_with_an_unknown_key_is_one_line_exit_2(runner, tmp_path):
 
 
 def test_task_sr_defaults_to_the_vdsr_teacher_and_student_of_appendix_b():
-    from compressor.cli import _overrides
+    from compressor.cli import _overrides, main
 
-    options = {name: None for name in ("teacher", "student", "block_form", "method", "kd_weight", "kd_schedule",
-                                       "kd_mode", "random_init", "source", "train_path", "validation_path",
-                                       "test_path", "acceleration", "mask_type", "mask_file", "image_size", "seed",
-                                       "epochs", "batch_size", "lr", "device", "amp", "sft_weights", "init_teacher",
-                                       "feature_sft")}
+    # every option of `compress` that becomes a config override, unset
+    options = {param.name: None for param in main.params
+               if param.name not in ("preset", "out", "progress", "deploy", "settings")}
     sr = _overrides({**options, "task": "sr"})
     assert (sr["data.task"], sr["model.teacher"], sr["model.student"]) == ("sr", "vdsr12", ["vdsr4"])
     chosen = _overrides({**options, "task": "sr", "teacher": "vdsr8", "student": "vdsr5"})

@@ -23,6 +23,7 @@ from compressor.data.readers import (
     open_volume,
 )
 from compressor.errors import InputError
+from tests.conftest import hdf5_selections
 
 
 def volume(slices: int = 3, height: int = 24, width: int = 20) -> np.ndarray:
@@ -83,16 +84,7 @@ def test_interrupted_project_write_leaves_nothing(tmp_path: Path, monkeypatch: p
 
 def test_reader_reads_one_slice_per_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     reader = ProjectH5Reader(project_h5.write_project_volume(tmp_path / "v.h5", volume(slices=5)))
-    selections = []
-    original = h5py.Dataset.__getitem__
-
-    def record(self: h5py.Dataset, selection: object) -> np.ndarray:
-        selections.append(selection)
-        return original(self, selection)
-
-    monkeypatch.setattr(h5py.Dataset, "__getitem__", record)
-    reader.read_slice(3)
-    assert selections == [3]
+    assert hdf5_selections(monkeypatch, lambda: reader.read_slice(3)) == [3]
 
 
 def test_readers_pickle_for_dataloader_workers(tmp_path: Path) -> None:

@@ -144,8 +144,8 @@ def test_a_target_is_validated_at_its_own_tolerance(tmp_path, mask):
 
 # --- a run directory, through the targets ------------------------------------------------------------------------
 
-SUMMARY_KEYS = {"file", "architecture", "parameters", "formulation", "provider", "max_abs_error", "relative_error",
-                "tolerance", "reference_evaluator_error", "validation_slices", "seconds"}
+SUMMARY_KEYS = {"file", "architecture", "parameters", "image_channels", "formulation", "provider", "max_abs_error",
+                "relative_error", "tolerance", "reference_evaluator_error", "validation_slices", "seconds"}
 
 
 def test_export_run_writes_each_target_and_lists_every_file_in_exports_json(tmp_path):
@@ -163,7 +163,7 @@ def test_export_run_writes_each_target_and_lists_every_file_in_exports_json(tmp_
 
 def test_compress_export_target_names_the_file_of_bare_weights(tmp_path):
     weights = save_weights(tmp_path / "w.safetensors", tiny_model(seed=7))
-    result = CliRunner().invoke(export_command, ["--arch", "d2c2", "--weights", str(weights), "--channels", "8",
+    result = CliRunner().invoke(export_command, ["--arch", "d2c2", "--weights", str(weights), "--width", "8",
                                                  "--image-size", "16", "--target", "test-copy"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "w.copy.onnx").is_file() and not (tmp_path / "w.onnx").exists()

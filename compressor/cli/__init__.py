@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from compressor.cli.common import OneLineErrors, UserError, handles_input_errors, require_writable
-from compressor.config import BlockForm, KDMode, KDSchedule, Task, values
+from compressor.config import BlockForm, KDMode, KDSchedule, Phase, Task, values
 from compressor.masks import MASKS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 110}
@@ -54,6 +54,11 @@ def _names(text: str | None) -> list[str] | None:
 @click.option("--amp/--no-amp", default=None, help="bfloat16 autocast for the convolutions on CUDA (DF stays fp32).")
 @click.option("--seed", type=int, help="Seed for initialisation, shuffling and the mask.")
 @click.option("--block-form", type=click.Choice(values(BlockForm)), help="DC-CNN block form.")
+@click.option("--channels", "image_channels", type=click.IntRange(1, 2),
+              help="Image channels: 1, the paper's real image; 2, the complex image (real, imag) for data with phase.")
+@click.option("--phase", type=click.Choice(values(Phase)),
+              help="Embedded data only: 'synthetic' multiplies the MNI magnitude by a smooth seeded phase "
+                   "(a simulation of phase-carrying data).")
 @click.option("--kd-weight", type=float, help="Distillation weight (default: each method's documented weight).")
 @click.option("--kd-schedule", type=click.Choice(values(KDSchedule)), help="Paper (joint) or authors' schedule.")
 @click.option("--kd-mode", type=click.Choice(values(KDMode)), help="Each method as its paper or the authors.")
@@ -120,6 +125,7 @@ def _overrides(o: dict) -> dict[str, object]:
     return {
         "data.task": o["task"], "model.init_teacher": o["init_teacher"], "sft.feature_ablation": o["feature_sft"],
         "model.teacher": teacher, "model.student": _names(student), "model.block_form": o["block_form"],
+        "model.image_channels": o["image_channels"], "data.phase": o["phase"],
         "kd.method": _names(o["method"]), "kd.weight": o["kd_weight"], "kd.schedule": o["kd_schedule"],
         "kd.mode": o["kd_mode"], "kd.random_init": o["random_init"],
         "data.source": o["source"],
@@ -266,23 +272,26 @@ def deploy_run(out: Path, log) -> None:
 @main.command("models", context_settings=CONTEXT)
 @click.argument("names", nargs=-1)
 @click.option("--block-form", type=click.Choice(values(BlockForm)), default=BlockForm.PLAIN.value, help="Block form.")
+@click.option("--channels", "image_channels", type=click.IntRange(1, 2), default=1,
+              help="Image channels: 1 (real, the paper's) or 2 (complex as real and imaginary parts).")
 @handles_input_errors
-def models_command(names: tuple[str, ...], block_form: str) -> None:
+def models_command(names: tuple[str, ...], block_form: str, image_channels: int) -> None:
     """List architectures with their parameter counts (default: the paper's teacher and students)."""
     from tabulate import tabulate
 
     from compressor.models import ARCHITECTURES, ModelOptions, build_model
 
     names = names or ("d5c5", "d4c5", "d3c5", "d2c5")
-    teacher = build_model(names[0], ModelOptions(block_form=block_form)).num_parameters()
+    options = ModelOptions(block_form=block_form, image_channels=image_channels)
+    teacher = build_model(names[0], options).num_parameters()
     rows = []
     for name in names:
-        model = build_model(name, ModelOptions(block_form=block_form))
+        model = build_model(name, options)
         params = model.num_parameters()
-        rows.append([name, type(model).__name__, model.n_cascades, params, f"{1 - params / teacher:.2%}",
-                     model.distillation_layer(0).split(".", 2)[-1]])
-    click.echo(tabulate(rows, headers=["arch", "family", "cascades", "parameters", f"compression vs {names[0]}",
-                                       "KD layer"], tablefmt="github"))
+        rows.append([name, type(model).__name__, model.image_channels, model.n_cascades, params,
+                     f"{1 - params / teacher:.2%}", model.distillation_layer(0).split(".", 2)[-1]])
+    click.echo(tabulate(rows, headers=["arch", "family", "image channels", "cascades", "parameters",
+                                       f"compression vs {names[0]}", "KD layer"], tablefmt="github"))
     click.echo("\nvalid forms: " + "; ".join(ARCHITECTURES.get(f).form for f in ARCHITECTURES))
 
 

@@ -73,14 +73,16 @@ def _names(text: str | None) -> list[str] | None:
 
 
 def _validation_kspace(path: Path | None, source: str | None, mask: SamplingMask, acceleration: float | None,
-                       count: int = 8) -> np.ndarray | None:
-    """Up to ``count`` evenly spaced slices of a data file as validation k-space, or ``None`` without a file."""
+                       image_channels: int, count: int = 8) -> np.ndarray | None:
+    """Up to ``count`` evenly spaced slices of a data file as validation k-space (read as the model of
+    ``image_channels`` reads it: with phase for 2), or ``None`` without a file."""
     if path is None:
         return None
     from compressor.export.reconstruct import infer_source, read_input
     from compressor.export.run_models import evenly_spaced_indices
 
-    kspace = read_input(path, source or infer_source(path), mask.shape, mask.values, acceleration).kspace
+    kspace = read_input(path, source or infer_source(path), mask.shape, mask.values, acceleration,
+                        image_channels=image_channels).kspace
     return kspace[evenly_spaced_indices(len(kspace), count)]
 
 
@@ -124,7 +126,10 @@ def _report_export(result: ExportResult) -> None:
 @click.option("--block-form", type=click.Choice(["plain", "residual"]), default="plain",
               help="Block form of the bare weights' model.")
 @click.option("--block-padding", type=int, default=5, help="Block padding of the bare weights' model.")
-@click.option("--channels", type=int, default=32, help="Hidden channels of the bare weights' model.")
+@click.option("--width", type=int, default=32, help="Hidden channels of the bare weights' model.")
+@click.option("--channels", "image_channels", type=click.IntRange(1, 2), default=1,
+              help="Image channels of the bare weights' model: 1, the paper's real image; 2, the complex image "
+                   "(real, imag).")
 @click.option("--validation", "validation_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Data file whose slices validate the export (default: the run's validation slices; for bare "
                    "weights, Shepp-Logan phantoms).")
@@ -141,12 +146,13 @@ def _report_export(result: ExportResult) -> None:
 def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | None, arch: str | None,
                    weights: Path | None, acceleration: float, image_size: int, mask_path: Path | None,
                    mask_centred: bool | None, mask_type: str, mask_seed: int, block_form: str, block_padding: int,
-                   channels: int, validation_path: Path | None, source: str | None, formulation: str, provider: str,
-                   target: str, out: Path | None) -> None:
+                   width: int, image_channels: int, validation_path: Path | None, source: str | None,
+                   formulation: str, provider: str, target: str, out: Path | None) -> None:
     """Export trained DC-CNNs with their data-fidelity layers to validated ONNX files.
 
-    Inputs of the graph: k-space (real, imaginary; uncentred) and mask; outputs: the normalised image and its
-    scale. Examples: compress export --run runs/default --model sft_kd/at/d3c5@4x;
+    Inputs of the graph: k-space (real, imaginary; uncentred) and mask; outputs: the normalised image (of a
+    2-channel model, its real and imaginary parts and magnitude) and its scale. Examples:
+    compress export --run runs/default --model sft_kd/at/d3c5@4x;
     compress export --arch d3c5 --weights w.safetensors --acceleration 4 --image-size 240 --out d3c5.onnx
     """
     if sum(x is not None for x in (run_dir, stage_dir, weights)) != 1:
@@ -166,14 +172,14 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
             from compressor.models import ModelOptions, build_model
             from compressor.training.checkpoint import load_weights
 
-            model = load_weights(weights, build_model(arch, ModelOptions(block_form=block_form,
-                                                                         block_padding=block_padding,
-                                                                         channels=channels))).eval()
+            options = ModelOptions(block_form=block_form, block_padding=block_padding, channels=width,
+                                   image_channels=image_channels)
+            model = load_weights(weights, build_model(arch, options)).eval()
             mask = _bare_mask(acceleration, image_size, mask_path, mask_centred, mask_type, mask_seed)
-            kspace = _validation_kspace(validation_path, source, mask, acceleration)
+            kspace = _validation_kspace(validation_path, source, mask, acceleration, image_channels)
             if kspace is None:
                 click.echo("no --validation data: validating on Shepp-Logan phantoms", err=True)
-                kspace = phantom_kspace(mask)
+                kspace = phantom_kspace(mask, image_channels=image_channels)
             result = export_model(model, out or weights.with_name(output_name(weights.stem, target)), mask=mask,
                                   validation_kspace=kspace, acceleration=acceleration, extras={"weights": weights.name},
                                   formulation=formulation, provider=provider, target=target)
@@ -186,7 +192,8 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
                 destination = out or stage_dir.parent.parent / EXPORTS_FOLDER / file_name
             else:
                 destination = (out or run_dir / EXPORTS_FOLDER) / file_name
-            kspace = _validation_kspace(validation_path, source, run_model.mask, run_model.stage.acceleration)
+            kspace = _validation_kspace(validation_path, source, run_model.mask, run_model.stage.acceleration,
+                                        run_model.model.image_channels)
             _report_export(export_run_model(run_model, destination, formulation=formulation, provider=provider,
                                             validation_kspace=kspace, target=target))
     except ExportValidationError as error:
@@ -197,7 +204,8 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
 @click.argument("model_path", metavar="MODEL.onnx", type=click.Path(path_type=Path, dir_okay=False))
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
-              help="Output HDF5 (dataset 'reconstruction' (S, H, W) float32 in the input's units).")
+              help="Output HDF5: dataset 'reconstruction' (S, H, W) in the input's units, float32 (1-channel model) "
+                   "or complex64 (2-channel model, with 'magnitude' float32).")
 @click.option("--source", type=SOURCES,
               help="Input kind (default from the file name: .npy k-space, .nii/.nii.gz NIfTI, .h5 project HDF5).")
 @click.option("--mask", "mask_path", type=click.Path(path_type=Path, dir_okay=False),
@@ -207,7 +215,8 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, help="Slices per ONNX Runtime call.")
 @click.option("--previews", type=click.Path(path_type=Path, file_okay=False), help="Folder for one PNG per slice.")
 @click.option("--take-real-part", is_flag=True, default=False,
-              help="Reconstruct k-space of a complex-valued image anyway (its real part, as the paper does).")
+              help="1-channel models: reconstruct k-space of a complex-valued image anyway (its real part, as the "
+                   "paper does). 2-channel models reconstruct the complex image.")
 @click.option("--provider", type=PROVIDERS, default="auto", help="ONNX Runtime execution provider.")
 @click.option("--threads", type=click.IntRange(min=1), help="ONNX Runtime intra-op threads (default: all cores).")
 @click.option("--progress/--no-progress", default=True, help="Progress bar.")
@@ -217,8 +226,9 @@ def reconstruct_command(model_path: Path, input_path: Path, out: Path, source: s
                         take_real_part: bool, provider: str, threads: int | None, progress: bool) -> None:
     """Reconstruct every slice of INPUT with an exported model (scanner side: ONNX Runtime only).
 
-    INPUT: undersampled k-space (.npy, complex (S, H, W) or (H, W)), or a project/fastMRI HDF5 or NIfTI volume
-    whose measurement is simulated with the mask. Example: compress reconstruct d3c5.onnx scan.npy --out scan.h5
+    INPUT: undersampled k-space (.npy, complex (S, H, W) or (H, W); multi-coil (S, coils, H, W) with a 2-channel
+    model), or a project/fastMRI/authors HDF5 or NIfTI volume (stored k-space is masked, images have their
+    measurement simulated with the mask). Example: compress reconstruct d3c5.onnx scan.npy --out scan.h5
     """
     from compressor.export.reconstruct import reconstruct_file
 

@@ -76,11 +76,12 @@ def evenly_spaced(items: Sequence[tuple[int, int]], limit: int | None) -> list[t
     return [items[i] for i in picks]
 
 
-def build_mask(config: DataConfig, acceleration: float) -> SamplingMask:
+def build_mask(config: DataConfig, acceleration: float, shape: tuple[int, int] | None = None) -> SamplingMask:
     """The run's mask: ``mask_file`` (``{acceleration}`` replaced, e.g. ``mask_{acceleration}x.npy``) or a
-    generated ``mask_type`` mask of ``image_size x image_size``; for the ``sr`` task, where ``acceleration`` is the
-    integer scale, the all-zero :func:`~compressor.data.dataset.no_measurement_mask`."""
-    shape = (config.image_size, config.image_size)
+    generated ``mask_type`` mask of ``shape`` (default ``image_size x image_size``; the measured grid of 2-channel
+    runs on measured k-space, :func:`measurement_grid`); for the ``sr`` task, where ``acceleration`` is the integer
+    scale, the all-zero :func:`~compressor.data.dataset.no_measurement_mask`."""
+    shape = shape or (config.image_size, config.image_size)
     if config.task == "sr":
         if acceleration != int(acceleration):
             raise InputError(f"the super-resolution scale must be an integer, got {acceleration:g}")
@@ -96,7 +97,45 @@ def _all_slices(readers: Sequence[VolumeReader]) -> list[tuple[int, int]]:
     return [(r, s) for r, reader in enumerate(readers) for s in range(len(reader))]
 
 
-def _open_split(config: DataConfig, source: str, split: str, acceleration: float) -> list[VolumeReader]:
+def measurement_grid(readers: Sequence[VolumeReader], config: DataConfig, image_channels: int) -> tuple[int, int]:
+    """The ``(H, W)`` grid the models run on (and the mask's shape): ``image_size x image_size``, except for 2-channel
+    models on sources that store k-space, which keep the grid their phase-encode lines were measured on (k-space cannot
+    be cropped along them); those volumes must then share one grid."""
+    square = (config.image_size, config.image_size)
+    if image_channels != 2:
+        return square
+    grids = {reader.image_shape: reader for reader in readers if reader.stores_kspace}
+    if len(grids) > 1:
+        (first, a), (second, b) = list(grids.items())[:2]
+        raise InputError(f"measured on a {second[0]}x{second[1]} grid, while {a.path} is {first[0]}x{first[1]}: "
+                         "k-space cannot be cropped along the phase-encode lines, so one run takes volumes of one "
+                         "grid", b.path)
+    return next(iter(grids), square)
+
+
+def run_grid(config: DataConfig, acceleration: float, image_channels: int) -> tuple[int, int]:
+    """The grid of a run's models (:func:`measurement_grid`) from the files' headers alone, for planning a run's
+    masks before any slice is read: ``image_size x image_size`` unless 2-channel models meet stored k-space."""
+    source = config.source.lower()
+    if image_channels != 2 or source == MNI_SOURCE or config.task == "sr":
+        return config.image_size, config.image_size
+    readers = [reader for split in ("train", "validation", "test") if getattr(config, split)
+               for reader in _open_split(config, source, split, acceleration, keep_phase=True)]
+    return measurement_grid(readers, config, image_channels)
+
+
+def _check_phase(readers: Sequence[VolumeReader], phase: str) -> None:
+    """A synthetic phase is for magnitude images: a file that stores k-space carries its own phase."""
+    if phase == "none":
+        return
+    for reader in readers:
+        if reader.stores_kspace:
+            raise InputError(f"stores k-space, which carries its own phase: --phase {phase} is for magnitude images "
+                             "(the embedded data, NIfTI)", reader.path)
+
+
+def _open_split(config: DataConfig, source: str, split: str, acceleration: float,
+                keep_phase: bool) -> list[VolumeReader]:
     """The readers of the file or folder that ``config`` names for ``split``."""
     location = getattr(config, split)
     if location is None:
@@ -104,13 +143,18 @@ def _open_split(config: DataConfig, source: str, split: str, acceleration: float
     options: dict[str, object] = {}
     if source == "fastmri":
         options["target_key"] = config.fastmri_target_key
+        if keep_phase:  # the readout oversampling is removed by cropping the readout to the scored size (320)
+            options["recon_size"] = (config.image_size, config.image_size)
     elif source == "authors":
         options["acceleration"] = acceleration
-    return [open_volume(path, source, **options) for path in list_volume_files(location, source)]
+    return [open_volume(path, source, keep_phase=keep_phase, **options)
+            for path in list_volume_files(location, source)]
 
 
-def build_splits(config: DataConfig, acceleration: float, log: Callable[[str], None] = print) -> DataSplits:
-    """Datasets for ``config`` at ``acceleration``.
+def build_splits(config: DataConfig, acceleration: float, log: Callable[[str], None] = print,
+                 image_channels: int = 1) -> DataSplits:
+    """Datasets for ``config`` at ``acceleration``, for models of ``image_channels`` (2: complex data kept,
+    :class:`SliceDataset`).
 
     ``source = "mni"`` builds (or reuses) the cached MNI volume and splits its slices into slabs
     (:func:`~compressor.data.embedded.mni_splits`); file sources read ``train``, ``validation`` and optionally
@@ -129,23 +173,26 @@ def build_splits(config: DataConfig, acceleration: float, log: Callable[[str], N
         raise InputError(f"[data] downsample applies only to source 'mni', got {config.downsample} for {source!r}")
     size = config.image_size
     super_resolution = config.task == "sr"
-    mask = build_mask(config, acceleration)
+    keep_phase = image_channels == 2
+    mask = build_mask(config, acceleration, run_grid(config, acceleration, image_channels))
     if source == MNI_SOURCE:
         volume = build_mni_volume(Path(config.cache_dir) if config.cache_dir else None, size, config.downsample, log)
-        readers = [open_volume(volume, "project")]
+        readers = [open_volume(volume, "project", keep_phase=keep_phase)]
         split_slices = {name: [(0, s) for s in indices] for name, indices in mni_splits(len(readers[0])).items()}
         split_readers = {name: readers for name in split_slices}
         origin = f"MNI ICBM152 T1 template ({volume})"
     else:
         names = ["train", "validation"] + (["test"] if config.test else [])
-        split_readers = {name: _open_split(config, source, name, acceleration) for name in names}
+        split_readers = {name: _open_split(config, source, name, acceleration, keep_phase) for name in names}
         split_slices = {name: _all_slices(readers) for name, readers in split_readers.items()}
         origin = f"{source} volumes"
+    _check_phase([reader for readers in split_readers.values() for reader in readers], config.phase)
     limits = {"train": config.max_train_slices, "validation": config.max_eval_slices, "test": config.max_eval_slices}
     datasets = {
         name: SuperResolutionDataset(split_readers[name], int(acceleration), config.sr_interpolation, size,
                                      evenly_spaced(split_slices[name], limits[name])) if super_resolution
-        else SliceDataset(split_readers[name], mask, size, evenly_spaced(split_slices[name], limits[name]))
+        else SliceDataset(split_readers[name], mask, size, evenly_spaced(split_slices[name], limits[name]),
+                          image_channels, config.phase)
         for name in split_slices
     }
     for dataset in datasets.values():
@@ -154,6 +201,9 @@ def build_splits(config: DataConfig, acceleration: float, log: Callable[[str], N
     degradation = (f"super-resolution x{acceleration:g} (k-space truncation, {config.sr_interpolation} "
                    "interpolation)" if super_resolution else
                    f"{mask.kind} mask {acceleration_label(acceleration)}x (digest {mask.digest()})")
-    description = f"{origin}, {size}x{size} px, slices: {counts}; {degradation}"
+    grid = "" if mask.shape == (size, size) else f" scored, on a {mask.shape[0]}x{mask.shape[1]} measured grid"
+    phase = {"none": "", "synthetic": ", synthetic phase (a simulation)"}[config.phase]
+    images = ", complex (2 channels)" if keep_phase else ""
+    description = f"{origin}, {size}x{size} px{grid}{images}{phase}, slices: {counts}; {degradation}"
     return DataSplits(train=datasets["train"], validation=datasets["validation"], test=datasets.get("test"),
                       mask=mask, description=description)

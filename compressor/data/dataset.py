@@ -11,6 +11,14 @@ normalisation):
 3. :func:`~compressor.physics.normalisation.normalise_kspace` forms ``x_u = Re F^{-1}(y)`` and divides everything
    by ``max |x_u|``.
 
+**Two image channels** (``image_channels=2``, the complex models): the readers are opened with ``keep_phase`` and
+give the complex image and its k-space on the grid the phase-encode lines were measured on (fastMRI: 320 x 368 after
+the readout oversampling is removed; the undersampling is retrospective, with the run's mask, on that grid);
+images-only sources are centre-cropped/padded to ``image_size`` and, with ``phase="synthetic"``, multiplied by the
+simulated phase of :mod:`compressor.data.phase`. Zero-filled image and target are then ``(2, H, W)`` (real, imag),
+normalised by the largest magnitude of the zero-filled image, and losses and metrics score the ``image_size`` centre
+of the grid (:func:`~compressor.data.transforms.scored_image`).
+
 That function is the one normalisation of the tool: the exported graph (:mod:`compressor.export.graph`) calls it with
 its own Fourier operator, so ``compress reconstruct`` and export validation normalise exactly as training does.
 
@@ -27,12 +35,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from compressor.config import Phase
+from compressor.data.phase import with_synthetic_phase
 from compressor.data.readers import SliceData, VolumeReader
 from compressor.data.sample import Sample
 from compressor.data.transforms import centre_crop_or_pad
 from compressor.errors import InputError
 from compressor.masks import SamplingMask
-from compressor.physics import NormalisedInput, apply_mask, normalisation_scale, normalise_kspace, undersample
+from compressor.physics import NormalisedInput, apply_mask, fft2, normalisation_scale, normalise_kspace, undersample
 from compressor.physics.degradation import INTERPOLATIONS, check_scale, degrade
 
 __all__ = ["NormalisedInput", "SliceDataset", "SuperResolutionDataset", "centre_crop_or_pad", "no_measurement_mask",
@@ -68,16 +78,24 @@ class SliceDataset(Dataset):
         image_size: centre crop/pad size for images-only sources (an int means square); ``None`` keeps the
             stored size. Sources with k-space are never cropped, so their stored size must equal the mask's.
         slices: ``(reader index, slice index)`` pairs to serve, in order; default every slice of every reader.
+        image_channels: 1 (the paper's real images) or 2 (complex images; the readers must have been opened with
+            ``keep_phase=True``); sources with k-space then keep their grid, which must be the mask's.
+        phase: ``none`` or ``synthetic`` (:mod:`compressor.data.phase`; images-only sources, 2 channels only).
     """
 
     def __init__(self, readers: Sequence[VolumeReader], mask: SamplingMask,
                  image_size: int | tuple[int, int] | None = None,
-                 slices: Sequence[tuple[int, int]] | None = None):
+                 slices: Sequence[tuple[int, int]] | None = None, image_channels: int = 1, phase: str = "none"):
+        if phase != "none" and image_channels != 2:
+            raise InputError(f"a synthetic phase needs 2-channel (complex) models, got {image_channels} image channel")
         self.readers = list(readers)
         self.mask = mask
         self.image_size = _as_size(image_size)
+        self.image_channels = image_channels
+        self.phase = phase
         for reader in self.readers:
-            shape = self.image_size or reader.image_shape
+            shape = reader.image_shape if image_channels == 2 and reader.stores_kspace else (
+                self.image_size or reader.image_shape)
             if shape != mask.shape:
                 raise InputError(
                     f"mask ({mask.kind}, digest {mask.digest()}) has shape {mask.shape} but the images are {shape}; "
@@ -108,6 +126,20 @@ class SliceDataset(Dataset):
         an images-only slice is centre-cropped/padded to the mask's shape."""
         return data.target if data.kspace is not None else centre_crop_or_pad(data.target, self.mask.shape)
 
+    def coil_references(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(|virtual coil|, root-sum-of-squares)`` ``(S, H, W)`` float32 of the slices whose reader compressed coils
+        (each divided by the RSS image's maximum), for reporting what the coil compression costs; ``None`` when no
+        slice is multi-coil."""
+        pairs = []
+        for index in range(len(self)):
+            data = self._stored(index).data
+            if data.rss is not None:
+                peak = float(np.max(data.rss)) or 1.0
+                pairs.append((np.abs(data.target) / peak, data.rss / peak))
+        if not pairs:
+            return None
+        return (np.stack([m for m, _ in pairs]).astype(np.float32), np.stack([r for _, r in pairs]).astype(np.float32))
+
     def scan(self) -> None:
         """Read every slice once before training, so bad data stops a run before its first stage.
 
@@ -123,7 +155,8 @@ class SliceDataset(Dataset):
                    type(self).__name__)
             if key in _SCANNED:
                 continue
-            peak = float(np.max(self.scanned_target(self._stored(index).data)))
+            target = self.scanned_target(self._stored(index).data)
+            peak = float(np.max(np.abs(target) if np.iscomplexobj(target) else target))
             if not peak > 0:
                 problem = "is all zero" if peak == 0 else f"has maximum {peak:g} <= 0"
                 raise InputError(f"slice {slice_index}: the target image {problem}, so there is nothing to learn "
@@ -133,6 +166,8 @@ class SliceDataset(Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         reader, slice_index, data = self._stored(index)
+        if self.image_channels == 2:
+            return self._complex_sample(reader, slice_index, data)
         if data.kspace is None:
             target = torch.from_numpy(centre_crop_or_pad(data.target, self.mask.shape))
             kspace = undersample(target, self._mask_tensor)
@@ -146,6 +181,29 @@ class SliceDataset(Dataset):
             mask=self._mask_tensor[None],
             target=(target / normalised.scale)[None],
             scale=normalised.scale,
+            volume=reader.name,
+            slice_index=slice_index,
+        )
+
+    def _complex_sample(self, reader: VolumeReader, slice_index: int, data: SliceData) -> Sample:
+        """The 2-channel item: the complex target and its undersampled k-space, normalised (module docstring)."""
+        if data.kspace is None:
+            image = centre_crop_or_pad(data.target, self.mask.shape)
+            if self.phase == Phase.SYNTHETIC:
+                image = with_synthetic_phase(image, reader.name, slice_index)
+            target = torch.from_numpy(np.ascontiguousarray(image, dtype=np.complex64))
+            kspace = apply_mask(fft2(torch.view_as_real(target)), self._mask_tensor)
+        else:
+            target = torch.from_numpy(np.ascontiguousarray(data.target, dtype=np.complex64))
+            kspace = self._measured_kspace(reader, slice_index, data)
+        normalised = normalise_kspace(kspace[None], channels=2)
+        scale = normalised.scale[0]
+        return Sample(
+            zero_filled=normalised.zero_filled,
+            kspace=normalised.kspace,
+            mask=self._mask_tensor[None],
+            target=torch.view_as_real(target).movedim(-1, 0) / scale,
+            scale=scale,
             volume=reader.name,
             slice_index=slice_index,
         )

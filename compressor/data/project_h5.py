@@ -3,6 +3,7 @@
 One volume per file::
 
     /target          (S, H, W) float32   fully sampled real (or magnitude) images, one per slice   [required]
+                     (S, H, W) complex64 ... or fully sampled complex images (2-channel models only)
     /mask            (H, W)    float32   0/1 sampling mask, uncentred (DC at (0, 0))             [optional]
     /kspace          (S, H, W) complex64 fully sampled k-space, uncentred, orthonormal FFT       [optional]
     attrs:
@@ -14,8 +15,11 @@ One volume per file::
       ...              any further attributes the writer passes (acquisition metadata)
 
 Without ``kspace`` the dataset simulates k-space from ``target`` (``y = M ⊙ F(x)``); with it, ``kspace`` is
-undersampled directly and ``target`` should be its real inverse transform. The ``mask`` records how a volume
-was (or is to be) undersampled; training uses the one mask per acceleration chosen by the configuration.
+undersampled directly and ``target`` should be its real inverse transform (for the 1-channel models; the 2-channel
+models take the complex image ``ifft2(kspace)`` instead). A complex ``target`` carries the phase of the images; only
+the 2-channel (complex) models read it (``compress --channels 2``); for the 1-channel models it is an error. The
+``mask`` records how a volume was (or is to be) undersampled; training uses the one mask per acceleration chosen by
+the configuration.
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ def write_project_volume(
 
     Args:
         path: destination ``.h5`` file; its folder is created if needed.
-        target: ``(S, H, W)`` real images, stored as float32.
+        target: ``(S, H, W)`` real images, stored as float32, or complex images, stored as complex64.
         mask: optional ``(H, W)`` 0/1 mask, uncentred.
         kspace: optional ``(S, H, W)`` complex fully sampled k-space, uncentred, stored as complex64.
         attrs: extra file attributes (``source``, ``voxel_size_mm``, acquisition metadata); the layout's own
@@ -75,7 +79,8 @@ def write_project_volume(
     interrupted write never leaves a file that looks finished.
     """
     path = Path(path)
-    target = np.asarray(target, dtype=np.float32)
+    target = np.asarray(target)
+    target = target.astype(np.complex64 if np.iscomplexobj(target) else np.float32)
     _check_arrays(target, mask, kspace)
     extra = dict(attrs or {})
     clashing = sorted(set(extra) & set(RESERVED_ATTRS))

@@ -1,8 +1,11 @@
-"""Pure NumPy image transforms used by the readers and the dataset."""
+"""Image transforms used by the readers, the dataset and the scored region of training and evaluation."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+from compressor.physics.fft import channel_magnitude
 
 
 def _axis_crop_or_pad(length: int, size: int) -> tuple[slice, tuple[int, int]]:
@@ -31,3 +34,25 @@ def centre_crop_or_pad(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     cropped = image[..., rows, cols]
     padding = [(0, 0)] * (image.ndim - 2) + [row_pad, col_pad]
     return np.pad(cropped, padding)
+
+
+def centre_crop(image, size: tuple[int, int]):
+    """The centre ``size = (H', W')`` of the last two axes of ``image`` ``(..., H, W)``; an axis already no longer
+    than requested is kept whole (never padded). Works on NumPy arrays and torch tensors alike (a view, no copy);
+    same centre convention as :func:`centre_crop_or_pad`.
+
+    Used for the *scored region*: a source with measured k-space keeps the grid its phase-encode lines were measured
+    on (fastMRI knee: 320 x 368 after the readout oversampling is removed), and losses and metrics take the
+    ``image_size`` centre of it (320 x 320), as fastMRI's reconstructions do.
+    """
+    rows, _ = _axis_crop_or_pad(image.shape[-2], min(size[0], image.shape[-2]))
+    cols, _ = _axis_crop_or_pad(image.shape[-1], min(size[1], image.shape[-1]))
+    return image[..., rows, cols]
+
+
+def scored_image(image: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    """What evaluation and metrics score of a model's image ``(B, C, H, W) -> (B, H', W')``: the real image
+    itself for ``C = 1`` (the paper's convention, unchanged), the magnitude ``|x|`` for ``C = 2`` (PSNR and SSIM of
+    magnitudes, as fastMRI), cropped to the centre ``size`` (:func:`centre_crop`; ``None`` keeps the grid)."""
+    scored = image[:, 0] if image.shape[1] == 1 else channel_magnitude(image)[:, 0]
+    return scored if size is None else centre_crop(scored, size)

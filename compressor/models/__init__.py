@@ -21,6 +21,7 @@ from compressor.models.dcunet import DCUNet
 from compressor.models.feature_chain import RCNN_BLOCKS, FeatureChainModel, ResidualCNN
 from compressor.models.features import FeatureRecorder
 from compressor.models.vdsr import VDSR, VDSR_BLOCKS
+from compressor.physics.fft import IMAGE_CHANNELS
 from compressor.registry import Registry
 
 
@@ -35,6 +36,8 @@ class ModelOptions:
         dc_lambda: ``None`` = λ → ∞ (paper); a float = finite DF weight.
         dc_learnable: learn λ (one extra parameter per cascade).
         channels: hidden channels (paper: 32).
+        image_channels: the image's channels: 1, the paper's real image; 2, the complex image as real and imaginary
+            parts (DC-CNNs only; the other families stay real-valued).
     """
 
     block_form: str = "plain"
@@ -42,10 +45,13 @@ class ModelOptions:
     dc_lambda: float | None = None
     dc_learnable: bool = False
     channels: int = 32
+    image_channels: int = 1
 
     def __post_init__(self) -> None:
         if self.block_form not in BLOCK_FORMS:
             raise InputError(f"block_form must be one of {', '.join(BLOCK_FORMS)}, got {self.block_form!r}")
+        if self.image_channels not in IMAGE_CHANNELS:
+            raise InputError(f"image channels must be 1 (real) or 2 (complex), got {self.image_channels}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,6 +66,8 @@ class ArchitectureFamily:
     example: str
     build: Callable[[re.Match, ModelOptions], CascadeModel]
     check: Callable[[re.Match], str | None]
+    complex_images: bool = False
+    """Whether the family builds 2-channel (complex) models; the others stay real-valued."""
 
 
 ARCHITECTURES: Registry[ArchitectureFamily] = Registry("architecture family")
@@ -76,12 +84,13 @@ def _check_dccnn(match: re.Match) -> str | None:
 
 def _build_dccnn(match: re.Match, options: ModelOptions) -> CascadeModel:
     return DCCNN(int(match["n"]), int(match["m"]), channels=options.channels, block_form=options.block_form,
-                 block_padding=options.block_padding, dc_lambda=options.dc_lambda, dc_learnable=options.dc_learnable)
+                 block_padding=options.block_padding, dc_lambda=options.dc_lambda, dc_learnable=options.dc_learnable,
+                 image_channels=options.image_channels)
 
 
 ARCHITECTURES.register("dccnn")(ArchitectureFamily(
     pattern=r"d(?P<n>\d+)c(?P<m>\d+)", form="dNcM (N >= 2 conv layers per block, M >= 1 cascades)",
-    example="d5c5", build=_build_dccnn, check=_check_dccnn,
+    example="d5c5", build=_build_dccnn, check=_check_dccnn, complex_images=True,
 ))
 
 
@@ -151,6 +160,9 @@ def build_model(name: str, options: ModelOptions | None = None) -> CascadeModel:
     """Build the model named ``name`` (e.g. ``d3c5``) with ``options``; the model records both."""
     options = options or ModelOptions()
     family, match = parse_architecture(name)
+    if options.image_channels != 1 and not family.complex_images:
+        raise InputError(f"{name} takes real images only (1 image channel): the {family.form.split(' ')[0]} family "
+                         "stays real-valued; 2 image channels (complex data) take DC-CNNs, dNcM")
     model = family.build(match, options)
     model.arch = name.strip().lower()
     model.options = options

@@ -27,9 +27,9 @@ class ReconOutput:
     """What a (partial) forward pass produced.
 
     Attributes:
-        image: the last cascade's output, ``(B, 1, H, W)``.
-        block_outputs: per cascade run, the CNN block's output before DF, ``(B, 1, H, W)`` each.
-        cascade_outputs: per cascade run, the output after DF, ``(B, 1, H, W)`` each.
+        image: the last cascade's output, ``(B, C, H, W)`` (``C``: the model's ``image_channels``).
+        block_outputs: per cascade run, the CNN block's output before DF, ``(B, C, H, W)`` each.
+        cascade_outputs: per cascade run, the output after DF, ``(B, C, H, W)`` each.
     """
 
     image: torch.Tensor
@@ -65,11 +65,13 @@ class CascadeModel(nn.Module):
     """A chain of :class:`Cascade` modules sharing one Fourier operator (``self.fourier``, swappable).
 
     Subclasses set ``arch`` (the name it was built from) and ``channels`` (the channel count of every
-    :meth:`distillation_layer` activation, which sizes the KD losses' adapters).
+    :meth:`distillation_layer` activation, which sizes the KD losses' adapters); ``image_channels`` is the channel
+    count of the images they take and return (1: real, the default; 2: complex as real and imaginary parts).
     """
 
     arch: str
     channels: int
+    image_channels: int = 1
 
     def __init__(self, cascades: list[Cascade], fourier: FourierOperator | None = None):
         super().__init__()
@@ -96,7 +98,7 @@ class CascadeModel(nn.Module):
         """Run cascades ``start .. stop - 1`` (0-based) from ``image``.
 
         Args:
-            image: input of cascade ``start``, real ``(B, 1, H, W)`` (the zero-filled image when ``start == 0``).
+            image: input of cascade ``start``, ``(B, C, H, W)`` (the zero-filled image when ``start == 0``).
             kspace: measured undersampled k-space, uncentred, ``(B, 1, H, W, 2)``.
             mask: sampling mask, uncentred, ``(B or 1, 1, H, W)``.
         """
@@ -112,7 +114,7 @@ class CascadeModel(nn.Module):
         return output
 
     def forward(self, zero_filled: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Full reconstruction ``(B, 1, H, W)`` from the zero-filled image, k-space and mask."""
+        """Full reconstruction ``(B, C, H, W)`` from the zero-filled image, k-space and mask."""
         return self.run_cascades(zero_filled, kspace, mask).image
 
     def hidden_layers(self, cascade: int) -> list[str]:

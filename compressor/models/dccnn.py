@@ -1,6 +1,8 @@
 """DC-CNN (Schlemper et al. 2017) as used by the paper: ``dNcM`` = M cascades of an N-conv CNN block + DF.
 
-Each block: ``conv(1→32), ReLU, [conv(32→32), ReLU] × (N−2), conv(32→1)``, 3×3 kernels. Two block forms:
+Each block: ``conv(C→32), ReLU, [conv(32→32), ReLU] × (N−2), conv(32→C)``, 3×3 kernels, where ``C`` is the image's
+channel count: 1 for the paper's real image, 2 for the complex image as (real, imag) channels (Schlemper et al.'s
+DC-CNN; 577 more parameters per cascade). Two block forms:
 
 * ``plain``: the block's output is the new image (the authors' code);
 * ``residual``: ``image + CNN(image)`` (Schlemper et al.'s DC-CNN).
@@ -17,7 +19,7 @@ from torch import nn
 
 from compressor.config import BlockForm, values
 from compressor.models.base import CascadeModel, data_fidelity_cascades
-from compressor.physics.fft import FourierOperator
+from compressor.physics.fft import IMAGE_CHANNELS, FourierOperator
 
 BLOCK_FORMS = values(BlockForm)
 
@@ -32,7 +34,7 @@ def is_residual(block_form: str) -> bool:
 class CNNBlock(nn.Module):
     """``n_layers`` 3×3 convs with ReLU between them; layers named ``conv1..convN`` and ``relu1..relu(N-1)``.
 
-    Input and output ``(B, 1, H, W)``; the hidden activations ``relu k`` are ``(B, channels, H + 2p, W + 2p)``
+    Input and output ``(B, in_channels, H, W)``; the hidden activations ``relu k`` are ``(B, channels, H + 2p, W + 2p)``
     where ``p = block_padding``.
     """
 
@@ -74,15 +76,19 @@ class DCCNN(CascadeModel):
         block_form: ``"plain"`` or ``"residual"``.
         dc_lambda: ``None`` for the paper's ``λ → ∞``; a float for a finite DF weight.
         dc_learnable: learn ``λ`` (adds one parameter per cascade).
+        image_channels: 1 (the paper's real image) or 2 (the complex image as real and imaginary channels).
     """
 
     def __init__(self, n_layers: int, n_cascades: int, channels: int = 32, block_form: str = "plain",
                  block_padding: int = 5, dc_lambda: float | None = None, dc_learnable: bool = False,
-                 fourier: FourierOperator | None = None):
+                 fourier: FourierOperator | None = None, image_channels: int = 1):
+        if image_channels not in IMAGE_CHANNELS:
+            raise ValueError(f"image_channels must be 1 or 2, got {image_channels}")
         residual = is_residual(block_form)
-        blocks = [CNNBlock(n_layers, channels, residual, block_padding) for _ in range(n_cascades)]
+        blocks = [CNNBlock(n_layers, channels, residual, block_padding, image_channels) for _ in range(n_cascades)]
         super().__init__(data_fidelity_cascades(blocks, dc_lambda, dc_learnable), fourier)
         self.arch = f"d{n_layers}c{n_cascades}"
         self.n_layers = n_layers
         self.channels = channels
         self.block_form = block_form
+        self.image_channels = image_channels

@@ -4,12 +4,15 @@ r"""The k-space data-fidelity (DF) layer of eq. (2) of the paper.
 
     \hat X_{rec}(k) = \begin{cases} \hat X_{cnn}(k) & k \notin \Omega \\
         \frac{\hat X_{cnn}(k) + \lambda \hat X_u(k)}{1 + \lambda} & k \in \Omega \end{cases},
-    \qquad x_{rec} = \mathrm{Re}\, F^{-1}(\hat X_{rec})
+    \qquad x_{rec} = F^{-1}(\hat X_{rec})
 
 With :math:`\lambda \to \infty` (the paper's models) the sampled k-space is replaced by the measurement and the
-CNN's k-space is kept elsewhere. The real part of the inverse transform is taken (as in the authors' code; the
-models handle 1-channel real images). A finite :math:`\lambda`, fixed or learnable, blends the two on
-:math:`\Omega`; :math:`\lambda` is a weight on the *measurement* so larger means more trust in the data.
+CNN's k-space is kept elsewhere. A finite :math:`\lambda`, fixed or learnable, blends the two on :math:`\Omega`;
+:math:`\lambda` is a weight on the *measurement* so larger means more trust in the data.
+
+The image's channel count says what it is (:func:`~compressor.physics.fft.channels_to_pair`): a 1-channel image is
+real, and the real part of the inverse transform is kept (the paper's models, as in the authors' code); a 2-channel
+image is the complex image (real, imaginary), and eq. (2) acts on it as written, nothing discarded.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from compressor.physics.fft import FourierOperator, real_to_pair
+from compressor.physics.fft import FourierOperator, channels_to_pair, pair_to_channels
 
 
 def data_fidelity_kspace(
@@ -30,13 +33,13 @@ def data_fidelity_kspace(
     """Eq. (2) in k-space: the corrected k-space ``(B, 1, H, W, 2)`` before the inverse transform.
 
     Args:
-        image: CNN output ``x_cnn``, real, ``(B, 1, H, W)``.
+        image: CNN output ``x_cnn``, ``(B, C, H, W)``: real (``C = 1``) or (real, imag) (``C = 2``).
         measured_kspace: undersampled k-space ``y = M ⊙ F(x)``, uncentred, ``(B, 1, H, W, 2)``.
         mask: sampling mask ``M`` (0/1), uncentred, ``(B or 1, 1, H, W)``.
         fourier: the Fourier operator (uncentred, orthonormal).
         dc_weight: ``λ``; ``None`` means ``λ → ∞`` (hard replacement).
     """
-    predicted = fourier.forward(real_to_pair(image))
+    predicted = fourier.forward(channels_to_pair(image))
     sampled = mask.unsqueeze(-1)
     if dc_weight is None:
         return predicted + sampled * (measured_kspace - predicted)
@@ -50,9 +53,10 @@ def data_fidelity(
     fourier: FourierOperator,
     dc_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Eq. (2) followed by ``Re F^{-1}``: real image ``(B, 1, H, W)``. Arguments as :func:`data_fidelity_kspace`."""
+    """Eq. (2) followed by ``F^{-1}``: an image of ``image``'s channels ``(B, C, H, W)`` (``C = 1`` keeps the real
+    part). Arguments as :func:`data_fidelity_kspace`."""
     kspace = data_fidelity_kspace(image, measured_kspace, mask, fourier, dc_weight)
-    return fourier.backward(kspace)[..., 0]
+    return pair_to_channels(fourier.backward(kspace), image.shape[-3])
 
 
 class DataFidelity(nn.Module):

@@ -78,6 +78,51 @@ def real_to_pair(image: torch.Tensor) -> torch.Tensor:
     return torch.stack((image, torch.zeros_like(image)), dim=-1)
 
 
+IMAGE_CHANNELS = (1, 2)
+"""The image channel counts a model may have: 1 is the paper's real image, 2 the complex image as (real, imag)."""
+
+
+def _check_channels(channels: int) -> None:
+    if channels not in IMAGE_CHANNELS:
+        raise ValueError(f"image channels must be 1 (real) or 2 (real, imag), got {channels}")
+
+
+def channels_to_pair(image: torch.Tensor) -> torch.Tensor:
+    """A model's image ``(..., C, H, W)`` as the complex image ``(..., 1, H, W, 2)`` the Fourier operators take.
+
+    ``C = 1``: a real image (imaginary part zero); ``C = 2``: channel 0 is the real part, channel 1 the imaginary.
+    """
+    channels = image.shape[-3]
+    _check_channels(channels)
+    if channels == 1:
+        return real_to_pair(image)
+    return image.movedim(-3, -1).unsqueeze(-4)
+
+
+def pair_to_channels(data: torch.Tensor, channels: int) -> torch.Tensor:
+    """The inverse of :func:`channels_to_pair`: ``(..., 1, H, W, 2) -> (..., C, H, W)``.
+
+    ``channels = 1`` keeps the real part (the paper's real-valued models); ``2`` keeps both parts as channels.
+    """
+    _check_channels(channels)
+    _check_pair(data)
+    if channels == 1:
+        return data[..., 0]
+    if data.shape[-4] != 1:
+        raise ValueError(f"a 2-channel image needs a singleton channel dimension before (H, W, 2), got "
+                         f"{tuple(data.shape)}")
+    return data.squeeze(-4).movedim(-1, -3)
+
+
+def channel_magnitude(image: torch.Tensor) -> torch.Tensor:
+    """``|x|`` of a model's image ``(..., C, H, W) -> (..., 1, H, W)``: the absolute value of a real image
+    (``C = 1``), the complex magnitude ``sqrt(re² + im²)`` of a 2-channel one."""
+    _check_channels(image.shape[-3])
+    if image.shape[-3] == 1:
+        return image.abs()
+    return torch.sqrt(image[..., :1, :, :] ** 2 + image[..., 1:, :, :] ** 2)
+
+
 class FourierOperator(Protocol):
     """A forward/backward 2-D Fourier pair on real-pair tensors ``(..., H, W, 2)``, uncentred, orthonormal."""
 

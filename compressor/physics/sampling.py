@@ -1,14 +1,15 @@
 """Retrospective undersampling and zero-filled reconstruction (uncentred k-space, real-pair tensors).
 
-Shapes: images ``(B, 1, H, W)`` real; k-space ``(B, 1, H, W, 2)``; masks ``(B or 1, 1, H, W)`` with
-values 0/1 and DC at index (0, 0). See :mod:`compressor.physics.fft` for the conventions.
+Shapes: images ``(B, C, H, W)`` (``C = 1`` real, ``C = 2`` real and imaginary parts); k-space
+``(B, 1, H, W, 2)``; masks ``(B or 1, 1, H, W)`` with values 0/1 and DC at index (0, 0). See
+:mod:`compressor.physics.fft` for the conventions.
 """
 
 from __future__ import annotations
 
 import torch
 
-from compressor.physics.fft import FourierOperator, TorchFFT, real_to_pair
+from compressor.physics.fft import FourierOperator, TorchFFT, pair_to_channels, real_to_pair
 
 
 def apply_mask(kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -26,10 +27,12 @@ def undersample(image: torch.Tensor, mask: torch.Tensor, fourier: FourierOperato
     return apply_mask(fourier.forward(real_to_pair(image)), mask)
 
 
-def zero_filled(kspace: torch.Tensor, fourier: FourierOperator | None = None) -> torch.Tensor:
-    """Zero-filled reconstruction ``x_u = Re(F^{-1} y)`` of undersampled k-space ``(..., H, W, 2)``.
+def zero_filled(kspace: torch.Tensor, fourier: FourierOperator | None = None, channels: int = 1) -> torch.Tensor:
+    """Zero-filled reconstruction ``x_u = F^{-1} y`` of undersampled k-space as a model's input image.
 
-    The real part (not the magnitude) is kept, as the data-fidelity layer and the authors' code do.
+    ``channels = 1``: the real part ``Re(F^{-1} y)`` (not the magnitude), as the paper's data-fidelity layer and the
+    authors' code keep it; k-space ``(..., H, W, 2) -> (..., H, W)``. ``channels = 2``: the complex image as
+    (real, imag) channels; k-space ``(..., 1, H, W, 2) -> (..., 2, H, W)``.
     """
     fourier = fourier or TorchFFT()
-    return fourier.backward(kspace)[..., 0]
+    return pair_to_channels(fourier.backward(kspace), channels)

@@ -68,6 +68,11 @@ class StageFactory:
     def __init__(self, config: RunConfig, options: ModelOptions, run_dir: Path, device: torch.device):
         self.config, self.options, self.run_dir, self.device = config, options, Path(run_dir), device
 
+    @property
+    def scored_size(self) -> tuple[int, int]:
+        """The centre region losses see (:attr:`compressor.config.DataConfig.image_size`)."""
+        return self.config.data.image_size, self.config.data.image_size
+
     def new_model(self, arch: str, init: Path | None = None) -> CascadeModel:
         torch.manual_seed(self.config.train.seed)
         model = build_model(arch, self.options)
@@ -80,7 +85,7 @@ class StageFactory:
     def build(self, stage: PlannedStage) -> tuple[Objective, list[Phase]]:
         if stage.kind == "supervised":
             model = self.new_model(stage.spec.arch, stage.init)
-            return Supervised(model, stage.setup.loss), [Phase("train", stage.epochs)]
+            return Supervised(model, stage.setup.loss, self.scored_size), [Phase("train", stage.epochs)]
         if stage.kind == "sft_teacher":
             return self._student_friendly_teacher(stage)
         return self._distillation(stage)
@@ -89,7 +94,8 @@ class StageFactory:
         sft = self.config.sft
         weights = SFTWeights(sft.teacher_weight, sft.student_weight, sft.imitation_weight, sft.imitation_per_pixel)
         objective = StudentFriendlyTeacher(self.new_model(stage.setup.teacher, stage.init),
-                                           self.new_model(stage.student_arch), weights, stage.setup.loss)
+                                           self.new_model(stage.student_arch), weights, stage.setup.loss,
+                                           self.scored_size)
         return objective, [Phase("train", stage.epochs)]
 
     def _distillation(self, stage: PlannedStage) -> tuple[Objective, list[Phase]]:
@@ -103,4 +109,4 @@ class StageFactory:
                              n_cascades=teacher.n_cascades)
         phases = kd_phases(loss, kd.schedule, self.config.train.epochs_kd, kd.feature_epochs)
         return (Distillation(student, teacher, loss.to(self.device), kd_weight(self.config, stage.spec.method),
-                             stage.setup.loss), phases)
+                             stage.setup.loss, self.scored_size), phases)

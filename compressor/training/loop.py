@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from compressor.data.sample import Sample
+from compressor.data.transforms import centre_crop
 from compressor.io import save_json
 from compressor.rundir import CHECKPOINT_FILE, HISTORY_FILE
 from compressor.training.checkpoint import load_state, save_state, save_weights
@@ -56,6 +57,7 @@ class TrainSettings:
     num_workers: int = 0
     progress: bool = True
     distributed: DistributedContext = SINGLE_PROCESS
+    scored_size: tuple[int, int] | None = None  # the centre region validation scores; None: the whole grid
 
 
 @dataclass
@@ -93,7 +95,10 @@ def validation_l1(objective: Objective, dataset: Dataset, settings: TrainSetting
         batch = to_device(batch, settings.device)
         with autocast(settings):
             output = reconstruct(model, batch)
-        per_slice = F.l1_loss(output.float(), batch.target, reduction="none").mean(dim=(1, 2, 3))
+        output, target = output.float(), batch.target
+        if settings.scored_size is not None:
+            output, target = centre_crop(output, settings.scored_size), centre_crop(target, settings.scored_size)
+        per_slice = F.l1_loss(output, target, reduction="none").mean(dim=(1, 2, 3))
         total += per_slice.sum().item()
         count += per_slice.numel()
     if settings.distributed.distributed:  # every rank its share; the sums make every rank's mean the global one

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from compressor.data.sample import Sample
+from compressor.data.transforms import centre_crop
 from compressor.kd import CascadeFeatures, CompositeLoss, DistillationLoss, record_cascade_features
 from compressor.models import CascadeModel
 
@@ -61,21 +62,37 @@ RECONSTRUCTION_LOSSES: dict[str, Callable[[], nn.Module]] = {"l1": nn.L1Loss, "m
 where the classification losses of Park et al. 2021 are replaced by MSE)."""
 
 
-def reconstruction_loss(name: str) -> nn.Module:
+class ScoredRegionLoss(nn.Module):
+    """An image loss on the scored region only: both images cropped to their centre ``size``
+    (:func:`~compressor.data.transforms.centre_crop`). A source with measured k-space keeps its measured grid (the
+    DF runs there) while the loss, like the metrics, sees the ``image_size`` centre; on the other sources the grid
+    is the scored region and the crop takes everything."""
+
+    def __init__(self, loss: nn.Module, size: tuple[int, int]):
+        super().__init__()
+        self.loss = loss
+        self.size = size
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.loss(centre_crop(output, self.size), centre_crop(target, self.size))
+
+
+def reconstruction_loss(name: str, scored_size: tuple[int, int] | None = None) -> nn.Module:
     """A new instance of the loss ``name`` (a module, so it can be a term of a
-    :class:`~compressor.kd.CompositeLoss`)."""
+    :class:`~compressor.kd.CompositeLoss`), on the centre ``scored_size`` of the images when given."""
     if name not in RECONSTRUCTION_LOSSES:
         raise ValueError(f"unknown reconstruction loss {name!r}; valid: {', '.join(RECONSTRUCTION_LOSSES)}")
-    return RECONSTRUCTION_LOSSES[name]()
+    loss = RECONSTRUCTION_LOSSES[name]()
+    return loss if scored_size is None else ScoredRegionLoss(loss, scored_size)
 
 
 class Supervised:
     """Stages 1 and 2 (teacher alone, student alone): ``loss(model(x_u), x)``, L1 in the paper."""
 
-    def __init__(self, model: CascadeModel, loss: str = "l1"):
+    def __init__(self, model: CascadeModel, loss: str = "l1", scored_size: tuple[int, int] | None = None):
         self.output_model = model
         self.loss_name = loss
-        self.rec_loss = reconstruction_loss(loss)
+        self.rec_loss = reconstruction_loss(loss, scored_size)
 
     def start_phase(self, phase: Phase) -> None:
         """One phase only: nothing to switch."""
@@ -116,13 +133,14 @@ class StudentFriendlyTeacher:
     (the feature-domain ablation, where branches pass feature maps rather than images between blocks).
     """
 
-    def __init__(self, teacher: CascadeModel, student: CascadeModel, weights: SFTWeights, loss: str = "l1"):
+    def __init__(self, teacher: CascadeModel, student: CascadeModel, weights: SFTWeights, loss: str = "l1",
+                 scored_size: tuple[int, int] | None = None):
         if teacher.n_cascades != student.n_cascades:
             raise ValueError(f"SFT needs equal cascade counts, got {teacher.n_cascades} and {student.n_cascades}")
         self.output_model = teacher
         self.student_branches = student
         self.weights = weights
-        self.rec_loss = reconstruction_loss(loss)
+        self.rec_loss = reconstruction_loss(loss, scored_size)
 
     def start_phase(self, phase: Phase) -> None:
         """One phase only: nothing to switch."""
@@ -176,13 +194,13 @@ class Distillation:
     """
 
     def __init__(self, student: CascadeModel, teacher: CascadeModel, kd_loss: DistillationLoss, kd_weight: float,
-                 loss: str = "l1"):
+                 loss: str = "l1", scored_size: tuple[int, int] | None = None):
         self.output_model = student
         self.teacher = teacher.eval().requires_grad_(False)
         self.kd_loss = kd_loss
         self.kd_weight = kd_weight
         self.loss_name = loss
-        self.rec_loss = reconstruction_loss(loss)
+        self.rec_loss = reconstruction_loss(loss, scored_size)
         self.pretraining = False
         self.composite = self._composite(Phase("joint", 1))
 

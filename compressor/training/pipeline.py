@@ -40,6 +40,7 @@ from compressor import rundir
 from compressor.config import RunConfig
 from compressor.data import DataSplits, build_splits
 from compressor.data.sample import Sample
+from compressor.data.transforms import centre_crop, scored_image
 from compressor.errors import InputError
 from compressor.io import atomic_path, load_json, save_json
 from compressor.kd import weight_balance
@@ -121,7 +122,8 @@ class Pipeline:
         t = config.train
         self.settings = TrainSettings(batch_size=t.batch_size, lr=t.lr, lr_step=t.lr_step, lr_gamma=t.lr_gamma,
                                       seed=t.seed, device=self.device, amp=t.amp, num_workers=t.num_workers,
-                                      progress=progress, distributed=distributed)
+                                      progress=progress, distributed=distributed,
+                                      scored_size=(config.data.image_size, config.data.image_size))
         self.outcomes: list[StageOutcome] = []
 
     # -- the graph ----------------------------------------------------------------------------------------------
@@ -137,12 +139,14 @@ class Pipeline:
         earlier = self._earlier_run()
         records: list[ModelResult] = []
         masks: dict[str, MaskRecord] = {}
+        coil_compression: rundir.CoilCompressionRecord | None = None
         data = self.config.data
         if self.dist.distributed:
             self.log(self.dist.describe(self.settings.batch_size, self.settings.lr))
         for acceleration in data.acceleration:
             with self.dist.main_first():  # rank 0 fills a data cache (embedded MNI) before the others read it
-                splits = build_splits(data, acceleration, log=self.log)
+                splits = build_splits(data, acceleration, log=self.log,
+                                      image_channels=self.config.model.image_channels)
             if splits.mask.digest() != self.plan.masks[acceleration].digest():
                 raise RuntimeError("the data's mask is not the planned one (build_splits and build_mask disagree)")
             if not self.writes:
@@ -156,6 +160,8 @@ class Pipeline:
             masks[rundir.acceleration_label(acceleration)] = mask
             sampled = "" if data.task == "sr" else f"; {splits.mask.sampled_fraction:.1%} of k-space sampled"
             self.log(f"data: {splits.description}{sampled}")
+            if coil_compression is None:
+                coil_compression = self._coil_compression(splits)
             for split, file in self._zero_filled_metrics(splits, acceleration).items():
                 records.append(self._result(None, acceleration, split, file))
             for stage in self.plan.stages[acceleration]:
@@ -167,7 +173,8 @@ class Pipeline:
                         sr_interpolation=data.sr_interpolation if data.task == "sr" else None,
                         models=tuple(records), masks=masks, tool_version=compressor.__version__,
                         config=self.config.to_dict(),
-                        distributed=self.dist.record(self.settings.batch_size, self.settings.lr))
+                        distributed=self.dist.record(self.settings.batch_size, self.settings.lr),
+                        coil_compression=coil_compression)
         if not self.writes:
             return PipelineResult(self.run_dir, self.run_dir / rundir.RESULTS_FILE, self.outcomes,
                                   time.perf_counter() - started)
@@ -244,14 +251,19 @@ class Pipeline:
         """Reconstruct ``split`` with ``model``; write ``reconstructions_<split>.h5`` and ``metrics_<split>.json``."""
         model.eval()
         batches = [to_device(b, self.device) for b in make_loader(dataset, self.settings, shuffle=False)]
+        size = self.settings.scored_size
         arrays = {
-            "reconstruction": np.concatenate([reconstruct(model, b)[:, 0].float().cpu().numpy() for b in batches]),
-            **_reference_arrays(batches),
+            "reconstruction": np.concatenate([scored_image(reconstruct(model, b).float(), size).cpu().numpy()
+                                              for b in batches]),
+            **_reference_arrays(batches, size),
         }
         volumes, slices = _slice_ids(batches)
         with atomic_path(directory / rundir.reconstructions_file(split)) as tmp, h5py.File(tmp, "w") as f:
             for name, values in arrays.items():
                 f.create_dataset(name, data=values.astype(np.float32))
+            if batches[0].target.shape[1] == 2:  # the complex data, on the model's grid, for export validation
+                f.create_dataset(rundir.COMPLEX_TARGET_KEY, data=np.concatenate(
+                    [_complex(b.target) for b in batches]))
             f.create_dataset("volume", data=np.array(volumes, dtype="S"))
             f.create_dataset("slice_index", data=np.array(slices, dtype=np.int64))
         return self._save_metrics(directory / rundir.metrics_file(split), split, arrays["reconstruction"],
@@ -265,6 +277,23 @@ class Pipeline:
         save_json(path, metrics)
         return metrics
 
+    def _coil_compression(self, splits: DataSplits) -> rundir.CoilCompressionRecord | None:
+        """Score the virtual coil against the root-sum-of-squares image on the validation slices (multi-coil data
+        only), and say what it costs before any model runs."""
+        references = splits.validation.coil_references()
+        if references is None:
+            return None
+        size = self.settings.scored_size
+        virtual, rss = (centre_crop(images, size) for images in references)
+        scores = self.score(virtual, rss)
+        summaries = {name: rundir.MetricSummary(float(np.mean(values)), float(np.std(values)))
+                     for name, values in scores.items()}
+        record = rundir.CoilCompressionRecord("validation", len(rss), summaries)
+        self.log(f"coil compression (SVD, one virtual coil per slice) against the root-sum-of-squares image, "
+                 f"{len(rss)} validation slices: " + ", ".join(
+                     f"{name} {summary.mean:.4g}" for name, summary in record.metrics.items()))
+        return record
+
     def _zero_filled_metrics(self, splits: DataSplits, acceleration: float) -> dict[str, Path]:
         """Score the zero-filled images of each evaluation split (the ZF row); computed once per acceleration."""
         files = {}
@@ -272,7 +301,7 @@ class Pipeline:
             path = self.run_dir / rundir.zero_filled_file(acceleration, split)
             if not path.is_file():
                 batches = list(make_loader(dataset, self.settings, shuffle=False))
-                arrays = _reference_arrays(batches)
+                arrays = _reference_arrays(batches, self.settings.scored_size)
                 self._save_metrics(path, split, arrays["zero_filled"], arrays["target"], *_slice_ids(batches))
             files[split] = path
         return files
@@ -312,11 +341,17 @@ def _eval_splits(splits: DataSplits) -> dict[str, Any]:
     return {"validation": splits.validation, **({"test": splits.test} if splits.test is not None else {})}
 
 
-def _reference_arrays(batches: list[Sample]) -> dict[str, np.ndarray]:
-    """Target, zero-filled image and scale of a list of batches, as ``(S, H, W)`` / ``(S,)`` arrays."""
-    return {"target": np.concatenate([b.target[:, 0].cpu().numpy() for b in batches]),
-            "zero_filled": np.concatenate([b.zero_filled[:, 0].cpu().numpy() for b in batches]),
+def _reference_arrays(batches: list[Sample], size: tuple[int, int] | None) -> dict[str, np.ndarray]:
+    """Target, zero-filled image (the scored region, :func:`~compressor.data.transforms.scored_image`) and scale of
+    a list of batches, as ``(S, H', W')`` / ``(S,)`` arrays."""
+    return {"target": np.concatenate([scored_image(b.target, size).cpu().numpy() for b in batches]),
+            "zero_filled": np.concatenate([scored_image(b.zero_filled, size).cpu().numpy() for b in batches]),
             "scale": np.concatenate([b.scale.cpu().numpy().reshape(-1) for b in batches])}
+
+
+def _complex(image: torch.Tensor) -> np.ndarray:
+    """A 2-channel image ``(B, 2, H, W)`` as complex64 ``(B, H, W)``."""
+    return torch.view_as_complex(image.movedim(1, -1).contiguous().float()).cpu().numpy().astype(np.complex64)
 
 
 def _slice_ids(batches: list[Sample]) -> tuple[list[str], list[int]]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from compressor.config import KDMode, RunConfig
+from compressor.config import KDMode, Phase, RunConfig
 from compressor.data import build_splits
 from compressor.errors import InputError
 from compressor.kd import DistillationLoss, build_kd_loss, tap_module_paths
@@ -35,6 +35,9 @@ def check_run(config: RunConfig, log: Callable[[str], None] = print, world_size:
     weights), builds its models and KD losses on the CPU, and reads each data slice once. ``world_size``: the
     processes that will train (``torchrun``; ``train.batch_size`` is then the per-rank batch).
     """
+    if config.data.phase != Phase.NONE and config.model.image_channels != 2:
+        raise InputError(f"[data] phase {config.data.phase!r} makes complex images, which real-valued (1-channel) "
+                         "models cannot take: add --channels 2")
     plan = plan_run(config, world_size=world_size)
     options = model_options(config)
     losses = []
@@ -43,7 +46,7 @@ def check_run(config: RunConfig, log: Callable[[str], None] = print, world_size:
         for student in setup.students:
             losses += [check_pair(config, teacher, build_model(student, options), method) for method in plan.methods]
     for acceleration in config.data.acceleration:
-        splits = build_splits(config.data, acceleration, log=log)
+        splits = build_splits(config.data, acceleration, log=log, image_channels=config.model.image_channels)
         for loss in losses:
             check_batches(loss, config.kd.mode, config.train.batch_size, len(splits.train), world_size)
 

@@ -131,7 +131,7 @@ def model_options(config: RunConfig):
 
     m = config.model
     return ModelOptions(block_form=m.block_form, block_padding=m.block_padding, dc_lambda=m.dc_lambda,
-                        dc_learnable=m.dc_learnable)
+                        dc_learnable=m.dc_learnable, image_channels=m.image_channels)
 
 
 @dataclass(frozen=True)
@@ -186,16 +186,16 @@ class RunPlan:
 
 
 def plan_run(config: RunConfig, masks: dict[float, SamplingMask] | None = None, world_size: int = 1) -> RunPlan:
-    """The stages ``config`` trains and their keys, without training or reading data.
+    """The stages ``config`` trains and their keys, without training or reading slices.
 
     ``world_size``: the processes that train them (``torchrun``); above 1 it enters every key, since the global
     batch is ``train.batch_size × world_size``.
 
     Builds each model once (which checks every architecture name) and each acceleration's mask with
-    :func:`compressor.data.build_mask` (or takes ``masks``); the warm-start weights, when set, are checked to fit
-    the teacher.
+    :func:`compressor.data.build_mask` (or takes ``masks``), on the grid of :func:`compressor.data.run_grid` (which
+    reads file headers for 2-channel models only); the warm-start weights, when set, are checked to fit the teacher.
     """
-    from compressor.data import build_mask
+    from compressor.data import build_mask, run_grid
     from compressor.models import build_model
     from compressor.training.checkpoint import load_weights
 
@@ -216,7 +216,8 @@ def plan_run(config: RunConfig, masks: dict[float, SamplingMask] | None = None, 
     masks = dict(masks or {})
     for acceleration in config.data.acceleration:
         if acceleration not in masks:
-            masks[acceleration] = build_mask(config.data, acceleration)
+            grid = run_grid(config.data, acceleration, config.model.image_channels)
+            masks[acceleration] = build_mask(config.data, acceleration, grid)
     planner = _Planner(config, methods, options.to_dict(), warm_start, world_size)
     stages = {acceleration: [stage for setup in setups for stage in planner.graph(masks[acceleration], acceleration,
                                                                                   setup)]
