@@ -209,6 +209,8 @@ def read_input(path: Path, source: str, image_size: tuple[int, int], mask: np.nd
             kspace = compress_coils(kspace)
     else:
         options = {"acceleration": acceleration} if source == "authors" else {}
+        if source == "fastmri" and image_channels == 2:  # the readout oversampling cropped to the model's rows
+            options["recon_size"] = tuple(image_size)
         reader = open_volume(path, source, keep_phase=image_channels == 2, **options)
         if len(reader) == 0:
             raise InputError("the volume has no slices", path)

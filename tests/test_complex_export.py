@@ -342,6 +342,25 @@ def test_reconstruct_a_project_volume_with_phase_with_a_complex_model(tmp_path, 
         np.testing.assert_allclose(a["reconstruction"][()], b["reconstruction"][()], atol=1e-5)
 
 
+def test_reconstruct_measured_fastmri_kspace_on_its_measured_grid(tmp_path, exported, mask):
+    """fastMRI stores centred k-space with the readout (rows) oversampled 2x: the reader crops the readout to the
+    model's rows and keeps the phase-encode columns, which is what the model was exported for."""
+    _, results = exported
+    oversampled = np.zeros((2, 2 * SIZE[0], SIZE[1]), np.complex64)
+    oversampled[:, SIZE[0] // 2:SIZE[0] // 2 + SIZE[0]] = complex_images(2, seed=11)
+    centred = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(oversampled, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+    with h5py.File(tmp_path / "file1000.h5", "w") as file:
+        file["kspace"] = centred.astype(np.complex64)
+    measured = np.fft.fft2(complex_images(2, seed=11), norm="ortho") * mask.values
+    np.save(tmp_path / "k.npy", measured.astype(np.complex64))
+    assert invoke(results["lines"].path, tmp_path / "file1000.h5", "--source", "fastmri", "--out",
+                  tmp_path / "a.h5").exit_code == 0
+    assert invoke(results["lines"].path, tmp_path / "k.npy", "--out", tmp_path / "b.h5").exit_code == 0
+    with h5py.File(tmp_path / "a.h5") as a, h5py.File(tmp_path / "b.h5") as b:
+        np.testing.assert_allclose(a["reconstruction"][()], b["reconstruction"][()],
+                                   atol=1e-4 * np.abs(b["reconstruction"][()]).max())
+
+
 def test_reconstruct_compresses_multi_coil_npy_for_a_complex_model(tmp_path, exported, mask):
     _, results = exported
     rng = np.random.default_rng(11)
