@@ -42,7 +42,15 @@ from compressor.data.sample import Sample
 from compressor.data.transforms import centre_crop_or_pad
 from compressor.errors import InputError
 from compressor.masks import SamplingMask
-from compressor.physics import NormalisedInput, apply_mask, fft2, normalisation_scale, normalise_kspace, undersample
+from compressor.physics import (
+    NormalisedInput,
+    apply_mask,
+    fft2,
+    normalisation_scale,
+    normalise_kspace,
+    pair_to_channels,
+    undersample,
+)
 from compressor.physics.degradation import INTERPOLATIONS, check_scale, degrade
 
 __all__ = ["NormalisedInput", "SliceDataset", "SuperResolutionDataset", "centre_crop_or_pad", "no_measurement_mask",
@@ -202,7 +210,7 @@ class SliceDataset(Dataset):
             zero_filled=normalised.zero_filled,
             kspace=normalised.kspace,
             mask=self._mask_tensor[None],
-            target=torch.view_as_real(target).movedim(-1, 0) / scale,
+            target=pair_to_channels(torch.view_as_real(target)[None], 2) / scale,
             scale=scale,
             volume=reader.name,
             slice_index=slice_index,

@@ -45,6 +45,7 @@ from compressor.errors import InputError
 from compressor.io import atomic_path, load_json, save_json
 from compressor.kd import weight_balance
 from compressor.models import CascadeModel
+from compressor.physics import channels_to_pair
 from compressor.rundir import MaskRecord, ModelResult, Role, RunRecord, Setup, StageRecord
 from compressor.training.distributed import SINGLE_PROCESS, DistributedContext
 from compressor.training.factories import REFERENCE_KD_EPOCHS, StageFactory, kd_phases, transfer_student_blocks
@@ -262,8 +263,9 @@ class Pipeline:
             for name, values in arrays.items():
                 f.create_dataset(name, data=values.astype(np.float32))
             if batches[0].target.shape[1] == 2:  # the complex data, on the model's grid, for export validation
-                f.create_dataset(rundir.COMPLEX_TARGET_KEY, data=np.concatenate(
-                    [_complex(b.target) for b in batches]))
+                targets = [channels_to_pair(b.target.float())[:, 0].contiguous() for b in batches]
+                f.create_dataset(rundir.COMPLEX_TARGET_KEY,
+                                 data=np.concatenate([torch.view_as_complex(t).cpu().numpy() for t in targets]))
             f.create_dataset("volume", data=np.array(volumes, dtype="S"))
             f.create_dataset("slice_index", data=np.array(slices, dtype=np.int64))
         return self._save_metrics(directory / rundir.metrics_file(split), split, arrays["reconstruction"],
@@ -348,10 +350,6 @@ def _reference_arrays(batches: list[Sample], size: tuple[int, int] | None) -> di
             "zero_filled": np.concatenate([scored_image(b.zero_filled, size).cpu().numpy() for b in batches]),
             "scale": np.concatenate([b.scale.cpu().numpy().reshape(-1) for b in batches])}
 
-
-def _complex(image: torch.Tensor) -> np.ndarray:
-    """A 2-channel image ``(B, 2, H, W)`` as complex64 ``(B, H, W)``."""
-    return torch.view_as_complex(image.movedim(1, -1).contiguous().float()).cpu().numpy().astype(np.complex64)
 
 
 def _slice_ids(batches: list[Sample]) -> tuple[list[str], list[int]]:
