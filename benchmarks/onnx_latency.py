@@ -52,7 +52,7 @@ def targets(models: list[dict]) -> dict:
 
 def complex_images(models: list[dict]) -> list[dict]:
     """Per architecture with both graphs: the 1- and 2-channel graphs' ORT latency, the ratio, and each one's DF share
-    (blocks only against the full graph)."""
+    (the share of ONNX Runtime's kernel time in the DF nodes, from its per-node profile)."""
     return [{"arch": m["arch"], "ort_1ch_ms": m["ort_1ch_ms_median"], "ort_2ch_ms": m["ort_2ch_ms_median"],
              "ratio": m["complex_latency_ratio"], "df_share_1ch": m["df_share_1ch"], "df_share_2ch": m["df_share_2ch"]}
             for m in models if m["complex_latency_ratio"] is not None]

@@ -17,7 +17,6 @@ real-valued output: what a 1-channel model loses there it loses whatever it was 
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
 import click
@@ -31,6 +30,7 @@ from compressor.data.transforms import scored_image
 from compressor.errors import InputError
 from compressor.evaluate.metrics import slice_metrics
 from compressor.evaluate.stats import summarise, wilcoxon_test
+from compressor.export.cpu import cpu_features
 from compressor.export.run_models import RunModel, load_run_models
 from compressor.io import save_json
 from compressor.physics import normalise_kspace
@@ -39,18 +39,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def cpu_description() -> str:
-    """The CPU's model name and its widest vector instruction sets (from ``/proc/cpuinfo`` where there is one)."""
-    model, flags = platform.processor() or platform.machine(), set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    wide = [flag for flag in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if flag in flags]
-    return f"{model} ({', '.join(wide) or 'no AVX2'}), {torch.get_num_threads()} threads"
+    """The CPU's model name, its vector instruction sets (:func:`compressor.export.cpu.cpu_features`) and threads."""
+    return f"{cpu_features().describe()}, {torch.get_num_threads()} threads"
 
 
 @torch.no_grad()

@@ -80,12 +80,17 @@ class FigureOutcome(NamedTuple):
 
 
 class TradeOffPoint(NamedTuple):
-    """One model in the deployment trade-off: latency per slice (ms) and mean PSNR (dB)."""
+    """One model file in the deployment trade-off: latency per slice (ms), mean PSNR (dB) and its precision."""
 
     label: str
     role: str
     latency_ms: float
     psnr: float
+    precision: str = "fp32"
+
+
+PRECISION_MARKERS = {"fp32": "o", "int8": "s", "fp16": "^"}
+"""Scatter marker of each precision in the PSNR-latency figure (others: ``"D"``)."""
 
 
 def pareto_front(points: Sequence[TradeOffPoint]) -> list[TradeOffPoint]:
@@ -226,7 +231,9 @@ def qualitative_panel(run: RunData, out_path: Path, method: str | None = None) -
 
 def psnr_vs_latency(run: RunData, out_path: Path) -> FigureOutcome:
     """Mean PSNR against median ONNX Runtime latency for every model whose architecture was benchmarked, one
-    panel per acceleration; the Pareto front (nothing faster is better) is drawn as a dashed step line."""
+    panel per acceleration; the Pareto front (nothing faster is better) is drawn as a dashed step line. Each
+    benchmarked precision is a point with its own marker: its file's latency, and the model's PSNR plus the file's
+    ΔPSNR against fp32 (a precision whose ΔPSNR is not known is left out)."""
     if run.benchmark is None:
         return FigureOutcome(None, "no benchmark.json: PSNR-vs-latency figure skipped (run `compress benchmark`)")
     panels = []
@@ -235,11 +242,16 @@ def psnr_vs_latency(run: RunData, out_path: Path) -> FigureOutcome:
         for record in run.records:
             if record.acceleration != acceleration or record.role == "zero_filled":
                 continue
-            latency, summary = run.benchmark.latency_ms(record.arch), run.summary(record, "psnr")
-            if latency is not None and summary is not None:
-                method = f" {method_label(record.method)}" if record.method else ""
-                points.append(TradeOffPoint(f"{ROLE_LABELS[record.role]}{method} ({record.arch})", record.role,
-                                            latency, summary.mean))
+            summary = run.summary(record, "psnr")
+            for precision in run.benchmark.precisions():
+                latency = run.benchmark.latency_ms(record.arch, precision)
+                entry = run.benchmark.entry(record.name, precision)
+                delta = 0.0 if precision == "fp32" else entry.delta_psnr if entry is not None else None
+                if latency is not None and summary is not None and delta is not None:
+                    method = f" {method_label(record.method)}" if record.method else ""
+                    suffix = "" if precision == "fp32" else f" {precision}"
+                    points.append(TradeOffPoint(f"{ROLE_LABELS[record.role]}{method} ({record.arch}){suffix}",
+                                                record.role, latency, summary.mean + delta, precision))
         if points:
             panels.append((acceleration, points))
     if not panels:
@@ -248,9 +260,12 @@ def psnr_vs_latency(run: RunData, out_path: Path) -> FigureOutcome:
     figure = Figure(figsize=(6.5 * len(panels), 4.5), layout="constrained")
     for axes, (acceleration, points) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
         for role in dict.fromkeys(point.role for point in points):
-            mine = [point for point in points if point.role == role]
-            axes.scatter([p.latency_ms for p in mine], [p.psnr for p in mine], color=ROLE_COLOURS[role],
-                         label=ROLE_LABELS[role], zorder=3)
+            for precision in dict.fromkeys(point.precision for point in points):
+                mine = [point for point in points if point.role == role and point.precision == precision]
+                if mine:
+                    axes.scatter([p.latency_ms for p in mine], [p.psnr for p in mine], color=ROLE_COLOURS[role],
+                                 marker=PRECISION_MARKERS.get(precision, "D"), zorder=3,
+                                 label=ROLE_LABELS[role] + ("" if precision == "fp32" else f" ({precision})"))
         for point in points:
             axes.annotate(point.label, (point.latency_ms, point.psnr), fontsize=6, xytext=(3, 3),
                           textcoords="offset points")

@@ -138,13 +138,19 @@ def convergence(history: list[HistoryEntry], tolerance: float = CONVERGENCE_TOLE
 
 
 class BenchmarkEntry(NamedTuple):
-    """One model of ``benchmark.json``: ONNX Runtime latency per slice (median and 90th percentile, ms)."""
+    """One row of ``benchmark.json``: a model in one precision, ONNX Runtime latency per slice (median and 90th
+    percentile, ms) and, for a precision other than fp32, its PSNR/SSIM change against the fp32 export (results
+    written before precisions existed are fp32)."""
 
     arch: str
     role: str
     parameters: int | None
     latency_ms: float | None
     latency_p90_ms: float | None
+    name: str = ""
+    precision: str = "fp32"
+    delta_psnr: float | None = None
+    delta_ssim: float | None = None
 
 
 class Benchmark(NamedTuple):
@@ -154,12 +160,21 @@ class Benchmark(NamedTuple):
     threads: int | None
     entries: tuple[BenchmarkEntry, ...]
 
-    def latency_ms(self, arch: str | None) -> float | None:
-        """Median latency of the first entry with this architecture (all roles of an arch run the same graph)."""
+    def latency_ms(self, arch: str | None, precision: str = "fp32") -> float | None:
+        """Median latency of the first entry with this architecture and precision (all roles of an arch run the same
+        graph)."""
         for entry in self.entries:
-            if entry.arch == arch and entry.latency_ms is not None:
+            if entry.arch == arch and entry.precision == precision and entry.latency_ms is not None:
                 return entry.latency_ms
         return None
+
+    def precisions(self) -> tuple[str, ...]:
+        """The precisions benchmarked, fp32 first, then in the file's order."""
+        return tuple(dict.fromkeys(["fp32", *(entry.precision for entry in self.entries)]))
+
+    def entry(self, name: str, precision: str) -> BenchmarkEntry | None:
+        """The row of the model called ``name`` (``results.json``'s name) in ``precision``, if benchmarked."""
+        return next((e for e in self.entries if e.name == name and e.precision == precision), None)
 
 
 def _optional_number(value: Any, path: Path, key: str) -> float | None:
@@ -212,6 +227,10 @@ def _load_benchmark(path: Path) -> Benchmark | None:
                 parameters=None if parameters is None else int(parameters),
                 latency_ms=_optional_number(model.get("ort_ms_median"), path, f"{key}.ort_ms_median"),
                 latency_p90_ms=_optional_number(model.get("ort_ms_p90"), path, f"{key}.ort_ms_p90"),
+                name=str(model.get("name", "")),
+                precision=str(model.get("precision", "fp32")),
+                delta_psnr=_optional_number(model.get("delta_psnr"), path, f"{key}.delta_psnr"),
+                delta_ssim=_optional_number(model.get("delta_ssim"), path, f"{key}.delta_ssim"),
             )
         )
     threads = _optional_number(raw.get("threads"), path, "threads")

@@ -298,43 +298,63 @@ def table5(run: RunData) -> Table:
                  headers=headers, rows=rows, notes=notes)
 
 
-def _size_columns(run: RunData, record: ModelRecord | None, arch: str | None) -> list[str]:
-    """Parameters, compression and latency of an architecture."""
+def _size_columns(run: RunData, record: ModelRecord | None, arch: str | None, precision: str = "fp32") -> list[str]:
+    """Parameters, compression and latency of an architecture in ``precision``."""
     parameters = MISSING if record is None or record.parameters is None else str(record.parameters)
     compression = MISSING if record is None or record.compression is None else f"{100 * record.compression:.1f}%"
-    latency = run.benchmark.latency_ms(arch) if run.benchmark is not None else None
+    latency = run.benchmark.latency_ms(arch, precision) if run.benchmark is not None else None
     return [parameters, compression, MISSING if latency is None else f"{latency:.3f}"]
+
+
+def _precisions(run: RunData) -> tuple[str, ...]:
+    """The precisions of the run's ``benchmark.json`` (fp32 first); fp32 alone without one."""
+    return run.benchmark.precisions() if run.benchmark is not None else ("fp32",)
+
+
+def _delta_cell(run: RunData, record: ModelRecord | None, precision: str) -> str:
+    """A precision file's PSNR/SSIM change against the fp32 export (``Δ -0.031 dB / -0.0004``), from
+    ``benchmark.json``; ``MISSING`` where not benchmarked or not known."""
+    entry = run.benchmark.entry(record.name, precision) if run.benchmark is not None and record is not None else None
+    if entry is None or entry.delta_psnr is None:
+        return MISSING
+    return f"Δ {entry.delta_psnr:+.3f} dB / " + (MISSING if entry.delta_ssim is None else f"{entry.delta_ssim:+.4f}")
 
 
 def table8(run: RunData) -> Table:
     """Table 8: per student size, parameters, compression, latency and PSNR/SSIM, HFN/VIF without KD, with Std-KD
     and with SFT-KD-Recon (means)."""
     quality, detail = ("psnr", "ssim"), ("hfn", "vif")
-    headers = ["Acceleration", "Model", "Method", "Parameters", "Compression", "Latency (ms)",
+    headers = ["Acceleration", "Model", "Method", "Precision", "Parameters", "Compression", "Latency (ms)",
                "Original PSNR/SSIM", "Original HFN/VIF", "Std-KD PSNR/SSIM", "Std-KD HFN/VIF",
                "SFT-KD-Recon PSNR/SSIM", "SFT-KD-Recon HFN/VIF"]
     rows = []
     for acceleration in run.accelerations():
         label = _acceleration_label(acceleration)
         teacher = run.find("teacher", acceleration)
-        rows.append([label, f"Teacher ({run.teacher_arch or MISSING})", MISSING,
-                     *_size_columns(run, teacher, run.teacher_arch),
-                     _cell(run, teacher, quality, with_std=False), _cell(run, teacher, detail, with_std=False),
-                     MISSING, MISSING, MISSING, MISSING])
+        for precision in _precisions(run):
+            fp32 = precision == "fp32"
+            rows.append([label, f"Teacher ({run.teacher_arch or MISSING})", MISSING, precision,
+                         *_size_columns(run, teacher, run.teacher_arch, precision),
+                         _cell(run, teacher, quality, with_std=False) if fp32 else _delta_cell(run, teacher, precision),
+                         _cell(run, teacher, detail, with_std=False) if fp32 else MISSING,
+                         MISSING, MISSING, MISSING, MISSING])
         for arch in run.student_archs():
             student = run.find("student", acceleration, arch=arch)
             sized = student or next((r for r in run.records if r.arch == arch and r.parameters is not None), None)
             for method in run.methods() or [None]:
                 std_kd = run.find("std_kd", acceleration, method=method, arch=arch) if method else None
                 sft_kd = run.find("sft_kd", acceleration, method=method, arch=arch) if method else None
-                rows.append([
-                    label, f"Student ({arch})", method_label(method) if method else MISSING,
-                    *_size_columns(run, sized, arch),
-                    _cell(run, student, quality, with_std=False), _cell(run, student, detail, with_std=False),
-                    _cell(run, std_kd, quality, with_std=False), _cell(run, std_kd, detail, with_std=False),
-                    _cell(run, sft_kd, quality, with_std=False, marker=SIGNIFICANT, against=std_kd),
-                    _cell(run, sft_kd, detail, with_std=False, marker=SIGNIFICANT, against=std_kd),
-                ])
+                for precision in _precisions(run):
+                    cells = ([_cell(run, student, quality, with_std=False),
+                              _cell(run, student, detail, with_std=False),
+                              _cell(run, std_kd, quality, with_std=False), _cell(run, std_kd, detail, with_std=False),
+                              _cell(run, sft_kd, quality, with_std=False, marker=SIGNIFICANT, against=std_kd),
+                              _cell(run, sft_kd, detail, with_std=False, marker=SIGNIFICANT, against=std_kd)]
+                             if precision == "fp32" else
+                             [_delta_cell(run, student, precision), MISSING, _delta_cell(run, std_kd, precision),
+                              MISSING, _delta_cell(run, sft_kd, precision), MISSING])
+                    rows.append([label, f"Student ({arch})", method_label(method) if method else MISSING, precision,
+                                 *_size_columns(run, sized, arch, precision), *cells])
     notes = [*_common_notes(run), "Compression = 1 - parameters / teacher parameters.",
              _significance_note("SFT-KD-Recon differs from Std-KD")]
     if run.benchmark is None:
@@ -342,6 +362,10 @@ def table8(run: RunData) -> Table:
     else:
         threads = MISSING if run.benchmark.threads is None else run.benchmark.threads
         notes.append(f"Latency: median ms per slice, ONNX Runtime {run.benchmark.provider}, {threads} threads.")
+        if len(run.benchmark.precisions()) > 1:
+            notes.append("Rows of a precision other than fp32 give that file's latency and, in the PSNR/SSIM "
+                         "columns, its change against the fp32 export (ΔPSNR dB / ΔSSIM) on the export's quality "
+                         "slices (`compress export --precision`).")
     return Table(title="Table 8: student sizes (original, Std-KD and SFT-KD-Recon students)",
                  headers=headers, rows=rows, notes=notes)
 

@@ -4,26 +4,42 @@ formulation), across model sizes, in the shape of the paper's Table 8.
 Method (these machines are noisy, so the runtimes are timed *interleaved*):
 
 * every model gets the same input, one slice of a phantom undersampled with the mask, batch 1;
-* per iteration one call of each: ORT full graph, PyTorch eager, ORT graph with the DF removed (blocks only);
-  ``warmup`` iterations are discarded, then ``iterations`` (≥ 30) are kept; medians and 90th percentiles;
+* per iteration one call of each: ORT graph, PyTorch eager; ``warmup`` iterations are discarded, then
+  ``iterations`` (≥ 30) are kept; medians and 90th percentiles;
 * same thread count on both sides (``torch.set_num_threads`` and ORT ``intra_op_num_threads``), ORT thread
   spinning off; PyTorch under ``torch.inference_mode``;
 * the PyTorch time covers the model's forward on already normalised inputs, the ORT time the whole graph
   (masking, zero filling and normalisation included), so the comparison is conservative for ORT;
-* DF share ``= 1 - t(blocks only) / t(full graph)`` in ORT;
+* DF share: the fraction of ONNX Runtime's kernel time spent in the DF's nodes, from its per-node profile of the
+  same graph (:func:`profile_graph`, a separate profiling session after the timed loop, ``warmup`` runs dropped):
+  ``sum of the DF nodes' kernel times / sum of every node's kernel time``, in [0, 1] by construction. The DF nodes
+  are those the exporter put in a DF module's scope (:data:`~compressor.export.graph.DATA_FIDELITY_SCOPE`: each
+  cascade's ``data_fidelity`` and the line projection built once from the mask); a node ONNX Runtime fused or
+  re-laid out is traced back to the exported node it stems from (:func:`source_node`); the nodes it inserts itself
+  (layout reorders around the blocked convolutions) count with the rest. Why not ``1 - t(blocks only) / t(graph)``,
+  as before: the graph without the DF is optimised differently by ONNX Runtime (other layout reorders and fusions
+  between consecutive blocks), so it differed from the full graph by more than the DF and the "share" came out
+  negative (−7.6 % to −19.0 % at 120x120);
 * real and complex images: for an architecture whose family has both (the DC-CNNs), the 1-channel (real image) and
-  the 2-channel (complex image) graph are both timed, full and blocks only, in the same interleaved loop (the variant
+  the 2-channel (complex image) graph are both timed and profiled, in the same interleaved loop (the variant
   the row's model is not is built with random weights and the same options: latency does not depend on the
   weights); the row gives each one's latency and DF share and the ratio of the 2-channel graph's latency to the
   1-channel one's;
 * throughput: slices per second at batch 16 (median of a few calls);
+* precisions (``precisions``, ``compress benchmark --precision fp32,int8,fp16``): one row per model and precision,
+  every precision's file of an architecture timed in the same interleaved loop as its fp32 graph and PyTorch, with
+  the file's size, its speed relative to the fp32 file (``speedup_vs_fp32``: below 1 where INT8 does not pay on this
+  CPU, whose model and instruction sets head the table) and the PSNR/SSIM change its export measured against fp32;
+  a trained model's files are its exports (``compress export --precision``), a random-weight architecture's are made
+  for timing (:func:`timing_file`, no quality figures). Results written before precisions existed read as fp32;
 * glibc's malloc keeps freed blocks up to 32 MiB (:func:`keep_freed_memory`): otherwise it returns PyTorch's
   ~8 MB activations to the OS after each call and maps and zero-fills them afresh on the next, and PyTorch eager
   d3c5 at 240x240 swings between ~41 and ~105 ms on a 2-core machine (ONNX Runtime has its own arena). This
   gives PyTorch its best case, so the speed-ups are conservative.
 
-A model is timed once per architecture (latency does not depend on the weights); trained models of the same
-architecture share that timing and add their PSNR/SSIM.
+A model is timed once per architecture (latency does not depend on the weights; an INT8 file's does, through the
+convolutions its export kept in fp32: the architecture's first trained model's files are timed); trained models of the
+same architecture share that timing and add their PSNR/SSIM.
 
 The research comparisons (every DF formulation side by side, ONNX's ``DFT`` operator against the matrix-product DFT)
 live with the benchmark scripts, in ``benchmarks/dft_formulations.py``.
@@ -31,10 +47,13 @@ live with the benchmark scripts, in ``benchmarks/dft_formulations.py``.
 
 from __future__ import annotations
 
+import ast
 import copy
 import csv
 import ctypes
 import io
+import json
+import re
 import statistics
 import tempfile
 import time
@@ -44,15 +63,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 
 from compressor import rundir
 from compressor.errors import InputError
-from compressor.export.graph import ScannerGraph
-from compressor.export.onnx_export import phantom_kspace, resolve_formulation, trace_graph
-from compressor.export.runtime import choose_provider, create_session, graph_feed, graph_outputs
-from compressor.export.targets import save_with_metadata
+from compressor.export.cpu import cpu_features
+from compressor.export.graph import DATA_FIDELITY_SCOPE, ScannerGraph
+from compressor.export.onnx_export import (
+    export_model,
+    output_name,
+    phantom_kspace,
+    resolve_formulation,
+    trace_graph,
+)
+from compressor.export.quantize import precision_of
+from compressor.export.run_models import EXPORTS_FOLDER
+from compressor.export.runtime import (
+    ExportMetadata,
+    choose_provider,
+    create_session,
+    graph_feed,
+    graph_outputs,
+    session_options,
+)
+from compressor.export.targets import EXPORT_TARGETS, precision_target, precision_targets, save_with_metadata
 from compressor.export.validate import pytorch_reference
 from compressor.io import atomic_path, save_json
 from compressor.masks import SamplingMask
@@ -82,14 +118,35 @@ def keep_freed_memory() -> bool:
     return bool(mmap_set and trim_set)
 
 
+@dataclass(frozen=True)
+class PrecisionFile:
+    """One precision's ONNX file of a model and its image quality against the model's fp32 export.
+
+    Attributes:
+        precision: ``"fp32"``, ``"int8"`` or ``"fp16"`` (:func:`~compressor.export.targets.precision_choices`).
+        path: the file.
+        delta_psnr: PSNR of this file minus PSNR of the fp32 export, dB, on the export's quality slices (negative: a
+            loss), as its metadata records it; ``None`` for fp32 (the reference) and where unknown or meaningless
+            (files made from random weights for timing).
+        delta_ssim: the same for SSIM.
+    """
+
+    precision: str
+    path: Path
+    delta_psnr: float | None = None
+    delta_ssim: float | None = None
+
+
 @dataclass
 class TrainedModel:
-    """A trained model to include in the table, with its validation metrics."""
+    """A trained model to include in the table, with its validation metrics and, by precision other than fp32, its
+    exported files (``compress export --precision``)."""
 
     model: CascadeModel
     role: str
     psnr: float | None = None
     ssim: float | None = None
+    files: Mapping[str, PrecisionFile] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -108,7 +165,10 @@ class ModelBenchmark:
 
     The ``ort_*``, ``torch_*``, ``df_share`` and ``parity`` fields are the row's model's (of ``image_channels``);
     ``*_1ch``/``*_2ch`` are the real-image and complex-image graphs of the same architecture, and
-    ``complex_latency_ratio`` is ``ort_2ch_ms_median / ort_1ch_ms_median`` (``None`` where the family is real-only).
+    ``complex_latency_ratio`` is ``ort_2ch_ms_median / ort_1ch_ms_median`` (``None`` where the family is real-only;
+    fp32 rows only). ``precision`` is the file's (results written before precisions existed read as fp32);
+    ``file_bytes`` its size; ``speedup_vs_fp32`` the fp32 file's median latency over this one's (same loop);
+    ``delta_psnr``/``delta_ssim`` from :class:`PrecisionFile`.
     """
 
     name: str
@@ -124,20 +184,22 @@ class ModelBenchmark:
     speedup: float
     ort_throughput_b16: float
     torch_throughput_b16: float
-    ort_no_df_ms_median: float
     df_share: float
     parity_max_abs_error: float
     image_channels: int = 1
     ort_1ch_ms_median: float | None = None
-    ort_1ch_no_df_ms_median: float | None = None
     df_share_1ch: float | None = None
     ort_2ch_ms_median: float | None = None
-    ort_2ch_no_df_ms_median: float | None = None
     df_share_2ch: float | None = None
     complex_latency_ratio: float | None = None
     torch_cuda_ms_median: float | None = None
     psnr: float | None = None
     ssim: float | None = None
+    precision: str = "fp32"
+    file_bytes: int | None = None
+    speedup_vs_fp32: float | None = None
+    delta_psnr: float | None = None
+    delta_ssim: float | None = None
 
 
 @dataclass
@@ -151,12 +213,13 @@ class BenchmarkResult:
     warmup: int
     steady_malloc: bool
     models: list[ModelBenchmark] = field(default_factory=list)
+    cpu: dict[str, Any] = field(default_factory=lambda: cpu_features().to_json())
 
     def to_json(self) -> dict[str, Any]:
         return {"provider": self.provider, "threads": self.threads, "image_size": list(self.image_size),
                 "iterations": self.iterations, "warmup": self.warmup, "torch_version": torch.__version__,
                 "onnxruntime_version": ort.__version__, "glibc_malloc_keeps_freed_memory": self.steady_malloc,
-                "models": [asdict(m) for m in self.models]}
+                "cpu": self.cpu, "models": [asdict(m) for m in self.models]}
 
 
 @dataclass(frozen=True)
@@ -196,6 +259,11 @@ def export_for_timing(model: CascadeModel, mask: SamplingMask, formulation: str,
     path = folder / f"{getattr(model, 'arch', 'model')}_{model.image_channels}ch_{formulation}.onnx"
     save_with_metadata(trace_graph(ScannerGraph(model, mask.shape, formulation, line_axis)), path, {})
     return path
+
+
+def data_fidelity_layers(model: CascadeModel) -> int:
+    """How many of ``model``'s cascades end in a DF layer."""
+    return sum(cascade.data_fidelity is not None for cascade in model.cascades)
 
 
 def channel_variants(model: CascadeModel) -> dict[int, CascadeModel]:
@@ -251,48 +319,222 @@ def parity_error(session: ort.InferenceSession, model: CascadeModel, kspace: np.
     return max(float(np.max(np.abs(got[name] - reference[name]))) for name in outputs.image_names)
 
 
+PROFILE_RUNS = 10
+"""Profiled runs per graph for the DF share (after the ``warmup`` ones, which are dropped)."""
+
+NCHWC_SUFFIX = "_nchwc"
+"""ONNX Runtime names a node it moved to the channel-blocked layout after its output tensor plus this suffix."""
+
+UNIQUE_SUFFIX = re.compile(r"_token_\d+$")
+"""What ONNX Runtime appends to a name it reuses for a node it creates (``node_conv2d_token_18``: the QLinearConv that
+replaced ``node_conv2d`` and its Q/DQ pairs; ``ReorderOutput_token_3``)."""
+
+
+@dataclass(frozen=True)
+class NodeTime:
+    """One node of ONNX Runtime's per-node profile, summed over the kept runs.
+
+    Attributes:
+        name: the node's name in ONNX Runtime's optimised graph (fused nodes ``"<first>/<Fusion>"``, re-laid-out ones
+            ``"<output>_nchwc"``).
+        op_type: the kernel's operator, e.g. ``"Conv"``, ``"MatMul"``, ``"QLinearConv"``, ``"ReorderOutput"``.
+        source: the exported node it stems from, ``None`` for a node ONNX Runtime inserted (layout reorders).
+        scope: the DF scope of ``source`` (``"cascades.0.data_fidelity"``, ``"line_projection"``), ``None`` outside.
+        microseconds: its kernel time, summed over the kept runs.
+    """
+
+    name: str
+    op_type: str
+    source: str | None
+    scope: str | None
+    microseconds: float
+
+
+def node_scopes(node: onnx.NodeProto) -> list[str]:
+    """The module scopes the dynamo exporter recorded on ``node`` (``pkg.torch.onnx.name_scopes``), outermost first,
+    e.g. ``["", "cascades.0.data_fidelity", "matmul_12"]``; ``[]`` when it recorded none."""
+    for entry in node.metadata_props:
+        if entry.key == "pkg.torch.onnx.name_scopes":
+            return list(ast.literal_eval(entry.value))
+    return []
+
+
+def data_fidelity_scopes(model: onnx.ModelProto) -> dict[str, str]:
+    """``{exported node name: its DF scope}`` for the nodes inside a
+    :data:`~compressor.export.graph.DATA_FIDELITY_SCOPE` module: one scope per cascade with a DF
+    (``cascades.<i>.data_fidelity``) plus ``line_projection`` for the ``"lines"`` formulation."""
+    scopes = {}
+    for node in model.graph.node:
+        inside = [scope for scope in node_scopes(node) if DATA_FIDELITY_SCOPE.fullmatch(scope)]
+        if inside:
+            scopes[node.name] = inside[0]
+    return scopes
+
+
+def require_data_fidelity_scopes(model: onnx.ModelProto, cascades: int) -> None:
+    """Raise unless the exported ``model`` has nodes in each of its ``cascades`` DF layers' scopes: without them the
+    DF share would read 0 whatever the DF costs."""
+    found = {scope for scope in data_fidelity_scopes(model).values() if scope.startswith("cascades.")}
+    if len(found) != cascades:
+        raise RuntimeError(f"the exported graph has nodes in {len(found)} DF scopes, expected one per DF layer "
+                           f"({cascades}): was the graph exported with ScannerGraph's DF modules?")
+
+
+def source_node(name: str, node_names: set[str], producers: Mapping[str, str]) -> str | None:
+    """The exported node an optimised-graph node ``name`` stems from: itself, the first node of a fusion
+    (``"<first>/<Fusion>"``), the producer of the tensor a re-laid-out node is named after (``"<tensor>_nchwc"``), or
+    the node whose name ONNX Runtime reused for its replacement (``"<node>_token_<n>"``); ``None`` for nodes ONNX
+    Runtime inserted (``ReorderInput``/``ReorderOutput``, ``Transpose``, split helpers)."""
+    base = UNIQUE_SUFFIX.sub("", name)
+    for candidate in dict.fromkeys((name, base, base.split("/", 1)[0], base.removesuffix(NCHWC_SUFFIX))):
+        if candidate in node_names:
+            return candidate
+        if candidate in producers:
+            return producers[candidate]
+    return None
+
+
+def profile_node_times(events: Sequence[Mapping[str, Any]], model: onnx.ModelProto, skip_runs: int,
+                       scopes: Mapping[str, str] | None = None) -> list[NodeTime]:
+    """Per-node kernel times of an ONNX Runtime profile (the JSON list of ``session.end_profiling()``) of ``model``,
+    summed over the runs after the first ``skip_runs``; see :class:`NodeTime`. ``scopes``: ``{node name: DF scope}``
+    (default: ``model``'s own, :func:`data_fidelity_scopes`)."""
+    runs = sorted((event["ts"], event["ts"] + event["dur"]) for event in events
+                  if event.get("cat") == "Session" and event.get("name") == "model_run")
+    if len(runs) <= skip_runs:
+        raise ValueError(f"the profile has {len(runs)} runs, fewer than the {skip_runs + 1} needed")
+    start = runs[skip_runs][0]
+    node_names = {node.name for node in model.graph.node}
+    producers = {output: node.name for node in model.graph.node for output in node.output}
+    scopes = data_fidelity_scopes(model) if scopes is None else scopes
+    totals: dict[tuple[str, str], float] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= start:
+            key = (event["name"].removesuffix("_kernel_time"), event["args"]["op_name"])
+            totals[key] = totals.get(key, 0.0) + float(event["dur"])
+    times = []
+    for (name, op_type), microseconds in totals.items():
+        source = source_node(name, node_names, producers)
+        times.append(NodeTime(name, op_type, source, scopes.get(source) if source else None, microseconds))
+    return times
+
+
+def df_share(times: Sequence[NodeTime]) -> float:
+    """The DF nodes' share of the kernel time: ``sum(DF nodes) / sum(all nodes)``, in [0, 1]."""
+    total = sum(node.microseconds for node in times)
+    if total <= 0:
+        raise ValueError("the profile has no node with a positive kernel time")
+    return sum(node.microseconds for node in times if node.scope is not None) / total
+
+
+def time_by_op_type(times: Sequence[NodeTime]) -> dict[str, float]:
+    """``{op type: share of the kernel time}``, largest first, with the DF's nodes gathered under ``"DF"``."""
+    shares: dict[str, float] = {}
+    total = sum(node.microseconds for node in times)
+    for node in times:
+        key = "DF" if node.scope is not None else node.op_type
+        shares[key] = shares.get(key, 0.0) + node.microseconds / total
+    return dict(sorted(shares.items(), key=lambda item: -item[1]))
+
+
+def profile_graph(path: Path, provider: str, threads: int, feed: Mapping[str, np.ndarray], runs: int = PROFILE_RUNS,
+                  warmup: int = 5, scopes: Mapping[str, str] | None = None) -> list[NodeTime]:
+    """Run the exported graph ``path`` ``warmup + runs`` times on ``feed`` in a profiling session and return its
+    per-node kernel times over the last ``runs`` (:func:`profile_node_times`; ``scopes`` as there)."""
+    with tempfile.TemporaryDirectory() as folder:
+        options = session_options(provider, threads, profile_prefix=str(Path(folder) / "profile"))
+        session = ort.InferenceSession(str(path), options, providers=[provider])
+        for _ in range(warmup + runs):
+            session.run(None, dict(feed))
+        events = json.loads(Path(session.end_profiling()).read_text())
+    return profile_node_times(events, onnx.load(str(path)), warmup, scopes)
+
+
+def parse_precisions(text: str) -> list[str]:
+    """``"fp32,int8"`` -> ``["fp32", "int8"]``, validated as ``compress export --precision`` is
+    (:func:`~compressor.export.targets.precision_targets`: an unknown name is an :class:`InputError`)."""
+    return [EXPORT_TARGETS.get(target).precision for target in precision_targets(text)]
+
+
+def read_precision_file(path: Path) -> PrecisionFile:
+    """The precision and the quality against fp32 that an exported file's metadata records (files written before
+    precisions existed: fp32)."""
+    properties = {entry.key: entry.value for entry in onnx.load(str(path)).metadata_props}
+    extras = ExportMetadata.from_properties(properties, path).extras
+    precision = precision_of(extras)
+    quality = {} if precision == "fp32" else extras.get("precision_quality") or {}
+    return PrecisionFile(precision, Path(path), quality.get("delta_psnr_db"), quality.get("delta_ssim"))
+
+
+PHANTOM_SLICES = 8
+"""Phantom slices that calibrate, choose and validate a precision file made for timing (:func:`timing_file`)."""
+
+
+def timing_file(model: CascadeModel, mask: SamplingMask, precision: str, folder: Path) -> PrecisionFile:
+    """A ``precision`` file of ``model`` for timing, written by the export driver through the precision's target
+    (:func:`~compressor.export.onnx_export.export_model`) on Shepp-Logan phantoms: INT8 calibrated and its
+    convolutions chosen on them. Its quality figures are not kept: on phantoms, and for random weights, they mean
+    nothing (a trained model's are read from its export, :func:`read_precision_file`). Made and validated on the
+    CPU, as ``compress export`` makes INT8."""
+    path = folder / f"{getattr(model, 'arch', 'model')}_{model.image_channels}ch.{precision}.onnx"
+    kspace = phantom_kspace(mask, count=PHANTOM_SLICES, image_channels=model.image_channels)
+    export_model(model, path, mask=mask, validation_kspace=kspace, provider="cpu", target=precision_target(precision))
+    return PrecisionFile(precision, path)
+
+
 def benchmark_architecture(model: CascadeModel, mask: SamplingMask, kspace: np.ndarray, provider: str, threads: int,
-                           iterations: int, warmup: int, folder: Path) -> dict[str, Any]:
-    """Time one architecture, its real- and complex-image variants where it has both (see the module docstring);
-    returns the timing fields of :class:`ModelBenchmark`."""
+                           iterations: int, warmup: int, folder: Path, precisions: Sequence[str] = ("fp32",),
+                           files: Mapping[str, PrecisionFile] | None = None) -> dict[str, dict[str, Any]]:
+    """Time one architecture in the same interleaved loop: its fp32 graph, the real- and complex-image variants where
+    it has both, and its ``precisions`` other than fp32 (``files``, else :func:`timing_file`); profile each graph for
+    its DF share (see the module docstring). Returns ``{precision: the timing fields of its ModelBenchmark row}``."""
     formulation = resolve_formulation("auto", mask).name
     variants = channel_variants(model)
-    full = {channels: create_session(export_for_timing(variant, mask, formulation, folder), provider, threads)
-            for channels, variant in variants.items()}
-    blocks = {channels: create_session(export_for_timing(variant, mask, "none", folder), provider, threads)
-              for channels, variant in variants.items()}
     own = model.image_channels
+    graphs = {f"fp32/{channels}": export_for_timing(variant, mask, formulation, folder)
+              for channels, variant in variants.items()}
+    for path in graphs.values():
+        require_data_fidelity_scopes(onnx.load(str(path)), data_fidelity_layers(model))
+    others = [precision for precision in dict.fromkeys(precisions) if precision != "fp32"]
+    for precision in others:
+        made = (files or {}).get(precision) or timing_file(model, mask, precision, folder)
+        graphs[f"{precision}/{own}"] = made.path
+    sessions = {key: create_session(path, provider, threads) for key, path in graphs.items()}
     single = graph_feed(kspace[:1], mask.values)
-    torch_single = TorchEager(model, kspace[:1], mask.values)
-    calls: dict[str, Callable[[], Any]] = {"torch": torch_single}
-    for channels in variants:
-        calls[f"ort_{channels}"] = lambda session=full[channels]: session.run(None, single)
-        calls[f"blocks_{channels}"] = lambda session=blocks[channels]: session.run(None, single)
+    calls: dict[str, Callable[[], Any]] = {"torch": TorchEager(model, kspace[:1], mask.values)}
+    calls.update({key: (lambda session=session: session.run(None, single)) for key, session in sessions.items()})
     timings = interleaved_timings(calls, iterations, warmup)
-    ort_ms = {channels: timings[f"ort_{channels}"].median for channels in variants}
-    blocks_ms = {channels: timings[f"blocks_{channels}"].median for channels in variants}
-    df_share = {channels: 1.0 - blocks_ms[channels] / ort_ms[channels] for channels in variants}
-    batch = np.repeat(kspace[:1], THROUGHPUT_BATCH, axis=0)
-    batch_feed = graph_feed(batch, mask.values)
-    torch_batch = TorchEager(model, batch, mask.values)
-    return {
-        "formulation": formulation,
-        "ort_ms_median": ort_ms[own], "ort_ms_p90": timings[f"ort_{own}"].p90,
-        "torch_ms_median": timings["torch"].median, "torch_ms_p90": timings["torch"].p90,
-        "speedup": timings["torch"].median / ort_ms[own],
-        "ort_throughput_b16": throughput(lambda: full[own].run(None, batch_feed), THROUGHPUT_BATCH),
-        "torch_throughput_b16": throughput(torch_batch, THROUGHPUT_BATCH),
-        "ort_no_df_ms_median": blocks_ms[own],
-        "df_share": df_share[own],
-        "parity_max_abs_error": parity_error(full[own], model, kspace[:1], mask.values),
-        "image_channels": own,
+    # A precision file's nodes keep the fp32 graph's names but not always its scope metadata (the quantizer's
+    # pre-processing drops it): its DF nodes are named by the fp32 graph.
+    fp32_scopes = data_fidelity_scopes(onnx.load(str(graphs[f"fp32/{own}"])))
+    shares = {key: df_share(profile_graph(path, provider, threads, single, warmup=warmup,
+                                          scopes=None if key.startswith("fp32/") else fp32_scopes))
+              for key, path in graphs.items()}
+    batch_feed = graph_feed(np.repeat(kspace[:1], THROUGHPUT_BATCH, axis=0), mask.values)
+    torch_batch = TorchEager(model, np.repeat(kspace[:1], THROUGHPUT_BATCH, axis=0), mask.values)
+    shared = {"formulation": formulation, "torch_ms_median": timings["torch"].median,
+              "torch_ms_p90": timings["torch"].p90, "torch_throughput_b16": throughput(torch_batch, THROUGHPUT_BATCH),
+              "image_channels": own,
+              "torch_cuda_ms_median": cuda_latency(model, kspace[:1], mask.values, iterations, warmup)}
+    ort_ms = {channels: timings[f"fp32/{channels}"].median for channels in variants}
+    channel_fields = {
         **{key: value for channels in (1, 2) for key, value in (
-            (f"ort_{channels}ch_ms_median", ort_ms.get(channels)),
-            (f"ort_{channels}ch_no_df_ms_median", blocks_ms.get(channels)),
-            (f"df_share_{channels}ch", df_share.get(channels)))},
-        "complex_latency_ratio": ort_ms[2] / ort_ms[1] if len(variants) == 2 else None,
-        "torch_cuda_ms_median": cuda_latency(model, kspace[:1], mask.values, iterations, warmup),
-    }
+            (f"ort_{channels}ch_ms_median", ort_ms.get(channels)), (f"df_share_{channels}ch",
+                                                                    shares.get(f"fp32/{channels}")))},
+        "complex_latency_ratio": ort_ms[2] / ort_ms[1] if len(variants) == 2 else None}
+    rows = {}
+    for precision in ["fp32", *others]:
+        key, session = f"{precision}/{own}", sessions[f"{precision}/{own}"]
+        rows[precision] = {
+            **shared, "precision": precision, "file_bytes": graphs[key].stat().st_size,
+            "ort_ms_median": timings[key].median, "ort_ms_p90": timings[key].p90,
+            "speedup": timings["torch"].median / timings[key].median,
+            "speedup_vs_fp32": ort_ms[own] / timings[key].median,
+            "ort_throughput_b16": throughput(lambda session=session: session.run(None, batch_feed), THROUGHPUT_BATCH),
+            "df_share": shares[key], "parity_max_abs_error": parity_error(session, model, kspace[:1], mask.values),
+            **(channel_fields if precision == "fp32" else {}),
+        }
+    return rows
 
 
 def benchmark_models(
@@ -307,8 +549,10 @@ def benchmark_models(
     options: ModelOptions | None = None,
     provider: str = "auto",
     log: Callable[[str], None] = print,
+    precisions: Sequence[str] = ("fp32",),
 ) -> BenchmarkResult:
-    """Benchmark ``archs`` (randomly initialised) and the ``trained`` models (keyed by name).
+    """Benchmark ``archs`` (randomly initialised) and the ``trained`` models (keyed by name), one row per model and
+    precision.
 
     Args:
         archs: architectures to time, e.g. ``["d5c5", "d2c5", "d3c5", "d4c5"]``.
@@ -320,6 +564,9 @@ def benchmark_models(
             some, and an architecture of ``archs`` that has trained models gets no separate untrained row.
         teacher: the architecture compression is measured against.
         options: model options of the untrained models (default :class:`ModelOptions`).
+        precisions: the precisions to time (fp32 always): a trained model's exported files
+            (:attr:`TrainedModel.files`, those of the architecture's first model), else files made for timing
+            (:func:`timing_file`); all of one architecture in one interleaved loop.
     """
     if tuple(image_size) != mask.shape:
         raise ValueError(f"image size {tuple(image_size)} differs from the mask's shape {mask.shape}")
@@ -344,31 +591,46 @@ def benchmark_models(
             for arch in dict.fromkeys(entry.model.arch for entry in entries):
                 group = [entry for entry in entries if entry.model.arch == arch]
                 log(f"benchmarking {arch} ({provider}, {threads} threads)")
-                timing = benchmark_architecture(copy.deepcopy(group[0].model).cpu().eval(), mask, kspace, provider,
-                                                threads, iterations, warmup, Path(folder))
+                timings = benchmark_architecture(
+                    copy.deepcopy(group[0].model).cpu().eval(), mask, kspace, provider, threads, iterations, warmup,
+                    Path(folder), precisions, group[0].trained.files if group[0].trained else None)
                 for entry in group:
                     parameters = entry.model.num_parameters()
-                    result.models.append(ModelBenchmark(
-                        name=entry.name, arch=arch, role=entry.role, parameters=parameters,
-                        compression=1.0 - parameters / teacher_parameters, **timing,
-                        psnr=entry.trained.psnr if entry.trained else None,
-                        ssim=entry.trained.ssim if entry.trained else None))
+                    for precision, timing in timings.items():
+                        result.models.append(ModelBenchmark(
+                            name=entry.name, arch=arch, role=entry.role, parameters=parameters,
+                            compression=1.0 - parameters / teacher_parameters, **timing,
+                            **_quality_fields(entry.trained, precision)))
     finally:
         torch.set_num_threads(previous_threads)
     return result
 
 
+def _quality_fields(trained: TrainedModel | None, precision: str) -> dict[str, float | None]:
+    """A row's PSNR/SSIM (the trained model's validation means, fp32) and, for another precision, the change its
+    exported file records; all ``None`` for random weights."""
+    if trained is None:
+        return {"psnr": None, "ssim": None}
+    if precision == "fp32":
+        return {"psnr": trained.psnr, "ssim": trained.ssim}
+    file = trained.files.get(precision)
+    return {"psnr": trained.psnr, "ssim": trained.ssim,
+            "delta_psnr": file.delta_psnr if file else None, "delta_ssim": file.delta_ssim if file else None}
+
+
 TABLE_COLUMNS = (
-    ("name", "model", "{}"), ("image_channels", "image channels", "{:d}"), ("parameters", "parameters", "{:d}"),
-    ("compression", "compression", "{:.2%}"),
+    ("name", "model", "{}"), ("precision", "precision", "{}"), ("image_channels", "image channels", "{:d}"),
+    ("parameters", "parameters", "{:d}"), ("compression", "compression", "{:.2%}"),
+    ("file_bytes", "file bytes", "{:,d}"), ("speedup_vs_fp32", "vs fp32", "{:.2f}x"),
     ("ort_ms_median", "ORT ms (median)", "{:.1f}"), ("ort_ms_p90", "ORT ms (p90)", "{:.1f}"),
     ("torch_ms_median", "PyTorch ms (median)", "{:.1f}"), ("torch_ms_p90", "PyTorch ms (p90)", "{:.1f}"),
     ("speedup", "speed-up", "{:.2f}x"), ("ort_throughput_b16", "ORT slices/s (b16)", "{:.1f}"),
-    ("torch_throughput_b16", "PyTorch slices/s (b16)", "{:.1f}"), ("df_share_1ch", "DF share 1-ch (ORT)", "{:.1%}"),
+    ("torch_throughput_b16", "PyTorch slices/s (b16)", "{:.1f}"), ("df_share", "DF share (ORT)", "{:.1%}"),
     ("ort_1ch_ms_median", "ORT 1-ch ms (median)", "{:.1f}"), ("ort_2ch_ms_median", "ORT 2-ch ms (median)", "{:.1f}"),
     ("complex_latency_ratio", "2-ch / 1-ch", "{:.2f}x"),
     ("df_share_2ch", "DF share 2-ch (ORT)", "{:.1%}"),
     ("torch_cuda_ms_median", "PyTorch CUDA ms", "{:.2f}"), ("psnr", "PSNR", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"),
+    ("delta_psnr", "ΔPSNR vs fp32 (dB)", "{:+.3f}"), ("delta_ssim", "ΔSSIM vs fp32", "{:+.4f}"),
 )
 
 
@@ -386,9 +648,11 @@ def format_table(result: BenchmarkResult, tablefmt: str = "github") -> str:
 
     headers, rows = table_rows(result)
     height, width = result.image_size
+    cpu = result.cpu
     return (f"ONNX Runtime {ort.__version__} ({result.provider}) vs PyTorch {torch.__version__} eager (torch.fft DF), "
             f"{result.threads} threads, {height}x{width}, batch 1, median of {result.iterations} interleaved "
-            f"iterations\n\n" + tabulate(rows, headers=headers, tablefmt=tablefmt))
+            f"iterations; CPU {cpu['model']} ({', '.join(cpu['instruction_sets']) or 'no AVX2'}; int8 dot product: "
+            f"{'yes' if cpu['int8_dot_product'] else 'no'})\n\n" + tabulate(rows, headers=headers, tablefmt=tablefmt))
 
 
 def write_benchmark(result: BenchmarkResult, json_path: Path, csv_path: Path | None = None) -> list[Path]:
@@ -406,12 +670,28 @@ def write_benchmark(result: BenchmarkResult, json_path: Path, csv_path: Path | N
     return written
 
 
+def run_precision_files(run_dir: Path, file_name: str, precisions: Sequence[str]) -> dict[str, PrecisionFile]:
+    """A run model's exported files of ``precisions`` other than fp32 (``<run>/exports/<stem>.<precision>.onnx``,
+    ``compress export --precision``); a missing one is an :class:`InputError` saying how to write it."""
+    files = {}
+    for precision in precisions:
+        if precision == "fp32":
+            continue
+        path = run_dir / EXPORTS_FOLDER / output_name(Path(file_name).stem, precision_target(precision))
+        if not path.is_file():
+            raise InputError(f"no {precision} export to benchmark; write it with `compress export --run {run_dir} "
+                             f"--precision {precision}`", path)
+        files[precision] = read_precision_file(path)
+    return files
+
+
 def benchmark_run(run_dir: str | Path, archs: Sequence[str] | None = None, *, threads: int | None = None,
                   iterations: int = MIN_ITERATIONS, warmup: int = 5, provider: str = "auto",
-                  log: Callable[[str], None] = print) -> BenchmarkResult:
+                  log: Callable[[str], None] = print, precisions: Sequence[str] = ("fp32",)) -> BenchmarkResult:
     """Benchmark a run directory's trained models plus ``archs`` (default: the run's teacher and
     :data:`DEFAULT_STUDENTS`) and write ``<run>/benchmark.json`` and ``benchmark.csv``. Called at the end of
-    ``compress``. Uses the first trained model's mask (every model of one acceleration shares it)."""
+    ``compress``. Uses the first trained model's mask (every model of one acceleration shares it). ``precisions``
+    other than fp32 are timed from the run's exports (:func:`run_precision_files`)."""
     from compressor.export.run_models import load_run_models
 
     run_dir = Path(run_dir)
@@ -422,10 +702,12 @@ def benchmark_run(run_dir: str | Path, archs: Sequence[str] | None = None, *, th
     teacher = rundir.read_results(run_dir).teacher or "d5c5"
     mask = run_models[0].mask
     same_mask = [m for m in run_models if m.mask.digest() == mask.digest()]
-    trained = {m.name: TrainedModel(m.model, m.role, m.psnr, m.ssim) for m in same_mask}
+    trained = {m.name: TrainedModel(m.model, m.role, m.psnr, m.ssim, run_precision_files(run_dir, m.file_name,
+                                                                                          precisions))
+               for m in same_mask}
     archs = list(archs) if archs is not None else [teacher, *DEFAULT_STUDENTS]
     options = ModelOptions(**run_models[0].stage.model_options)
     result = benchmark_models(archs, mask.shape, mask, threads, iterations, warmup, trained, teacher, options,
-                              provider, log)
+                              provider, log, precisions)
     write_benchmark(result, run_dir / rundir.BENCHMARK_FILE, (run_dir / rundir.BENCHMARK_FILE).with_suffix(".csv"))
     return result

@@ -40,8 +40,6 @@ training DF on ``torch.fft``):
     the training operator :class:`~compressor.physics.fft.TorchFFT`; the dynamo exporter turns it into ONNX
     ``DFT`` nodes. Kept only as the naive baseline of the latency benchmark (slow and Bluestein-inaccurate in
     ONNX Runtime for sizes that are not powers of two; no CUDA kernel).
-``"none"``
-    the CNN blocks alone, no DF: the benchmark's reference for the DF layers' share of the run time.
 
 The CNN blocks run as trained except that their last convolution (one or two output channels) is computed as a
 grouped convolution plus a channel sum (:class:`ChannelSumConv`), the same function but ~20 % less ONNX Runtime time for
@@ -51,6 +49,7 @@ d3c5 at 240x240.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 
 import torch
@@ -61,6 +60,8 @@ from compressor.export.runtime import graph_outputs
 from compressor.masks import LINE_AXES
 from compressor.models.base import CascadeModel
 from compressor.physics import (
+    DataFidelity,
+    LineProjection,
     MatmulDFT,
     TorchFFT,
     apply_mask,
@@ -90,7 +91,6 @@ FORMULATIONS: Registry[FormulationSpec] = Registry("DF formulation")
 FORMULATIONS.register("lines")(FormulationSpec(exportable=True, needs_line_axis=True))
 FORMULATIONS.register("dft")(FormulationSpec(exportable=True))
 FORMULATIONS.register("fft")(FormulationSpec(exportable=False))
-FORMULATIONS.register("none")(FormulationSpec(exportable=False))
 
 
 def exportable_formulations() -> list[str]:
@@ -154,6 +154,45 @@ def with_channel_sum_convs(module: nn.Module) -> nn.Module:
     return module
 
 
+DATA_FIDELITY_SCOPE = re.compile(r"cascades\.\d+\.data_fidelity|line_projection")
+"""The module scopes of the DF in every formulation's exported nodes (``pkg.torch.onnx.name_scopes``): each
+cascade's ``cascades.<i>.data_fidelity`` and, for ``"lines"``, the projection built once from the mask
+(``line_projection``). The benchmark's DF share sums the ONNX Runtime profile over the nodes in these scopes."""
+
+
+class LineProjector(nn.Module):
+    """``(H, W)`` whole-line mask ``->`` :class:`~compressor.physics.LineProjection` ``P`` along ``line_axis``
+    (:func:`~compressor.physics.line_projection`), read from the mask's first row (column lines) or first column
+    (row lines). A module so that its exported nodes carry the scope ``line_projection``."""
+
+    def __init__(self, size: int, line_axis: int):
+        super().__init__()
+        self.line_axis = line_axis
+        dft_real, dft_imag = dft_matrix(size)
+        self.register_buffer("dft_real", dft_real, persistent=False)
+        self.register_buffer("dft_imag", dft_imag, persistent=False)
+
+    def forward(self, mask: torch.Tensor) -> LineProjection:
+        lines = mask[0, :] if self.line_axis == -1 else mask[:, 0]
+        return line_projection(lines, self.dft_real, self.dft_imag)
+
+
+class LineDataFidelity(nn.Module):
+    """One cascade's DF for whole-line masks, :func:`~compressor.physics.line_data_fidelity` with that cascade's
+    weight: ``(B, C, H, W)`` CNN output and zero-filled image, ``P`` ``->`` ``(B, C, H, W)``. It replaces the
+    cascade's ``data_fidelity`` in the graph, so its nodes carry the scope ``cascades.<i>.data_fidelity`` as the
+    other formulations' DF do."""
+
+    def __init__(self, data_fidelity: DataFidelity, line_axis: int):
+        super().__init__()
+        self.trained = data_fidelity
+        self.line_axis = line_axis
+
+    def forward(self, image: torch.Tensor, zero_filled_image: torch.Tensor,
+                projection: LineProjection) -> torch.Tensor:
+        return line_data_fidelity(image, zero_filled_image, projection, self.line_axis, self.trained.dc_weight)
+
+
 def graph_output_tensors(image: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The graph's outputs from the normalised reconstruction ``(B, C, H, W)`` and the scale ``(B, 1)``, in the order
     of :func:`compressor.export.runtime.graph_outputs` ``(C).names``: ``C = 1``: ``image (B, H, W), scale (B,)``;
@@ -191,9 +230,11 @@ class ScannerGraph(nn.Module):
         self.line_axis = line_axis
         self.fourier = TorchFFT() if formulation == "fft" else MatmulDFT(*self.image_size)
         if formulation == "lines":
-            dft_real, dft_imag = dft_matrix(self.image_size[1] if line_axis == -1 else self.image_size[0])
-            self.register_buffer("line_dft_real", dft_real, persistent=False)
-            self.register_buffer("line_dft_imag", dft_imag, persistent=False)
+            self.line_projection = LineProjector(self.image_size[1] if line_axis == -1 else self.image_size[0],
+                                                 line_axis)
+            for cascade in self.cascades:
+                if cascade.data_fidelity is not None:
+                    cascade.data_fidelity = LineDataFidelity(cascade.data_fidelity, line_axis)
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -209,23 +250,17 @@ class ScannerGraph(nn.Module):
         image, kspace, scale = normalise_kspace(kspace, self.fourier, self.image_channels)
         if self.formulation == "lines":
             image = self._run_line_cascades(image, mask[0, 0])
-        elif self.formulation == "none":
-            for cascade in self.cascades:
-                image = cascade.block(image)
         else:
             for cascade in self.cascades:
                 _, image = cascade(image, kspace, mask, self.fourier)
         return graph_output_tensors(image, scale)
 
     def _run_line_cascades(self, zero_filled_image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Every cascade with :func:`~compressor.physics.line_data_fidelity`; ``P`` is built once from the ``(H, W)``
-        mask."""
-        lines = mask[0, :] if self.line_axis == -1 else mask[:, 0]
-        projection = line_projection(lines, self.line_dft_real, self.line_dft_imag)
+        """Every cascade with its :class:`LineDataFidelity`; ``P`` is built once from the ``(H, W)`` mask."""
+        projection = self.line_projection(mask)
         image = zero_filled_image
         for cascade in self.cascades:
             image = cascade.block(image)
             if cascade.data_fidelity is not None:
-                image = line_data_fidelity(image, zero_filled_image, projection, self.line_axis,
-                                           cascade.data_fidelity.dc_weight)
+                image = cascade.data_fidelity(image, zero_filled_image, projection)
         return image

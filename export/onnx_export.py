@@ -32,16 +32,18 @@ import torch
 import compressor
 from compressor.errors import InputError
 from compressor.export.graph import FORMULATIONS, ScannerGraph, exportable_formulations
+from compressor.export.quantize import CalibrationSlices, PrecisionOptions, precision_of
 from compressor.export.run_models import (
     EXPORTS_FOLDER,
     RunModel,
     load_run_models,
-    run_validation_kspace,
+    run_training_kspace,
+    run_validation_images,
     simulated_kspace,
 )
-from compressor.export.runtime import INPUT_NAMES, ExportMetadata, open_exported
+from compressor.export.runtime import INPUT_NAMES, ExportedModel, ExportMetadata, open_exported
 from compressor.export.targets import DEFAULT_TARGET, EXPORT_TARGETS, ExportRequest
-from compressor.export.validate import ValidationReport, validate_export
+from compressor.export.validate import PrecisionCheck, QualitySlices, ValidationReport
 from compressor.io import save_json
 from compressor.masks import SamplingMask, line_axis
 from compressor.models.base import CascadeModel
@@ -75,6 +77,9 @@ class ExportResult:
         validation_slices: how many slices were compared.
         metadata: what the file records.
         target: the export target that wrote it (:data:`~compressor.export.targets.EXPORT_TARGETS`).
+        precision: the file's precision (``fp32``, ``int8``, ``fp16``).
+        precision_check: for a non-fp32 file, its validation in image terms (ΔPSNR/ΔSSIM against the fp32 export,
+            sampled-line deviation, ``onnx.reference`` parity); its comparisons above are against the fp32 export.
     """
 
     path: Path
@@ -88,6 +93,8 @@ class ExportResult:
     validation_slices: int
     metadata: ExportMetadata
     target: str = DEFAULT_TARGET
+    precision: str = "fp32"
+    precision_check: PrecisionCheck | None = None
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready record of the export."""
@@ -95,8 +102,16 @@ class ExportResult:
                 "parameters": self.metadata.parameters, "image_channels": self.metadata.image_channels,
                 "formulation": self.formulation, "provider": self.provider,
                 "max_abs_error": self.max_abs_error, "relative_error": self.relative_error,
-                "tolerance": self.tolerance, "reference_evaluator_error": self.reference_evaluator_error,
-                "validation_slices": self.validation_slices, "seconds": self.seconds}
+                "tolerance": _finite(self.tolerance),
+                "reference_evaluator_error": _finite(self.reference_evaluator_error),
+                "validation_slices": self.validation_slices, "seconds": self.seconds, "precision": self.precision,
+                **({"precision_check": self.precision_check.to_json()} if self.precision_check else {})}
+
+
+def _finite(value: float) -> float | None:
+    """``value``, or ``None`` (JSON ``null``) where it is not finite: a precision file has no tolerance against
+    PyTorch (it is held to its PSNR bound), nor an ``onnx.reference`` figure where that cannot run it."""
+    return value if np.isfinite(value) else None
 
 
 def resolve_formulation(requested: str, mask: SamplingMask) -> Formulation:
@@ -148,23 +163,33 @@ def trace_graph(graph: ScannerGraph, opset: int = OPSET) -> onnx.ModelProto:
     return program.model_proto
 
 
-def phantom_kspace(mask: SamplingMask, count: int = 4, image_channels: int = 1) -> np.ndarray:
-    """Validation k-space when no data is at hand: Shepp-Logan phantoms, shifted and scaled, ``(count, H, W)``.
-
-    For a 2-channel model the phantoms carry a synthetic phase (:func:`compressor.data.phase.with_synthetic_phase`),
-    so that validation exercises the imaginary channel as measured data would. Used only when neither a run's
-    validation slices nor a data file is given (the export says so).
-    """
+def phantom_images(shape: tuple[int, int], count: int = 4, image_channels: int = 1) -> np.ndarray:
+    """Shepp-Logan phantoms of ``shape``, shifted and scaled, ``(count, H, W)``: float32, or for a 2-channel model
+    complex64 with a synthetic phase (:func:`compressor.data.phase.with_synthetic_phase`), so that validation
+    exercises the imaginary channel as measured data would."""
     from skimage.data import shepp_logan_phantom
     from skimage.transform import resize
 
-    base = resize(shepp_logan_phantom(), mask.shape, anti_aliasing=True).astype(np.float32)
+    base = resize(shepp_logan_phantom(), shape, anti_aliasing=True).astype(np.float32)
     images = np.stack([np.roll(base, (3 * i, -2 * i), axis=(0, 1)) * (1.0 + 0.5 * i) for i in range(count)])
     if image_channels == 2:
         from compressor.data.phase import with_synthetic_phase
 
         images = np.stack([with_synthetic_phase(image, "phantom", i) for i, image in enumerate(images)])
-    return simulated_kspace(images, mask.values)
+    return images
+
+
+def phantom_kspace(mask: SamplingMask, count: int = 4, image_channels: int = 1) -> np.ndarray:
+    """Validation k-space when no data is at hand: :func:`phantom_images` undersampled with ``mask``,
+    ``(count, H, W)``. Used only when neither a run's validation slices nor a data file is given (the export says
+    so)."""
+    return simulated_kspace(phantom_images(mask.shape, count, image_channels), mask.values)
+
+
+def phantom_quality_slices(mask: SamplingMask, image_channels: int = 1, count: int = 8) -> QualitySlices:
+    """Quality slices when the validation k-space has no known images: :func:`phantom_images` and their k-space."""
+    images = phantom_images(mask.shape, count, image_channels)
+    return QualitySlices(simulated_kspace(images, mask.values), images, "Shepp-Logan phantoms")
 
 
 def export_model(
@@ -180,6 +205,9 @@ def export_model(
     provider: str = "auto",
     relative_tolerance: float | None = None,
     target: str = DEFAULT_TARGET,
+    quality_slices: QualitySlices | None = None,
+    calibration: CalibrationSlices | None = None,
+    precision_options: PrecisionOptions | None = None,
 ) -> ExportResult:
     """Export ``model`` with its DF layers through ``target`` to ``out_path`` and validate it; nothing is left
     behind on failure (steps in :mod:`compressor.export.targets`).
@@ -198,6 +226,11 @@ def export_model(
             the validation session.
         relative_tolerance: validation tolerance relative to the reference's max (default: the target's).
         target: a name registered in :data:`~compressor.export.targets.EXPORT_TARGETS`.
+        quality_slices: slices with fully sampled images on which a precision (non-fp32) target's image quality is
+            measured against the fp32 export (default: Shepp-Logan phantoms, :func:`phantom_quality_slices`).
+        calibration: the slices that calibrate INT8 (default: ``validation_kspace``).
+        precision_options: calibration method and slices, the PSNR-loss bound (default:
+            :class:`~compressor.export.quantize.PrecisionOptions`).
 
     Raises:
         export.validate.ExportValidationError: a check failed (the message lists every failure and by how much).
@@ -225,30 +258,78 @@ def export_model(
         model_options=cpu_model.options.to_dict() if hasattr(cpu_model, "options") else {},
         config_key=config_key, tool_version=compressor.__version__,
         extras={"exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}", "opset": OPSET,
-                **(extras or {})},
+                "precision": exporter.precision, **(extras or {})},
         image_channels=cpu_model.image_channels,
     )
-    request = ExportRequest(cpu_model, mask, chosen.name, chosen.line_axis, metadata, validation_kspace)
+    if exporter.precision != "fp32" and quality_slices is None:
+        quality_slices = phantom_quality_slices(mask, cpu_model.image_channels)
+    request = ExportRequest(cpu_model, mask, chosen.name, chosen.line_axis, metadata, validation_kspace,
+                            quality_slices, calibration, precision_options or PrecisionOptions())
     proto = trace_graph(ScannerGraph(cpu_model, mask.shape, chosen.name, chosen.line_axis))
+    traced = onnx.ModelProto.FromString(proto.SerializeToString())  # the fp32 reference, whatever write() changes
     tolerance = exporter.relative_tolerance if relative_tolerance is None else relative_tolerance
     with exporter.staging(out_path) as staged:
         onnx_file = exporter.write(proto, request, staged)
         exported = open_exported(onnx_file, provider)
-        report = validate_export(onnx_file, exported, cpu_model, validation_kspace, mask.values, tolerance)
+        report = exporter.validate(onnx_file, exported, traced, request, tolerance)
         report.raise_for_failures(out_path)
-    return _result(out_path, report, exported.provider, chosen.name, time.perf_counter() - started,
-                   len(validation_kspace), metadata, target)
+    return _result(out_path, report, exported, chosen.name, time.perf_counter() - started, len(validation_kspace),
+                   target)
 
 
-def _result(path: Path, report: ValidationReport, provider: str, formulation: str, seconds: float, slices: int,
-            metadata: ExportMetadata, target: str) -> ExportResult:
+def _result(path: Path, report: ValidationReport, exported: ExportedModel, formulation: str, seconds: float,
+            slices: int, target: str) -> ExportResult:
+    """The result of a validated export; ``exported.metadata`` is what the file records."""
+    metadata, provider = exported.metadata, exported.provider
     image_outputs = metadata.outputs.image_names
     image = report.worst(f"ONNX Runtime ({provider})", image_outputs)
+    reference = [c for c in report.comparisons if c.runtime == "onnx.reference" and c.output in image_outputs]
     return ExportResult(path=path, max_abs_error=image.max_abs_error, relative_error=image.relative_error,
                         tolerance=image.tolerance,
-                        reference_evaluator_error=report.worst("onnx.reference", image_outputs).max_abs_error,
+                        reference_evaluator_error=max((c.max_abs_error for c in reference), default=float("nan")),
                         provider=provider, formulation=formulation, seconds=seconds, validation_slices=slices,
-                        metadata=metadata, target=target)
+                        metadata=metadata, target=target, precision=precision_of(metadata.extras),
+                        precision_check=report.precision)
+
+
+def describe_validation(result: ExportResult) -> str:
+    """What validated ``result``, in a few words: the fp32 error against PyTorch, or a precision's image terms (and,
+    for INT8, whether it pays on this CPU)."""
+    check = result.precision_check
+    if check is None:
+        return f"max abs error {result.max_abs_error:.1e} <= {result.tolerance:.1e}, {result.provider}"
+    return "; ".join(precision_lines(result))
+
+
+def precision_lines(result: ExportResult) -> list[str]:
+    """The lines a precision export prints: quality and DF check, INT8's layer choice and speed on this CPU."""
+    check, extras = result.precision_check, result.metadata.extras
+    lines = [f"{result.precision}: ΔPSNR {-check.quality.psnr_loss:+.3f} dB (bound -{check.bound:g}), ΔSSIM "
+             f"{-check.quality.ssim_loss:+.4f} vs the fp32 export on {check.quality.slices} slices; sampled lines "
+             f"off the measurement by {check.line_deviation:.1e} (fp32 export {check.line_deviation_fp32:.1e}); "
+             + (f"onnx.reference parity {check.reference_parity:.1e}" if check.reference_parity is not None
+                else check.reference_note)]
+    quantization = extras.get("quantization")
+    if quantization:
+        kept = [layer for layer in quantization["layers"] if not layer["int8"]]
+        lines.append(f"INT8 convolutions: {len(quantization['int8_nodes'])}/{len(quantization['layers'])}; kept fp32: "
+                     + ("; ".join(f"{layer['layer']} ({layer['kept_fp32_because']})" for layer in kept) or "none"))
+        lines.append(f"calibration: {quantization['calibration']['method']} on {quantization['calibration']['slices']} "
+                     f"slices of {quantization['calibration']['source']}; {quantization['reason']}")
+        qat = quantization["qat"]
+        if qat.get("steps"):
+            lines.append(f"quantization-aware fine-tuning ({qat['steps']} steps; every convolution INT8 lost "
+                         f"{qat['ptq_all_convolutions_psnr_loss_db']:.3f} dB after PTQ, "
+                         f"{qat['qat_all_convolutions_psnr_loss_db']:.3f} dB after it): "
+                         + ("used, every convolution INT8" if qat["used"] else "not used, the PTQ choice is kept"))
+        speed = extras["int8_speed"]
+        verdict = "pays" if speed["pays"] else "does not pay"
+        lines.append(f"INT8 {verdict} on this CPU ({speed['cpu']}): {speed['speedup']:.2f}x the fp32 speed at batch 1 "
+                     f"({speed['int8_median_ms']:.2f} vs {speed['fp32_median_ms']:.2f} ms, median of {speed['runs']})")
+    if "fp16" in extras:
+        lines.append(f"fp16 {extras['fp16']['cpu_note']}" if result.provider == "CPUExecutionProvider" else
+                     f"fp16 validated on {result.provider}")
+    return lines
 
 
 def output_name(stem: str, target: str = DEFAULT_TARGET) -> str:
@@ -258,23 +339,37 @@ def output_name(stem: str, target: str = DEFAULT_TARGET) -> str:
 
 def export_run_model(run_model: RunModel, out_path: str | Path, *, formulation: str = "auto",
                      provider: str = "auto", validation_kspace: np.ndarray | None = None,
-                     target: str = DEFAULT_TARGET) -> ExportResult:
-    """Export one trained model of a run, validated on the run's validation slices (else phantoms)."""
+                     target: str = DEFAULT_TARGET, precision_options: PrecisionOptions | None = None) -> ExportResult:
+    """Export one trained model of a run, validated on the run's validation slices (else phantoms); a precision
+    target measures its quality on the run's validation slices and INT8 calibrates on the run's training split
+    (else on the validation data, and its metadata says so)."""
+    images = run_validation_images(run_model)
+    quality = None
+    if images is not None:
+        quality = QualitySlices(simulated_kspace(images, run_model.mask.values), images, "the run's validation slices")
     if validation_kspace is None:
-        validation_kspace = run_validation_kspace(run_model)
-    if validation_kspace is None:
-        validation_kspace = phantom_kspace(run_model.mask, image_channels=run_model.model.image_channels)
+        validation_kspace = quality.kspace if quality is not None else phantom_kspace(
+            run_model.mask, image_channels=run_model.model.image_channels)
+    calibration = None
+    if EXPORT_TARGETS.get(target).precision == "int8":
+        options = precision_options or PrecisionOptions()
+        training = run_training_kspace(run_model, options.calibration_slices)
+        calibration = (CalibrationSlices(training, "the run's training split") if training is not None else
+                       CalibrationSlices(validation_kspace, "the validation slices (the run's training data is not "
+                                                            "readable here)"))
     stage = run_model.stage
     return export_model(run_model.model, out_path, mask=run_model.mask, validation_kspace=validation_kspace,
                         acceleration=stage.acceleration, config_key=stage.key,
                         extras={"name": run_model.name, "role": run_model.role, "method": stage.method,
                                 "stage": stage.stage},
-                        formulation=formulation, provider=provider, target=target)
+                        formulation=formulation, provider=provider, target=target, quality_slices=quality,
+                        calibration=calibration, precision_options=precision_options)
 
 
 def export_run(run_dir: str | Path, names: list[str] | None = None, *, formulation: str = "auto",
                provider: str = "auto", log: Callable[[str], None] = print,
-               targets: Sequence[str] = (DEFAULT_TARGET,)) -> list[ExportResult]:
+               targets: Sequence[str] = (DEFAULT_TARGET,),
+               precision_options: PrecisionOptions | None = None) -> list[ExportResult]:
     """Export every trained model of ``run_dir`` (or those named) through each of ``targets`` to
     ``<run>/exports/`` (``<name>.onnx`` for ``onnx-fp32``) and write ``<run>/exports/exports.json`` with each file's
     validation figures. Called at the end of ``compress``. Without ``names``, models without DF layers (the
@@ -294,9 +389,8 @@ def export_run(run_dir: str | Path, names: list[str] | None = None, *, formulati
         for target in targets:
             destination = run_dir / EXPORTS_FOLDER / output_name(Path(run_model.file_name).stem, target)
             result = export_run_model(run_model, destination, formulation=formulation, provider=provider,
-                                      target=target)
-            log(f"exported {run_model.name} -> {result.path} ({result.formulation}, max abs error "
-                f"{result.max_abs_error:.1e} <= {result.tolerance:.1e}, {result.provider})")
+                                      target=target, precision_options=precision_options)
+            log(f"exported {run_model.name} -> {result.path} ({result.formulation}, {describe_validation(result)})")
             results.append(result)
     save_json(run_dir / EXPORTS_FOLDER / "exports.json", [r.summary() for r in results])
     return results

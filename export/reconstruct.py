@@ -9,7 +9,10 @@ Inputs (``source``):
 * ``project``, ``authors``: this tool's HDF5 or the authors' HDF5 (:mod:`compressor.data.readers`); stored fully
   sampled k-space is undersampled with the mask, stored undersampled k-space is used as is;
 * ``fastmri``, ``nifti``, and ``project`` files without k-space: images, whose measurement is simulated,
-  ``y = M ⊙ F(x)``.
+  ``y = M ⊙ F(x)``;
+* ``ismrmrd``: an ISMRMRD raw scan (:mod:`compressor.export.mrd_reconstruct`): its acquisitions assembled per slice,
+  coils compressed, the lines the mask samples must have been acquired; ``ismrmrd_out`` also writes the
+  reconstructions as ISMRMRD images with the acquisitions' geometry (:mod:`compressor.export.mrd_images`).
 
 For a 2-channel model the readers are opened with ``keep_phase=True``: sources that carry phase give the complex
 image and its k-space on the measured grid (multi-coil fastMRI compressed to one virtual coil).
@@ -53,7 +56,7 @@ from compressor.masks import is_whole_lines, load_mask
 
 COMPLEX_IMAGE_THRESHOLD = 0.01
 ACCELERATION_TOLERANCE = 0.1
-SOURCES = ("npy", "project", "fastmri", "nifti", "authors")
+SOURCES = ("npy", "project", "fastmri", "nifti", "authors", "ismrmrd")
 SUFFIX_SOURCES = {".npy": "npy", ".nii": "nifti", ".nii.gz": "nifti", ".h5": "project", ".hdf5": "project"}
 
 
@@ -83,6 +86,8 @@ class ReconstructionResult:
     seconds: float
     imaginary_fraction: float
     previews: list[Path]
+    ismrmrd_images: Path | None = None
+    notes: tuple[str, ...] = ()
 
 
 def infer_source(path: Path) -> str:
@@ -200,6 +205,9 @@ def read_input(path: Path, source: str, image_size: tuple[int, int], mask: np.nd
         raise InputError("input file not found", path)
     if source not in SOURCES:
         raise InputError(f"unknown source {source!r}; valid: {', '.join(SOURCES)}")
+    if source == "ismrmrd":
+        raise InputError("ISMRMRD raw scans are reconstructed by reconstruct_file (read_raw_input), not read here",
+                         path)
     if source == "npy":
         kspace, measured = read_npy_kspace(path, kspace_centred), True
         check_finite(kspace, path)
@@ -234,6 +242,24 @@ def read_input(path: Path, source: str, image_size: tuple[int, int], mask: np.nd
 def _size_message(shape: tuple[int, ...], image_size: tuple[int, int]) -> str:
     return (f"slices are {shape[0]}x{shape[1]} but the model was exported for {image_size[0]}x{image_size[1]} "
             "images")
+
+
+def check_phase(kspace: np.ndarray, mask: np.ndarray, image_channels: int, take_real_part: bool,
+                source: Path | str) -> tuple[float, bool]:
+    """The input's :func:`imaginary_energy_fraction` and whether a 1-channel model takes the real part of a
+    complex-valued image (above :data:`COMPLEX_IMAGE_THRESHOLD`), which it does only if ``take_real_part``, else
+    :class:`InputError`; a 2-channel model takes any image.
+
+    Args:
+        kspace: ``(S, H, W)`` complex, uncentred, undersampled with ``mask`` ``(H, W)``.
+    """
+    fraction = imaginary_energy_fraction(kspace, mask)
+    takes_real_part = fraction > COMPLEX_IMAGE_THRESHOLD and image_channels != 2
+    if takes_real_part and not take_real_part:
+        raise InputError(f"k-space is of a complex-valued image ({fraction:.1%} of the energy is imaginary, "
+                         f"threshold {COMPLEX_IMAGE_THRESHOLD:.0%}); the real-valued model cannot reconstruct it "
+                         "faithfully (pass --take-real-part to reconstruct the real part)", source)
+    return fraction, takes_real_part
 
 
 def reconstruct_slices(model: ExportedModel, kspace: np.ndarray, mask: np.ndarray, batch_size: int = 8,
@@ -298,6 +324,7 @@ def reconstruct_file(
     provider: str = "auto",
     threads: int | None = None,
     progress: bool = True,
+    ismrmrd_out: Path | None = None,
 ) -> ReconstructionResult:
     """Reconstruct every slice of ``input_path`` with the exported model ``model_path`` into ``out_path``.
 
@@ -310,6 +337,8 @@ def reconstruct_file(
         take_real_part: with a 1-channel model, reconstruct k-space of a complex-valued image anyway (the real part,
             as the paper does); a 2-channel model reconstructs the complex image and ignores it.
         provider: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        ismrmrd_out: with ``source="ismrmrd"``, also write the reconstructions as ISMRMRD magnitude images whose
+            headers come from the acquisitions (:mod:`compressor.export.mrd_images`).
 
     Output HDF5 (:func:`reconstruction_datasets`): ``reconstruction`` ``(S, H, W)`` in the input's units, float32
     (1-channel model) or complex64 (2-channel model, with ``magnitude`` float32); attributes: the model's metadata,
@@ -326,17 +355,24 @@ def reconstruct_file(
     mask = choose_mask(model.metadata, mask_path, mask_centred)
     check_mask(mask, model.metadata, mask_path or model_path)
     metadata = model.metadata
-    complex_model = metadata.image_channels == 2
-    scanner_input = read_input(input_path, source, metadata.image_size, mask, metadata.acceleration, kspace_centred,
-                               metadata.image_channels)
-    fraction = imaginary_energy_fraction(scanner_input.kspace, mask)
-    takes_real_part = fraction > COMPLEX_IMAGE_THRESHOLD and not complex_model
-    if takes_real_part and not take_real_part:
-        raise InputError(f"k-space is of a complex-valued image ({fraction:.1%} of the energy is imaginary, "
-                         f"threshold {COMPLEX_IMAGE_THRESHOLD:.0%}); the real-valued model cannot reconstruct it "
-                         "faithfully (pass --take-real-part to reconstruct the real part)", input_path)
+    raw_input = None
+    if source == "ismrmrd":
+        # imported here: mrd_reconstruct builds on this module, and ismrmrd is loaded only for raw scans
+        from compressor.export.mrd_images import write_ismrmrd_images
+        from compressor.export.mrd_reconstruct import read_raw_input
+
+        raw_input = read_raw_input(input_path, metadata, mask)
+        scanner_input = raw_input.scanner_input
+    elif ismrmrd_out is not None:
+        raise InputError("ISMRMRD image output needs an ISMRMRD raw scan (--source ismrmrd): the image headers come "
+                         "from its acquisitions", input_path)
+    else:
+        scanner_input = read_input(input_path, source, metadata.image_size, mask, metadata.acceleration,
+                                   kspace_centred, metadata.image_channels)
+    fraction, takes_real_part = check_phase(scanner_input.kspace, scanner_input.mask, metadata.image_channels,
+                                            take_real_part, input_path)
     with tqdm(total=len(scanner_input.kspace), unit="slice", disable=not progress, desc=input_path.name) as bar:
-        reconstruction = reconstruct_slices(model, scanner_input.kspace, mask, batch_size, bar.update)
+        reconstruction = reconstruct_slices(model, scanner_input.kspace, scanner_input.mask, batch_size, bar.update)
     attrs = {
         **{f"model_{key}": value for key, value in model.metadata.to_properties().items() if key != "mask"},
         "model_file": str(model_path), "input_file": str(input_path), "source": source,
@@ -347,7 +383,13 @@ def reconstruct_file(
         "image_channels": str(metadata.image_channels),
         "units": "input units (the graph's normalised image times its scale)",
     }
+    notes = raw_input.notes() if raw_input is not None else []
+    if notes:
+        attrs["notes"] = "; ".join(notes)
+    images = raw_input.images(reconstruction) if raw_input is not None and ismrmrd_out is not None else None
     write_reconstructions(out_path, reconstruction, attrs)
+    if images is not None:
+        write_ismrmrd_images(ismrmrd_out, images, raw_input.scan.xml)
     written = write_previews(previews, reconstruction) if previews is not None else []
     return ReconstructionResult(out_path, len(reconstruction), model.provider, time.perf_counter() - started,
-                                fraction, written)
+                                fraction, written, ismrmrd_out if images is not None else None, tuple(notes))

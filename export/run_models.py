@@ -16,8 +16,8 @@ from compressor.models.base import CascadeModel
 from compressor.physics import apply_mask, fft2
 from compressor.rundir import EXPORTS_FOLDER, ModelResult, StageRecord
 
-__all__ = ["EXPORTS_FOLDER", "RunModel", "load_run_models", "load_stage", "run_records",
-           "run_validation_kspace", "simulated_kspace"]
+__all__ = ["EXPORTS_FOLDER", "RunModel", "load_run_models", "load_stage", "run_records", "run_training_kspace",
+           "run_validation_images", "run_validation_kspace", "simulated_kspace"]
 VALIDATION_SLICES = 8
 
 
@@ -121,11 +121,11 @@ def evenly_spaced_indices(total: int, count: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, total - 1, min(count, total))).astype(int))
 
 
-def run_validation_kspace(run_model: RunModel, count: int = VALIDATION_SLICES) -> np.ndarray | None:
-    """Real validation slices of the run, ``(S <= count, H, W)`` complex: the targets the stage wrote in
-    ``reconstructions_validation.h5`` (normalised units), evenly spaced, undersampled with the training mask
-    (:func:`simulated_kspace`): the complex targets (:data:`~compressor.rundir.COMPLEX_TARGET_KEY`) when the stage
-    wrote them (2-channel runs), else the real ``target``. ``None`` when the stage has no such file."""
+def run_validation_images(run_model: RunModel, count: int = VALIDATION_SLICES) -> np.ndarray | None:
+    """Real validation slices of the run, ``(S <= count, H, W)``: the targets the stage wrote in
+    ``reconstructions_validation.h5`` (normalised units), evenly spaced: the complex targets
+    (:data:`~compressor.rundir.COMPLEX_TARGET_KEY`) when the stage wrote them (2-channel runs), else the real
+    ``target``. ``None`` when the stage has no such file."""
     import h5py
 
     path = run_model.stage_dir / rundir.reconstructions_file("validation")
@@ -133,5 +133,37 @@ def run_validation_kspace(run_model: RunModel, count: int = VALIDATION_SLICES) -
         return None
     with h5py.File(path, "r") as file:
         dataset = file[rundir.COMPLEX_TARGET_KEY] if rundir.COMPLEX_TARGET_KEY in file else file["target"]
-        targets = dataset[evenly_spaced_indices(dataset.shape[0], count)]
-    return simulated_kspace(targets, run_model.mask.values)
+        return dataset[evenly_spaced_indices(dataset.shape[0], count)]
+
+
+def run_validation_kspace(run_model: RunModel, count: int = VALIDATION_SLICES) -> np.ndarray | None:
+    """:func:`run_validation_images` undersampled with the training mask (:func:`simulated_kspace`), ``(S, H, W)``
+    complex; ``None`` when the stage has no validation reconstructions."""
+    targets = run_validation_images(run_model, count)
+    return None if targets is None else simulated_kspace(targets, run_model.mask.values)
+
+
+def run_training_kspace(run_model: RunModel, count: int) -> np.ndarray | None:
+    """Up to ``count`` evenly spaced slices of the run's training split, ``(S, H, W)`` complex, uncentred, as the
+    model was trained on them (the stage's mask; normalised units: the graph normalises anyway). Read through the
+    run's ``config.json`` data section (only those slices, :func:`compressor.data.build_splits` with
+    ``max_train_slices = count``); ``None`` when the run's data cannot be read here (moved, not downloaded)."""
+    from dataclasses import replace
+
+    from compressor.data import build_splits
+
+    try:
+        config = rundir.read_config(run_model.stage_dir.parent.parent)
+        data = replace(config.data, max_train_slices=min(count, config.data.max_train_slices or count),
+                       max_eval_slices=1)
+        splits = build_splits(data, run_model.stage.acceleration, log=lambda _: None,
+                              image_channels=run_model.model.image_channels)
+    except (InputError, OSError):
+        return None
+    if splits.mask.digest() != run_model.mask.digest():
+        return None
+    pairs = [splits.train[index].kspace for index in range(len(splits.train))]  # (1, [1,] H, W, 2) each
+    shape = (*run_model.mask.shape, 2)
+    if any(pair.shape[-3:] != shape for pair in pairs):  # measured on another grid than the model's
+        return None
+    return np.stack([torch.view_as_complex(pair.reshape(shape).contiguous()).numpy() for pair in pairs])

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from compressor.cli import main
 
-SUBCOMMANDS = ["models", "export", "reconstruct", "benchmark", "report"]
+SUBCOMMANDS = ["models", "export", "reconstruct", "serve", "benchmark", "report"]
 
 
 @pytest.fixture

@@ -144,7 +144,7 @@ def test_channel_sum_conv_equals_the_convolution_it_replaces(bias):
 
 def test_scanner_graph_rewrites_only_its_copy_of_the_single_output_convs():
     model = tiny_model()
-    block = ScannerGraph(model, SIZE, "none").cascades[0].block
+    block = ScannerGraph(model, SIZE, "dft").cascades[0].block
     assert isinstance(block.conv2, ChannelSumConv) and type(block.conv1) is torch.nn.Conv2d  # conv1 is 1 -> 8
     assert type(model.cascades[0].block.conv2) is torch.nn.Conv2d
 

@@ -145,7 +145,7 @@ def test_a_target_is_validated_at_its_own_tolerance(tmp_path, mask):
 # --- a run directory, through the targets ------------------------------------------------------------------------
 
 SUMMARY_KEYS = {"file", "architecture", "parameters", "image_channels", "formulation", "provider", "max_abs_error",
-                "relative_error", "tolerance", "reference_evaluator_error", "validation_slices", "seconds"}
+                "relative_error", "tolerance", "reference_evaluator_error", "validation_slices", "seconds", "precision"}
 
 
 def test_export_run_writes_each_target_and_lists_every_file_in_exports_json(tmp_path):

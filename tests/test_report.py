@@ -274,10 +274,11 @@ def test_table8_lists_sizes_compression_and_latency_per_student(full_run: Path, 
     assert [r[1:3] for r in fourfold] == [["Teacher (d5c5)", MISSING], ["Student (d3c5)", "AT"],
                                            ["Student (d3c5)", "FitNets"], ["Student (d2c5)", "AT"],
                                            ["Student (d2c5)", "FitNets"]]
-    assert fourfold[1][3:6] == ["49285", "65.2%", "6.628"]
-    assert fourfold[3][3:6] == ["3045", "97.9%", "3.686"]
-    assert fourfold[0][5] == "17.415"
-    assert fourfold[4][8] == fourfold[4][10] == MISSING  # no d2c5 FitNets stages
+    assert {r[3] for r in fourfold} == {"fp32"}  # a benchmark.json without precisions holds fp32 timings
+    assert fourfold[1][4:7] == ["49285", "65.2%", "6.628"]
+    assert fourfold[3][4:7] == ["3045", "97.9%", "3.686"]
+    assert fourfold[0][6] == "17.415"
+    assert fourfold[4][9] == fourfold[4][11] == MISSING  # no d2c5 FitNets stages
     assert column(table8(load_run(small_run)), "Latency (ms)") == [MISSING, MISSING]
 
 

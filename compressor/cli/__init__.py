@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -76,9 +77,13 @@ def _names(text: str | None) -> list[str] | None:
 @click.option("--progress/--no-progress", default=True, help="Progress bars.")
 @click.option("--deploy/--no-deploy", default=True,
               help="After training, export every trained model to validated ONNX and benchmark latency.")
+@click.option("--precision", default="fp32",
+              help="Precisions of the deployed ONNX files, comma-separated: fp32, int8, fp16 (each its own validated "
+                   "file, see compress export --precision); checked before anything trains.")
 @click.pass_context
 @handles_input_errors
-def main(ctx: click.Context, preset: str, out: Path, progress: bool, deploy: bool, **options: object) -> None:
+def main(ctx: click.Context, preset: str, out: Path, progress: bool, deploy: bool, precision: str,
+         **options: object) -> None:
     """Compress a DC-CNN MRI reconstruction teacher into a student with SFT-KD-Recon.
 
     Without a subcommand, runs teacher → student → Std-KD → SFT teacher → SFT-KD for each method and prints the
@@ -88,10 +93,12 @@ def main(ctx: click.Context, preset: str, out: Path, progress: bool, deploy: boo
     if ctx.invoked_subcommand is not None:
         return
     from compressor.config import apply_overrides, load_config
+    from compressor.export.targets import precision_targets
 
+    targets = precision_targets(precision)  # an unknown precision stops here, before anything trains
     settings = _settings(options.pop("settings"))
     config = apply_overrides(apply_overrides(load_config(preset), _overrides(options)), settings)
-    run_pipeline(config, out, progress, deploy)
+    run_pipeline(config, out, progress, deploy, targets)
 
 
 def _settings(items: tuple[str, ...]) -> dict[str, object]:
@@ -141,7 +148,7 @@ def _overrides(o: dict) -> dict[str, object]:
     }
 
 
-def run_pipeline(config, out: Path, progress: bool, deploy: bool) -> None:
+def run_pipeline(config, out: Path, progress: bool, deploy: bool, targets: Sequence[str] = ("onnx-fp32",)) -> None:
     """Check the run (:func:`~compressor.training.preflight.check_run`: nothing trains or is written before it
     passes), run the stage graph, export and benchmark what it produced, then print the tables and build the
     report.
@@ -155,7 +162,7 @@ def run_pipeline(config, out: Path, progress: bool, deploy: bool) -> None:
 
     context = init_distributed(resolve_device(config.train.device))
     try:
-        _run_checked(config, out, progress, deploy, context)
+        _run_checked(config, out, progress, deploy, context, targets)
     except RuntimeError as error:
         if not (context.distributed and _collective_failure(error)):
             raise
@@ -182,7 +189,7 @@ def _collective_failure(error: RuntimeError) -> bool:
         sign in text for sign in ("Connection closed by peer", "Connection reset by peer", "imed out", "NCCL"))
 
 
-def _run_checked(config, out: Path, progress: bool, deploy: bool, context) -> None:
+def _run_checked(config, out: Path, progress: bool, deploy: bool, context, targets: Sequence[str]) -> None:
     from contextlib import ExitStack
 
     from compressor.rundir import run_lock
@@ -200,7 +207,7 @@ def _run_checked(config, out: Path, progress: bool, deploy: bool, context) -> No
     # benchmark and report at the end as well as the training. Under torchrun rank 0 alone takes it.
     with ExitStack() as stack:
         _agree(context, _attempt(lambda: stack.enter_context(run_lock(out))) if main else None)
-        _train_deploy_report(config, out, progress, deploy, log, started, context)
+        _train_deploy_report(config, out, progress, deploy, log, started, context, targets)
 
 
 def _attempt(step) -> Exception | None:
@@ -224,7 +231,8 @@ def _agree(context, error: Exception | None) -> None:
         raise error
 
 
-def _train_deploy_report(config, out: Path, progress: bool, deploy: bool, log, started: float, context) -> None:
+def _train_deploy_report(config, out: Path, progress: bool, deploy: bool, log, started: float, context,
+                         targets: Sequence[str]) -> None:
     from compressor.evaluate.metrics import slice_metrics
     from compressor.evaluate.report import build_report
     from compressor.training.pipeline import Pipeline
@@ -243,7 +251,7 @@ def _train_deploy_report(config, out: Path, progress: bool, deploy: bool, log, s
         click.echo("deployment skipped: super-resolution models have no data-fidelity layers, and the scanner graph "
                    "(compress export) takes k-space", err=True)
     elif deploy:
-        deploy_run(out, log=log)
+        deploy_run(out, log=log, targets=targets)
     report = build_report(out, fmt="github")
     for warning in report.warnings:
         log(f"warning: {warning}")
@@ -259,12 +267,13 @@ def _train_deploy_report(config, out: Path, progress: bool, deploy: bool, log, s
                f"total {time.perf_counter() - started:.0f} s (training {result.seconds:.0f} s).")
 
 
-def deploy_run(out: Path, log) -> None:
-    """Export every trained model of the run to ONNX (validated against PyTorch) and benchmark latency."""
+def deploy_run(out: Path, log, targets: Sequence[str] = ("onnx-fp32",)) -> None:
+    """Export every trained model of the run to ONNX through each of ``targets`` (one validated file per precision)
+    and benchmark latency."""
     from compressor.export.benchmark import benchmark_run, format_table
     from compressor.export.onnx_export import export_run
 
-    export_run(out, log=log)
+    export_run(out, log=log, targets=targets)
     result = benchmark_run(out, log=log)
     click.echo("\n" + format_table(result))
 

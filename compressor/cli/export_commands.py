@@ -21,10 +21,12 @@ if TYPE_CHECKING:
     import numpy as np
 
     from compressor.export.onnx_export import ExportResult
+    from compressor.export.triton import TritonOptions
     from compressor.masks import SamplingMask
 
 SHOW_DEFAULTS = {"show_default": True}
 SOURCES = click.Choice(["npy", "project", "fastmri", "nifti", "authors"])
+RECONSTRUCT_SOURCES = click.Choice([*SOURCES.choices, "ismrmrd", "mrd"])  # raw scans and streams: reconstruct only
 
 
 class RegistryChoice(click.Choice):
@@ -45,6 +47,56 @@ class RegistryChoice(click.Choice):
         pass
 
 
+def _precision_options(calibration_slices: int, calibration_method: str, max_psnr_loss: float | None,
+                       qat_threshold: float, qat_steps: int) -> Any:
+    """The :class:`~compressor.export.quantize.PrecisionOptions` of the command's options."""
+    from compressor.export.quantize import PrecisionOptions
+
+    return PrecisionOptions(calibration_slices, calibration_method, max_psnr_loss, qat_threshold, qat_steps)
+
+
+def _export_targets(target: str, precision: str | None) -> list[str]:
+    """The targets to write: ``--precision``'s ``onnx-<precision>`` targets, else ``--target``."""
+    from compressor.export.targets import DEFAULT_TARGET, precision_targets
+
+    if precision is None:
+        return [target]
+    if target != DEFAULT_TARGET:
+        raise UserError("give --precision or --target, not both (--precision fp32,int8 means the targets "
+                        "onnx-fp32,onnx-int8)")
+    return precision_targets(precision)
+
+
+def _file_destination(out: Path | None, default: Path, target: str, count: int) -> Path:
+    """The file ``target`` writes for ``--stage``/``--weights``: ``default``, or ``--out``; when several precisions
+    are written, ``--out`` names the fp32 file and each other goes beside it under its target's name
+    (``d3c5.onnx`` -> ``d3c5.int8.onnx``)."""
+    from compressor.export.onnx_export import output_name
+
+    if out is None:
+        return default
+    return out if count == 1 else out.with_name(output_name(out.name.removesuffix(".onnx"), target))
+
+
+def _bare_calibration(path: Path | None, source: str | None, mask: SamplingMask, acceleration: float | None,
+                      image_channels: int, count: int) -> Any:
+    """INT8 calibration slices of bare weights: ``count`` slices of the ``--validation`` file, else phantoms."""
+    from compressor.export.onnx_export import phantom_kspace
+    from compressor.export.quantize import CalibrationSlices
+
+    kspace = _validation_kspace(path, source, mask, acceleration, image_channels, count)
+    if kspace is None:
+        return CalibrationSlices(phantom_kspace(mask, count, image_channels), "Shepp-Logan phantoms (bare weights, "
+                                                                               "no --validation file)")
+    return CalibrationSlices(kspace, f"the --validation file {path.name}")
+
+
+def _calibration_methods() -> list[str]:
+    from compressor.export.quantize import CALIBRATION_METHODS
+
+    return list(CALIBRATION_METHODS)
+
+
 def _providers() -> list[str]:
     from compressor.export.runtime import provider_choices
 
@@ -63,9 +115,17 @@ def _targets() -> list[str]:
     return EXPORT_TARGETS.names()
 
 
+def _triton_instances() -> list[str]:
+    from compressor.export.triton import INSTANCE_KINDS
+
+    return list(INSTANCE_KINDS)
+
+
+CALIBRATION_METHODS = RegistryChoice(_calibration_methods)
 PROVIDERS = RegistryChoice(_providers)
 FORMULATIONS = RegistryChoice(_formulations)
 TARGETS = RegistryChoice(_targets)
+TRITON_INSTANCES = RegistryChoice(_triton_instances)
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -99,7 +159,29 @@ def _bare_mask(acceleration: float, image_size: int, mask_path: Path | None, mas
     return load_mask(mask_path, shape, centred=mask_centred)
 
 
+def _write_triton(repository: Path | None, exports: list[tuple[str, Path]], options: TritonOptions,
+                  provider: str) -> None:
+    """Serve the validated ``(name, ONNX file)`` exports from the Triton model repository ``--triton-repo``."""
+    if repository is None:
+        return
+    from compressor.export.triton import TritonSource, write_triton_repository
+
+    for entry in write_triton_repository([TritonSource(name, path) for name, path in exports], repository, options,
+                                         provider):
+        click.echo(f"{entry.folder}: Triton model {entry.name} ({entry.action}) from {entry.source.name}, mask "
+                   f"folded in: max abs difference to the export {entry.max_abs_difference:.1e} <= "
+                   f"{entry.tolerance:.1e}")
+
+
 def _report_export(result: ExportResult) -> None:
+    if result.precision_check is not None:
+        from compressor.export.onnx_export import precision_lines
+
+        click.echo(f"{result.path}: {result.metadata.architecture} {result.precision}, DF formulation "
+                   f"{result.formulation}; validated with {result.provider} in {result.seconds:.1f} s")
+        for line in precision_lines(result):
+            click.echo(f"  {line}")
+        return
     click.echo(f"{result.path}: {result.metadata.architecture}, {result.metadata.parameters} parameters, "
                f"DF formulation {result.formulation}; validated on {result.validation_slices} slices with "
                f"{result.provider}: max abs error {result.max_abs_error:.2e} (relative {result.relative_error:.2e}, "
@@ -139,32 +221,71 @@ def _report_export(result: ExportResult) -> None:
 @click.option("--provider", type=PROVIDERS, default="auto", help="ONNX Runtime provider for validation.")
 @click.option("--target", type=TARGETS, default="onnx-fp32",
               help="What to write: onnx-fp32 is one validated fp32 ONNX file per model.")
+@click.option("--precision",
+              help="Comma-separated precisions, each its own validated ONNX file: fp32 (<model>.onnx), int8 "
+                   "(<model>.int8.onnx: post-training static INT8 of the convolutions a per-layer sensitivity "
+                   "analysis picks), fp16 (<model>.fp16.onnx: fp16 convolutions for GPUs); e.g. fp32,int8. "
+                   "Default: --target (fp32).")
+@click.option("--calibration-slices", type=click.IntRange(min=1), default=32,
+              help="INT8: training-split slices that calibrate the activations (bare weights: the --validation "
+                   "slices or phantoms).")
+@click.option("--calibration-method", type=CALIBRATION_METHODS, default="minmax",
+              help="INT8: ONNX Runtime's calibration method.")
+@click.option("--max-psnr-loss", type=click.FloatRange(min=0), default=None,
+              help="Largest PSNR loss (dB) of an int8/fp16 file against the fp32 export; more fails the export. "
+                   "[default: 0.1 for int8, 0.05 for fp16]")
+@click.option("--qat-threshold", type=float, default=0.1,
+              help="INT8: when post-training INT8 of every convolution loses more PSNR (dB) than this, a short "
+                   "quantization-aware fine-tuning (self-distilled, fake-quantized) is tried.")
+@click.option("--qat-steps", type=click.IntRange(min=0), default=100,
+              help="INT8: steps of that fine-tuning (0: never).")
 @click.option("--out", type=click.Path(path_type=Path),
-              help="Output .onnx file (--stage, --weights) or folder (--run); default <run>/exports or beside "
-                   "the weights.")
+              help="Output .onnx file (--stage, --weights; other precisions beside it as <name>.<precision>.onnx) "
+                   "or folder (--run); default <run>/exports or beside the weights.")
+@click.option("--triton-repo", type=click.Path(path_type=Path, file_okay=False),
+              help="Also write a Triton Inference Server model repository: <model>/config.pbtxt and "
+                   "<model>/1/model.onnx per export, its training mask folded in.")
+@click.option("--triton-instance", type=TRITON_INSTANCES, default="cpu",
+              help="instance_group of the Triton models: cpu (KIND_CPU) or gpu (KIND_GPU).")
+@click.option("--triton-max-batch", type=click.IntRange(min=1), default=8,
+              help="max_batch_size of the Triton models (dynamic batching).")
+@click.option("--triton-threads", type=click.IntRange(min=0), default=0,
+              help="ONNX Runtime intra-op threads per Triton model instance (0: one per core).")
 @handles_input_errors
 def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | None, arch: str | None,
                    weights: Path | None, acceleration: float, image_size: int, mask_path: Path | None,
                    mask_centred: bool | None, mask_type: str, mask_seed: int, block_form: str, block_padding: int,
                    width: int, image_channels: int, validation_path: Path | None, source: str | None,
-                   formulation: str, provider: str, target: str, out: Path | None) -> None:
+                   formulation: str, provider: str, target: str, precision: str | None, calibration_slices: int,
+                   calibration_method: str, max_psnr_loss: float | None, qat_threshold: float, qat_steps: int,
+                   out: Path | None, triton_repo: Path | None,
+                   triton_instance: str, triton_max_batch: int, triton_threads: int) -> None:
     """Export trained DC-CNNs with their data-fidelity layers to validated ONNX files.
 
     Inputs of the graph: k-space (real, imaginary; uncentred) and mask; outputs: the normalised image (of a
     2-channel model, its real and imaginary parts and magnitude) and its scale. Examples:
     compress export --run runs/default --model sft_kd/at/d3c5@4x;
-    compress export --arch d3c5 --weights w.safetensors --acceleration 4 --image-size 240 --out d3c5.onnx
+    compress export --arch d3c5 --weights w.safetensors --acceleration 4 --image-size 240 --out d3c5.onnx;
+    compress export --run runs/default --precision fp32,int8,fp16 (one validated file per precision);
+    compress export --run runs/default --triton-repo triton (a Triton model repository beside the files)
     """
     if sum(x is not None for x in (run_dir, stage_dir, weights)) != 1:
         raise UserError("give exactly one of --run, --stage or --weights (with --arch)")
     if names and run_dir is None:
         raise UserError("--model names models of a run; add --run DIR")
-    if out is not None:
-        require_writable(out)
+    for path in (out, triton_repo):
+        if path is not None:
+            require_writable(path)
+    targets = _export_targets(target, precision)
+    precision_options = _precision_options(calibration_slices, calibration_method, max_psnr_loss, qat_threshold,
+                                           qat_steps)
     from compressor.export.onnx_export import export_model, export_run_model, output_name, phantom_kspace
     from compressor.export.run_models import load_run_models, load_stage
+    from compressor.export.triton import TritonOptions
     from compressor.export.validate import ExportValidationError
 
+    triton = TritonOptions(max_batch_size=triton_max_batch, instance_kind=triton_instance,
+                           intra_op_threads=triton_threads)
     try:
         if weights is not None:
             if arch is None:
@@ -180,22 +301,36 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
             if kspace is None:
                 click.echo("no --validation data: validating on Shepp-Logan phantoms", err=True)
                 kspace = phantom_kspace(mask, image_channels=image_channels)
-            result = export_model(model, out or weights.with_name(output_name(weights.stem, target)), mask=mask,
-                                  validation_kspace=kspace, acceleration=acceleration, extras={"weights": weights.name},
-                                  formulation=formulation, provider=provider, target=target)
-            _report_export(result)
+            calibration = _bare_calibration(validation_path, source, mask, acceleration, image_channels,
+                                            calibration_slices)
+            results = [export_model(model, _file_destination(out, weights.with_name(output_name(weights.stem, t)), t,
+                                                             len(targets)),
+                                    mask=mask, validation_kspace=kspace, acceleration=acceleration,
+                                    extras={"weights": weights.name}, formulation=formulation, provider=provider,
+                                    target=t, calibration=calibration, precision_options=precision_options)
+                       for t in targets]
+            for result in results:
+                _report_export(result)
+            _write_triton(triton_repo, [(weights.stem, result.path) for result in results], triton, provider)
             return
         run_models = [load_stage(stage_dir)] if stage_dir is not None else load_run_models(run_dir, _names(names))
+        exports = []
         for run_model in run_models:
-            file_name = output_name(Path(run_model.file_name).stem, target)
-            if stage_dir is not None:
-                destination = out or stage_dir.parent.parent / EXPORTS_FOLDER / file_name
-            else:
-                destination = (out or run_dir / EXPORTS_FOLDER) / file_name
             kspace = _validation_kspace(validation_path, source, run_model.mask, run_model.stage.acceleration,
                                         run_model.model.image_channels)
-            _report_export(export_run_model(run_model, destination, formulation=formulation, provider=provider,
-                                            validation_kspace=kspace, target=target))
+            for export_target in targets:
+                file_name = output_name(Path(run_model.file_name).stem, export_target)
+                if stage_dir is not None:
+                    destination = _file_destination(out, stage_dir.parent.parent / EXPORTS_FOLDER / file_name,
+                                                    export_target, len(targets))
+                else:
+                    destination = (out or run_dir / EXPORTS_FOLDER) / file_name
+                result = export_run_model(run_model, destination, formulation=formulation, provider=provider,
+                                          validation_kspace=kspace, target=export_target,
+                                          precision_options=precision_options)
+                _report_export(result)
+                exports.append((run_model.name, result.path))  # Triton serves every precision, one entry each
+        _write_triton(triton_repo, exports, triton, provider)
     except ExportValidationError as error:
         raise click.ClickException(str(error)) from None
 
@@ -203,11 +338,17 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
 @click.command("reconstruct", cls=OneLineCommand, context_settings=SHOW_DEFAULTS)
 @click.argument("model_path", metavar="MODEL.onnx", type=click.Path(path_type=Path, dir_okay=False))
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
               help="Output HDF5: dataset 'reconstruction' (S, H, W) in the input's units, float32 (1-channel model) "
-                   "or complex64 (2-channel model, with 'magnitude' float32).")
-@click.option("--source", type=SOURCES,
-              help="Input kind (default from the file name: .npy k-space, .nii/.nii.gz NIfTI, .h5 project HDF5).")
+                   "or complex64 (2-channel model, with 'magnitude' float32). Required, except with --source mrd: "
+                   "the output MRD v2 stream, standard output without --out.")
+@click.option("--source", type=RECONSTRUCT_SOURCES,
+              help="Input kind (default from the file name: .npy k-space, .nii/.nii.gz NIfTI, .h5 project HDF5; "
+                   "ismrmrd: an ISMRMRD raw scan, Cartesian 2-D; mrd: an MRD v2 binary stream, INPUT '-' for "
+                   "standard input, images out as an MRD v2 stream).")
+@click.option("--ismrmrd-out", type=click.Path(path_type=Path, dir_okay=False),
+              help="With --source ismrmrd: also write ISMRMRD magnitude images (float32, images_0) whose headers "
+                   "carry the acquisitions' slice, position, orientation, field of view and measurement_uid.")
 @click.option("--mask", "mask_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Mask .npy (H, W) or line pattern (W,) (default: the model's training mask).")
 @click.option("--mask-centred/--mask-uncentred", default=False, help="Whether --mask has DC at (H//2, W//2).")
@@ -221,26 +362,61 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
 @click.option("--threads", type=click.IntRange(min=1), help="ONNX Runtime intra-op threads (default: all cores).")
 @click.option("--progress/--no-progress", default=True, help="Progress bar.")
 @handles_input_errors
-def reconstruct_command(model_path: Path, input_path: Path, out: Path, source: str | None, mask_path: Path | None,
-                        mask_centred: bool, centred: bool, batch_size: int, previews: Path | None,
-                        take_real_part: bool, provider: str, threads: int | None, progress: bool) -> None:
+def reconstruct_command(model_path: Path, input_path: Path, out: Path, source: str | None, ismrmrd_out: Path | None,
+                        mask_path: Path | None, mask_centred: bool, centred: bool, batch_size: int,
+                        previews: Path | None, take_real_part: bool, provider: str, threads: int | None,
+                        progress: bool) -> None:
     """Reconstruct every slice of INPUT with an exported model (scanner side: ONNX Runtime only).
 
     INPUT: undersampled k-space (.npy, complex (S, H, W) or (H, W); multi-coil (S, coils, H, W) with a 2-channel
     model), or a project/fastMRI/authors HDF5 or NIfTI volume (stored k-space is masked, images have their
-    measurement simulated with the mask). Example: compress reconstruct d3c5.onnx scan.npy --out scan.h5
+    measurement simulated with the mask), or an ISMRMRD raw scan (--source ismrmrd), or an MRD v2 stream
+    (--source mrd: a stdin-to-stdout filter with INPUT '-' and no --out). Example: compress reconstruct
+    d3c5.onnx scan.npy --out scan.h5
     """
+    if source == "mrd":
+        _reconstruct_mrd_stream(model_path, input_path, out, take_real_part, provider, threads,
+                                {"--ismrmrd-out": ismrmrd_out, "--mask": mask_path, "--centred": centred or None,
+                                 "--previews": previews})
+        return
+    if out is None:
+        raise UserError("--out is required (only --source mrd writes its images to standard output without it)")
+    if str(input_path) == "-":
+        raise UserError("INPUT '-' (standard input) is for MRD v2 streams only: add --source mrd")
     from compressor.export.reconstruct import reconstruct_file
 
-    for path in (out, previews):
+    for path in (out, previews, ismrmrd_out):
         if path is not None:
             require_writable(path)
     result = reconstruct_file(model_path, input_path, out, source=source, mask_path=mask_path,
                               mask_centred=mask_centred, kspace_centred=centred, batch_size=batch_size,
                               previews=previews, take_real_part=take_real_part, provider=provider, threads=threads,
-                              progress=progress)
+                              progress=progress, ismrmrd_out=ismrmrd_out)
     click.echo(f"{result.path}: {result.slices} slices reconstructed with {result.provider} in "
-               f"{result.seconds:.1f} s" + (f"; {len(result.previews)} previews in {previews}" if previews else ""))
+               f"{result.seconds:.1f} s" + (f"; {len(result.previews)} previews in {previews}" if previews else "")
+               + (f"; ISMRMRD images in {result.ismrmrd_images}" if result.ismrmrd_images else ""))
+    for note in result.notes:
+        click.echo(f"note: {note}")
+
+
+def _reconstruct_mrd_stream(model_path: Path, input_path: Path, out: Path | None, take_real_part: bool, provider: str,
+                            threads: int | None, not_for_streams: dict[str, Any]) -> None:
+    """``reconstruct --source mrd``: an MRD v2 stream (a file, or standard input for ``-``) to an MRD v2 stream of
+    images (``--out``, or standard output); the summary goes to standard error, which a filter's output is not."""
+    given = [option for option, value in not_for_streams.items() if value is not None]
+    if given:
+        raise UserError(f"{', '.join(given)} cannot be used with --source mrd (the stream's images are MRD v2 "
+                        "images on the model's training mask)")
+    if out is not None:
+        require_writable(out)
+    import sys
+
+    from compressor.export.mrd_stream import reconstruct_mrd
+
+    result = reconstruct_mrd(model_path, input_path, out, stdin=sys.stdin.buffer, stdout=sys.stdout.buffer,
+                             take_real_part=take_real_part, provider=provider, threads=threads)
+    click.echo(f"{out or 'standard output'}: {result.images} MRD v2 images in {result.seconds:.1f} s"
+               + (f"; not image data: {result.set_aside}" if result.set_aside else ""), err=True)
 
 
 @click.command("benchmark", cls=OneLineCommand, context_settings=SHOW_DEFAULTS)
@@ -259,23 +435,28 @@ def reconstruct_command(model_path: Path, input_path: Path, out: Path, source: s
 @click.option("--provider", type=PROVIDERS, default="auto", help="ONNX Runtime execution provider.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Output JSON (default <run>/benchmark.json, else ./benchmark.json); a CSV is written beside it.")
+@click.option("--precision", "precisions", default="fp32",
+              help="Comma-separated precisions to time, one row each (fp32, int8, fp16): with --run the run's "
+                   "exports (compress export --precision), else files made from the random weights for timing.")
 @handles_input_errors
 def benchmark_command(run_dir: Path | None, archs: str | None, teacher: str, image_size: int, acceleration: float,
                       mask_type: str, threads: int | None, iterations: int, warmup: int, provider: str,
-                      json_path: Path | None) -> None:
-    """Latency of ONNX Runtime (with DF) vs PyTorch eager across model sizes: the paper's Table 8."""
+                      json_path: Path | None, precisions: str) -> None:
+    """Latency of ONNX Runtime (with DF) vs PyTorch eager across model sizes and precisions: the paper's Table 8."""
     from compressor.export.benchmark import (
         DEFAULT_STUDENTS,
         benchmark_models,
         benchmark_run,
         format_table,
+        parse_precisions,
         write_benchmark,
     )
 
+    chosen = parse_precisions(precisions)
     log = lambda message: click.echo(message, err=True)  # noqa: E731
     if run_dir is not None:
         result = benchmark_run(run_dir, _names(archs), threads=threads, iterations=iterations, warmup=warmup,
-                               provider=provider, log=log)
+                               provider=provider, log=log, precisions=chosen)
         written = [run_dir / BENCHMARK_FILE, (run_dir / BENCHMARK_FILE).with_suffix(".csv")]
         if json_path is not None:
             written = write_benchmark(result, json_path, json_path.with_suffix(".csv"))
@@ -284,11 +465,52 @@ def benchmark_command(run_dir: Path | None, archs: str | None, teacher: str, ima
 
         mask = make_mask(mask_type, acceleration, (image_size, image_size))
         result = benchmark_models(_names(archs) or [teacher, *DEFAULT_STUDENTS], mask.shape, mask, threads,
-                                  iterations, warmup, teacher=teacher, provider=provider, log=log)
+                                  iterations, warmup, teacher=teacher, provider=provider, log=log,
+                                  precisions=chosen)
         json_path = json_path or Path(BENCHMARK_FILE)
         written = write_benchmark(result, json_path, json_path.with_suffix(".csv"))
     click.echo(format_table(result))
     click.echo(f"\nwritten: {', '.join(str(p) for p in written)}")
 
 
-COMMANDS = [export_command, reconstruct_command, benchmark_command]
+
+@click.command("serve", cls=OneLineCommand, context_settings=SHOW_DEFAULTS)
+@click.argument("model_path", metavar="MODEL.onnx", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=9002,
+              help="TCP port (9002 as python-ismrmrd-server's; 0 picks a free one, named in the log).")
+@click.option("--provider", type=PROVIDERS, default="auto", help="ONNX Runtime execution provider.")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="ONNX Runtime intra-op threads per slice (default: all cores, slices take turns; 1: one slice per "
+                   "core at once, for many concurrent scans).")
+@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=300.0,
+              help="Seconds a connection may stay silent before it is closed.")
+@click.option("--max-connections", type=click.IntRange(min=1), default=16, help="Scans served at once.")
+@click.option("--take-real-part", is_flag=True, default=False,
+              help="1-channel models: reconstruct the real part of complex-valued images instead of refusing them.")
+@click.option("--log", "log_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Log file, appended to (default: standard error). The server writes nothing else.")
+@click.option("--verbose", is_flag=True, default=False, help="Also log every slice's latency.")
+@handles_input_errors
+def serve_command(model_path: Path, host: str, port: int, provider: str, threads: int | None, idle_timeout: float,
+                  max_connections: int, take_real_part: bool, log_path: Path | None, verbose: bool) -> None:
+    """Serve an exported model over the MRD streaming protocol (Siemens FIRE / OpenRecon, python-ismrmrd-server's
+    clients): per connection config, XML header, acquisitions, close in; one ISMRMRD image per slice out, sent as
+    soon as the slice's lines have arrived, then close. Ctrl-C stops it. Example: compress serve d3c5.onnx --port 9002
+    --log serve.log
+    """
+    import signal
+
+    from compressor.export.mrd_server import ReconstructionServer, server_logger
+
+    if log_path is not None:
+        require_writable(log_path)
+    server = ReconstructionServer(model_path, host, port, provider=provider, threads=threads,
+                                  idle_timeout=idle_timeout, max_connections=max_connections,
+                                  take_real_part=take_real_part)
+    server_logger(log_path, verbose)  # the server's logger, set up once the model has opened and the port is bound
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a service manager's stop is a Ctrl-C too
+    server.serve_forever()
+
+
+COMMANDS = [export_command, reconstruct_command, benchmark_command, serve_command]

@@ -1,0 +1,257 @@
+"""Precision exports: INT8 (post-training, convolutions chosen by their PSNR cost) and fp16, each its own validated
+ONNX file whose DF stays fp32, validated in image terms against the fp32 export, named by its precision, and
+recording how it was made.
+
+Tiny models (d2c2, 8 channels) on 16x16 images, as in ``test_export.py``; each INT8 export takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto
+
+from compressor.cli.export_commands import export_command
+from compressor.export.benchmark import data_fidelity_scopes
+from compressor.export.cpu import parse_cpuinfo
+from compressor.export.onnx_export import export_model, phantom_kspace
+from compressor.export.quantize import (
+    ConvLayer,
+    PrecisionOptions,
+    choose_convolutions,
+    conv_layers,
+    int8_settings,
+)
+from compressor.export.runtime import ExportMetadata, open_exported
+from compressor.export.targets import EXPORT_TARGETS, precision_choices, precision_targets
+from compressor.export.validate import ExportValidationError, QualityLossError
+from compressor.models import ModelOptions
+from compressor.training.checkpoint import save_weights
+from tests.test_export import SIZE, TINY, tiny_model
+
+COMPLEX = ModelOptions(channels=8, image_channels=2)
+
+
+@pytest.fixture(scope="module")
+def mask():
+    from compressor.masks import make_mask
+
+    return make_mask("random", 4, SIZE, seed=1)
+
+
+def export(tmp_path, mask, precision: str, model=None, **options):
+    model = model if model is not None else tiny_model()
+    return export_model(model, tmp_path / f"tiny.{precision}.onnx", mask=mask,
+                        validation_kspace=phantom_kspace(mask, 2, model.image_channels),
+                        target=f"onnx-{precision}", precision_options=PrecisionOptions(**options))
+
+
+@pytest.fixture(scope="module")
+def int8_result(tmp_path_factory, mask):
+    """INT8 of ``tiny_model()`` with a bound of 10 dB, which takes every convolution."""
+    return export(tmp_path_factory.mktemp("int8"), mask, "int8", max_psnr_loss=10.0)
+
+
+@pytest.fixture(scope="module")
+def fp16_result(tmp_path_factory, mask):
+    return export(tmp_path_factory.mktemp("fp16"), mask, "fp16")
+
+
+# --- names and choices ------------------------------------------------------------------------------------------
+
+def test_precisions_are_targets_registered_in_one_line_each():
+    assert precision_choices() == ["fp16", "fp32", "int8"]  # the registry's (sorted) order
+    assert precision_targets("fp32, int8,fp32") == ["onnx-fp32", "onnx-int8"]
+    names = {precision: EXPORT_TARGETS.get(f"onnx-{precision}")().output_name("m") for precision in precision_choices()}
+    assert names == {"fp32": "m.onnx", "int8": "m.int8.onnx", "fp16": "m.fp16.onnx"}
+
+
+def test_the_convolutions_are_named_by_the_model_layers(int8_result):
+    labels = [layer.label for layer in conv_layers(onnx.load(str(int8_result.path)), tiny_model())]
+    assert labels == [f"cascade {c} conv {layer}" for c in (1, 2) for layer in
+                      ("1 (1->8)", "2 (8->1, grouped)", "2 (8->1, channel sum)")]
+
+
+def test_int8_settings_follow_the_onnx_runtime_guide_for_the_cpu():
+    avx2 = parse_cpuinfo("model name\t: EPYC\nflags\t\t: sse avx avx2 fma\n", "x86_64")
+    vnni = parse_cpuinfo("model name\t: Xeon\nflags\t\t: avx2 avx512f avx512_vnni amx_int8\n", "x86_64")
+    arm = parse_cpuinfo("CPU part\t: 0xd0c\nFeatures\t: fp asimd asimddp\n", "aarch64")
+    assert avx2.instruction_sets == ("AVX2",) and not avx2.int8_dot_product
+    assert vnni.instruction_sets == ("AVX2", "AVX-512", "AVX-512-VNNI", "AMX-INT8") and vnni.int8_dot_product
+    assert [int8_settings(cpu).reduce_range for cpu in (avx2, vnni, arm)] == [True, False, False]
+    settings = [int8_settings(cpu) for cpu in (avx2, vnni, arm)]
+    forms = {(s.activation_type, s.weight_type, s.per_channel, s.quant_format) for s in settings}
+    assert forms == {("QInt8", "QInt8", True, "QDQ")}
+
+
+def test_the_sensitivity_analysis_keeps_costly_layers_and_drops_the_worst_until_within_the_bound():
+    layers = [ConvLayer(f"n{i}", 1, i + 1, 8, 8) for i in range(4)]
+    alone = {"n0": 0.01, "n1": 0.2, "n2": 0.03, "n3": 0.04}
+    measured = []
+
+    def loss_of(nodes):  # hand-made: costs add up
+        measured.append(tuple(nodes))
+        return sum(alone[n] for n in nodes), tuple(nodes)
+
+    choices, chosen, trials = choose_convolutions(layers, loss_of, bound=0.06, layer_share=1.0)
+    # n1 alone is over the bound; n0+n2+n3 = 0.08 > 0.06 drops n3 (the costliest alone); n0+n2 = 0.04 fits.
+    assert chosen == ("n0", "n2") and trials == 6
+    assert [c.quantized for c in choices] == [True, False, True, False]
+    assert "0.200 dB > 0.06 dB" in choices[1].reason and "0.080 dB > 0.06 dB" in choices[3].reason
+    assert measured == [("n0",), ("n1",), ("n2",), ("n3",), ("n0", "n2", "n3"), ("n0", "n2")]
+    # With half the bound per layer, n3 (0.04 > 0.03) is no candidate at all: n0+n2 is measured once.
+    assert choose_convolutions(layers, loss_of, bound=0.06, layer_share=0.5)[1:] == (("n0", "n2"), 5)
+
+
+# --- INT8 ------------------------------------------------------------------------------------------------------
+
+def test_int8_export_of_a_tiny_model_takes_seconds_and_records_how_it_was_made(int8_result):
+    result = int8_result
+    assert result.seconds < 30
+    assert result.path.name == "tiny.int8.onnx" and result.precision == "int8"
+    extras = open_exported(result.path, "cpu").metadata.extras
+    quantization = extras["quantization"]
+    assert extras["precision"] == "int8" and quantization["format"] == "QDQ" and quantization["per_channel"]
+    assert quantization["calibration"] == {"method": "minmax", "slices": 2, "source": "the validation slices"}
+    assert len(quantization["int8_nodes"]) == 6  # a bound of 10 dB takes every convolution
+    assert {layer["layer"] for layer in quantization["layers"]} >= {"cascade 2 conv 1 (1->8)"}
+    assert set(extras["int8_speed"]) >= {"speedup", "pays", "cpu"} and extras["cpu"]["instruction_sets"] is not None
+    check = result.precision_check
+    assert check.quality.psnr_loss <= 10.0 and check.reference_parity is not None and check.reference_parity < 5e-2
+    assert quantization["qat"] == {"threshold_db": 0.1, "max_steps": 100, "run": False}  # PTQ lost < 0.1 dB
+
+
+def test_qat_fake_quantizes_weights_as_onnx_runtime_quantizes_them(int8_result):
+    from onnx import numpy_helper
+
+    from compressor.export.quantize import _FakeQuantizedWeight
+
+    model, result = tiny_model(), int8_result
+    initializers = {init.name: numpy_helper.to_array(init) for init in onnx.load(str(result.path)).graph.initializer}
+    name = "cascades.0.block.conv1.weight"
+    scale = initializers[f"{name}_scale"][:, None, None, None]
+    onnx_runtime = initializers[f"{name}_quantized"].astype(np.float32) * scale
+    levels = 64 if open_exported(result.path, "cpu").metadata.extras["quantization"]["reduce_range"] else 127
+    fake = _FakeQuantizedWeight(levels)(model.cascades[0].block.conv1.weight.detach()).numpy()
+    assert np.abs(initializers[f"{name}_quantized"]).max() == levels  # symmetric, the largest weight at the edge
+    np.testing.assert_allclose(fake, onnx_runtime, rtol=0, atol=1e-7)
+
+
+def test_a_quantization_aware_fine_tuning_is_tried_when_ptq_loses_more_than_the_threshold(tmp_path, mask):
+    result = export(tmp_path, mask, "int8", max_psnr_loss=10.0, qat_threshold=-1.0, qat_steps=12)
+    qat = open_exported(result.path, "cpu").metadata.extras["quantization"]["qat"]
+    assert qat["steps"] == 12 and qat["threshold_db"] == -1.0
+    figures = [qat["l1_to_fp32_first"], qat["l1_to_fp32_last"], qat["qat_all_convolutions_psnr_loss_db"]]
+    assert np.isfinite(figures).all()
+    assert qat["used"] is False  # PTQ already quantized every convolution: nothing to gain
+
+
+def test_the_qdq_graph_keeps_the_df_fp32_and_the_sampled_lines_exact(tmp_path, mask):
+    model = tiny_model(options=COMPLEX)
+    result = export(tmp_path, mask, "int8", model=model, max_psnr_loss=10.0)
+    quantized = onnx.load(str(result.path))
+    producer = {out: node for node in quantized.graph.node for out in node.output}
+    scopes = data_fidelity_scopes(quantized)  # the exporter's module scopes, kept on the quantized file's nodes
+    assert set(scopes.values()) == {"line_projection", "cascades.0.data_fidelity", "cascades.1.data_fidelity"}
+    df_nodes = set(scopes)
+    for node in quantized.graph.node:
+        sources = [producer[name] for name in node.input if name in producer]
+        if node.name in df_nodes:  # no DQ feeds the DF, the projection or the normalised x_u it reads
+            assert all(source.op_type != "DequantizeLinear" for source in sources), node.name
+        if node.op_type == "QuantizeLinear":  # no Q reads the projection
+            assert all(source.op_type != "MatMul" for source in sources), node.name
+    # NumPy oracle: the complex model's output keeps every measured sample, F(image * scale) = y on the mask.
+    kspace = phantom_kspace(mask, 3, image_channels=2)
+    image, scale = open_exported(result.path, "cpu").run(kspace, mask.values)
+    measured = np.fft.fft2(image * scale[:, None, None], norm="ortho")
+    sampled = mask.values != 0
+    assert np.max(np.abs(measured[:, sampled] - kspace[:, sampled])) < 1e-5 * np.abs(kspace).max()
+    assert result.precision_check.line_deviation < 1e-5
+
+
+def test_an_export_over_the_psnr_bound_fails_saying_by_how_much_and_leaves_nothing(tmp_path, mask):
+    # A negative bound no file can meet: the fp32-equal file (nothing quantized) loses 0 dB, 0.5 dB over it.
+    with pytest.raises(ExportValidationError) as raised:
+        export(tmp_path, mask, "int8", max_psnr_loss=-0.5)
+    (failure,) = [f for f in raised.value.failures if isinstance(f, QualityLossError)]
+    assert "exceeds the bound -0.5 dB by 0.500 dB" in str(failure) and "\n" not in str(raised.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- fp16 ------------------------------------------------------------------------------------------------------
+
+def test_fp16_inputs_and_outputs_stay_float32_and_only_the_blocks_are_fp16(fp16_result):
+    result = fp16_result
+    graph = onnx.load(str(result.path)).graph
+    assert {value.type.tensor_type.elem_type for value in [*graph.input, *graph.output]} == {TensorProto.FLOAT}
+    types = {init.name: init.data_type for init in graph.initializer}
+    assert types["cascades.0.block.conv1.weight"] == TensorProto.FLOAT16
+    dft_matrices = {name for node in graph.node if node.op_type == "MatMul" for name in node.input if name in types}
+    assert dft_matrices and {types[name] for name in dft_matrices} == {TensorProto.FLOAT}  # the DF stays fp32
+    assert result.precision_check.quality.psnr_loss < 0.05 and result.precision_check.line_deviation < 1e-5
+    extras = open_exported(result.path, "cpu").metadata.extras
+    assert "rounding only" in extras["fp16"]["cpu_note"]
+    assert extras["precision_quality"]["delta_psnr_db"] == pytest.approx(-result.precision_check.quality.psnr_loss)
+
+
+# --- metadata and the CLI --------------------------------------------------------------------------------------
+
+def test_precision_metadata_round_trips(fp16_result):
+    metadata = open_exported(fp16_result.path, "cpu").metadata
+    again = ExportMetadata.from_properties(metadata.to_properties())
+    assert again.extras == metadata.extras and again.extras["precision"] == "fp16"
+    assert again.extras["fp16"]["fp16_nodes"] == metadata.extras["fp16"]["fp16_nodes"]
+
+
+def test_compress_export_precision_writes_one_file_per_precision(tmp_path):
+    save_weights(tmp_path / "w.safetensors", tiny_model(options=TINY))
+    out = tmp_path / "models" / "tiny.onnx"
+    result = CliRunner().invoke(export_command, [
+        "--arch", "d2c2", "--weights", str(tmp_path / "w.safetensors"), "--width", "8", "--image-size", str(SIZE[0]),
+        "--precision", "fp32,int8", "--calibration-slices", "3", "--max-psnr-loss", "5", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.parent.iterdir()) == ["tiny.int8.onnx", "tiny.onnx"]
+    assert "INT8 convolutions:" in result.output and "on this CPU" in result.output
+    extras = open_exported(out.with_name("tiny.int8.onnx"), "cpu").metadata.extras
+    assert extras["quantization"]["calibration"]["slices"] == 3
+    assert extras["quantization"]["calibration"]["source"].startswith("Shepp-Logan phantoms")
+
+
+def test_an_unknown_precision_is_a_one_line_error(tmp_path):
+    result = CliRunner().invoke(export_command, ["--arch", "d2c2", "--weights", str(tmp_path / "w.safetensors"),
+                                                 "--precision", "fp32,int4"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "Error: unknown precision 'int4'; valid: fp16, fp32, int8 (comma-separated, e.g. " \
+                                    "fp32,int8)"
+
+
+def test_compress_checks_the_precisions_before_anything_trains(tmp_path):
+    from compressor.cli import main
+
+    result = CliRunner().invoke(main, ["--precision", "int8,bf16", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "unknown precision 'bf16'" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_exports_each_precision_measured_on_its_validation_slices(tmp_path):
+    import json
+
+    from compressor.export.onnx_export import export_run
+    from tests.test_export import write_run
+
+    write_run(tmp_path, tiny_model(seed=11))
+    results = export_run(tmp_path, targets=precision_targets("fp32,fp16"), log=lambda _: None)
+    assert [r.path.name for r in results] == ["sft_kd_at_d2c2@4x.onnx", "sft_kd_at_d2c2@4x.fp16.onnx"]
+    listed = json.loads((tmp_path / "exports" / "exports.json").read_text())
+    assert [row["precision"] for row in listed] == ["fp32", "fp16"] and "precision_check" not in listed[0]
+    assert listed[1]["precision_check"]["slices"] == 5 and listed[1]["tolerance"] is None  # the run's 5 targets
+    extras = open_exported(results[1].path, "cpu").metadata.extras
+    assert extras["name"] == "sft_kd/at/d2c2@4x" and extras["precision"] == "fp16"
+
+
+def test_precision_and_target_are_one_choice(tmp_path):
+    result = CliRunner().invoke(export_command, ["--arch", "d2c2", "--weights", str(tmp_path / "w.safetensors"),
+                                                 "--precision", "int8", "--target", "onnx-fp16"])
+    assert result.exit_code == 2 and "give --precision or --target, not both" in result.output
