@@ -5,7 +5,10 @@ The 2-channel (complex) models take one complex image per slice, while multi-coi
 keeps the most energy (Buehrer et al., MRM 2007; Huang et al., MRI 2008):
 
 * stack the ``C`` coil images as the rows of a ``(C, N)`` matrix ``X`` (``N = H * W`` pixels);
-* take ``u``, the first left singular vector of ``X`` (unit norm, ``(C,)``): the coil combination of largest energy;
+* take ``u``, the first left singular vector of ``X`` (unit norm, ``(C,)``): the coil combination of largest energy.
+  It is computed as the eigenvector of the largest eigenvalue of the ``(C, C)`` Gram matrix ``X X^H`` (whose
+  eigenvalues are the squared singular values ``s_i^2``): the same vector, at ``O(C^2 N)`` instead of an SVD of the
+  ``(C, N)`` matrix (7 ms for 8 coils of 240 x 120 pixels, per slice, on the server's critical path);
 * the virtual image is ``u^H X`` reshaped to ``(H, W)``; it keeps ``s_1^2 / sum_i s_i^2 = ||u^H X||^2 / ||X||^2``
   of the energy (:func:`kept_energy_fraction`), all of it when the coil images are rank 1 (every coil sees the same
   image times a constant).
@@ -34,11 +37,19 @@ def _coil_matrix(coil_images: np.ndarray) -> np.ndarray:
     return images.reshape(images.shape[0], -1).astype(np.complex128)
 
 
+def _gram_eigen(coil_images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues ``(C,)`` (ascending, the squared singular values of the coil matrix ``X``) and eigenvectors
+    ``(C, C)`` (columns, unit norm) of the Hermitian Gram matrix ``X X^H`` of coil images ``(C, H, W)``."""
+    matrix = _coil_matrix(coil_images)
+    return np.linalg.eigh(matrix @ matrix.conj().T)
+
+
 def principal_coil_vector(coil_images: np.ndarray) -> np.ndarray:
-    """``u`` ``(C,)`` complex128: the first left singular vector of the ``(C, H * W)`` coil matrix, unit norm, its
-    phase fixed so that its largest-magnitude entry is real and positive (module docstring)."""
-    left, _, _ = np.linalg.svd(_coil_matrix(coil_images), full_matrices=False)
-    u = left[:, 0]
+    """``u`` ``(C,)`` complex128: the first left singular vector of the ``(C, H * W)`` coil matrix (the Gram
+    matrix's leading eigenvector), unit norm, its phase fixed so that its largest-magnitude entry is real and positive
+    (module docstring)."""
+    _, vectors = _gram_eigen(coil_images)
+    u = vectors[:, -1]
     largest = u[np.argmax(np.abs(u))]
     return u * (np.conj(largest) / np.abs(largest))
 
@@ -63,6 +74,6 @@ def root_sum_of_squares(coil_images: np.ndarray) -> np.ndarray:
 def kept_energy_fraction(coil_images: np.ndarray) -> float:
     """``||u^H X||^2 / ||X||^2`` in ``[0, 1]`` for coil images ``(C, H, W)``: the share of the coils' energy the
     virtual coil keeps (1 for rank-1 coil images; 1 for all-zero images, which lose nothing)."""
-    singular = np.linalg.svd(_coil_matrix(coil_images), compute_uv=False)
-    total = float(np.sum(singular ** 2))
-    return 1.0 if total == 0 else float(singular[0] ** 2 / total)
+    energies = np.clip(_gram_eigen(coil_images)[0], 0.0, None)  # s_i^2; rounding can leave tiny negatives
+    total = float(np.sum(energies))
+    return 1.0 if total == 0 else float(energies[-1] / total)

@@ -11,8 +11,9 @@ flags and geometry. This module turns them into :class:`AssembledSlice` records 
 * **k-space convention**: the returned k-space is the tool's: **uncentred** (DC at index ``(0, 0)``), orthonormal,
   the ``fft2`` of the image as the scanner shows it (``fftshift(ifft2(ifftshift(centred k)))``, FOV centre at
   ``N // 2``), exactly as :class:`~compressor.data.readers.FastMRIReader` converts fastMRI's centred k-space
-  (:func:`tool_kspace`; on the phase-encode axis that is ``ifftshift`` times a phase ramp, ``(-1)^k`` for even
-  sizes, so it keeps line masks). Readouts are first placed on the scanner's *centred* grid (DC at ``N // 2``):
+  (:func:`readout_spectrum` along the readout, :func:`phase_encode_spectrum` along the phase-encode axis: there
+  that is ``ifftshift`` times a phase ramp, ``(-1)^k`` for even sizes, so it keeps line masks). Readouts are first
+  placed on the scanner's *centred* grid (DC at ``N // 2``):
 * **line placement**: a line goes to centred column ``kspace_encode_step_1 - center + W // 2`` (``center`` is the
   header's ``encodingLimits.kspace_encoding_step_1.center``); out of range is an :class:`InputError`;
 * **sample placement**: readout sample ``s`` goes to centred row ``s - center_sample + Nx // 2`` of the encoded
@@ -32,9 +33,11 @@ flags and geometry. This module turns them into :class:`AssembledSlice` records 
   noise adjustment also applies; its extra receiver-bandwidth and ``sqrt(2)`` factors only rescale and are left out).
   Prewhitened k-space is in units of the noise standard deviation per coil ("SNR units", Kellman & McVeigh, MRM
   2005), and so are the reconstructions (the exported graph normalises its input and scales back);
-* **oversampling removal**, exact: per slice, centred inverse FFT along the readout (orthonormal, length ``Nx``),
-  keep the central ``H`` image rows (the field of view without oversampling), FFT back (:func:`tool_kspace`). A
-  readout oversampled by zero-padding its image along the readout is recovered exactly;
+* **oversampling removal**, exact: per readout as it arrives (as Gadgetron's RemoveROOversamplingGadget does, so
+  that completing a slice costs only the phase-encode step), centred inverse FFT along the readout (orthonormal,
+  length ``Nx``), keep the central ``H`` image samples (the field of view without oversampling), FFT back
+  (:func:`readout_spectrum`); averaging is linear, so it commutes with this. A readout oversampled by zero-padding
+  its image along the readout is recovered exactly;
 * readouts that are not image data are **set aside and counted** by reason (:data:`SET_ASIDE_FLAGS`): phase
   correction, navigator, feedback, dummy scans, calibration-only lines (``ACQ_IS_PARALLEL_CALIBRATION`` without
   ``ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING``: those are image lines too) and so on.
@@ -294,7 +297,8 @@ class AssembledSlice:
 
 @dataclass
 class _SliceBuffer:
-    """Sums of the placed readouts of one slice on the centred encoded grid ``(coils, Nx, W)``."""
+    """Sums of the placed readouts of one slice: ``(coils, H, W)``, each readout already without oversampling and
+    uncentred along the readout (:func:`readout_spectrum`), columns on the centred phase-encode grid."""
 
     sums: np.ndarray
     counts: np.ndarray
@@ -439,15 +443,18 @@ class SliceAssembler:
         rows, samples = self._centred_rows(readout)
         coils = data.shape[0]
         encoded_x, width = self.geometry.encoded_matrix[:2]
+        readout_length = self.geometry.recon_matrix[0]
         buffer = self._buffers.get(readout.key)
         if buffer is None:
-            buffer = _SliceBuffer(np.zeros((coils, encoded_x, width), np.complex128), np.zeros(width, np.int64),
+            buffer = _SliceBuffer(np.zeros((coils, readout_length, width), np.complex128), np.zeros(width, np.int64),
                                   np.ones(encoded_x, bool), readout.info, width)
             self._buffers[readout.key] = buffer
         if buffer.sums.shape[0] != coils:
             raise InputError(f"slice {tuple(readout.key)} has acquisitions with {buffer.sums.shape[0]} and {coils} "
                              "coils", self.source)
-        buffer.sums[:, rows, column] += data[:, samples]
+        placed = np.zeros((coils, encoded_x), np.complex128)
+        placed[:, rows] = data[:, samples]
+        buffer.sums[:, :, column] += readout_spectrum(placed, readout_length)
         buffer.counts[column] += 1
         kept = np.zeros(encoded_x, bool)
         kept[rows] = True
@@ -459,7 +466,7 @@ class SliceAssembler:
     def _complete(self, key: SliceKey) -> AssembledSlice:
         buffer = self._buffers.pop(key)
         acquired = buffer.counts > 0
-        kspace = tool_kspace(buffer.sums / np.maximum(buffer.counts, 1), self.geometry.recon_matrix[0])
+        kspace = phase_encode_spectrum(buffer.sums / np.maximum(buffer.counts, 1))
         return AssembledSlice(
             key=key,
             kspace=kspace.astype(np.complex64),
@@ -475,24 +482,26 @@ def phase_ramp(length: int) -> np.ndarray:
     return np.exp(-2j * np.pi * np.arange(length) * (length // 2) / length)
 
 
-def tool_kspace(centred: np.ndarray, readout_length: int) -> np.ndarray:
-    """The scanner's centred k-space ``(..., Nx, W)`` (DC at ``(Nx // 2, W // 2)``, readout oversampled) as the
-    tool's k-space ``(..., readout_length, W)`` complex128: uncentred, the orthonormal ``fft2`` of the image as the
-    scanner shows it (:func:`~compressor.data.readers.centred_ifft2`, FOV centre at ``N // 2``, the convention of
-    :class:`~compressor.data.readers.FastMRIReader`), readout oversampling removed.
+def readout_spectrum(centred: np.ndarray, readout_length: int) -> np.ndarray:
+    """Readouts on the scanner's centred encoded readout ``(..., Nx)`` (DC at ``Nx // 2``, oversampled) as the tool's
+    ``(..., readout_length)`` complex128: uncentred, the orthonormal FFT of the readout's image profile as the scanner
+    shows it (FOV centre at ``N // 2``), oversampling removed.
 
-    Readout axis: centred orthonormal inverse FFT, the central ``readout_length`` image rows (from ``Nx // 2 -
-    readout_length // 2``, so the FOV centres stay aligned), orthonormal FFT; without oversampling the same as the
-    phase-encode axis. Phase-encode axis: ``fft(fftshift(ifft(ifftshift(c)))) = ifftshift(c) * phase_ramp(W)``,
-    applied as the pointwise product, so lines not acquired stay exactly zero.
+    Centred orthonormal inverse FFT, the central ``readout_length`` image samples (from ``Nx // 2 - readout_length //
+    2``, so the FOV centres stay aligned), orthonormal FFT; without oversampling the same as
+    :func:`phase_encode_spectrum`'s ``ifftshift`` times :func:`phase_ramp`, to rounding.
     """
-    encoded = centred.shape[-2]
-    columns = np.fft.ifftshift(centred, axes=-1) * phase_ramp(centred.shape[-1])
-    if readout_length == encoded:
-        return np.fft.ifftshift(columns, axes=-2) * phase_ramp(encoded)[:, None]
-    image = np.fft.fftshift(np.fft.ifft(np.fft.ifftshift(columns, axes=-2), axis=-2, norm="ortho"), axes=-2)
+    encoded = centred.shape[-1]
+    profile = np.fft.fftshift(np.fft.ifft(np.fft.ifftshift(centred, axes=-1), norm="ortho"), axes=-1)
     start = encoded // 2 - readout_length // 2
-    return np.fft.fft(image[..., start:start + readout_length, :], axis=-2, norm="ortho")
+    return np.fft.fft(profile[..., start:start + readout_length], norm="ortho")
+
+
+def phase_encode_spectrum(columns: np.ndarray) -> np.ndarray:
+    """k-space ``(..., W)`` on the scanner's centred phase-encode grid (DC at ``W // 2``) as the tool's: uncentred,
+    the FFT of the image as the scanner shows it, ``fft(fftshift(ifft(ifftshift(c)))) = ifftshift(c) *
+    phase_ramp(W)``, applied as that pointwise product so that lines not acquired stay exactly zero."""
+    return np.fft.ifftshift(columns, axes=-1) * phase_ramp(columns.shape[-1])
 
 
 def _sampled_after_removal(sampled: np.ndarray, length: int) -> np.ndarray:
