@@ -27,3 +27,10 @@ class InputError(ValueError):
 
 class ConventionError(InputError):
     """Centred and uncentred k-space (or masks) were about to be mixed."""
+
+
+def first_line(error: BaseException) -> str:
+    """An exception raised by a library (a decoder, a checker, a runtime) as one line for an :class:`InputError`
+    message: its text's first line, else its type's name (some raise with an empty message)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

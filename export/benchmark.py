@@ -53,6 +53,7 @@ import csv
 import ctypes
 import io
 import json
+import math
 import re
 import statistics
 import tempfile
@@ -78,7 +79,7 @@ from compressor.export.onnx_export import (
     resolve_formulation,
     trace_graph,
 )
-from compressor.export.quantize import precision_of
+from compressor.export.quantize import PrecisionOptions, precision_of
 from compressor.export.run_models import EXPORTS_FOLDER
 from compressor.export.runtime import (
     ExportMetadata,
@@ -472,13 +473,16 @@ PHANTOM_SLICES = 8
 
 def timing_file(model: CascadeModel, mask: SamplingMask, precision: str, folder: Path) -> PrecisionFile:
     """A ``precision`` file of ``model`` for timing, written by the export driver through the precision's target
-    (:func:`~compressor.export.onnx_export.export_model`) on Shepp-Logan phantoms: INT8 calibrated and its
-    convolutions chosen on them. Its quality figures are not kept: on phantoms, and for random weights, they mean
+    (:func:`~compressor.export.onnx_export.export_model`) on Shepp-Logan phantoms: INT8 calibrated on them with
+    **every** convolution quantized (no PSNR bound, no quantization-aware fine-tuning: for random weights a
+    sensitivity analysis would pick an arbitrary set; this is the fastest INT8 file, a trained model's own selection
+    is timed from its export). Its quality figures are not kept: on phantoms, and for random weights, they mean
     nothing (a trained model's are read from its export, :func:`read_precision_file`). Made and validated on the
     CPU, as ``compress export`` makes INT8."""
     path = folder / f"{getattr(model, 'arch', 'model')}_{model.image_channels}ch.{precision}.onnx"
     kspace = phantom_kspace(mask, count=PHANTOM_SLICES, image_channels=model.image_channels)
-    export_model(model, path, mask=mask, validation_kspace=kspace, provider="cpu", target=precision_target(precision))
+    export_model(model, path, mask=mask, validation_kspace=kspace, provider="cpu", target=precision_target(precision),
+                 precision_options=PrecisionOptions(max_psnr_loss=math.inf, qat_steps=0))
     return PrecisionFile(precision, path)
 
 

@@ -76,9 +76,9 @@ from ismrmrd.serialization import ConfigFile, ConfigText, ProtocolDeserializer, 
 from ismrmrd.xsd import ismrmrdHeader
 
 from compressor.data.mrd_raw import AssembledSlice, EncodingGeometry, SliceAssembler, SliceKey, readout_from_ismrmrd
-from compressor.errors import InputError
+from compressor.errors import InputError, first_line
 from compressor.export.mrd_reconstruct import check_grid
-from compressor.export.mrd_stream import SliceReconstructor, first_line
+from compressor.export.mrd_stream import SliceReconstructor
 from compressor.export.runtime import ExportedModel, open_exported
 
 MAX_MESSAGE_BYTES = 256 << 20

@@ -42,7 +42,7 @@ import numpy as np
 
 from compressor.data.mrd_raw import AssembledSlice, EncodingGeometry, SliceAssembler, skipped_summary
 from compressor.data.mrd_v2 import encoding_geometry, readout_from_mrd
-from compressor.errors import InputError
+from compressor.errors import InputError, first_line
 from compressor.export.mrd_images import image_header, ismrmrd_image
 from compressor.export.mrd_reconstruct import check_grid, prepare_slice
 from compressor.export.reconstruct import check_mask, check_phase, reconstruct_slices
@@ -119,12 +119,6 @@ class StreamResult:
     set_aside: str
     other_items: dict[str, int]
     seconds: float
-
-
-def first_line(error: Exception) -> str:
-    """An exception from a decoder as one line for a message: its text's first line, else its type's name."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else error.__class__.__name__
 
 
 def _stream_items(items: Iterable[mrd.StreamItem], source: str | Path) -> Iterator[mrd.StreamItem]:

@@ -39,6 +39,7 @@ from compressor.export.run_models import (
     load_run_models,
     run_training_kspace,
     run_validation_images,
+    run_validation_kspace,
     simulated_kspace,
 )
 from compressor.export.runtime import INPUT_NAMES, ExportedModel, ExportMetadata, open_exported
@@ -340,15 +341,17 @@ def output_name(stem: str, target: str = DEFAULT_TARGET) -> str:
 def export_run_model(run_model: RunModel, out_path: str | Path, *, formulation: str = "auto",
                      provider: str = "auto", validation_kspace: np.ndarray | None = None,
                      target: str = DEFAULT_TARGET, precision_options: PrecisionOptions | None = None) -> ExportResult:
-    """Export one trained model of a run, validated on the run's validation slices (else phantoms); a precision
-    target measures its quality on the run's validation slices and INT8 calibrates on the run's training split
-    (else on the validation data, and its metadata says so)."""
-    images = run_validation_images(run_model)
+    """Export one trained model of a run, validated against PyTorch on evenly spaced slices of the run's validation
+    split (else phantoms); a precision target measures its quality on the whole validation split (its selection of
+    INT8 layers included) and INT8 calibrates on the run's training split (else on the validation data, and its
+    metadata says so)."""
+    images = run_validation_images(run_model, count=None)
     quality = None
     if images is not None:
-        quality = QualitySlices(simulated_kspace(images, run_model.mask.values), images, "the run's validation slices")
+        quality = QualitySlices(simulated_kspace(images, run_model.mask.values), images,
+                                f"the run's {len(images)} validation slices")
     if validation_kspace is None:
-        validation_kspace = quality.kspace if quality is not None else phantom_kspace(
+        validation_kspace = run_validation_kspace(run_model) if images is not None else phantom_kspace(
             run_model.mask, image_channels=run_model.model.image_channels)
     calibration = None
     if EXPORT_TARGETS.get(target).precision == "int8":

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -396,6 +397,9 @@ def choose_convolutions(layers: Sequence[ConvLayer], loss_of: Callable[[Sequence
     3. Quantize the candidates together; while the combined cost exceeds ``bound``, drop the candidate of largest
        individual cost and re-measure.
 
+    An infinite ``bound`` (``--max-psnr-loss inf``) quantizes every convolution without measuring them one by one
+    (their costs alone are NaN): the fastest INT8 file, which is what timing random weights needs.
+
     Args:
         layers: the graph's convolutions.
         loss_of: ``nodes -> (PSNR loss in dB, what was measured)`` of the graph with exactly ``nodes`` quantized.
@@ -405,6 +409,9 @@ def choose_convolutions(layers: Sequence[ConvLayer], loss_of: Callable[[Sequence
         every layer's :class:`LayerChoice`, what ``loss_of`` returned for the chosen set (``None`` when the set is
         empty) and how many graphs were measured.
     """
+    if math.isinf(bound):
+        _, measured = loss_of([layer.node for layer in layers])
+        return [LayerChoice(layer, math.nan, True) for layer in layers], measured, 1
     alone = {layer.node: loss_of([layer.node])[0] for layer in layers}
     threshold = layer_share * bound
     candidates = sorted((layer for layer in layers if alone[layer.node] <= threshold), key=lambda c: alone[c.node])

@@ -116,13 +116,15 @@ def load_run_models(run_dir: str | Path, names: list[str] | None = None) -> list
     return [load_stage(run_dir / r.stage_dir, r) for r in chosen]
 
 
-def evenly_spaced_indices(total: int, count: int) -> np.ndarray:
-    """At most ``count`` indices of ``0..total-1``, evenly spaced, first and last included."""
-    return np.unique(np.round(np.linspace(0, total - 1, min(count, total))).astype(int))
+def evenly_spaced_indices(total: int, count: int | None) -> np.ndarray:
+    """At most ``count`` indices of ``0..total-1``, evenly spaced, first and last included (``None``: all)."""
+    count = total if count is None else min(count, total)
+    return np.unique(np.round(np.linspace(0, total - 1, count)).astype(int))
 
 
-def run_validation_images(run_model: RunModel, count: int = VALIDATION_SLICES) -> np.ndarray | None:
-    """Real validation slices of the run, ``(S <= count, H, W)``: the targets the stage wrote in
+def run_validation_images(run_model: RunModel, count: int | None = VALIDATION_SLICES) -> np.ndarray | None:
+    """Real validation slices of the run, ``(S <= count, H, W)`` (``count=None``: every one): the targets the stage
+    wrote in
     ``reconstructions_validation.h5`` (normalised units), evenly spaced: the complex targets
     (:data:`~compressor.rundir.COMPLEX_TARGET_KEY`) when the stage wrote them (2-channel runs), else the real
     ``target``. ``None`` when the stage has no such file."""

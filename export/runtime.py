@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from compressor.errors import InputError
+from compressor.errors import InputError, first_line
 from compressor.registry import Registry
 
 CPU = "CPUExecutionProvider"
@@ -377,7 +377,6 @@ def open_exported(path: str | Path, provider: str = "auto", threads: int | None 
     try:
         session = create_session(path, chosen, threads)
     except LOAD_ERRORS as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"not a loadable ONNX model ({first_line})", path) from None
+        raise InputError(f"not a loadable ONNX model ({first_line(error)})", path) from None
     metadata = ExportMetadata.from_properties(session.get_modelmeta().custom_metadata_map, path)
     return ExportedModel(path, session, chosen, metadata)

@@ -103,6 +103,11 @@ def test_the_sensitivity_analysis_keeps_costly_layers_and_drops_the_worst_until_
     assert measured == [("n0",), ("n1",), ("n2",), ("n3",), ("n0", "n2", "n3"), ("n0", "n2")]
     # With half the bound per layer, n3 (0.04 > 0.03) is no candidate at all: n0+n2 is measured once.
     assert choose_convolutions(layers, loss_of, bound=0.06, layer_share=0.5)[1:] == (("n0", "n2"), 5)
+    # No bound: every convolution INT8, measured once together, none alone.
+    measured.clear()
+    choices, chosen, trials = choose_convolutions(layers, loss_of, bound=float("inf"))
+    assert chosen == ("n0", "n1", "n2", "n3") and trials == 1 and measured == [chosen]
+    assert all(c.quantized and np.isnan(c.psnr_loss) for c in choices)
 
 
 # --- INT8 ------------------------------------------------------------------------------------------------------

@@ -232,8 +232,8 @@ def _report_export(result: ExportResult) -> None:
 @click.option("--calibration-method", type=CALIBRATION_METHODS, default="minmax",
               help="INT8: ONNX Runtime's calibration method.")
 @click.option("--max-psnr-loss", type=click.FloatRange(min=0), default=None,
-              help="Largest PSNR loss (dB) of an int8/fp16 file against the fp32 export; more fails the export. "
-                   "[default: 0.1 for int8, 0.05 for fp16]")
+              help="Largest PSNR loss (dB) of an int8/fp16 file against the fp32 export; more fails the export "
+                   "(inf: no bound, every convolution INT8). [default: 0.1 for int8, 0.05 for fp16]")
 @click.option("--qat-threshold", type=float, default=0.1,
               help="INT8: when post-training INT8 of every convolution loses more PSNR (dB) than this, a short "
                    "quantization-aware fine-tuning (self-distilled, fake-quantized) is tried.")
