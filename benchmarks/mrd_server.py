@@ -24,7 +24,17 @@ real one on a quiet machine; ``--slices 2 --repeats 1 --image-size 48`` is a sec
     python -m benchmarks.mrd_server [--model MODEL.onnx] [--threads 2] [--slices 8] [--coils 8] [--repeats 3]
 
 Without ``--model`` a bare 2-channel d3c5 with random weights (seed 0) is exported for ``--image-size`` with a 4x
-random line mask: timing does not depend on the weights. Writes ``benchmarks/results/mrd_server.{json,md}``.
+random line mask: timing does not depend on the weights. Writes ``mrd_server.{json,md}`` into ``--out`` (default
+``benchmarks/results/``).
+
+Committed results, under ``benchmarks/results/mrd_server/`` (8 slices x 8 coils per scan, default threads; AMD EPYC,
+AVX2, 2 cores with a load average near 2.5 from other jobs; the clients share the 2 cores with the server):
+
+* ``quick_complex_d3c5_120/`` (the quick run's trained 2-channel d3c5, 120x120, 5 repeats): 18.4 slices/s at N = 1,
+  18.3 at N = 4; latency / offline at N = 1: 1.00 against batches of 8, 1.06 against batches of 1;
+* ``bare_d3c5_240/`` (a bare 2-channel d3c5, 240x240, 3 repeats): 5.3 slices/s at N = 1, 5.7 at N = 4; latency /
+  offline at N = 1: 1.27 against batches of 8, 1.20 against batches of 1;
+* both: the served images equal the offline path's (max |difference| 0 at batches of 1 and 8), headers identical.
 """
 
 from __future__ import annotations

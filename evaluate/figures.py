@@ -229,31 +229,44 @@ def qualitative_panel(run: RunData, out_path: Path, method: str | None = None) -
     return save_figure(figure, out_path)
 
 
+def trade_off_points(run: RunData, acceleration: float) -> list[TradeOffPoint]:
+    """The PSNR-latency points of the models of ``acceleration`` (``run.benchmark`` is set): per benchmarked
+    precision, fp32 at its architecture's latency (shared by its models) and the model's mean PSNR on ``run.split``;
+    another precision at **its own file's** latency and that mean plus the file's ΔPSNR against the fp32 export (a
+    precision whose ΔPSNR is not known is left out)."""
+    points = []
+    for record in run.records:
+        if record.acceleration != acceleration or record.role == "zero_filled":
+            continue
+        summary = run.summary(record, "psnr")
+        for precision in run.benchmark.precisions():
+            entry = run.benchmark.entry(record.name, precision)
+            if precision == "fp32":
+                latency, delta = run.benchmark.latency_ms(record.arch), 0.0
+            else:
+                latency, delta = (entry.latency_ms, entry.delta_psnr) if entry is not None else (None, None)
+            if latency is not None and summary is not None and delta is not None:
+                method = f" {method_label(record.method)}" if record.method else ""
+                suffix = "" if precision == "fp32" else f" {precision}"
+                points.append(TradeOffPoint(f"{ROLE_LABELS[record.role]}{method} ({record.arch}){suffix}",
+                                            record.role, latency, summary.mean + delta, precision))
+    return points
+
+
+PRECISION_POINT_NOTE = ("{precisions} points: the file's own latency; PSNR = the model's mean PSNR on {split} + the "
+                        "file's ΔPSNR against the fp32 export, measured by `compress export` on the run's whole "
+                        "validation split")
+
+
 def psnr_vs_latency(run: RunData, out_path: Path) -> FigureOutcome:
     """Mean PSNR against median ONNX Runtime latency for every model whose architecture was benchmarked, one
     panel per acceleration; the Pareto front (nothing faster is better) is drawn as a dashed step line. Each
-    benchmarked precision is a point with its own marker: its file's latency, and the model's PSNR plus the file's
-    ΔPSNR against fp32 (a precision whose ΔPSNR is not known is left out)."""
+    benchmarked precision is a point with its own marker (:func:`trade_off_points`); a note under the panels says
+    what a point of another precision than fp32 is."""
     if run.benchmark is None:
         return FigureOutcome(None, "no benchmark.json: PSNR-vs-latency figure skipped (run `compress benchmark`)")
-    panels = []
-    for acceleration in run.accelerations():
-        points = []
-        for record in run.records:
-            if record.acceleration != acceleration or record.role == "zero_filled":
-                continue
-            summary = run.summary(record, "psnr")
-            for precision in run.benchmark.precisions():
-                latency = run.benchmark.latency_ms(record.arch, precision)
-                entry = run.benchmark.entry(record.name, precision)
-                delta = 0.0 if precision == "fp32" else entry.delta_psnr if entry is not None else None
-                if latency is not None and summary is not None and delta is not None:
-                    method = f" {method_label(record.method)}" if record.method else ""
-                    suffix = "" if precision == "fp32" else f" {precision}"
-                    points.append(TradeOffPoint(f"{ROLE_LABELS[record.role]}{method} ({record.arch}){suffix}",
-                                                record.role, latency, summary.mean + delta, precision))
-        if points:
-            panels.append((acceleration, points))
+    panels = [(acceleration, points) for acceleration in run.accelerations()
+              if (points := trade_off_points(run, acceleration))]
     if not panels:
         return FigureOutcome(None, "benchmark.json has no latency for this run's architectures: figure skipped")
 
@@ -276,6 +289,9 @@ def psnr_vs_latency(run: RunData, out_path: Path) -> FigureOutcome:
         axes.set_xlabel(f"latency per slice (ms, {run.benchmark.provider})")
         axes.set_ylabel(f"mean PSNR on {run.split} (dB)")
         axes.legend(fontsize=7)
+    others = list(dict.fromkeys(p.precision for _, points in panels for p in points if p.precision != "fp32"))
+    if others:
+        figure.supxlabel(PRECISION_POINT_NOTE.format(precisions="/".join(others), split=run.split), fontsize=7)
     return save_figure(figure, out_path)
 
 

@@ -37,9 +37,13 @@ Method (these machines are noisy, so the runtimes are timed *interleaved*):
   d3c5 at 240x240 swings between ~41 and ~105 ms on a 2-core machine (ONNX Runtime has its own arena). This
   gives PyTorch its best case, so the speed-ups are conservative.
 
-A model is timed once per architecture (latency does not depend on the weights; an INT8 file's does, through the
-convolutions its export kept in fp32: the architecture's first trained model's files are timed); trained models of the
-same architecture share that timing and add their PSNR/SSIM.
+The fp32 graph and PyTorch are timed once per architecture and image-channel count (latency does not depend on the
+weights): trained models of one architecture share those rows and add their PSNR/SSIM. A precision file's latency
+does depend on its weights (the convolutions its export kept in fp32), so every model's own files are timed in the
+same loop, and each precision row pairs that file's latency with that file's PSNR/SSIM change. The fp32 graph is
+traced with the DF formulation the precision files record (files of different formulations are refused), and each
+file's nodes must match the DF of every cascade of that graph, so that ``speedup_vs_fp32`` compares precisions of one
+formulation and no DF share reads 0 for want of matching nodes.
 
 The research comparisons (every DF formulation side by side, ONNX's ``DFT`` operator against the matrix-product DFT)
 live with the benchmark scripts, in ``benchmarks/dft_formulations.py``.
@@ -126,9 +130,9 @@ class PrecisionFile:
     Attributes:
         precision: ``"fp32"``, ``"int8"`` or ``"fp16"`` (:func:`~compressor.export.targets.precision_choices`).
         path: the file.
-        delta_psnr: PSNR of this file minus PSNR of the fp32 export, dB, on the export's quality slices (negative: a
-            loss), as its metadata records it; ``None`` for fp32 (the reference) and where unknown or meaningless
-            (files made from random weights for timing).
+        delta_psnr: mean PSNR of this file minus mean PSNR of the fp32 export, dB, on the export's quality slices
+            (a run's whole validation split; negative: a loss), as its metadata records it; ``None`` for fp32 (the
+            reference) and where unknown or meaningless (files made from random weights for timing).
         delta_ssim: the same for SSIM.
     """
 
@@ -257,6 +261,7 @@ def interleaved_timings(calls: Mapping[str, Callable[[], Any]], iterations: int,
 def export_for_timing(model: CascadeModel, mask: SamplingMask, formulation: str, folder: Path) -> Path:
     """Export ``model`` with ``formulation`` (a name of :data:`~compressor.export.graph.FORMULATIONS`), unvalidated."""
     line_axis = resolve_formulation(formulation, mask).line_axis
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{getattr(model, 'arch', 'model')}_{model.image_channels}ch_{formulation}.onnx"
     save_with_metadata(trace_graph(ScannerGraph(model, mask.shape, formulation, line_axis)), path, {})
     return path
@@ -372,10 +377,16 @@ def data_fidelity_scopes(model: onnx.ModelProto) -> dict[str, str]:
     return scopes
 
 
+def matched_cascades(model: onnx.ModelProto, scopes: Mapping[str, str]) -> set[str]:
+    """The cascades' DF scopes (``cascades.<i>.data_fidelity``) that ``scopes`` (``{node name: DF scope}``, e.g. of
+    the fp32 graph, :func:`data_fidelity_scopes`) gives to at least one of ``model``'s nodes."""
+    return {scopes[node.name] for node in model.graph.node if scopes.get(node.name, "").startswith("cascades.")}
+
+
 def require_data_fidelity_scopes(model: onnx.ModelProto, cascades: int) -> None:
     """Raise unless the exported ``model`` has nodes in each of its ``cascades`` DF layers' scopes: without them the
     DF share would read 0 whatever the DF costs."""
-    found = {scope for scope in data_fidelity_scopes(model).values() if scope.startswith("cascades.")}
+    found = matched_cascades(model, data_fidelity_scopes(model))
     if len(found) != cascades:
         raise RuntimeError(f"the exported graph has nodes in {len(found)} DF scopes, expected one per DF layer "
                            f"({cascades}): was the graph exported with ScannerGraph's DF modules?")
@@ -457,6 +468,36 @@ def parse_precisions(text: str) -> list[str]:
     return [EXPORT_TARGETS.get(target).precision for target in precision_targets(text)]
 
 
+def require_matched_data_fidelity(path: Path, scopes: Mapping[str, str], cascades: int, formulation: str) -> None:
+    """Raise an :class:`InputError` naming the precision file ``path`` unless its nodes match the DF of each of the
+    ``cascades`` in ``scopes`` (the fp32 graph's, traced with ``formulation``): without them its DF share would read
+    0 whatever its DF costs (a file of another formulation, or of another version of the exporter)."""
+    found = matched_cascades(onnx.load(str(path)), scopes)
+    if len(found) != cascades:
+        raise InputError(f"its nodes match the DF layers of {len(found)} of the {cascades} cascades of the fp32 graph "
+                         f"traced with the {formulation!r} formulation: re-export it with this version's "
+                         "`compress export`", path)
+
+
+def file_formulation(path: Path) -> str:
+    """The DF formulation (``"lines"``, ``"dft"``) an exported file's metadata records."""
+    properties = {entry.key: entry.value for entry in onnx.load(str(path)).metadata_props}
+    return ExportMetadata.from_properties(properties, path).formulation
+
+
+def shared_formulation(files: Sequence[PrecisionFile]) -> str:
+    """The one DF formulation of ``files`` (``"auto"`` without any): the fp32 graph they are timed and profiled
+    against is traced with it. Files of different formulations are an :class:`InputError`: their speeds against
+    one fp32 graph would compare formulations, not precisions."""
+    formulations = {file.path: file_formulation(file.path) for file in files}
+    first = next(iter(formulations.items()), None)
+    for path, formulation in formulations.items():
+        if formulation != first[1]:
+            raise InputError(f"exported with the {formulation!r} DF formulation but {first[0].name} with "
+                             f"{first[1]!r}: benchmark files of one formulation (compress export --formulation)", path)
+    return first[1] if first else "auto"
+
+
 def read_precision_file(path: Path) -> PrecisionFile:
     """The precision and the quality against fp32 that an exported file's metadata records (files written before
     precisions existed: fp32)."""
@@ -471,74 +512,109 @@ PHANTOM_SLICES = 8
 """Phantom slices that calibrate, choose and validate a precision file made for timing (:func:`timing_file`)."""
 
 
-def timing_file(model: CascadeModel, mask: SamplingMask, precision: str, folder: Path) -> PrecisionFile:
+def timing_file(model: CascadeModel, mask: SamplingMask, precision: str, folder: Path,
+                formulation: str = "auto") -> PrecisionFile:
     """A ``precision`` file of ``model`` for timing, written by the export driver through the precision's target
     (:func:`~compressor.export.onnx_export.export_model`) on Shepp-Logan phantoms: INT8 calibrated on them with
     **every** convolution quantized (no PSNR bound, no quantization-aware fine-tuning: for random weights a
     sensitivity analysis would pick an arbitrary set; this is the fastest INT8 file, a trained model's own selection
     is timed from its export). Its quality figures are not kept: on phantoms, and for random weights, they mean
     nothing (a trained model's are read from its export, :func:`read_precision_file`). Made and validated on the
-    CPU, as ``compress export`` makes INT8."""
+    CPU, as ``compress export`` makes INT8; DF in ``formulation``."""
     path = folder / f"{getattr(model, 'arch', 'model')}_{model.image_channels}ch.{precision}.onnx"
     kspace = phantom_kspace(mask, count=PHANTOM_SLICES, image_channels=model.image_channels)
-    export_model(model, path, mask=mask, validation_kspace=kspace, provider="cpu", target=precision_target(precision),
+    export_model(model, path, mask=mask, validation_kspace=kspace, formulation=formulation, provider="cpu",
+                 target=precision_target(precision),
                  precision_options=PrecisionOptions(max_psnr_loss=math.inf, qat_steps=0))
     return PrecisionFile(precision, path)
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """A model of the architecture being timed and its files of precisions other than fp32 (by precision; a missing
+    one is made for timing, :func:`timing_file`)."""
+
+    model: CascadeModel
+    files: Mapping[str, PrecisionFile] = field(default_factory=dict)
+
+
+def time_architecture(models: Mapping[str, ModelFiles], mask: SamplingMask, kspace: np.ndarray, provider: str,
+                      threads: int, iterations: int, warmup: int, folder: Path,
+                      precisions: Sequence[str] = ("fp32",)) -> dict[str, dict[str, dict[str, Any]]]:
+    """Time the ``models`` of one architecture and image-channel count in one interleaved loop: the first model's
+    fp32 graph (and its other-channel variant where the family has both) and PyTorch eager, which every model shares
+    (their latency does not depend on the weights), and **each model's own** file of every other precision of
+    ``precisions`` (an INT8 file's latency does depend on which convolutions its export kept in fp32); profile each
+    graph for its DF share (module docstring).
+
+    The fp32 graph is traced with the DF formulation of the precision files (:func:`shared_formulation`; ``"auto"``
+    without any), and every precision file's nodes must match each cascade's DF in it
+    (:func:`require_matched_data_fidelity`). Returns ``{model name: {precision: the timing fields of its
+    ModelBenchmark row}}``; the fp32 fields are the same for every model."""
+    first = next(iter(models.values())).model
+    others = [precision for precision in dict.fromkeys(precisions) if precision != "fp32"]
+    given = [item.files[precision] for item in models.values() for precision in others if precision in item.files]
+    formulation = resolve_formulation(shared_formulation(given), mask).name
+    cascades = data_fidelity_layers(first)
+    variants = channel_variants(first)
+    own = first.image_channels
+    graphs = {f"fp32/{channels}": export_for_timing(variant, mask, formulation, folder)
+              for channels, variant in variants.items()}
+    for path in graphs.values():
+        require_data_fidelity_scopes(onnx.load(str(path)), cascades)
+    # A precision file's nodes keep the fp32 graph's names but not always its scope metadata (the quantizer's
+    # pre-processing drops it): its DF nodes are named by the fp32 graph of its formulation.
+    fp32_scopes = data_fidelity_scopes(onnx.load(str(graphs[f"fp32/{own}"])))
+    owners: dict[str, tuple[str, str]] = {}
+    for index, (name, item) in enumerate(models.items()):
+        for precision in others:
+            made = item.files.get(precision) or timing_file(item.model, mask, precision, folder / f"model_{index}",
+                                                            formulation)
+            require_matched_data_fidelity(made.path, fp32_scopes, cascades, formulation)
+            graphs[f"{precision}/{index}"] = made.path
+            owners[f"{precision}/{index}"] = (name, precision)
+    sessions = {key: create_session(path, provider, threads) for key, path in graphs.items()}
+    single = graph_feed(kspace[:1], mask.values)
+    calls: dict[str, Callable[[], Any]] = {"torch": TorchEager(first, kspace[:1], mask.values)}
+    calls.update({key: (lambda session=session: session.run(None, single)) for key, session in sessions.items()})
+    timings = interleaved_timings(calls, iterations, warmup)
+    shares = {key: df_share(profile_graph(path, provider, threads, single, warmup=warmup,
+                                          scopes=None if key.startswith("fp32/") else fp32_scopes))
+              for key, path in graphs.items()}
+    batch_feed = graph_feed(np.repeat(kspace[:1], THROUGHPUT_BATCH, axis=0), mask.values)
+    torch_batch = TorchEager(first, np.repeat(kspace[:1], THROUGHPUT_BATCH, axis=0), mask.values)
+    shared = {"formulation": formulation, "torch_ms_median": timings["torch"].median,
+              "torch_ms_p90": timings["torch"].p90, "torch_throughput_b16": throughput(torch_batch, THROUGHPUT_BATCH),
+              "image_channels": own,
+              "torch_cuda_ms_median": cuda_latency(first, kspace[:1], mask.values, iterations, warmup)}
+    ort_ms = {channels: timings[f"fp32/{channels}"].median for channels in variants}
+
+    def row(key: str, precision: str, model: CascadeModel) -> dict[str, Any]:
+        session = sessions[key]
+        return {**shared, "precision": precision, "file_bytes": graphs[key].stat().st_size,
+                "ort_ms_median": timings[key].median, "ort_ms_p90": timings[key].p90,
+                "speedup": timings["torch"].median / timings[key].median,
+                "speedup_vs_fp32": ort_ms[own] / timings[key].median,
+                "ort_throughput_b16": throughput(lambda: session.run(None, batch_feed), THROUGHPUT_BATCH),
+                "df_share": shares[key], "parity_max_abs_error": parity_error(session, model, kspace[:1], mask.values)}
+
+    fp32 = {**row(f"fp32/{own}", "fp32", first),
+            **{key: value for channels in (1, 2) for key, value in (
+                (f"ort_{channels}ch_ms_median", ort_ms.get(channels)),
+                (f"df_share_{channels}ch", shares.get(f"fp32/{channels}")))},
+            "complex_latency_ratio": ort_ms[2] / ort_ms[1] if len(variants) == 2 else None}
+    rows: dict[str, dict[str, dict[str, Any]]] = {name: {"fp32": fp32} for name in models}
+    for key, (name, precision) in owners.items():
+        rows[name][precision] = row(key, precision, models[name].model)
+    return rows
 
 
 def benchmark_architecture(model: CascadeModel, mask: SamplingMask, kspace: np.ndarray, provider: str, threads: int,
                            iterations: int, warmup: int, folder: Path, precisions: Sequence[str] = ("fp32",),
                            files: Mapping[str, PrecisionFile] | None = None) -> dict[str, dict[str, Any]]:
-    """Time one architecture in the same interleaved loop: its fp32 graph, the real- and complex-image variants where
-    it has both, and its ``precisions`` other than fp32 (``files``, else :func:`timing_file`); profile each graph for
-    its DF share (see the module docstring). Returns ``{precision: the timing fields of its ModelBenchmark row}``."""
-    formulation = resolve_formulation("auto", mask).name
-    variants = channel_variants(model)
-    own = model.image_channels
-    graphs = {f"fp32/{channels}": export_for_timing(variant, mask, formulation, folder)
-              for channels, variant in variants.items()}
-    for path in graphs.values():
-        require_data_fidelity_scopes(onnx.load(str(path)), data_fidelity_layers(model))
-    others = [precision for precision in dict.fromkeys(precisions) if precision != "fp32"]
-    for precision in others:
-        made = (files or {}).get(precision) or timing_file(model, mask, precision, folder)
-        graphs[f"{precision}/{own}"] = made.path
-    sessions = {key: create_session(path, provider, threads) for key, path in graphs.items()}
-    single = graph_feed(kspace[:1], mask.values)
-    calls: dict[str, Callable[[], Any]] = {"torch": TorchEager(model, kspace[:1], mask.values)}
-    calls.update({key: (lambda session=session: session.run(None, single)) for key, session in sessions.items()})
-    timings = interleaved_timings(calls, iterations, warmup)
-    # A precision file's nodes keep the fp32 graph's names but not always its scope metadata (the quantizer's
-    # pre-processing drops it): its DF nodes are named by the fp32 graph.
-    fp32_scopes = data_fidelity_scopes(onnx.load(str(graphs[f"fp32/{own}"])))
-    shares = {key: df_share(profile_graph(path, provider, threads, single, warmup=warmup,
-                                          scopes=None if key.startswith("fp32/") else fp32_scopes))
-              for key, path in graphs.items()}
-    batch_feed = graph_feed(np.repeat(kspace[:1], THROUGHPUT_BATCH, axis=0), mask.values)
-    torch_batch = TorchEager(model, np.repeat(kspace[:1], THROUGHPUT_BATCH, axis=0), mask.values)
-    shared = {"formulation": formulation, "torch_ms_median": timings["torch"].median,
-              "torch_ms_p90": timings["torch"].p90, "torch_throughput_b16": throughput(torch_batch, THROUGHPUT_BATCH),
-              "image_channels": own,
-              "torch_cuda_ms_median": cuda_latency(model, kspace[:1], mask.values, iterations, warmup)}
-    ort_ms = {channels: timings[f"fp32/{channels}"].median for channels in variants}
-    channel_fields = {
-        **{key: value for channels in (1, 2) for key, value in (
-            (f"ort_{channels}ch_ms_median", ort_ms.get(channels)), (f"df_share_{channels}ch",
-                                                                    shares.get(f"fp32/{channels}")))},
-        "complex_latency_ratio": ort_ms[2] / ort_ms[1] if len(variants) == 2 else None}
-    rows = {}
-    for precision in ["fp32", *others]:
-        key, session = f"{precision}/{own}", sessions[f"{precision}/{own}"]
-        rows[precision] = {
-            **shared, "precision": precision, "file_bytes": graphs[key].stat().st_size,
-            "ort_ms_median": timings[key].median, "ort_ms_p90": timings[key].p90,
-            "speedup": timings["torch"].median / timings[key].median,
-            "speedup_vs_fp32": ort_ms[own] / timings[key].median,
-            "ort_throughput_b16": throughput(lambda session=session: session.run(None, batch_feed), THROUGHPUT_BATCH),
-            "df_share": shares[key], "parity_max_abs_error": parity_error(session, model, kspace[:1], mask.values),
-            **(channel_fields if precision == "fp32" else {}),
-        }
-    return rows
+    """:func:`time_architecture` of one model: ``{precision: the timing fields of its ModelBenchmark row}``."""
+    return time_architecture({"model": ModelFiles(model, files or {})}, mask, kspace, provider, threads, iterations,
+                             warmup, folder, precisions)["model"]
 
 
 def benchmark_models(
@@ -564,13 +640,13 @@ def benchmark_models(
         mask: the sampling mask.
         threads: threads for both runtimes (default: PyTorch's current count).
         iterations: timed iterations after warm-up (at least :data:`MIN_ITERATIONS`).
-        trained: ``{name: TrainedModel}``; each architecture is timed once, with trained weights when there are
-            some, and an architecture of ``archs`` that has trained models gets no separate untrained row.
+        trained: ``{name: TrainedModel}``; each architecture's fp32 graph is timed once, with trained weights when
+            there are some, and an architecture of ``archs`` that has trained models gets no separate untrained row.
         teacher: the architecture compression is measured against.
         options: model options of the untrained models (default :class:`ModelOptions`).
-        precisions: the precisions to time (fp32 always): a trained model's exported files
-            (:attr:`TrainedModel.files`, those of the architecture's first model), else files made for timing
-            (:func:`timing_file`); all of one architecture in one interleaved loop.
+        precisions: the precisions to time (fp32 always): each trained model's own exported files
+            (:attr:`TrainedModel.files`), else files made for timing (:func:`timing_file`); all of one architecture
+            in one interleaved loop (:func:`time_architecture`).
     """
     if tuple(image_size) != mask.shape:
         raise ValueError(f"image size {tuple(image_size)} differs from the mask's shape {mask.shape}")
@@ -592,15 +668,17 @@ def benchmark_models(
     result = BenchmarkResult(provider, threads, mask.shape, iterations, warmup, keep_freed_memory())
     try:
         with tempfile.TemporaryDirectory() as folder:
-            for arch in dict.fromkeys(entry.model.arch for entry in entries):
-                group = [entry for entry in entries if entry.model.arch == arch]
-                log(f"benchmarking {arch} ({provider}, {threads} threads)")
-                timings = benchmark_architecture(
-                    copy.deepcopy(group[0].model).cpu().eval(), mask, kspace, provider, threads, iterations, warmup,
-                    Path(folder), precisions, group[0].trained.files if group[0].trained else None)
+            for index, (arch, channels) in enumerate(dict.fromkeys((e.model.arch, e.model.image_channels)
+                                                                   for e in entries)):
+                group = [e for e in entries if (e.model.arch, e.model.image_channels) == (arch, channels)]
+                log(f"benchmarking {arch} ({channels}-channel images; {provider}, {threads} threads)")
+                timings = time_architecture(
+                    {entry.name: ModelFiles(copy.deepcopy(entry.model).cpu().eval(),
+                                            entry.trained.files if entry.trained else {}) for entry in group},
+                    mask, kspace, provider, threads, iterations, warmup, Path(folder) / f"group_{index}", precisions)
                 for entry in group:
                     parameters = entry.model.num_parameters()
-                    for precision, timing in timings.items():
+                    for precision, timing in timings[entry.name].items():
                         result.models.append(ModelBenchmark(
                             name=entry.name, arch=arch, role=entry.role, parameters=parameters,
                             compression=1.0 - parameters / teacher_parameters, **timing,

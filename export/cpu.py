@@ -7,8 +7,10 @@ with the instruction set it was measured on. Needs only the standard library (sc
 Why the flags matter (ONNX Runtime's quantization guide, ``docs/performance/model-optimizations/quantization.md``):
 on x86-64 with AVX2 or AVX-512 but without VNNI, ONNX Runtime computes U8S8 products with ``VPMADDUBSW``, whose
 16-bit intermediate can saturate; ``reduce_range`` (7-bit weights) avoids it, and per-channel weights "generally"
-need it there. With VNNI (AVX-512-VNNI, AVX-VNNI) or AMX the int8 dot product has no such issue and is what makes
-INT8 pay.
+need it there. This holds for the S8S8 QDQ files written here too: on x86 ONNX Runtime's graph optimiser shifts S8
+activations to U8 (``QDQS8ToU8Transformer``, ``onnxruntime/core/optimizer/qdq_transformer/qdq_s8_to_u8.cc``; MLAS's
+x86 integer kernels are U8S8/U8U8), so the convolutions run through the same U8S8 ``VPMADDUBSW`` path. With VNNI
+(AVX-512-VNNI, AVX-VNNI) or AMX the int8 dot product has no such issue and is what makes INT8 pay.
 """
 
 from __future__ import annotations
@@ -73,8 +75,9 @@ class CpuFeatures:
 
 
 def parse_cpuinfo(text: str, machine: str) -> CpuFeatures:
-    """The :class:`CpuFeatures` of a ``/proc/cpuinfo`` text (its first processor's ``model name`` and ``flags``;
-    ARM kernels call them ``CPU part``/``Features``)."""
+    """The :class:`CpuFeatures` of a ``/proc/cpuinfo`` text: its first processor's ``model name`` and its ``flags``
+    (ARM kernels call them ``Features``). ARM kernels often list no ``model name`` (only numeric ``CPU implementer``
+    and ``CPU part`` codes, not read here): the model is then :func:`platform.processor` or ``machine``."""
     model, flags = "", frozenset()
     for line in text.splitlines():
         key, _, value = line.partition(":")

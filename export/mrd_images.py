@@ -70,6 +70,13 @@ def ismrmrd_image(reconstruction: np.ndarray, header: ismrmrd.ImageHeader) -> is
     return ismrmrd.Image(head=header, data=np.ascontiguousarray(data))
 
 
+def slice_image(reconstruction: np.ndarray, assembled: AssembledSlice, geometry: EncodingGeometry, series_index: int,
+                image_index: int) -> ismrmrd.Image:
+    """The ISMRMRD magnitude image of one slice's reconstruction ``(H, W)`` (readout, phase-encode) with the header of
+    :func:`image_header`: what the file path (``--ismrmrd-out``) and the streaming server send alike."""
+    return ismrmrd_image(reconstruction, image_header(assembled, geometry, series_index, image_index))
+
+
 def write_ismrmrd_images(path: Path, images: list[ismrmrd.Image], xml: str | bytes | None = None,
                          group: str = "dataset") -> Path:
     """Write ``images`` as ``/<group>/images_0`` of an ISMRMRD HDF5 file (the layout of

@@ -31,7 +31,7 @@ import numpy as np
 from compressor.data.coils import virtual_coil
 from compressor.data.mrd_raw import AssembledSlice, EncodingGeometry, RawScan, read_ismrmrd_file, skipped_summary
 from compressor.errors import InputError
-from compressor.export.mrd_images import image_header, ismrmrd_image
+from compressor.export.mrd_images import slice_image
 from compressor.export.reconstruct import MULTI_COIL_MESSAGE, ScannerInput
 from compressor.export.runtime import ExportMetadata
 
@@ -131,7 +131,7 @@ class RawInput:
     def images(self, reconstruction: np.ndarray, series_index: int = 1) -> list[ismrmrd.Image]:
         """The ISMRMRD magnitude images of ``reconstruction`` ``(S, H, W)`` (:mod:`compressor.export.mrd_images`),
         ``image_index`` 1, 2, ... in slice order."""
-        return [ismrmrd_image(image, image_header(assembled, self.scan.geometry, series_index, index))
+        return [slice_image(image, assembled, self.scan.geometry, series_index, index)
                 for index, (assembled, image) in enumerate(zip(self.scan.slices, reconstruction, strict=True), 1)]
 
 

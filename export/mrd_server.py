@@ -75,7 +75,14 @@ import ismrmrd
 from ismrmrd.serialization import ConfigFile, ConfigText, ProtocolDeserializer, ProtocolSerializer
 from ismrmrd.xsd import ismrmrdHeader
 
-from compressor.data.mrd_raw import AssembledSlice, EncodingGeometry, SliceAssembler, SliceKey, readout_from_ismrmrd
+from compressor.data.mrd_raw import (
+    AssembledSlice,
+    EncodingGeometry,
+    SliceAssembler,
+    SliceKey,
+    readout_from_ismrmrd,
+    skipped_summary,
+)
 from compressor.errors import InputError, first_line
 from compressor.export.mrd_reconstruct import check_grid
 from compressor.export.mrd_stream import SliceReconstructor
@@ -101,7 +108,11 @@ class _Deserializer(ProtocolDeserializer):
     """``ismrmrd``'s deserializer, also taking an XML header with a trailing NUL: python-ismrmrd-server's client and
     FIRE send header, config and text messages NUL-terminated, which the XML parser refuses."""
 
-    def _deserialize_ismrmrd_header(self) -> ismrmrdHeader:  # the deserializer's own hook for header messages
+    # ``_deserialize_ismrmrd_header`` is a private method of ``ismrmrd.serialization`` (ismrmrd 1.15, hence the pin
+    # ``ismrmrd>=1.15,<2`` in pyproject.toml): ``deserialize`` calls it for every header message (id 3) after
+    # reading the id. Should a release rename it, this override is no longer called and NUL-terminated headers are
+    # refused as "bad message" (tests/test_mrd_server.py sends one), not misread.
+    def _deserialize_ismrmrd_header(self) -> ismrmrdHeader:
         (length,) = struct.unpack("<I", self._stream.read(4))
         return ismrmrd.xsd.CreateFromDocument(self._stream.read(length).rstrip(b"\0"))
 
@@ -403,13 +414,14 @@ class ReconstructionServer:
 
     @staticmethod
     def _set_aside(connection: _Connection) -> str:
+        """The end of the connection's log line: what was not image data (:func:`skipped_summary`, waveforms)."""
         assembler = connection.assembler
         if assembler is None:
             return "; no header received"
-        parts = [f"{count} {reason}" for reason, count in assembler.skipped.items()]
-        parts += [f"{assembler.noise_readouts} noise"] if assembler.noise_readouts else []
+        parts = [skipped_summary(assembler.skipped, assembler.noise_readouts)]
         parts += [f"{connection.waveforms} waveforms ignored"] if connection.waveforms else []
-        return f"; set aside: {', '.join(parts)}" if parts else ""
+        summary = ", ".join(part for part in parts if part)
+        return f"; set aside: {summary}" if summary else ""
 
     @staticmethod
     def _next_message(messages: Iterator[object], source: str) -> object | None:
@@ -472,7 +484,6 @@ class ReconstructionServer:
         self.stats.record_slice(SliceTiming(connection.number, assembled.key, latency, compute, queued))
         self.log.debug("%s: slice %s sent, %.3f ms after its last readout (%.3f ms compute, %.3f ms queued)",
                        connection.source, tuple(assembled.key), latency * 1e3, compute * 1e3, queued * 1e3)
-
 
 
 # ---------------------------------------------------------------------------------------------------- the client side

@@ -12,7 +12,7 @@ ismrmrd`` does for a file (:func:`~compressor.export.mrd_reconstruct.read_raw_in
   (:func:`~compressor.export.reconstruct.check_phase`, here on the slice alone: a stream has no "whole input"), then
   the model (:func:`~compressor.export.reconstruct.reconstruct_slices`, batch 1);
 * :meth:`~SliceReconstructor.image`: the ISMRMRD magnitude image with the header of
-  :func:`~compressor.export.mrd_images.image_header` (series 1, ``image_index`` 1, 2, ... in the order sent).
+  :func:`~compressor.export.mrd_images.slice_image` (series 1, ``image_index`` 1, 2, ... in the order sent).
 
 MRD v2 (the ``mrd-python`` package): :func:`reconstruct_mrd_stream` reads a binary MRD v2 stream
 (``mrd.BinaryMrdReader``: an optional ``mrd.Header``, then ``StreamItem`` s), assembles ``StreamItem.Acquisition`` s
@@ -43,7 +43,7 @@ import numpy as np
 from compressor.data.mrd_raw import AssembledSlice, EncodingGeometry, SliceAssembler, skipped_summary
 from compressor.data.mrd_v2 import encoding_geometry, readout_from_mrd
 from compressor.errors import InputError, first_line
-from compressor.export.mrd_images import image_header, ismrmrd_image
+from compressor.export.mrd_images import slice_image
 from compressor.export.mrd_reconstruct import check_grid, prepare_slice
 from compressor.export.reconstruct import check_mask, check_phase, reconstruct_slices
 from compressor.export.runtime import ExportedModel, open_exported
@@ -87,7 +87,7 @@ class SliceReconstructor:
     def image(assembled: AssembledSlice, geometry: EncodingGeometry, reconstruction: np.ndarray,
               image_index: int) -> ismrmrd.Image:
         """The ISMRMRD magnitude image of ``reconstruction`` ``(H, W)`` (``image_index`` 1-based)."""
-        return ismrmrd_image(reconstruction, image_header(assembled, geometry, SERIES_INDEX, image_index))
+        return slice_image(reconstruction, assembled, geometry, SERIES_INDEX, image_index)
 
 
 def mrd_image(image: ismrmrd.Image) -> mrd.Image:

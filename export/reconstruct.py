@@ -12,7 +12,11 @@ Inputs (``source``):
   ``y = M ⊙ F(x)``;
 * ``ismrmrd``: an ISMRMRD raw scan (:mod:`compressor.export.mrd_reconstruct`): its acquisitions assembled per slice,
   coils compressed, the lines the mask samples must have been acquired; ``ismrmrd_out`` also writes the
-  reconstructions as ISMRMRD images with the acquisitions' geometry (:mod:`compressor.export.mrd_images`).
+  reconstructions as ISMRMRD images with the acquisitions' geometry (:mod:`compressor.export.mrd_images`); the two
+  outputs are written all or nothing (:func:`write_outputs`).
+
+:data:`SOURCES` are the files :func:`read_input` reads; :data:`RAW_SOURCES` the raw scans read elsewhere (``ismrmrd``
+by :func:`reconstruct_file`, ``mrd`` streams by :mod:`compressor.export.mrd_stream`); the CLI's choices are both.
 
 For a 2-channel model the readers are opened with ``keep_phase=True``: sources that carry phase give the complex
 image and its k-space on the measured grid (multi-coil fastMRI compressed to one virtual coil).
@@ -47,7 +51,7 @@ import h5py
 import numpy as np
 
 from compressor.data.coils import virtual_coil
-from compressor.data.readers import SliceData, open_volume
+from compressor.data.readers import VOLUME_SOURCES, SliceData, open_volume
 from compressor.errors import InputError
 from compressor.export.onnx_export import simulated_kspace
 from compressor.export.runtime import ExportedModel, ExportMetadata, open_exported
@@ -56,8 +60,11 @@ from compressor.masks import is_whole_lines, load_mask
 
 COMPLEX_IMAGE_THRESHOLD = 0.01
 ACCELERATION_TOLERANCE = 0.1
-SOURCES = ("npy", "project", "fastmri", "nifti", "authors", "ismrmrd")
+SOURCES = ("npy", *VOLUME_SOURCES.names())
+RAW_SOURCES = ("ismrmrd", "mrd")
+RECONSTRUCT_SOURCES = (*SOURCES, *RAW_SOURCES)
 SUFFIX_SOURCES = {".npy": "npy", ".nii": "nifti", ".nii.gz": "nifti", ".h5": "project", ".hdf5": "project"}
+ISMRMRD_DATASETS = ("dataset/xml", "dataset/data")  # what ismrmrd.Dataset writes, and no project file has
 
 
 @dataclass(frozen=True)
@@ -91,11 +98,23 @@ class ReconstructionResult:
 
 
 def infer_source(path: Path) -> str:
-    """The input source from the file name: ``.npy`` k-space, ``.nii``/``.nii.gz`` NIfTI, ``.h5`` project HDF5."""
+    """The input source from the file name: ``.npy`` k-space, ``.nii``/``.nii.gz`` NIfTI, ``.h5``/``.hdf5`` project
+    HDF5, except an HDF5 file holding ``/dataset/xml`` and ``/dataset/data``, an ISMRMRD raw scan (``ismrmrd``). A
+    file that cannot be opened is left to its reader's message."""
     for suffix, source in SUFFIX_SOURCES.items():
         if path.name.lower().endswith(suffix):
-            return source
-    raise InputError(f"cannot tell the source from the file name; pass --source ({', '.join(SOURCES)})", path)
+            return "ismrmrd" if source == "project" and _is_ismrmrd(path) else source
+    raise InputError(f"cannot tell the source from the file name; pass --source ({', '.join(SOURCES)}, ismrmrd)",
+                     path)
+
+
+def _is_ismrmrd(path: Path) -> bool:
+    """Whether ``path`` is an HDF5 file with the datasets of an ISMRMRD raw scan (:data:`ISMRMRD_DATASETS`)."""
+    try:
+        with h5py.File(path, "r") as file:
+            return all(name in file for name in ISMRMRD_DATASETS)
+    except OSError:  # missing or not HDF5: the project reader says so
+        return False
 
 
 def mirror(values: np.ndarray) -> np.ndarray:
@@ -205,9 +224,6 @@ def read_input(path: Path, source: str, image_size: tuple[int, int], mask: np.nd
         raise InputError("input file not found", path)
     if source not in SOURCES:
         raise InputError(f"unknown source {source!r}; valid: {', '.join(SOURCES)}")
-    if source == "ismrmrd":
-        raise InputError("ISMRMRD raw scans are reconstructed by reconstruct_file (read_raw_input), not read here",
-                         path)
     if source == "npy":
         kspace, measured = read_npy_kspace(path, kspace_centred), True
         check_finite(kspace, path)
@@ -295,6 +311,20 @@ def write_reconstructions(path: Path, reconstruction: np.ndarray, attrs: dict[st
     return path
 
 
+def write_outputs(path: Path, reconstruction: np.ndarray, attrs: dict[str, str],
+                  write_second: Callable[[], Path] | None = None) -> Path:
+    """:func:`write_reconstructions` to ``path`` and, if given, ``write_second()`` (itself atomic, e.g. the ISMRMRD
+    images), all or nothing: the HDF5 is written under its temporary name first, then the second file, then the HDF5
+    is renamed (in its own folder, the one step after the second file is in place); if either write fails, the staged
+    HDF5 is removed, so neither output appears."""
+    if write_second is None:
+        return write_reconstructions(path, reconstruction, attrs)
+    with atomic_path(path) as staged:
+        write_reconstructions(staged, reconstruction, attrs)
+        write_second()
+    return path
+
+
 def write_previews(folder: Path, reconstruction: np.ndarray) -> list[Path]:
     """One grey-scale PNG per slice, ``slice_0000.png`` ..., each written atomically (the magnitude of a complex
     reconstruction)."""
@@ -329,7 +359,7 @@ def reconstruct_file(
     """Reconstruct every slice of ``input_path`` with the exported model ``model_path`` into ``out_path``.
 
     Args:
-        source: one of :data:`SOURCES`; ``None`` infers it from the file name (:func:`infer_source`).
+        source: one of :data:`SOURCES` or ``"ismrmrd"``; ``None`` infers it from the file (:func:`infer_source`).
         mask_path: a ``.npy`` mask ``(H, W)`` or line pattern ``(W,)``; default: the model's training mask.
         mask_centred: whether ``mask_path`` has DC at ``(H//2, W//2)``.
         kspace_centred: whether ``.npy`` k-space has DC at ``(H//2, W//2)``.
@@ -387,9 +417,8 @@ def reconstruct_file(
     if notes:
         attrs["notes"] = "; ".join(notes)
     images = raw_input.images(reconstruction) if raw_input is not None and ismrmrd_out is not None else None
-    write_reconstructions(out_path, reconstruction, attrs)
-    if images is not None:
-        write_ismrmrd_images(ismrmrd_out, images, raw_input.scan.xml)
+    write_outputs(out_path, reconstruction, attrs,
+                  None if images is None else lambda: write_ismrmrd_images(ismrmrd_out, images, raw_input.scan.xml))
     written = write_previews(previews, reconstruction) if previews is not None else []
     return ReconstructionResult(out_path, len(reconstruction), model.provider, time.perf_counter() - started,
                                 fraction, written, ismrmrd_out if images is not None else None, tuple(notes))

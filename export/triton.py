@@ -58,7 +58,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper
 
-from compressor.errors import InputError
+from compressor.errors import InputError, first_line
 from compressor.export.quantize import precision_of
 from compressor.export.runtime import INPUT_NAMES, ExportMetadata, choose_provider, create_session, graph_feed
 from compressor.export.validate import ExportValidationError, compare_outputs
@@ -347,7 +347,7 @@ def _prepare(source: TritonSource, options: TritonOptions, provider: str) -> _Pr
     try:
         proto = onnx.load(str(path))
     except (OSError, DecodeError) as error:
-        raise InputError(f"not a loadable ONNX model ({str(error).splitlines()[0]})", path) from None
+        raise InputError(f"not a loadable ONNX model ({first_line(error)})", path) from None
     properties = {entry.key: entry.value for entry in proto.metadata_props}
     metadata = ExportMetadata.from_properties(properties, path)
     if [value.name for value in proto.graph.input] != list(INPUT_NAMES):
@@ -359,7 +359,10 @@ def _prepare(source: TritonSource, options: TritonOptions, provider: str) -> _Pr
         folded = fold_mask(proto, metadata.mask)
     except ValueError as error:
         raise InputError(str(error), path) from None
-    onnx.checker.check_model(folded, full_check=True)
+    try:
+        onnx.checker.check_model(folded, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        raise InputError(f"the model with its mask folded in fails onnx.checker ({first_line(error)})", path) from None
     difference, tolerance = check_folded(proto, folded, metadata.mask, provider, path)
     config = model_config(name, tensor_configs(folded.graph.input, path), tensor_configs(folded.graph.output, path),
                           options)
@@ -390,6 +393,80 @@ def _difference(folder: Path, entry: _PreparedEntry) -> str | None:
     detail = f"metadata differs in {', '.join(keys)}" if keys else "same metadata, other graph or weights"
     return (f"holds another model: {VERSION}/{MODEL_FILE} is sha256 {_digest(existing)}, this export's "
             f"{_digest(entry.model_bytes)} ({detail}) from {entry.source}; remove it or choose another --triton-repo")
+
+
+@dataclass(frozen=True)
+class PlannedEntry:
+    """An export about to be written and served, as far as it is known before exporting: the name and precision
+    that make its Triton model name (:func:`triton_model_name`) and the metadata that will tell which model it is.
+
+    Attributes:
+        name: as :attr:`TritonSource.name` (the ``results.json`` name, or the weights file stem).
+        precision: the file's precision (``"fp32"``, ``"int8"``, ``"fp16"``).
+        architecture, mask_digest, config_key, image_channels: what its metadata will record
+            (:class:`~compressor.export.runtime.ExportMetadata`; ``config_key`` ``None`` for bare weights).
+    """
+
+    name: str
+    precision: str
+    architecture: str
+    mask_digest: str
+    config_key: str | None
+    image_channels: int
+
+    @property
+    def triton_name(self) -> str:
+        return triton_model_name(self.name, self.precision)
+
+
+def _planned_difference(folder: Path, planned: PlannedEntry) -> str | None:
+    """Why the existing entry ``folder`` cannot be ``planned``'s, from its model file's metadata (``None`` when the
+    metadata names the same model: whether it holds the same weights is known only after the export)."""
+    if not folder.exists():
+        return None
+    if not folder.is_dir():
+        return "exists and is not a folder"
+    existing = folder / VERSION / MODEL_FILE
+    if not existing.is_file():
+        return f"exists without {VERSION}/{MODEL_FILE}: not a model entry written by this tool"
+    try:
+        metadata = ExportMetadata.from_properties({e.key: e.value for e in onnx.load(str(existing)).metadata_props},
+                                                  existing)
+    except (OSError, DecodeError, InputError) as error:
+        return f"holds a model this tool cannot read as its export ({first_line(error)})"
+    theirs = {"architecture": metadata.architecture, "precision": precision_of(metadata.extras),
+              "mask_digest": metadata.mask_digest, "config_key": metadata.config_key,
+              "image_channels": metadata.image_channels}
+    ours = {key: getattr(planned, key) for key in theirs}
+    differing = [f"{key} {theirs[key]!r} (this export: {ours[key]!r})" for key in theirs if theirs[key] != ours[key]]
+    if not differing:
+        return None
+    return f"holds another model: {', '.join(differing)}; remove it or choose another --triton-repo"
+
+
+def check_planned_entries(planned: Sequence[PlannedEntry], repository: str | Path) -> None:
+    """Refuse, before anything is exported, what :func:`write_triton_repository` would refuse after: a repository
+    that is a file, two exports with one Triton name, or an existing ``repository/<name>`` that is not an entry of
+    this tool or whose model's metadata names another model (architecture, precision, mask, stage key, image
+    channels). An entry that agrees on all of these but holds other weights is found after the export, by
+    :func:`write_triton_repository`'s byte comparison.
+
+    Raises:
+        InputError: naming ``repository/<name>`` (or the repository) and the problem.
+    """
+    repository = Path(repository)
+    if repository.exists() and not repository.is_dir():
+        raise InputError("the Triton model repository is a file, not a folder", repository)
+    by_name: dict[str, str] = {}
+    for entry in planned:
+        name = entry.triton_name
+        if name in by_name:
+            raise InputError(f"{by_name[name]!r} and {entry.name!r} ({entry.precision}) both map to the Triton model "
+                             f"name {name!r}", repository)
+        by_name[name] = entry.name
+        problem = _planned_difference(repository / name, entry)
+        if problem is not None:
+            raise InputError(problem, repository / name)
 
 
 @contextmanager

@@ -25,6 +25,7 @@ import onnxruntime as ort
 import torch
 from onnx.reference import ReferenceEvaluator
 
+from compressor.errors import first_line
 from compressor.export.graph import graph_output_tensors
 from compressor.export.runtime import INPUT_NAMES, ExportedModel, graph_feed, graph_outputs, node_providers
 from compressor.models.base import CascadeModel
@@ -186,7 +187,7 @@ def check_file(path: Path, exported: ExportedModel, feed: dict[str, np.ndarray],
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
-        report.failures.append(OutputMatchError(f"onnx.checker: {str(error).splitlines()[0]}"))
+        report.failures.append(OutputMatchError(f"onnx.checker: {first_line(error)}"))
     proto = onnx.load(str(path))
     report.failures += check_declared_io(proto, exported.metadata.image_channels)
     report.node_providers = node_providers(path, exported.provider, feed)
@@ -430,7 +431,7 @@ def validate_precision(path: Path, exported: ExportedModel, fp32_graph: onnx.Mod
     try:
         evaluated = dict(zip(names, ReferenceEvaluator(reference_opset(proto)).run(None, feed)))
     except (NotImplementedError, TypeError, ValueError, RuntimeError) as error:
-        note = f"onnx.reference cannot run this file ({type(error).__name__}: {str(error).splitlines()[0][:120]})"
+        note = f"onnx.reference cannot run this file ({type(error).__name__}: {first_line(error)[:120]})"
     else:
         first = {key: value[:1] for key, value in candidate.items()}
         comparisons, failures = compare_outputs(first, evaluated, "onnx.reference", parity_tolerance)

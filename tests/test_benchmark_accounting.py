@@ -30,13 +30,16 @@ from compressor.export.benchmark import (
     data_fidelity_scopes,
     df_share,
     export_for_timing,
+    matched_cascades,
     node_scopes,
     parse_precisions,
     profile_graph,
     profile_node_times,
     read_precision_file,
     require_data_fidelity_scopes,
+    require_matched_data_fidelity,
     run_precision_files,
+    shared_formulation,
     time_by_op_type,
     timing_file,
 )
@@ -224,6 +227,70 @@ def test_every_precision_of_a_model_is_a_row_timed_in_one_loop(mask, int8_file):
     assert result.to_json()["cpu"]["instruction_sets"] is not None
 
 
+@pytest.fixture(scope="module")
+def dft_files(tmp_path_factory, mask) -> dict[str, tuple[torch.nn.Module, PrecisionFile]]:
+    """Two tiny models of one architecture, each with an INT8 file exported with the "dft" formulation (the mask is
+    whole columns, so "auto" would trace "lines"): the first model's, and for the second a copy padded by 20 kB of
+    metadata, so that a row's file size says which file was timed."""
+    folder = tmp_path_factory.mktemp("dft")
+    torch.manual_seed(0)
+    first = build_model("d2c2", TINY).eval()
+    made = timing_file(first, mask, "int8", folder, formulation="dft")
+    proto = onnx.load(str(made.path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "padding", json.dumps("x" * 20_000)
+    padded = folder / "padded.int8.onnx"
+    onnx.save(proto, str(padded))
+    torch.manual_seed(1)
+    return {"std_kd/at/d2c2@4x": (first, made),
+            "sft_kd/at/d2c2@4x": (build_model("d2c2", TINY).eval(), PrecisionFile("int8", padded))}
+
+
+def test_a_dft_file_is_matched_by_the_nodes_of_a_dft_fp32_graph_only(tmp_path, mask, dft_files):
+    model, made = dft_files["std_kd/at/d2c2@4x"]
+    int8 = onnx.load(str(made.path))
+    dft = data_fidelity_scopes(onnx.load(str(export_for_timing(model, mask, "dft", tmp_path))))
+    assert set(dft) <= {node.name for node in int8.graph.node}  # every DF node, under its name (the DF stays fp32)
+    assert matched_cascades(int8, dft) == {"cascades.0.data_fidelity", "cascades.1.data_fidelity"}
+    require_matched_data_fidelity(made.path, dft, 2, "dft")
+    for node in int8.graph.node:  # a file whose nodes the fp32 graph does not name (another exporter version)
+        node.name = f"renamed_{node.name}"
+    renamed = tmp_path / "renamed.int8.onnx"
+    onnx.save(int8, str(renamed))
+    with pytest.raises(InputError, match=r"match the DF layers of 0 of the 2 cascades .* 'dft' formulation") as error:
+        require_matched_data_fidelity(renamed, dft, 2, "dft")
+    assert str(error.value).startswith(str(renamed)) and "\n" not in str(error.value)
+
+
+def test_files_of_two_formulations_are_refused_and_the_fp32_graph_takes_theirs(mask, int8_file, dft_files):
+    _, lines_file = int8_file
+    _, dft_file = dft_files["std_kd/at/d2c2@4x"]
+    assert shared_formulation([dft_file]) == "dft" and shared_formulation([]) == "auto"
+    with pytest.raises(InputError, match=f"exported with the 'dft' DF formulation but {lines_file.path.name} with "
+                                         "'lines'") as error:
+        shared_formulation([lines_file, dft_file])
+    assert error.value.path == dft_file.path
+
+
+def test_each_models_own_precision_file_is_timed_against_an_fp32_graph_of_its_formulation(mask, dft_files):
+    trained = {name: TrainedModel(model, name.split("/")[0], 30.0 + index, 0.9,
+                                  {"int8": PrecisionFile("int8", made.path, -0.01 * (index + 1), -0.001)})
+               for index, (name, (model, made)) in enumerate(dft_files.items())}
+    result = benchmark_models([], SIZE, mask, threads=1, iterations=30, warmup=1, teacher="d2c2", options=TINY,
+                              trained=trained, precisions=["fp32", "int8"], log=lambda _: None)
+    rows = {(row.name, row.precision): row for row in result.models}
+    assert len(rows) == 4 and {row.formulation for row in result.models} == {"dft"}
+    for index, (name, (_, made)) in enumerate(dft_files.items()):
+        fp32, int8 = rows[name, "fp32"], rows[name, "int8"]
+        assert int8.file_bytes == made.path.stat().st_size  # its own file, not the architecture's first model's
+        assert (int8.delta_psnr, int8.psnr) == (-0.01 * (index + 1), 30.0 + index)
+        assert int8.speedup_vs_fp32 == pytest.approx(fp32.ort_ms_median / int8.ort_ms_median)
+        assert 0 < int8.df_share < 1  # its DF nodes found in the dft fp32 graph's scopes
+    first, second = (rows[name, "int8"] for name in dft_files)
+    assert second.file_bytes > first.file_bytes + 19_000
+    assert rows["std_kd/at/d2c2@4x", "fp32"].ort_ms_median == rows["sft_kd/at/d2c2@4x", "fp32"].ort_ms_median
+
+
 def test_the_benchmark_command_refuses_an_unknown_precision_in_one_line():
     outcome = CliRunner().invoke(cli, ["benchmark", "--precision", "fp32,bf8", "--image-size", "16"])
     assert outcome.exit_code == 2 and outcome.output.startswith("Error: unknown precision 'bf8'")
@@ -240,6 +307,35 @@ def test_results_written_before_precisions_still_make_their_report(tmp_path):
     header = next(line for line in table8.splitlines() if "Precision" in line)
     assert [cell.strip() for cell in header.split("|")][3:5] == ["Method", "Precision"]
     assert "int8" not in table8 and "| fp32 " in table8 and (run / "report" / "psnr_vs_latency.png").is_file()
+
+
+def test_table8_and_the_figure_pair_each_int8_files_latency_with_its_own_quality(tmp_path):
+    from evaluate.figures import psnr_vs_latency, trade_off_points
+    from evaluate.rundir import load_run
+    from evaluate.tables import MISSING, table8
+
+    run = shutil.copytree(RESULTS / "quick-at", tmp_path / "quick-at")
+    benchmark = json.loads((run / "benchmark.json").read_text())
+    # Two d3c5 models whose INT8 files kept different convolutions in fp32: different latencies and ΔPSNR.
+    own = {"std_kd/at/d3c5@4x": (5.25, -0.02), "sft_kd/at/d3c5@4x": (6.5, -0.07)}
+    fp32 = {row["name"]: row for row in benchmark["models"]}
+    benchmark["models"] += [{**fp32[name], "precision": "int8", "ort_ms_median": latency, "delta_psnr": delta,
+                             "delta_ssim": -0.001} for name, (latency, delta) in own.items()]
+    (run / "benchmark.json").write_text(json.dumps(benchmark))
+    data = load_run(run)
+    table = table8(data)
+    int8 = next(row for row in table.rows if row[1] == "Student (d3c5)" and row[3] == "int8")
+    assert int8[6] == MISSING  # the Latency column is fp32's, shared by an architecture's models; INT8's are per cell
+    assert int8[9] == "Δ -0.020 dB / -0.0010, 5.250 ms" and int8[11] == "Δ -0.070 dB / -0.0010, 6.500 ms"
+    fp32_row = next(row for row in table.rows if row[1] == "Student (d3c5)" and row[3] == "fp32")
+    assert fp32_row[6] == f"{fp32['sft_kd/at/d3c5@4x']['ort_ms_median']:.3f}"
+    points = {point.label: point for point in trade_off_points(data, 4.0)}
+    for name, (latency, delta) in own.items():
+        role = next(record for record in data.records if record.name == name)
+        mine = [p for p in points.values() if p.role == role.role and p.precision == "int8"]
+        assert len(mine) == 1 and mine[0].latency_ms == latency
+        assert mine[0].psnr == pytest.approx(data.summary(role, "psnr").mean + delta)
+    assert psnr_vs_latency(data, tmp_path / "figure.png").path.is_file()
 
 
 # --- the precision benchmark script's verdicts ------------------------------------------------------------------------

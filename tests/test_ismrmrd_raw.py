@@ -4,6 +4,7 @@ hand-computed placements."""
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import h5py
 import ismrmrd
@@ -98,6 +99,38 @@ def test_header_refusals(edit, message: str) -> None:
     assert message in str(error.value)
 
 
+def _no_limits(header) -> None:
+    header.encoding[0].encodingLimits = None
+
+
+def _no_matrix(header) -> None:
+    header.encoding[0].reconSpace.matrixSize = None
+
+
+def _no_fov(header) -> None:
+    header.encoding[0].encodedSpace.fieldOfView_mm = None
+
+
+@pytest.mark.parametrize(("edit", "missing"), [
+    (_no_limits, "encodingLimits"),
+    (_no_matrix, "reconSpace.matrixSize"),
+    (_no_fov, "encodedSpace.fieldOfView_mm"),
+])
+def test_header_without_a_required_element(edit, missing: str) -> None:
+    """A header without what the geometry is read from is one line naming the element: as a document, xsdata's
+    parser refuses it (the element is required); as header objects built in code (the server's deserializer, the
+    MRD v2 adapter) the geometry's own check does."""
+    header = ismrmrd.xsd.CreateFromDocument(synthetic_scan(coil_images(1, 1)).xml)
+    edit(header)
+    with pytest.raises(InputError) as error:
+        EncodingGeometry.from_header(header, "scan.h5")
+    assert str(error.value) == f"scan.h5: the ISMRMRD XML header's encoding has no {missing}"
+    with pytest.raises(InputError) as error:
+        EncodingGeometry.from_xml(ismrmrd.xsd.ToXML(header), "scan.h5")
+    assert str(error.value).startswith("scan.h5: the ISMRMRD XML header cannot be parsed (")
+    assert missing.split(".")[-1] in str(error.value) and "\n" not in str(error.value)
+
+
 def test_unparsable_header() -> None:
     with pytest.raises(InputError, match=r"^scan.h5: the ISMRMRD XML header cannot be parsed"):
         EncodingGeometry.from_xml("<ismrmrdHeader><encoding>", "scan.h5")
@@ -144,6 +177,26 @@ def test_discarded_samples_are_dropped() -> None:
     assert assembled.readout_sampled.all()
 
 
+def test_reversed_readout_discards_in_acquisition_order() -> None:
+    """Hand-computed, independent of the synthesiser: 10 samples acquired (values 1..10 in acquisition order) on an
+    8-sample encoded readout, ACQ_IS_REVERSE, discard_pre 2, discard_post 1, centre sample 4 (not n / 2).
+
+    The discards count in acquisition order: values 1, 2 (first acquired) and 10 (last) are dropped. Flipped, the
+    k-ordered sample s' holds value 10 - s', so the kept values 9 .. 3 are samples 1 .. 7; the centre sample 4
+    (value 6) goes to centred row Nx // 2 = 4, so samples 1 .. 7 fill centred rows 1 .. 7 and row 0 stays empty.
+    Swapping the discards wrongly would keep values 8 .. 2 instead."""
+    xml = encoding_header((8, 4, 1), (8, 4, 1), (100.0, 90.0, 5.0), (100.0, 90.0, 5.0), (0, 3, 2))
+    acquisition = _acquisition(np.arange(1, 11, dtype=np.complex64)[None], 2, 4, ismrmrd.ACQ_IS_REVERSE,
+                               ismrmrd.ACQ_LAST_IN_SLICE)
+    acquisition.discard_pre, acquisition.discard_post = 2, 1
+    _, (assembled,) = assemble(xml, [acquisition])
+    centred = np.array([0, 9, 8, 7, 6, 5, 4, 3])
+    # step1 2 is the centre line: centred column 2 = W // 2 -> uncentred column 0 (phase ramp 1)
+    np.testing.assert_allclose(assembled.kspace[0, :, 0], np.fft.ifftshift(centred) * (-1.0) ** np.arange(8),
+                               atol=1e-6)
+    np.testing.assert_array_equal(assembled.readout_sampled, np.fft.ifftshift(np.arange(8) >= 1))
+
+
 def test_line_outside_the_encoded_matrix_is_refused() -> None:
     xml = encoding_header((8, 6, 1), (8, 6, 1), (100.0, 90.0, 5.0), (100.0, 90.0, 5.0), (0, 5, 2))
     with pytest.raises(InputError, match="kspace_encode_step_1 = 6 lies outside the 6 encoded lines"):
@@ -171,6 +224,22 @@ def test_assembly_equals_oracle(height: int, width: int, oversampling: int) -> N
         assert np.all(item.kspace[:, :, ~lines] == 0)  # not acquired: exactly zero
         assert item.readout_sampled.all() and item.averages == 1
     assert assembler.image_readouts == 2 * lines.sum() and not assembler.skipped
+
+
+def test_partial_fourier_with_shifted_counters_equals_oracle() -> None:
+    """Partial Fourier: of 10 lines, centred columns 3 .. 9 acquired; the counters start at 1 with the centre line at
+    counter 3 (not W // 2 = 5), so every counter is the centred column - 2."""
+    centred = np.arange(10) >= 3
+    lines = np.fft.ifftshift(centred)
+    scan = synthetic_scan(coil_images(2, 2), acquired_lines=lines, step1_center=3)
+    geometry = EncodingGeometry.from_xml(scan.xml, "scan")
+    assert (geometry.step1_minimum, geometry.step1_maximum, geometry.step1_center) == (1, 7, 3)
+    image_lines = [a for a in scan.acquisitions if not a.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)]
+    assert sorted({a.idx.kspace_encode_step_1 for a in image_lines}) == list(range(1, 8))
+    _, slices = assemble(scan.xml, scan.acquisitions)
+    for item in slices:
+        np.testing.assert_array_equal(item.acquired_lines, lines)
+        np.testing.assert_allclose(item.kspace, scan.expected_kspace[item.key], atol=1e-5)
 
 
 def test_reversed_readouts_are_flipped() -> None:
@@ -209,6 +278,30 @@ def test_averages_are_averaged_and_complete_the_slice_at_the_last_average() -> N
     (assembled,) = completed[-1]
     assert assembled.averages == 2 and assembler.finish() == []
     np.testing.assert_allclose(assembled.kspace, 2 * scan.expected_kspace[assembled.key], atol=1e-5)
+
+
+def _without_average_limit(header) -> None:
+    header.encoding[0].encodingLimits.average = None
+
+
+def test_nex_2_without_the_header_limit_is_refused_not_split() -> None:
+    """ACQ_LAST_IN_SLICE ends each average; a header without encodingLimits.average completes the slice after the
+    first, so the second average's first readout is refused rather than starting a second image of the slice."""
+    scan = synthetic_scan(coil_images(1), acquired_lines=LINES, averages=2)
+    xml = edited_xml(scan.xml, _without_average_limit)
+    with pytest.raises(InputError) as error:
+        assemble(xml, scan.acquisitions)
+    assert str(error.value) == (
+        "scan: a readout for slice (0, 0, 0, 0, 0) after it was complete: the header's encodingLimits.average "
+        "maximum is 0 but average 1 arrived (NEX > 1 data with a header without that limit, or slice indices "
+        "repeated)")
+
+
+def test_a_slice_sent_again_after_completion_is_refused() -> None:
+    scan = synthetic_scan(coil_images(1), acquired_lines=LINES)
+    with pytest.raises(InputError, match=r"a readout for slice \(0, 0, 0, 0, 0\) after it was complete: .*"
+                                         r"maximum is 0 but average 0 arrived"):
+        assemble(scan.xml, scan.acquisitions + scan.acquisitions)
 
 
 def test_slices_and_repetitions_are_separate_images() -> None:
@@ -321,6 +414,48 @@ def test_wrong_data_length_in_file(tmp_path) -> None:
         file["dataset/data"][3] = row
     with pytest.raises(InputError, match=r"scan.h5: acquisition 3 holds 142 float values but its header says "
                                          r"24 samples x 3 channels \(144 values\)"):
+        read_ismrmrd_file(path)
+
+
+def _rewrite_xml(path, make) -> None:
+    with h5py.File(path, "r+") as file:
+        xml = file["dataset/xml"][0]
+        del file["dataset/xml"]
+        make(file["dataset"], xml)
+
+
+def test_scalar_xml_dataset_is_read(tmp_path) -> None:
+    scan = synthetic_scan(coil_images(1), acquired_lines=LINES)
+    path = scan.write_ismrmrd(tmp_path / "scan.h5")
+    _rewrite_xml(path, lambda group, xml: group.create_dataset("xml", data=xml))  # scalar bytes, no (1,) array
+    raw = read_ismrmrd_file(path)
+    assert len(raw.slices) == 1 and raw.geometry.image_shape == (12, 10)
+
+
+@pytest.mark.parametrize(("make", "description"), [
+    (lambda group, xml: group.create_dataset("xml", data=np.arange(3)), "dtype int64, shape (3,)"),
+    (lambda group, xml: group.create_dataset("xml", data=[xml, xml]), "shape (2,)"),
+])
+def test_xml_dataset_that_is_not_one_string(tmp_path, make, description: str) -> None:
+    scan = synthetic_scan(coil_images(1), acquired_lines=LINES)
+    path = scan.write_ismrmrd(tmp_path / "scan.h5")
+    _rewrite_xml(path, make)
+    with pytest.raises(InputError, match=r"^.*scan\.h5: /dataset/xml is not one string \(.*" + re.escape(description)):
+        read_ismrmrd_file(path)
+
+
+def test_acquisition_header_of_another_size(tmp_path) -> None:
+    scan = synthetic_scan(coil_images(1), acquired_lines=LINES)
+    path = scan.write_ismrmrd(tmp_path / "scan.h5")
+    with h5py.File(path, "r+") as file:
+        rows = file["dataset/data"][()]
+        layout = np.dtype([("head", "V100"), ("traj", rows.dtype["traj"]), ("data", rows.dtype["data"])])
+        short = np.zeros(len(rows), layout)
+        short["traj"], short["data"] = rows["traj"], rows["data"]
+        del file["dataset/data"]
+        file["dataset"].create_dataset("data", data=short)
+    with pytest.raises(InputError, match=r"scan\.h5: acquisition 0 has a header of 100 bytes; an ISMRMRD acquisition "
+                                         r"header has 340$"):
         read_ismrmrd_file(path)
 
 

@@ -20,6 +20,7 @@ from compressor.data.project_h5 import write_project_volume
 from compressor.export.mrd_images import image_header, ismrmrd_image
 from compressor.export.mrd_reconstruct import prepare_slice
 from compressor.export.onnx_export import export_model, simulated_kspace
+from compressor.export.reconstruct import reconstruct_file
 from compressor.export.runtime import open_exported
 from compressor.masks import SamplingMask
 from compressor.models import ModelOptions, build_model
@@ -158,6 +159,35 @@ def test_reconstruct_ismrmrd_equals_the_oracle(tmp_path, models, scan, mask) -> 
             assert image.image_type == ismrmrd.IMTYPE_MAGNITUDE and image.data.dtype == np.float32
 
 
+def test_shifted_counters_without_source_equal_the_oracle(tmp_path, models, mask) -> None:
+    """Counters shifted by 2 (centre line counter 8, not W // 2 = 6; the smallest counter 2, not 0), and no --source:
+    the file's /dataset/xml and /dataset/data say it is an ISMRMRD raw scan."""
+    scan = synthetic_scan(coil_images(2, 3), acquired_lines=lines(MASK_COLUMNS + EXTRA_COLUMNS), step1_center=8,
+                          field_of_view_mm=FOV)
+    geometry = EncodingGeometry.from_xml(scan.xml, "scan")
+    assert (geometry.step1_minimum, geometry.step1_center) == (2, 8)
+    raw = scan.write_ismrmrd(tmp_path / "scan.h5")
+    out = tmp_path / "recon.h5"
+    result = invoke(models["lines"], raw, "--out", out)
+    assert result.exit_code == 0, result.output
+    keys = [SliceKey(s, 0, 0, 0, 0) for s in range(2)]
+    with h5py.File(out, "r") as file:
+        assert file.attrs["source"] == "ismrmrd"
+        assert_close(file["reconstruction"][()], oracle_reconstruction(models["lines"], scan, keys, mask.values))
+
+
+def test_a_failing_ismrmrd_write_leaves_neither_output(tmp_path, models, scan) -> None:
+    """The ISMRMRD images cannot be put in place (a folder has their name): the HDF5, written first under a temporary
+    name, is removed too."""
+    raw = scan.write_ismrmrd(tmp_path / "scan.h5")
+    out, images = tmp_path / "recon.h5", tmp_path / "images.h5"
+    images.mkdir()
+    with pytest.raises(IsADirectoryError):
+        reconstruct_file(models["lines"], raw, out, source="ismrmrd", ismrmrd_out=images, progress=False)
+    assert not out.exists() and list(images.iterdir()) == []
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["images.h5", "scan.h5"]  # no temporary left
+
+
 def test_prepare_slice_equals_the_file_path(scan, models, mask) -> None:
     """The per-slice function a streaming server calls gives the graph input of the file path."""
     metadata = open_exported(models["lines"], "cpu").metadata
@@ -253,6 +283,22 @@ def _short_data(path) -> None:
         file["dataset/data"][2] = row
 
 
+def _short_head(path) -> None:
+    with h5py.File(path, "r+") as file:
+        rows = file["dataset/data"][()]
+        layout = np.dtype([("head", "V64"), ("traj", rows.dtype["traj"]), ("data", rows.dtype["data"])])
+        short = np.zeros(len(rows), layout)
+        short["traj"], short["data"] = rows["traj"], rows["data"]
+        del file["dataset/data"]
+        file["dataset"].create_dataset("data", data=short)
+
+
+def _numeric_xml(path) -> None:
+    with h5py.File(path, "r+") as file:
+        del file["dataset/xml"]
+        file["dataset"].create_dataset("xml", data=np.zeros(4))
+
+
 def _not_ismrmrd(path) -> None:
     path.unlink()
     write_project_volume(path, np.ones((2, *SIZE), np.float32))
@@ -263,6 +309,8 @@ def _not_ismrmrd(path) -> None:
     (_short_data, ["scan.h5: acquisition 2 holds 188 float values", "32 samples x 3 channels (192 values)"]),
     (lambda path: _replace_xml(path, _radial), ["trajectory 'radial' is not Cartesian"]),
     (lambda path: _replace_xml(path, _three_d), ["3-D encoding (encoded matrix z = 4"]),
+    (_short_head, ["scan.h5: acquisition 0 has a header of 64 bytes; an ISMRMRD acquisition header has 340"]),
+    (_numeric_xml, ["scan.h5: /dataset/xml is not one string (dtype float64, shape (4,))"]),
 ])
 def test_bad_files_are_refused(tmp_path, models, scan, spoil, fragments) -> None:
     raw = scan.write_ismrmrd(tmp_path / "scan.h5")

@@ -156,14 +156,17 @@ def test_every_image_equals_compress_reconstruct_on_the_same_scan(server, scans,
 
 def test_images_arrive_slice_by_slice_before_the_scan_ends(server, scans, expected):
     # the client sends the first slice's lines, then waits for an image before sending the other slices' lines
+    earlier = len(server.stats.snapshot()[0])  # the module's server has served other tests' connections
     reply = stream_scan(server.address, scans[0].xml, scans[0].acquisitions, timeout=TIMEOUT,
                         wait_after=len(COLUMNS))
     assert reply.images_before == 1
     assert_same_images(reply.images, expected[0])
-    timings = [timing for timing in server.stats.snapshot()[0] if timing.key.slice == 0]
+    ours = server.stats.snapshot()[0][earlier:]
+    (connection,) = {timing.connection for timing in ours}  # this test's one connection
+    timings = [timing for timing in ours if timing.connection == connection]
+    assert [timing.key.slice for timing in timings] == list(range(SLICES))
     for timing in timings:
         assert timing.compute > 0 and timing.queued >= 0 and timing.compute + timing.queued <= timing.latency
-    assert timings
 
 
 def test_two_clients_at_once_both_get_their_own_images(server, scans, expected):

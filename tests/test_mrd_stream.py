@@ -188,6 +188,11 @@ def test_misused_options_are_one_line_errors(model_path, scan, tmp_path):
         ([str(model_path), str(raw), "--source", "ismrmrd"], "--out is required"),
         ([str(model_path), "-", "--source", "ismrmrd", "--out", str(tmp_path / "o.h5")], "add --source mrd"),
         ([str(model_path), "-", "--source", "mrd", "--previews", str(tmp_path / "p")], "--previews cannot be used"),
+        # options with defaults are refused when given, whatever the value
+        ([str(model_path), "-", "--source", "mrd", "--batch-size", "8"], "--batch-size cannot be used"),
+        ([str(model_path), "-", "--source", "mrd", "--no-progress", "--mask-uncentred"],
+         "--mask-centred, --progress cannot be used"),
+        ([str(model_path), "-", "--source", "mrd", "--uncentred"], "--centred cannot be used"),
     ]
     for args, message in cases:
         result = invoke(*args, stdin=b"")

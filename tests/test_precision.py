@@ -144,6 +144,24 @@ def test_qat_fake_quantizes_weights_as_onnx_runtime_quantizes_them(int8_result):
     np.testing.assert_allclose(fake, onnx_runtime, rtol=0, atol=1e-7)
 
 
+def test_qat_input_ranges_are_the_global_min_max_of_the_training_batches_as_minmax_calibration_takes_them():
+    import torch
+
+    from compressor.export.quantize import _FakeQuantizedInput
+
+    hook, conv = _FakeQuantizedInput(), torch.nn.Conv2d(1, 1, 1).train()
+    for batch in ([-1.0, 2.0], [-3.0, 0.5], [0.2, 1.0]):
+        hook(conv, (torch.tensor(batch),))
+    assert (hook.low.item(), hook.high.item()) == (-3.0, 2.0)  # not a moving average of the batches' ranges
+    conv.eval()
+    (quantized,) = hook(conv, (torch.tensor([0.7, -10.0]),))
+    assert (hook.low.item(), hook.high.item()) == (-3.0, 2.0)  # eval mode keeps the range
+    # ONNX Runtime's asymmetric int8 MinMax: scale = (2 - -3) / 255, zero point round(-128 + 3 / scale) = 25;
+    # 0.7 -> round(35.7) = 36 steps; -10 clips to -128 - 25 = -153 steps.
+    scale = 5 / 255
+    np.testing.assert_allclose(quantized.numpy(), [36 * scale, -153 * scale], rtol=1e-6)
+
+
 def test_a_quantization_aware_fine_tuning_is_tried_when_ptq_loses_more_than_the_threshold(tmp_path, mask):
     result = export(tmp_path, mask, "int8", max_psnr_loss=10.0, qat_threshold=-1.0, qat_steps=12)
     qat = open_exported(result.path, "cpu").metadata.extras["quantization"]["qat"]

@@ -256,8 +256,38 @@ def test_export_command_serves_every_precision_and_refuses_another_model_of_the_
     other = tmp_path / "other"
     shutil.copytree(repository / ENTRIES[2], other / ENTRIES[1])
     before = snapshot(other)
+    shutil.rmtree(run / "exports")
     refused = CliRunner().invoke(export_command, [*args[:-1], str(other)])
-    errors = refused.stderr.strip().splitlines()  # stdout has the line of the (validated) ONNX export
-    assert refused.exit_code == 2 and len(errors) == 1, refused.output
-    assert errors[0].startswith(f"Error: {other / ENTRIES[1]}: holds another model"), refused.output
-    assert snapshot(other) == before
+    assert refused.exit_code == 2 and refused.output.count("\n") == 1, refused.output
+    # refused from the entry's metadata before anything is exported: no ONNX file is left behind
+    assert refused.output.startswith(f"Error: {other / ENTRIES[1]}: holds another model: "), refused.output
+    assert "image_channels 2 (this export: 1)" in refused.output and "config_key None (this export: '0123456789ab')" \
+        in refused.output
+    assert snapshot(other) == before and not (run / "exports").exists()
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--triton-threads", "2", "--triton-instance", "gpu"],
+     "Error: --triton-instance, --triton-threads: only for the Triton repository; add --triton-repo DIR"),
+    (["--precision", "fp32,fp16", "--qat-steps", "5"],
+     "Error: --qat-steps: only for INT8 files; add int8 to --precision (e.g. fp32,int8)"),
+    (["--calibration-method", "minmax"],
+     "Error: --calibration-method: only for INT8 files; add int8 to --precision (e.g. fp32,int8)"),
+])
+def test_export_options_that_would_do_nothing_are_refused_in_one_line(tmp_path, options, message):
+    run = tmp_path / "run"
+    write_run(run, tiny_model(seed=3))
+    result = CliRunner().invoke(export_command, ["--run", str(run), "--provider", "cpu", *options])
+    assert result.exit_code == 2 and result.output == message + "\n"
+    assert not (run / "exports").exists()
+
+
+def test_a_folded_model_the_checker_refuses_is_an_input_error_naming_the_file(tmp_path, exports):
+    proto = onnx.load(str(exports[1]))
+    proto.graph.node.append(onnx.helper.make_node("NoSuchOperator", ["kspace_real"], ["unused"], name="foreign"))
+    broken = tmp_path / "broken.onnx"
+    onnx.save(proto, str(broken))
+    with pytest.raises(InputError, match=r"the model with its mask folded in fails onnx\.checker") as error:
+        write_triton_repository([TritonSource("broken", broken)], tmp_path / "repo", provider="cpu")
+    assert str(error.value).startswith(f"{broken}: ") and "\n" not in str(error.value)
+    assert not (tmp_path / "repo").exists()

@@ -25,8 +25,6 @@ if TYPE_CHECKING:
     from compressor.masks import SamplingMask
 
 SHOW_DEFAULTS = {"show_default": True}
-SOURCES = click.Choice(["npy", "project", "fastmri", "nifti", "authors"])
-RECONSTRUCT_SOURCES = click.Choice([*SOURCES.choices, "ismrmrd", "mrd"])  # raw scans and streams: reconstruct only
 
 
 class RegistryChoice(click.Choice):
@@ -121,6 +119,20 @@ def _triton_instances() -> list[str]:
     return list(INSTANCE_KINDS)
 
 
+def _sources() -> tuple[str, ...]:
+    from compressor.export.reconstruct import SOURCES
+
+    return SOURCES
+
+
+def _reconstruct_sources() -> tuple[str, ...]:
+    from compressor.export.reconstruct import RECONSTRUCT_SOURCES
+
+    return RECONSTRUCT_SOURCES  # raw scans and streams: reconstruct only
+
+
+SOURCES = RegistryChoice(_sources)
+RECONSTRUCT_SOURCES = RegistryChoice(_reconstruct_sources)
 CALIBRATION_METHODS = RegistryChoice(_calibration_methods)
 PROVIDERS = RegistryChoice(_providers)
 FORMULATIONS = RegistryChoice(_formulations)
@@ -171,6 +183,43 @@ def _write_triton(repository: Path | None, exports: list[tuple[str, Path]], opti
         click.echo(f"{entry.folder}: Triton model {entry.name} ({entry.action}) from {entry.source.name}, mask "
                    f"folded in: max abs difference to the export {entry.max_abs_difference:.1e} <= "
                    f"{entry.tolerance:.1e}")
+
+
+TRITON_OPTIONS = ("triton_instance", "triton_max_batch", "triton_threads")
+INT8_OPTIONS = ("calibration_slices", "calibration_method", "qat_threshold", "qat_steps")
+
+
+def _given(names: Sequence[str]) -> list[str]:
+    """The options among ``names`` (parameter names) given on the command line or by environment, as ``--flags``."""
+    from click.core import ParameterSource
+
+    context = click.get_current_context()
+    return [f"--{name.replace('_', '-')}" for name in names
+            if context.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]
+
+
+def _refuse_unused_options(triton_repo: Path | None, targets: Sequence[str]) -> None:
+    """Refuse options that would do nothing: the Triton ones without ``--triton-repo``, the INT8 ones without an
+    int8 file among the ``targets``."""
+    from compressor.export.targets import EXPORT_TARGETS
+
+    unused = _given(TRITON_OPTIONS) if triton_repo is None else []
+    if unused:
+        raise UserError(f"{', '.join(unused)}: only for the Triton repository; add --triton-repo DIR")
+    unused = [] if any(EXPORT_TARGETS.get(t).precision == "int8" for t in targets) else _given(INT8_OPTIONS)
+    if unused:
+        raise UserError(f"{', '.join(unused)}: only for INT8 files; add int8 to --precision (e.g. fp32,int8)")
+
+
+def _planned_triton_entries(name: str, model: Any, mask: SamplingMask, config_key: str | None,
+                            targets: Sequence[str]) -> list[Any]:
+    """The Triton entries ``targets`` of the model ``name`` will make (:class:`~compressor.export.triton.
+    PlannedEntry`), for :func:`~compressor.export.triton.check_planned_entries` before anything is exported."""
+    from compressor.export.targets import EXPORT_TARGETS
+    from compressor.export.triton import PlannedEntry
+
+    return [PlannedEntry(name, EXPORT_TARGETS.get(t).precision, model.arch, mask.digest(), config_key,
+                         model.image_channels) for t in targets]
 
 
 def _report_export(result: ExportResult) -> None:
@@ -277,11 +326,12 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
         if path is not None:
             require_writable(path)
     targets = _export_targets(target, precision)
+    _refuse_unused_options(triton_repo, targets)
     precision_options = _precision_options(calibration_slices, calibration_method, max_psnr_loss, qat_threshold,
                                            qat_steps)
     from compressor.export.onnx_export import export_model, export_run_model, output_name, phantom_kspace
     from compressor.export.run_models import load_run_models, load_stage
-    from compressor.export.triton import TritonOptions
+    from compressor.export.triton import TritonOptions, check_planned_entries
     from compressor.export.validate import ExportValidationError
 
     triton = TritonOptions(max_batch_size=triton_max_batch, instance_kind=triton_instance,
@@ -301,6 +351,8 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
             if kspace is None:
                 click.echo("no --validation data: validating on Shepp-Logan phantoms", err=True)
                 kspace = phantom_kspace(mask, image_channels=image_channels)
+            if triton_repo is not None:
+                check_planned_entries(_planned_triton_entries(weights.stem, model, mask, None, targets), triton_repo)
             calibration = _bare_calibration(validation_path, source, mask, acceleration, image_channels,
                                             calibration_slices)
             results = [export_model(model, _file_destination(out, weights.with_name(output_name(weights.stem, t)), t,
@@ -314,6 +366,9 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
             _write_triton(triton_repo, [(weights.stem, result.path) for result in results], triton, provider)
             return
         run_models = [load_stage(stage_dir)] if stage_dir is not None else load_run_models(run_dir, _names(names))
+        if triton_repo is not None:
+            check_planned_entries([entry for m in run_models for entry in _planned_triton_entries(
+                m.name, m.model, m.mask, m.stage.key, targets)], triton_repo)
         exports = []
         for run_model in run_models:
             kspace = _validation_kspace(validation_path, source, run_model.mask, run_model.stage.acceleration,
@@ -343,8 +398,9 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
                    "or complex64 (2-channel model, with 'magnitude' float32). Required, except with --source mrd: "
                    "the output MRD v2 stream, standard output without --out.")
 @click.option("--source", type=RECONSTRUCT_SOURCES,
-              help="Input kind (default from the file name: .npy k-space, .nii/.nii.gz NIfTI, .h5 project HDF5; "
-                   "ismrmrd: an ISMRMRD raw scan, Cartesian 2-D; mrd: an MRD v2 binary stream, INPUT '-' for "
+              help="Input kind (default from the file name: .npy k-space, .nii/.nii.gz NIfTI, .h5 project HDF5, "
+                   "or ismrmrd if it holds /dataset/xml and /dataset/data; ismrmrd: an ISMRMRD raw scan, Cartesian "
+                   "2-D; mrd: an MRD v2 binary stream, INPUT '-' for "
                    "standard input, images out as an MRD v2 stream).")
 @click.option("--ismrmrd-out", type=click.Path(path_type=Path, dir_okay=False),
               help="With --source ismrmrd: also write ISMRMRD magnitude images (float32, images_0) whose headers "
@@ -375,9 +431,11 @@ def reconstruct_command(model_path: Path, input_path: Path, out: Path, source: s
     d3c5.onnx scan.npy --out scan.h5
     """
     if source == "mrd":
-        _reconstruct_mrd_stream(model_path, input_path, out, take_real_part, provider, threads,
-                                {"--ismrmrd-out": ismrmrd_out, "--mask": mask_path, "--centred": centred or None,
-                                 "--previews": previews})
+        not_for_streams = [option for option, value in {"--ismrmrd-out": ismrmrd_out, "--mask": mask_path,
+                                                        "--previews": previews}.items() if value is not None]
+        # options with defaults: refused only when given explicitly
+        not_for_streams += _given(("centred", "mask_centred", "batch_size", "progress"))
+        _reconstruct_mrd_stream(model_path, input_path, out, take_real_part, provider, threads, not_for_streams)
         return
     if out is None:
         raise UserError("--out is required (only --source mrd writes its images to standard output without it)")
@@ -400,13 +458,13 @@ def reconstruct_command(model_path: Path, input_path: Path, out: Path, source: s
 
 
 def _reconstruct_mrd_stream(model_path: Path, input_path: Path, out: Path | None, take_real_part: bool, provider: str,
-                            threads: int | None, not_for_streams: dict[str, Any]) -> None:
+                            threads: int | None, not_for_streams: Sequence[str]) -> None:
     """``reconstruct --source mrd``: an MRD v2 stream (a file, or standard input for ``-``) to an MRD v2 stream of
-    images (``--out``, or standard output); the summary goes to standard error, which a filter's output is not."""
-    given = [option for option, value in not_for_streams.items() if value is not None]
-    if given:
-        raise UserError(f"{', '.join(given)} cannot be used with --source mrd (the stream's images are MRD v2 "
-                        "images on the model's training mask)")
+    images (``--out``, or standard output); the summary goes to standard error, which a filter's output is not.
+    ``not_for_streams``: the options given that a stream does not use (refused)."""
+    if not_for_streams:
+        raise UserError(f"{', '.join(not_for_streams)} cannot be used with --source mrd (the stream is reconstructed "
+                        "slice by slice as it arrives, into MRD v2 images on the model's training mask)")
     if out is not None:
         require_writable(out)
     import sys

@@ -20,10 +20,20 @@ flags and geometry. This module turns them into :class:`AssembledSlice` records 
   readout (``Nx = encodedSpace.matrixSize.x``, oversampling included), so an asymmetric echo (fewer samples, the
   echo off centre) lands where it belongs and its missing samples stay zero; samples in ``discard_pre`` /
   ``discard_post`` are dropped;
-* **reversed readouts** (``ACQ_IS_REVERSE``) are flipped along the readout before placement;
+* **reversed readouts** (``ACQ_IS_REVERSE``, e.g. EPI's odd echoes) are flipped along the readout before placement.
+  ``discard_pre`` / ``discard_post`` count samples in *acquisition* order (ISMRMRD: at the beginning / end of the
+  acquisition), so on a reversed readout ``discard_pre`` samples go from the end of the flipped data and
+  ``discard_post`` from its start. ``center_sample`` is taken as the centre's index in the *flipped* (k-ordered) data,
+  i.e. it is kept as is: siemens_to_ismrmrd copies the Siemens header's k-space centre column and the samples
+  unchanged, and Gadgetron's ReverseLineGadget flips the samples and leaves ``center_sample`` alone, so the data
+  those produce and consume follow this convention (for a symmetric even readout the alternative,
+  ``n - 1 - center_sample``, would move the line by one sample);
 * **averages** of a line (``average`` index, NEX > 1, or any line measured again) are **averaged**: the mean of the
   measured k-space, as scanners combine NEX; one image per :class:`SliceKey` (slice, contrast, phase, repetition,
-  set);
+  set). A slice is complete at ``ACQ_LAST_IN_SLICE`` of average ``encodingLimits.average.maximum`` (0 when the header
+  has no average limit); a readout of a slice that was already completed is an :class:`InputError` naming the slice
+  and the header's limit (a header without the limit but NEX > 1 data, or repeated slice indices), never a second
+  image of the same slice;
 * **noise prewhitening**: noise readouts (``ACQ_IS_NOISE_MEASUREMENT``) accumulate the coil noise covariance
   ``Ψ = (1/M) Σ n n^H`` (zero-mean noise, ``M`` samples); at the first image readout the prewhitening matrix
   ``W = L^{-1}`` (``Ψ = L L^H``, Cholesky) is fixed and every image readout's coils become ``W d``, so that the noise
@@ -50,6 +60,7 @@ flags and geometry. This module turns them into :class:`AssembledSlice` records 
 
 from __future__ import annotations
 
+import ctypes
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +70,7 @@ import h5py
 import ismrmrd
 import numpy as np
 
-from compressor.errors import InputError
+from compressor.errors import InputError, first_line
 
 SET_ASIDE_FLAGS: tuple[tuple[int, str], ...] = (
     (ismrmrd.ACQ_IS_PHASECORR_DATA, "phase correction"),
@@ -75,6 +86,7 @@ SET_ASIDE_FLAGS: tuple[tuple[int, str], ...] = (
 
 CALIBRATION_ONLY = "parallel calibration only"
 READ_CHUNK = 4096  # acquisitions read from a file at a time
+HEAD_BYTES = ctypes.sizeof(ismrmrd.AcquisitionHeader)
 NOISE = "noise"
 
 
@@ -132,8 +144,7 @@ class EncodingGeometry:
         try:
             header = ismrmrd.xsd.CreateFromDocument(xml_text)
         except Exception as error:  # xsdata and the XML parsers raise many unrelated types for malformed documents
-            message = str(error).splitlines()[0] if str(error) else error.__class__.__name__
-            raise InputError(f"the ISMRMRD XML header cannot be parsed ({message})", source) from None
+            raise InputError(f"the ISMRMRD XML header cannot be parsed ({first_line(error)})", source) from None
         return cls.from_header(header, source)
 
     @classmethod
@@ -151,6 +162,7 @@ class EncodingGeometry:
             raise InputError(f"trajectory {trajectory!r} is not Cartesian; only Cartesian scans are supported", source)
         encoded, recon = encoding.encodedSpace, encoding.reconSpace
         limits = encoding.encodingLimits
+        _require_elements(encoding, source)
         step2 = limits.kspace_encoding_step_2
         if encoded.matrixSize.z > 1 or (step2 is not None and step2.maximum > 0):
             raise InputError(f"3-D encoding (encoded matrix z = {encoded.matrixSize.z}"
@@ -171,6 +183,7 @@ class EncodingGeometry:
         return geometry
 
     def _check(self, source: str | Path) -> None:
+        """Refuse an empty matrix, or a recon readout longer than the encoded one (interpolation)."""
         encoded_x, encoded_y = self.encoded_matrix[:2]
         recon_x = self.recon_matrix[0]
         if min(encoded_x, encoded_y, recon_x) < 1:
@@ -178,6 +191,21 @@ class EncodingGeometry:
         if recon_x > encoded_x:
             raise InputError(f"the recon matrix readout ({recon_x}) is larger than the encoded one ({encoded_x}): "
                              "readout interpolation is not supported, only oversampling removal", source)
+
+
+def _require_elements(encoding: ismrmrd.xsd.encodingType, source: str | Path) -> None:
+    """Refuse an encoding without the elements the geometry is read from: xsdata's parser refuses a document without
+    them, but header objects built in code (a deserializer's, :mod:`compressor.data.mrd_v2`'s) may hold ``None``."""
+    required = {"encodingLimits": encoding.encodingLimits}
+    for space_name in ("encodedSpace", "reconSpace"):
+        space = getattr(encoding, space_name)
+        required[space_name] = space
+        if space is not None:
+            required[f"{space_name}.matrixSize"] = space.matrixSize
+            required[f"{space_name}.fieldOfView_mm"] = space.fieldOfView_mm
+    missing = [name for name, element in required.items() if element is None]
+    if missing:
+        raise InputError(f"the ISMRMRD XML header's encoding has no {', '.join(missing)}", source)
 
 
 # --------------------------------------------------------------------------------------------------- readouts
@@ -218,8 +246,10 @@ class Readout:
         kspace_encode_step_1: the phase-encode counter.
         key: the image it belongs to.
         average: the ``average`` index.
-        center_sample: the sample index of k-space centre along the readout.
-        discard_pre, discard_post: samples to drop at the start and end of ``data``.
+        center_sample: the sample index of k-space centre along the readout (in ``data`` flipped, for a reversed
+            readout: module docstring).
+        discard_pre, discard_post: samples to drop at the start and end of the acquisition (acquisition order: for a
+            reversed readout, at the end and start of ``data`` flipped).
         sample_time_us: dwell time in microseconds (0 if unknown).
         info: geometry and identity for the image header.
     """
@@ -240,8 +270,9 @@ class Readout:
         return _flag_set(self.flags, flag)
 
 
-def _triple(values) -> tuple[float, float, float]:
-    return tuple(float(value) for value in values)
+def float_triple(values) -> tuple[float, float, float]:
+    """A header's 3-vector (an ISMRMRD ctypes array, an MRD v2 ``(3,)`` array) as three Python floats."""
+    return tuple(float(value) for value in np.asarray(values, dtype=np.float64).reshape(3))
 
 
 def readout_from_ismrmrd(acquisition: ismrmrd.Acquisition, source: str | Path = "acquisition") -> Readout:
@@ -254,9 +285,9 @@ def readout_from_ismrmrd(acquisition: ismrmrd.Acquisition, source: str | Path = 
                          f"{expected[1]} samples x {expected[0]} channels", source)
     idx = acquisition.idx
     info = AcquisitionInfo(
-        position=_triple(acquisition.position), read_dir=_triple(acquisition.read_dir),
-        phase_dir=_triple(acquisition.phase_dir), slice_dir=_triple(acquisition.slice_dir),
-        patient_table_position=_triple(acquisition.patient_table_position),
+        position=float_triple(acquisition.position), read_dir=float_triple(acquisition.read_dir),
+        phase_dir=float_triple(acquisition.phase_dir), slice_dir=float_triple(acquisition.slice_dir),
+        patient_table_position=float_triple(acquisition.patient_table_position),
         measurement_uid=int(acquisition.measurement_uid),
         acquisition_time_stamp=int(acquisition.acquisition_time_stamp),
         physiology_time_stamp=tuple(int(value) for value in acquisition.physiology_time_stamp))
@@ -352,6 +383,7 @@ class SliceAssembler:
         self._whitening: np.ndarray | None = None
         self._whitening_fixed = False
         self._buffers: dict[SliceKey, _SliceBuffer] = {}
+        self._completed: set[SliceKey] = set()
 
     @property
     def prewhitening(self) -> np.ndarray | None:
@@ -370,6 +402,11 @@ class SliceAssembler:
         if reason is not None:
             self.skipped[reason] += 1
             return []
+        if readout.key in self._completed:
+            raise InputError(f"a readout for slice {tuple(readout.key)} after it was complete: the header's "
+                             f"encodingLimits.average maximum is {self.geometry.average_maximum} but average "
+                             f"{readout.average} arrived (NEX > 1 data with a header without that limit, or slice "
+                             "indices repeated)", self.source)
         self._place(readout)
         self.image_readouts += 1
         last_average = readout.average >= self.geometry.average_maximum
@@ -422,10 +459,14 @@ class SliceAssembler:
         return column
 
     def _centred_rows(self, readout: Readout) -> tuple[slice, slice]:
-        """Where the readout's kept samples go on the centred encoded readout, and which samples those are."""
+        """Where the readout's kept samples go on the centred encoded readout, and which samples those are, in
+        k-order (flipped for a reversed readout, whose discards count in acquisition order: module docstring)."""
         samples = readout.data.shape[1]
         encoded_x = self.geometry.encoded_matrix[0]
-        first, stop = readout.discard_pre, samples - readout.discard_post
+        dropped_first, dropped_last = readout.discard_pre, readout.discard_post
+        if readout.has_flag(ismrmrd.ACQ_IS_REVERSE):
+            dropped_first, dropped_last = dropped_last, dropped_first
+        first, stop = dropped_first, samples - dropped_last
         offset = encoded_x // 2 - readout.center_sample
         if stop <= first or first + offset < 0 or stop + offset > encoded_x:
             raise InputError(f"a readout of {samples} samples (centre sample {readout.center_sample}, discarding "
@@ -465,6 +506,7 @@ class SliceAssembler:
 
     def _complete(self, key: SliceKey) -> AssembledSlice:
         buffer = self._buffers.pop(key)
+        self._completed.add(key)
         acquired = buffer.counts > 0
         kspace = phase_encode_spectrum(buffer.sums / np.maximum(buffer.counts, 1))
         return AssembledSlice(
@@ -527,8 +569,12 @@ class RawScan:
 
 def _acquisition_from_row(row: np.void, index: int, path: Path) -> ismrmrd.Acquisition:
     """An ``ismrmrd.Acquisition`` from one row of ``/<group>/data`` (header, trajectory and data as float32 vectors);
-    a data length that disagrees with the header is an :class:`InputError`."""
-    acquisition = ismrmrd.Acquisition(row["head"].tobytes())
+    a header of another size or a data length that disagrees with the header is an :class:`InputError`."""
+    head = np.asarray(row["head"])
+    if head.nbytes != HEAD_BYTES:
+        raise InputError(f"acquisition {index} has a header of {head.nbytes} bytes; an ISMRMRD acquisition header has "
+                         f"{HEAD_BYTES}", path)
+    acquisition = ismrmrd.Acquisition(head.tobytes())
     values = np.asarray(row["data"], dtype=np.float32)
     expected = 2 * acquisition.number_of_samples * acquisition.active_channels
     if values.size != expected:
@@ -538,6 +584,17 @@ def _acquisition_from_row(row: np.void, index: int, path: Path) -> ismrmrd.Acqui
     acquisition.data[:] = values.view(np.complex64).reshape(acquisition.active_channels,
                                                              acquisition.number_of_samples)
     return acquisition
+
+
+def _xml_text(dataset: h5py.Dataset | h5py.Group, group: str, path: Path) -> str:
+    """The XML header of ``/<group>/xml``: a one-element string dataset (as ``ismrmrd.Dataset`` writes it) or a
+    scalar string dataset; anything else is an :class:`InputError`."""
+    if not isinstance(dataset, h5py.Dataset):
+        raise InputError(f"not an ISMRMRD file (/{group}/xml is a group, not the XML header)", path)
+    if dataset.dtype.kind not in "OS" or dataset.shape not in ((), (1,)):
+        raise InputError(f"/{group}/xml is not one string (dtype {dataset.dtype}, shape {dataset.shape})", path)
+    value = dataset[()] if dataset.shape == () else dataset[0]
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def read_ismrmrd_file(path: Path, group: str = "dataset") -> RawScan:
@@ -554,11 +611,11 @@ def read_ismrmrd_file(path: Path, group: str = "dataset") -> RawScan:
         for name in ("xml", "data"):
             if f"{group}/{name}" not in file:
                 raise InputError(f"not an ISMRMRD file (no /{group}/{name})", path)
-        xml = file[f"{group}/xml"][0]
-        xml = xml.decode(errors="replace") if isinstance(xml, bytes) else str(xml)
+        xml = _xml_text(file[f"{group}/xml"], group, path)
         geometry = EncodingGeometry.from_xml(xml, path)
         rows = file[f"{group}/data"]
-        if rows.dtype.names is None or not {"head", "data"} <= set(rows.dtype.names):
+        fields = set(rows.dtype.names or ()) if isinstance(rows, h5py.Dataset) else set()
+        if not {"head", "data"} <= fields:
             raise InputError(f"not an ISMRMRD file (/{group}/data is not a table of acquisitions)", path)
         assembler = SliceAssembler(geometry, path)
         slices: list[AssembledSlice] = []

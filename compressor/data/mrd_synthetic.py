@@ -6,7 +6,9 @@ acquired phase-encode lines), with the usual flags and a per-slice geometry, plu
 :class:`~compressor.data.mrd_raw.SliceAssembler` must give back (the oracle).
 
 Conventions (those of :mod:`compressor.data.mrd_raw`): images are ``(H, W)`` = (readout, phase-encode); a line's
-``kspace_encode_step_1`` is its centred column (DC line ``W // 2``, the header's centre ``W // 2``); the readout is
+``kspace_encode_step_1`` is its centred column shifted by the header's centre line: ``column - W // 2 + center``
+(default ``center = W // 2``: the counter is the centred column; a smaller centre, as with partial Fourier counters
+that start at the first acquired line, shifts every counter and the header's limits with it); the readout is
 oversampled by zero-padding the image along the readout, centred, to ``H * oversampling`` rows before the
 orthonormal FFT, so oversampling removal recovers the image's k-space exactly.
 """
@@ -117,8 +119,9 @@ def _acquisition(data: np.ndarray, flags: list[int], **header) -> ismrmrd.Acquis
 def synthetic_scan(images: np.ndarray, *, oversampling: int = 2, acquired_lines: np.ndarray | None = None,
                    averages: int = 1, repetitions: int = 1, noise_scans: int = 0,
                    noise_covariance: np.ndarray | None = None, reverse_odd_lines: bool = False,
-                   asymmetric_echo: int = 0, field_of_view_mm: tuple[float, float] = (200.0, 180.0),
-                   measurement_uid: int = 1234, seed: int = 0) -> SyntheticScan:
+                   asymmetric_echo: int = 0, step1_center: int | None = None,
+                   field_of_view_mm: tuple[float, float] = (200.0, 180.0), measurement_uid: int = 1234,
+                   seed: int = 0) -> SyntheticScan:
     """A Cartesian 2-D multi-slice scan of ``images`` (module docstring for the conventions).
 
     Args:
@@ -131,6 +134,8 @@ def synthetic_scan(images: np.ndarray, *, oversampling: int = 2, acquired_lines:
             (``(coils, coils)`` Hermitian positive definite; default identity), complex Gaussian, seeded by ``seed``.
         reverse_odd_lines: every second readout of a slice is sent reversed with ``ACQ_IS_REVERSE``.
         asymmetric_echo: readout samples left out at the start (the echo is off centre by that much).
+        step1_center: the header's ``kspace_encoding_step_1.center``, the counter of the DC line (default ``W // 2``);
+            every line's counter is ``centred column - W // 2 + step1_center`` and must be >= 0.
         field_of_view_mm: ``(readout, phase-encode)`` field of view of the ``(H, W)`` image grid.
         measurement_uid: stamped on every acquisition.
     """
@@ -138,13 +143,17 @@ def synthetic_scan(images: np.ndarray, *, oversampling: int = 2, acquired_lines:
     slices, coils, height, width = images.shape
     lines = np.ones(width, bool) if acquired_lines is None else np.asarray(acquired_lines, bool)
     centred_lines = np.flatnonzero(np.fft.fftshift(lines))
+    center = width // 2 if step1_center is None else step1_center
+    counters = centred_lines - width // 2 + center
+    if counters.min() < 0:
+        raise ValueError(f"step1_center {center} gives line counters below 0")
     encoded_x = height * oversampling
     thickness = SLICE_THICKNESS_MM
     xml = encoding_header(
         (encoded_x, width, 1), (height, width, 1),
         (field_of_view_mm[0] * oversampling, field_of_view_mm[1], thickness),
         (field_of_view_mm[0], field_of_view_mm[1], thickness),
-        (int(centred_lines.min()), int(centred_lines.max()), width // 2),
+        (int(counters.min()), int(counters.max()), center),
         average_maximum=averages - 1, slice_maximum=slices - 1, repetition_maximum=repetitions - 1, coils=coils)
     rng = np.random.default_rng(seed)
     acquisitions: list[ismrmrd.Acquisition] = []
@@ -176,7 +185,7 @@ def synthetic_scan(images: np.ndarray, *, oversampling: int = 2, acquired_lines:
                         "phase_dir": (0.0, 1.0, 0.0), "slice_dir": (0.0, 0.0, 1.0),
                         "center_sample": encoded_x // 2 - asymmetric_echo}
             for average in range(averages):
-                for number, column in enumerate(centred_lines):
+                for number, (column, counter) in enumerate(zip(centred_lines, counters, strict=True)):
                     data = kspace[slice_index, :, kept, column]
                     flags = _line_flags(number, len(centred_lines), slice_index, slices, average, averages)
                     if reverse_odd_lines and number % 2 == 1:
@@ -184,8 +193,8 @@ def synthetic_scan(images: np.ndarray, *, oversampling: int = 2, acquired_lines:
                     if repetition == repetitions - 1 and slice_index == slices - 1 and average == averages - 1 \
                             and number == len(centred_lines) - 1:
                         flags.append(ismrmrd.ACQ_LAST_IN_MEASUREMENT)
-                    idx = ismrmrd.EncodingCounters(kspace_encode_step_1=int(column), average=average, slice=slice_index,
-                                                   repetition=repetition)
+                    idx = ismrmrd.EncodingCounters(kspace_encode_step_1=int(counter), average=average,
+                                                   slice=slice_index, repetition=repetition)
                     acquisitions.append(_acquisition(data, flags, **stamp({**geometry, "idx": idx})))
     return SyntheticScan(xml, acquisitions, expected, lines, covariance)
 

@@ -21,7 +21,7 @@ import ismrmrd.xsd as xsd
 import mrd
 import numpy as np
 
-from compressor.data.mrd_raw import AcquisitionInfo, EncodingGeometry, Readout, SliceKey
+from compressor.data.mrd_raw import AcquisitionInfo, EncodingGeometry, Readout, SliceKey, float_triple
 from compressor.errors import InputError
 
 LIMIT_NAMES = tuple(limit.name for limit in dataclasses.fields(xsd.encodingLimitsType))
@@ -31,10 +31,6 @@ LIMIT_NAMES = tuple(limit.name for limit in dataclasses.fields(xsd.encodingLimit
 def _count(value: int | None) -> int:
     """An optional MRD v2 counter or field as ISMRMRD v1 has it (absent: 0)."""
     return 0 if value is None else int(value)
-
-
-def _triple(values: np.ndarray) -> tuple[float, float, float]:
-    return tuple(float(value) for value in np.asarray(values).reshape(3))
 
 
 def readout_from_mrd(acquisition: mrd.Acquisition, source: str | Path = "acquisition") -> Readout:
@@ -48,8 +44,9 @@ def readout_from_mrd(acquisition: mrd.Acquisition, source: str | Path = "acquisi
     idx = head.idx
     stamps = [int(value) for value in head.physiology_time_stamp[:3]]
     info = AcquisitionInfo(
-        position=_triple(head.position), read_dir=_triple(head.read_dir), phase_dir=_triple(head.phase_dir),
-        slice_dir=_triple(head.slice_dir), patient_table_position=_triple(head.patient_table_position),
+        position=float_triple(head.position), read_dir=float_triple(head.read_dir),
+        phase_dir=float_triple(head.phase_dir), slice_dir=float_triple(head.slice_dir),
+        patient_table_position=float_triple(head.patient_table_position),
         measurement_uid=int(head.measurement_uid), acquisition_time_stamp=_count(head.acquisition_time_stamp),
         physiology_time_stamp=tuple(stamps + [0] * (3 - len(stamps))))
     return Readout(
