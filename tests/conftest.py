@@ -44,3 +44,17 @@ def hdf5_selections(monkeypatch: pytest.MonkeyPatch, read) -> list:
     monkeypatch.setattr(h5py.Dataset, "__getitem__", record)
     read()
     return selections
+
+
+def shorten_acquisition_headers(path, head_bytes: int) -> None:
+    """Rewrite an ISMRMRD file's ``/dataset/data`` with every acquisition header cut to ``head_bytes`` (an ISMRMRD
+    header has 340), trajectories and samples kept: a file of another header layout or version."""
+    import h5py
+
+    with h5py.File(path, "r+") as file:
+        rows = file["dataset/data"][()]
+        layout = np.dtype([("head", f"V{head_bytes}"), ("traj", rows.dtype["traj"]), ("data", rows.dtype["data"])])
+        short = np.zeros(len(rows), layout)
+        short["traj"], short["data"] = rows["traj"], rows["data"]
+        del file["dataset/data"]
+        file["dataset"].create_dataset("data", data=short)

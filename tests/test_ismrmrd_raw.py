@@ -21,6 +21,7 @@ from compressor.data.mrd_raw import (
 )
 from compressor.data.mrd_synthetic import encoding_header, synthetic_scan
 from compressor.errors import InputError
+from tests.conftest import shorten_acquisition_headers
 
 
 def coil_images(slices: int = 2, coils: int = 3, height: int = 12, width: int = 10, seed: int = 0) -> np.ndarray:
@@ -447,13 +448,7 @@ def test_xml_dataset_that_is_not_one_string(tmp_path, make, description: str) ->
 def test_acquisition_header_of_another_size(tmp_path) -> None:
     scan = synthetic_scan(coil_images(1), acquired_lines=LINES)
     path = scan.write_ismrmrd(tmp_path / "scan.h5")
-    with h5py.File(path, "r+") as file:
-        rows = file["dataset/data"][()]
-        layout = np.dtype([("head", "V100"), ("traj", rows.dtype["traj"]), ("data", rows.dtype["data"])])
-        short = np.zeros(len(rows), layout)
-        short["traj"], short["data"] = rows["traj"], rows["data"]
-        del file["dataset/data"]
-        file["dataset"].create_dataset("data", data=short)
+    shorten_acquisition_headers(path, 100)
     with pytest.raises(InputError, match=r"scan\.h5: acquisition 0 has a header of 100 bytes; an ISMRMRD acquisition "
                                          r"header has 340$"):
         read_ismrmrd_file(path)

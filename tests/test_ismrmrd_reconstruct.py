@@ -24,7 +24,7 @@ from compressor.export.reconstruct import reconstruct_file
 from compressor.export.runtime import open_exported
 from compressor.masks import SamplingMask
 from compressor.models import ModelOptions, build_model
-from tests.conftest import smooth_image
+from tests.conftest import shorten_acquisition_headers, smooth_image
 
 SIZE = (16, 12)  # readout rows, phase-encode columns: non-square on purpose
 MASK_COLUMNS = [0, 1, 3, 6, 10]  # uncentred
@@ -284,13 +284,7 @@ def _short_data(path) -> None:
 
 
 def _short_head(path) -> None:
-    with h5py.File(path, "r+") as file:
-        rows = file["dataset/data"][()]
-        layout = np.dtype([("head", "V64"), ("traj", rows.dtype["traj"]), ("data", rows.dtype["data"])])
-        short = np.zeros(len(rows), layout)
-        short["traj"], short["data"] = rows["traj"], rows["data"]
-        del file["dataset/data"]
-        file["dataset"].create_dataset("data", data=short)
+    shorten_acquisition_headers(path, 64)
 
 
 def _numeric_xml(path) -> None:
