@@ -25,13 +25,13 @@ from compressor.export.benchmark import (
     TorchEager,
     export_for_timing,
     interleaved_timings,
-    keep_freed_memory,
 )
 from compressor.export.onnx_export import phantom_kspace
 from compressor.export.runtime import CPU, create_session, graph_feed
 from compressor.masks import SamplingMask
 from compressor.models import build_model
 from compressor.physics import dft_matrix
+from compressor.process import keep_freed_memory
 
 
 @dataclass

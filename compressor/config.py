@@ -275,6 +275,7 @@ class TrainConfig:
     amp: bool = False
     num_workers: Annotated[int, AtLeast(0)] = 0
     threads: Count | None = None
+    teacher_cache_mib: Annotated[int, AtLeast(0)] = 2048  # a distillation's frozen-teacher features (0: off)
 
 
 @dataclass

@@ -189,7 +189,7 @@ class Setup:
 NOT_DETERMINANTS: dict[str, frozenset[str]] = {
     "data": frozenset({"acceleration", "cache_dir"}),
     "train": frozenset({"epochs_teacher", "epochs_student", "epochs_kd", "epochs_sft", "device", "num_workers",
-                        "threads"}),
+                        "threads", "teacher_cache_mib"}),
     "sft": frozenset({"feature_ablation"}),  # which setups run, not what one SFT teacher computes
     "kd": frozenset({"random_init"}),  # which stages run
     "model_options": frozenset(),
@@ -694,7 +694,7 @@ def run_lock(run_dir: Path) -> Iterator[Path]:
 # -- several runs in one directory ------------------------------------------------------------------------------------
 SELECTION_FIELDS = frozenset({"kd.method", "model.student", "sft.feature_ablation", "kd.random_init",
                               "data.acceleration", "train.device", "train.num_workers", "train.threads",
-                              "data.cache_dir", "preset"})
+                              "train.teacher_cache_mib", "data.cache_dir", "preset"})
 """Config fields that choose what runs (or where), not what a model computes: earlier records of a directory are
 kept when the earlier config differs from the new one only in these."""
 

@@ -54,7 +54,6 @@ from __future__ import annotations
 import ast
 import copy
 import csv
-import ctypes
 import io
 import json
 import math
@@ -100,27 +99,12 @@ from compressor.masks import SamplingMask
 from compressor.models import ModelOptions, build_model, parse_architecture
 from compressor.models.base import CascadeModel
 from compressor.physics import IMAGE_CHANNELS, apply_mask, normalise_kspace
+from compressor.process import keep_freed_memory
 
 MIN_ITERATIONS = 30
 THROUGHPUT_BATCH = 16
 THROUGHPUT_CALLS = 5
 DEFAULT_STUDENTS = ("d2c5", "d3c5", "d4c5")
-
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
-MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES = 32 << 20, 1 << 30
-
-
-def keep_freed_memory() -> bool:
-    """Raise glibc's mmap and trim thresholds (32 MiB, 1 GiB) for this process so that freed activations stay
-    in the heap; ``False`` where the C library has no ``mallopt`` (not glibc)."""
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    mmap_set = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
-    trim_set = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
-    return bool(mmap_set and trim_set)
 
 
 @dataclass(frozen=True)

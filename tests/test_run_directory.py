@@ -18,6 +18,7 @@ import pytest
 from compressor import rundir
 from compressor.config import apply_overrides, load_config
 from compressor.errors import InputError
+from compressor.training import stages
 from compressor.training.stages import StageSpec, plan_run
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
@@ -29,13 +30,16 @@ def quick(**overrides):
 
 SR = {"data.task": "sr", "model.teacher": "vdsr12", "model.student": ["vdsr4"], "kd.method": ["pkt"],
       "train.lr_step": 15, **{f"train.epochs_{stage}": 20 for stage in ("teacher", "student", "sft", "kd")}}
+# The quick preset's budget under TRAINING_CODE_VERSION 1 (40 epochs per stage, LR step after 30).
+QUICK_V1 = {"train.lr_step": 30, **{f"train.epochs_{stage}": 40 for stage in ("teacher", "student", "sft", "kd")}}
 
-# The committed runs and the invocations that made them (quick preset + the options in their compress*.log).
+# The committed runs: the TRAINING_CODE_VERSION that made them and their invocations (quick preset + the options in
+# their compress*.log).
 COMMITTED_RUNS = {
-    "quick-at": [{}, {"sft.feature_ablation": True}],  # compress --method at; then --feature-sft
-    "quick-sweep": [{"model.student": ["d3c5", "d2c5"]}],
-    "quick-sr": [SR, {**SR, "kd.weight": 1000.0}],  # PKT at its default weight, then --kd-weight 1000
-    "quick-sr-pkt-weight-3e4": [SR],
+    "quick-at": (1, [QUICK_V1, {**QUICK_V1, "sft.feature_ablation": True}]),  # --method at; then --feature-sft
+    "quick-sweep": (1, [{**QUICK_V1, "model.student": ["d3c5", "d2c5"]}]),
+    "quick-sr": (1, [SR, {**SR, "kd.weight": 1000.0}]),  # PKT at its default weight, then --kd-weight 1000
+    "quick-sr-pkt-weight-3e4": (1, [SR]),
 }
 # Run before commit dbbe920 made KD keys use the resolved weight (AT's default was then 1e4): its two KD stages
 # carry the retired keys; the teacher, student and SFT teacher are today's.
@@ -50,23 +54,32 @@ def committed_folders(run: str) -> set[str]:
     return {Path(model["stage_dir"]).name for model in models if model["stage_dir"]}
 
 
-def planned_folders(*overrides: dict) -> set[str]:
-    return {stage.spec.folder for config in overrides for stage in plan_run(quick(**config)).all_stages()}
+def planned_folders(version: int, *overrides: dict) -> set[str]:
+    """The stage folders the planner gives the quick preset with ``overrides``, keyed as ``TRAINING_CODE_VERSION``
+    ``version`` keyed them."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stages, "TRAINING_CODE_VERSION", version)
+        return {stage.spec.folder for config in overrides for stage in plan_run(quick(**config)).all_stages()}
 
 
 @pytest.mark.parametrize("run", sorted(COMMITTED_RUNS))
 def test_planner_gives_every_committed_stage_folder(run):
-    assert planned_folders(*COMMITTED_RUNS[run]) >= committed_folders(run)
+    version, invocations = COMMITTED_RUNS[run]
+    assert planned_folders(version, *invocations) >= committed_folders(run)
     if run != "quick-sr":  # quick-sr's results.json holds the weight-1000 KD stages only
-        assert planned_folders(*COMMITTED_RUNS[run]) == committed_folders(run)
+        assert planned_folders(version, *invocations) == committed_folders(run)
+
+
+def test_a_new_training_code_version_retires_every_stage_key():
+    assert not planned_folders(stages.TRAINING_CODE_VERSION, QUICK_V1) & planned_folders(1, QUICK_V1)
 
 
 def test_planner_gives_the_older_runs_unretired_stage_folders():
     run, retired = OLD_WEIGHT_RUN
     current = {folder for folder in committed_folders(run) if folder.split("-")[0] not in retired}
-    assert len(current) == 3 and current <= planned_folders({"kd.weight": 10000.0})
+    assert len(current) == 3 and current <= planned_folders(1, {**QUICK_V1, "kd.weight": 10000.0})
     warm_run, warm_stages = WARM_RUN
-    assert committed_folders(warm_run) - warm_stages <= planned_folders({})
+    assert committed_folders(warm_run) - warm_stages <= planned_folders(1, QUICK_V1)
 
 
 def test_planner_reads_no_data(monkeypatch):

@@ -3,6 +3,7 @@ supervised, student-friendly-teacher and distillation objectives with their phas
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from compressor.training.objectives import (
     SFTWeights,
     StudentFriendlyTeacher,
     Supervised,
+    TeacherFeatureCache,
 )
 from compressor.training.stages import PlannedStage, kd_weight
 
@@ -65,8 +67,10 @@ def transfer_student_blocks(branches: CascadeModel, student: CascadeModel) -> li
 class StageFactory:
     """Builds the objective and phases of a :class:`PlannedStage` whose parents are trained in ``run_dir``."""
 
-    def __init__(self, config: RunConfig, options: ModelOptions, run_dir: Path, device: torch.device):
+    def __init__(self, config: RunConfig, options: ModelOptions, run_dir: Path, device: torch.device,
+                 log: Callable[[str], None] = print):
         self.config, self.options, self.run_dir, self.device = config, options, Path(run_dir), device
+        self.log = log
 
     @property
     def scored_size(self) -> tuple[int, int]:
@@ -82,13 +86,15 @@ class StageFactory:
         model = build_model(arch or stage.spec.arch, self.options)
         return load_weights(stage.spec.directory(self.run_dir) / file, model).to(self.device)
 
-    def build(self, stage: PlannedStage) -> tuple[Objective, list[Phase]]:
+    def build(self, stage: PlannedStage, training_slices: int) -> tuple[Objective, list[Phase]]:
+        """The stage's objective and phases. ``training_slices``, the training split's size (at least what one
+        process sees), sizes a distillation's teacher-feature cache."""
         if stage.kind == "supervised":
             model = self.new_model(stage.spec.arch, stage.init)
             return Supervised(model, stage.setup.loss, self.scored_size), [Phase("train", stage.epochs)]
         if stage.kind == "sft_teacher":
             return self._student_friendly_teacher(stage)
-        return self._distillation(stage)
+        return self._distillation(stage, training_slices)
 
     def _student_friendly_teacher(self, stage: PlannedStage) -> tuple[Objective, list[Phase]]:
         sft = self.config.sft
@@ -98,7 +104,7 @@ class StageFactory:
                                            self.scored_size)
         return objective, [Phase("train", stage.epochs)]
 
-    def _distillation(self, stage: PlannedStage) -> tuple[Objective, list[Phase]]:
+    def _distillation(self, stage: PlannedStage, training_slices: int) -> tuple[Objective, list[Phase]]:
         student = self.new_model(stage.spec.arch)
         if stage.init_from is not None:
             branches = self.trained(stage.init_from, "best_student_branches.safetensors", arch=stage.spec.arch)
@@ -108,5 +114,6 @@ class StageFactory:
         loss = build_kd_loss(stage.spec.method, mode=kd.mode, channels=(student.channels, teacher.channels),
                              n_cascades=teacher.n_cascades)
         phases = kd_phases(loss, kd.schedule, self.config.train.epochs_kd, kd.feature_epochs)
+        cache = TeacherFeatureCache(training_slices, self.config.train.teacher_cache_mib * 2**20, self.log)
         return (Distillation(student, teacher, loss.to(self.device), kd_weight(self.config, stage.spec.method),
-                             stage.setup.loss, self.scored_size), phases)
+                             stage.setup.loss, self.scored_size, cache), phases)

@@ -46,6 +46,7 @@ from compressor.io import atomic_path, load_json, save_json
 from compressor.kd import weight_balance
 from compressor.models import CascadeModel
 from compressor.physics import channels_to_pair
+from compressor.process import keep_freed_memory
 from compressor.rundir import MaskRecord, ModelResult, Role, RunRecord, Setup, StageRecord
 from compressor.training.distributed import SINGLE_PROCESS, DistributedContext
 from compressor.training.factories import REFERENCE_KD_EPOCHS, StageFactory, kd_phases, transfer_student_blocks
@@ -89,6 +90,15 @@ class PipelineResult:
     seconds: float = 0.0
 
 
+def configure_cpu(device: torch.device, threads: int | None) -> None:
+    """``train.threads`` intra-op threads when set, and, when training on the CPU, glibc told to keep freed
+    activations (:func:`~compressor.process.keep_freed_memory`: 10-25 % faster steps, same values)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if device.type == "cpu":
+        keep_freed_memory()
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -116,10 +126,11 @@ class Pipeline:
         self.writes = distributed.is_main
         self.log = log if self.writes else _quiet
         self.device = distributed.device if distributed.distributed else resolve_device(config.train.device)
+        configure_cpu(self.device, config.train.threads)
         self.plan = plan_run(config, world_size=distributed.world_size)
         self.methods = self.plan.methods
         self.setups = self.plan.setups
-        self.factory = StageFactory(config, model_options(config), self.run_dir, self.device)
+        self.factory = StageFactory(config, model_options(config), self.run_dir, self.device, self.log)
         t = config.train
         self.settings = TrainSettings(batch_size=t.batch_size, lr=t.lr, lr_step=t.lr_step, lr_gamma=t.lr_gamma,
                                       seed=t.seed, device=self.device, amp=t.amp, num_workers=t.num_workers,
@@ -214,7 +225,7 @@ class Pipeline:
 
     def _train(self, stage: PlannedStage, directory: Path, splits: DataSplits, mask: MaskRecord) -> StageRecord:
         spec, setup = stage.spec, stage.setup
-        objective, phases = self.factory.build(stage)
+        objective, phases = self.factory.build(stage, len(splits.train))
         record = StageRecord(
             stage=directory.name, name=spec.name, role=Role(spec.role), arch=spec.arch,
             acceleration=spec.acceleration, key=spec.key, method=spec.method, parents=spec.parents,

@@ -31,7 +31,8 @@ from compressor.masks import SamplingMask
 from compressor.rundir import Role, Setup
 
 # Bump when a code change alters what a stage computes, so old caches are not reused silently.
-TRAINING_CODE_VERSION = 1
+# 2: a distillation's teacher features come from a per-slice cache (batch of one: other float rounding).
+TRAINING_CODE_VERSION = 2
 
 PAPER_METHODS = {"reconstruction": ["at", "fitnets", "sp", "fsp", "cc"],  # Table 1
                  "sr": ["at", "fitnets", "cc", "pkt", "ft", "nst"]}  # Table 9
