@@ -191,6 +191,7 @@ NonNegative = Annotated[float, AtLeast(0)]
 Positive = Annotated[float, Above(0)]
 Architecture = Annotated[str, Valid(_architecture)]
 KDMethod = Annotated[str, OneOf("KD method", _kd_methods, extra=("all",), ignore_case=True)]
+RegisteredKDMethod = Annotated[str, OneOf("KD method", _kd_methods, ignore_case=True)]
 
 
 @dataclass
@@ -304,10 +305,13 @@ class KDConfig:
     authors' scripts: feature phase on the KD loss alone for ``feature_epochs``, then L1 fine-tuning).
     ``mode``: ``paper`` (each method as its own paper defines it) or ``authors`` (the authors' variants).
     ``random_init``: also run SFT-KD with a randomly initialised student (Table 5 ablation).
+    ``method_weights``: a weight per method (a TOML table, ``{ sp = 30.0, cc = 200.0 }``) for a preset whose data
+    and budget put some methods' defaults out of balance; ``weight``, when set, overrides it for every method.
     """
 
     method: list[KDMethod] = field(default_factory=lambda: ["at"])
     weight: NonNegative | None = None
+    method_weights: dict[RegisteredKDMethod, NonNegative] = field(default_factory=dict)
     schedule: Annotated[str, OneOf.enum("KD schedule", KDSchedule)] = "joint"
     mode: Annotated[str, OneOf.enum("KD mode", KDMode)] = "paper"
     feature_epochs: Count | None = None
@@ -348,6 +352,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if value is None and type(None) in options:
             return None
         return _coerce(value, next(o for o in options if o is not type(None)), where)
+    if typing.get_origin(annotation) is dict:
+        key_type, value_type = typing.get_args(annotation)
+        if not isinstance(value, dict):
+            raise InputError(f"{where} must be a table such as {{ name = value }}, got {value!r}")
+        return {_coerce(k, key_type, f"{where} key"): _coerce(v, value_type, f"{where}.{k}") for k, v in value.items()}
     if typing.get_origin(annotation) is list:
         (inner,) = typing.get_args(annotation)
         items = value if isinstance(value, list) else [value]

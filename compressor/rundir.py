@@ -191,7 +191,7 @@ NOT_DETERMINANTS: dict[str, frozenset[str]] = {
     "train": frozenset({"epochs_teacher", "epochs_student", "epochs_kd", "epochs_sft", "device", "num_workers",
                         "threads", "teacher_cache_mib"}),
     "sft": frozenset({"feature_ablation"}),  # which setups run, not what one SFT teacher computes
-    "kd": frozenset({"random_init"}),  # which stages run
+    "kd": frozenset({"random_init", "method_weights"}),  # which stages run; the resolved weight is in the key
     "model_options": frozenset(),
     "stage": frozenset(),
 }

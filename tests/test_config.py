@@ -107,3 +107,33 @@ def test_checked_values_stay_plain_strings_so_config_json_is_unchanged():
     config = apply_overrides(load_config("quick"), {"kd.schedule": "two-phase", "model.block_form": "plain"})
     assert type(config.kd.schedule) is str and type(config.model.block_form) is str
     assert config.kd.schedule == "two-phase" and config.to_dict()["kd"]["schedule"] == "two-phase"
+
+
+def test_a_method_weight_table_sets_a_weight_per_method_and_kd_weight_overrides_it():
+    from compressor.kd import KD_LOSSES
+    from compressor.training.stages import kd_weight
+
+    config = apply_overrides(load_config("smoke"), {"kd.method_weights": {"CC": 200, "sp": 30.0}})
+    assert config.kd.method_weights == {"CC": 200.0, "sp": 30.0}  # names ignore case, as everywhere
+    assert kd_weight(config, "cc") == 200.0 and kd_weight(config, "sp") == 30.0
+    assert kd_weight(config, "at") == KD_LOSSES.get("at").default_weight_for("paper")
+    assert kd_weight(apply_overrides(config, {"kd.weight": 5.0}), "cc") == 5.0
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ({"xx": 1.0}, "unknown KD method 'xx'"), ({"all": 1.0}, "unknown KD method 'all'"),
+    ({"cc": -1.0}, "method_weights.cc must be >= 0"), (3, "must be a table")])
+def test_a_bad_method_weight_table_is_refused_when_loaded(table, message):
+    with pytest.raises(InputError, match=message):
+        config_from_dict({"kd": {"method_weights": table}})
+
+
+def test_a_stage_key_holds_the_resolved_weight_however_it_was_given():
+    from compressor.training.stages import plan_run
+
+    def kd_keys(**overrides):
+        plan = plan_run(apply_overrides(load_config("quick"), {"kd.method": ["cc"], **overrides}))
+        return {stage.spec.folder for stage in plan.all_stages() if stage.spec.method}
+
+    assert kd_keys() == kd_keys(**{"kd.weight": 200.0, "kd.method_weights": {}})
+    assert kd_keys() != kd_keys(**{"kd.method_weights": {}})

@@ -36,6 +36,7 @@ QUICK_V1 = {"train.lr_step": 30, **{f"train.epochs_{stage}": 40 for stage in ("t
 # The committed runs: the TRAINING_CODE_VERSION that made them and their invocations (quick preset + the options in
 # their compress*.log).
 COMMITTED_RUNS = {
+    "quick-all": (2, [{}, {"kd.method": ["all"]}]),  # compress --method at; then --method all in the same directory
     "quick-at": (1, [QUICK_V1, {**QUICK_V1, "sft.feature_ablation": True}]),  # --method at; then --feature-sft
     "quick-sweep": (1, [{**QUICK_V1, "model.student": ["d3c5", "d2c5"]}]),
     "quick-sr": (1, [SR, {**SR, "kd.weight": 1000.0}]),  # PKT at its default weight, then --kd-weight 1000
