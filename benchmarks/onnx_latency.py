@@ -7,7 +7,7 @@ Run from the repository root (one run, same inputs for every model; takes a few 
 
 PyTorch is given its best conditions: its default OpenMP settings (idle threads spin briefly, which helps it; ONNX
 Runtime's spinning is off), and glibc's malloc told to keep freed blocks up to 32 MiB in its heap
-(:func:`compressor.export.benchmark.keep_freed_memory`). Without that, glibc returns PyTorch's ~8 MB activations to the
+(:func:`compressor.process.keep_freed_memory`). Without that, glibc returns PyTorch's ~8 MB activations to the
 OS after every call and maps and zero-fills them afresh on the next, and PyTorch eager d3c5 swings between ~41 and ~105
 ms on this machine (the 43-95 ms the issue reports); ONNX Runtime has its own arena and is unaffected.
 ``OMP_WAIT_POLICY=PASSIVE`` in the environment turns PyTorch's spinning off too (slower, but robust when other processes

@@ -192,6 +192,7 @@ Positive = Annotated[float, Above(0)]
 Architecture = Annotated[str, Valid(_architecture)]
 KDMethod = Annotated[str, OneOf("KD method", _kd_methods, extra=("all",), ignore_case=True)]
 RegisteredKDMethod = Annotated[str, OneOf("KD method", _kd_methods, ignore_case=True)]
+KDModeName = Annotated[str, OneOf.enum("KD mode", KDMode)]
 
 
 @dataclass
@@ -305,17 +306,29 @@ class KDConfig:
     authors' scripts: feature phase on the KD loss alone for ``feature_epochs``, then L1 fine-tuning).
     ``mode``: ``paper`` (each method as its own paper defines it) or ``authors`` (the authors' variants).
     ``random_init``: also run SFT-KD with a randomly initialised student (Table 5 ablation).
-    ``method_weights``: a weight per method (a TOML table, ``{ sp = 30.0, cc = 200.0 }``) for a preset whose data
-    and budget put some methods' defaults out of balance; ``weight``, when set, overrides it for every method.
+    ``method_weights``: weights per KD mode and method (a TOML table, ``{ paper = { sp = 30.0, cc = 200.0 } }``) for
+    a preset whose data and budget put some methods' defaults out of balance; a method it does not name, or a run in
+    another mode, keeps the documented default; ``weight``, when set, overrides it for every method. Method names
+    ignore case (stored lower-case). An override (``--set kd.method_weights=...``) replaces the whole table.
     """
 
     method: list[KDMethod] = field(default_factory=lambda: ["at"])
     weight: NonNegative | None = None
-    method_weights: dict[RegisteredKDMethod, NonNegative] = field(default_factory=dict)
+    method_weights: dict[KDModeName, dict[RegisteredKDMethod, NonNegative]] = field(default_factory=dict)
     schedule: Annotated[str, OneOf.enum("KD schedule", KDSchedule)] = "joint"
     mode: Annotated[str, OneOf.enum("KD mode", KDMode)] = "paper"
     feature_epochs: Count | None = None
     random_init: bool = False
+
+    def __post_init__(self) -> None:
+        canonical: dict[str, dict[str, float]] = {}
+        for mode, weights in self.method_weights.items():
+            canonical[mode] = {}
+            for name, weight in weights.items():
+                if name.lower() in canonical[mode]:
+                    raise InputError(f"[kd] method_weights.{mode} names {name.lower()!r} twice")
+                canonical[mode][name.lower()] = weight
+        self.method_weights = canonical
 
 
 @dataclass

@@ -109,20 +109,23 @@ def test_checked_values_stay_plain_strings_so_config_json_is_unchanged():
     assert config.kd.schedule == "two-phase" and config.to_dict()["kd"]["schedule"] == "two-phase"
 
 
-def test_a_method_weight_table_sets_a_weight_per_method_and_kd_weight_overrides_it():
+def test_a_method_weight_table_sets_a_weight_per_mode_and_method_and_kd_weight_overrides_it():
     from compressor.kd import KD_LOSSES
     from compressor.training.stages import kd_weight
 
-    config = apply_overrides(load_config("smoke"), {"kd.method_weights": {"CC": 200, "sp": 30.0}})
-    assert config.kd.method_weights == {"CC": 200.0, "sp": 30.0}  # names ignore case, as everywhere
+    config = apply_overrides(load_config("smoke"), {"kd.method_weights": {"paper": {"CC": 200, "sp": 30.0}}})
+    assert config.kd.method_weights == {"paper": {"cc": 200.0, "sp": 30.0}}  # names ignore case, stored lower-case
     assert kd_weight(config, "cc") == 200.0 and kd_weight(config, "sp") == 30.0
     assert kd_weight(config, "at") == KD_LOSSES.get("at").default_weight_for("paper")
+    authors = apply_overrides(config, {"kd.mode": "authors"})  # the table was tuned for paper mode only
+    assert kd_weight(authors, "cc") == KD_LOSSES.get("cc").default_weight_for("authors")
     assert kd_weight(apply_overrides(config, {"kd.weight": 5.0}), "cc") == 5.0
 
 
 @pytest.mark.parametrize(("table", "message"), [
-    ({"xx": 1.0}, "unknown KD method 'xx'"), ({"all": 1.0}, "unknown KD method 'all'"),
-    ({"cc": -1.0}, "method_weights.cc must be >= 0"), (3, "must be a table")])
+    ({"paper": {"xx": 1.0}}, "unknown KD method 'xx'"), ({"paper": {"all": 1.0}}, "unknown KD method 'all'"),
+    ({"paper": {"cc": -1.0}}, "method_weights.paper.cc must be >= 0"), ({"cc": {"at": 1.0}}, "unknown KD mode 'cc'"),
+    ({"paper": {"cc": 1.0, "CC": 2.0}}, "names 'cc' twice"), (3, "must be a table"), ({"paper": 3}, "must be a table")])
 def test_a_bad_method_weight_table_is_refused_when_loaded(table, message):
     with pytest.raises(InputError, match=message):
         config_from_dict({"kd": {"method_weights": table}})
@@ -135,5 +138,5 @@ def test_a_stage_key_holds_the_resolved_weight_however_it_was_given():
         plan = plan_run(apply_overrides(load_config("quick"), {"kd.method": ["cc"], **overrides}))
         return {stage.spec.folder for stage in plan.all_stages() if stage.spec.method}
 
-    assert kd_keys() == kd_keys(**{"kd.weight": 200.0, "kd.method_weights": {}})
+    assert kd_keys() == kd_keys(**{"kd.weight": 200.0, "kd.method_weights": {}})  # quick sets CC 200
     assert kd_keys() != kd_keys(**{"kd.method_weights": {}})

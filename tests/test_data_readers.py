@@ -279,3 +279,17 @@ def test_list_volume_files(tmp_path: Path) -> None:
         list_volume_files(empty, "authors")
     with pytest.raises(InputError, match=r"nowhere: no such file or folder"):
         list_volume_files(tmp_path / "nowhere", "fastmri")
+
+
+def test_two_volumes_of_one_split_with_the_same_name_are_refused_before_anything_trains(tmp_path: Path) -> None:
+    from compressor.config import DataConfig
+    from compressor.data import build_splits
+
+    target = volume()
+    for name in ("vol.h5", "vol.hdf5"):  # a slice is (volume name, index) in results and in the teacher cache
+        project_h5.write_project_volume(tmp_path / "train" / name, target)
+    project_h5.write_project_volume(tmp_path / "val" / "other.h5", target)
+    config = DataConfig(source="project", train=str(tmp_path / "train"), validation=str(tmp_path / "val"),
+                        image_size=16)
+    with pytest.raises(InputError, match=r"two train volumes are both named 'vol' \(vol.h5 and vol.hdf5\); rename one"):
+        build_splits(config, 4.0, log=lambda _: None)

@@ -60,7 +60,9 @@ def _names(text: str | None) -> list[str] | None:
 @click.option("--phase", type=click.Choice(values(Phase)),
               help="Embedded data only: 'synthetic' multiplies the MNI magnitude by a smooth seeded phase "
                    "(a simulation of phase-carrying data).")
-@click.option("--kd-weight", type=float, help="Distillation weight (default: each method's documented weight).")
+@click.option("--kd-weight", type=float,
+              help="Distillation weight for every method (default: the preset's kd.method_weights, else each "
+                   "method's documented weight).")
 @click.option("--kd-schedule", type=click.Choice(values(KDSchedule)), help="Paper (joint) or authors' schedule.")
 @click.option("--kd-mode", type=click.Choice(values(KDMode)), help="Each method as its paper or the authors.")
 @click.option("--sft-weights", help="SFT loss weights w_T,w_S,w_I (paper: 1,1,1).")

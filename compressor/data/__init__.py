@@ -147,8 +147,15 @@ def _open_split(config: DataConfig, source: str, split: str, acceleration: float
             options["recon_size"] = (config.image_size, config.image_size)
     elif source == "authors":
         options["acceleration"] = acceleration
-    return [open_volume(path, source, keep_phase=keep_phase, **options)
-            for path in list_volume_files(location, source)]
+    readers = [open_volume(path, source, keep_phase=keep_phase, **options)
+               for path in list_volume_files(location, source)]
+    first_of: dict[str, Path] = {}
+    for reader in readers:  # a slice is (volume name, index) in results and in the teacher-feature cache
+        if reader.name in first_of:
+            raise InputError(f"two {split} volumes are both named {reader.name!r} ({first_of[reader.name].name} and "
+                             f"{reader.path.name}); rename one", reader.path)
+        first_of[reader.name] = reader.path
+    return readers
 
 
 def build_splits(config: DataConfig, acceleration: float, log: Callable[[str], None] = print,

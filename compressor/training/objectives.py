@@ -207,7 +207,9 @@ class TeacherFeatureCache:
     float rounding only (at most 4e-7 on the quick preset's d5c5 taps).
 
     All or nothing: when the first slice's taps times ``slices`` exceed ``budget_bytes``, nothing is cached and
-    the teacher runs on every batch. Slices are keyed by ``(volume, slice_index)``.
+    the teacher runs on every batch. Slices are keyed by ``(volume, slice_index)`` (volume names are unique within a
+    split: :func:`compressor.data.build_splits` refuses two). The budget is per process: under ``torchrun`` each
+    rank caches the slices it trains on, over the epochs all of them.
     """
 
     def __init__(self, slices: int, budget_bytes: int, log: Callable[[str], None] = print):

@@ -92,7 +92,7 @@ class PipelineResult:
 
 def configure_cpu(device: torch.device, threads: int | None) -> None:
     """``train.threads`` intra-op threads when set, and, when training on the CPU, glibc told to keep freed
-    activations (:func:`~compressor.process.keep_freed_memory`: 10-25 % faster steps, same values)."""
+    activations (:func:`~compressor.process.keep_freed_memory`: faster steps, the same values)."""
     if threads is not None:
         torch.set_num_threads(threads)
     if device.type == "cpu":
@@ -238,6 +238,7 @@ class Pipeline:
             rundir.write_stage(directory, record)
         result = train_stage(objective, phases, splits.train, splits.validation, self.settings, directory,
                              label=spec.name, log=self.log)
+        del objective  # with it a distillation's teacher-feature cache (up to train.teacher_cache_mib) goes
         kd_ratio = next((value for h in result.history for term, value in h["terms"].items()
                          if term.startswith("kd_to_")), None)
         if kd_ratio is not None:

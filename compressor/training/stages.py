@@ -92,16 +92,17 @@ def resolve_methods(names: list[str], task: str = "reconstruction") -> list[str]
 
 
 def kd_weight(config: RunConfig, method: str) -> float:
-    """``kd.weight`` if set, else the method's entry in ``kd.method_weights``, else its documented default for the
-    configured mode. Stage keys hold this resolved weight, so a stage is the same however its weight was given."""
+    """``kd.weight`` if set, else the method's entry in ``kd.method_weights`` for the configured mode, else its
+    documented default for that mode. Stage keys hold this resolved weight, so a stage is the same however its weight
+    was given."""
     from compressor.kd import KD_LOSSES
 
     kd = config.kd
     if kd.weight is not None:
         return kd.weight
-    by_name = {name.lower(): weight for name, weight in kd.method_weights.items()}  # names ignore case
-    if method.lower() in by_name:
-        return by_name[method.lower()]
+    weights = kd.method_weights.get(kd.mode, {})  # names stored lower-case (KDConfig)
+    if method.lower() in weights:
+        return weights[method.lower()]
     return KD_LOSSES.get(method).default_weight_for(kd.mode)
 
 
