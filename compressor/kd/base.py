@@ -76,10 +76,18 @@ class CascadeFeatures:
     block_output: torch.Tensor | None = None
     output: torch.Tensor | None = None
 
+    def taps(self) -> dict[str, torch.Tensor]:
+        """The taps present, by name."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
     def detached(self) -> CascadeFeatures:
         """A copy whose tensors are cut from the autograd graph (teacher features never receive gradients)."""
-        return replace(self, **{f.name: getattr(self, f.name).detach() for f in fields(self)
-                                if getattr(self, f.name) is not None})
+        return replace(self, **{name: tap.detach() for name, tap in self.taps().items()})
+
+    @classmethod
+    def concatenated(cls, parts: list[CascadeFeatures]) -> CascadeFeatures:
+        """The taps of ``parts`` (one cascade of several batches, the same taps present) joined along the batch."""
+        return cls(**{name: torch.cat([part.taps()[name] for part in parts]) for name in parts[0].taps()})
 
 
 def hidden_tap_paths(model: CascadeModel, cascade: int) -> dict[str, str]:

@@ -7,7 +7,7 @@ An :class:`Objective` names the modules it trains, the model whose validation L1
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -192,10 +192,6 @@ def slice_of(batch: Sample, index: int) -> Sample:
     return Sample(*(one(value) for value in batch))
 
 
-def _taps_of(features: CascadeFeatures) -> list[torch.Tensor]:
-    return [getattr(features, f.name) for f in fields(features) if getattr(features, f.name) is not None]
-
-
 class TeacherFeatureCache:
     """A frozen teacher's features of every training slice, computed once per stage instead of once per epoch.
 
@@ -220,7 +216,7 @@ class TeacherFeatureCache:
         self.features: dict[tuple[str, int], list[CascadeFeatures]] = {}
 
     def _fits(self, one_slice: list[CascadeFeatures]) -> bool:
-        needed = self.slices * sum(t.numel() * t.element_size() for f in one_slice for t in _taps_of(f))
+        needed = self.slices * sum(t.numel() * t.element_size() for f in one_slice for t in f.taps().values())
         if needed > self.budget_bytes:
             self.enabled = False
             self.log(f"teacher features not cached: {self.slices} slices need {needed / 2**20:.0f} MiB, more than "
@@ -241,9 +237,7 @@ class TeacherFeatureCache:
                     return None
                 self.features[key] = one_slice
         per_slice = [self.features[key] for key in keys]
-        return [CascadeFeatures(**{f.name: torch.cat([getattr(s[c], f.name) for s in per_slice])
-                                   for f in fields(CascadeFeatures) if getattr(per_slice[0][c], f.name) is not None})
-                for c in range(len(per_slice[0]))]
+        return [CascadeFeatures.concatenated(list(cascade)) for cascade in zip(*per_slice)]
 
 
 class Distillation:
