@@ -9,10 +9,11 @@ latency, throughput, the speed relative to the fp32 file and ΔPSNR/ΔSSIM again
 * the profile: where ONNX Runtime's kernel time goes in the INT8 and fp32 files of d3c5 (the largest size), by
   operator (``QuantizeLinear``/``DequantizeLinear``, ``Conv``/``QLinearConv``, layout ``Reorder*``/``Transpose``, and
   the DF's nodes gathered under ``DF``), which explains the INT8 figure;
-* OpenVINO (``--openvino``, optional: ``pip install openvino``): the same fp32 and INT8 files on OpenVINO's CPU
-  runtime, interleaved with ONNX Runtime on the same slice, with the largest output difference between the two and the
-  speed ratio (OpenVINO's median over ONNX Runtime's: above 1 means OpenVINO is slower). OpenVINO is asked for fp32
-  inference (``INFERENCE_PRECISION_HINT=f32``): by default it would run bf16 on CPUs that have it, which changes the
+* OpenVINO (``--openvino``, optional: ``pip install openvino``): the same fp32 and INT8 files on the tool's OpenVINO
+  backend (``--provider openvino``, :class:`compressor.export.runtime.OpenVINORuntime`), interleaved with ONNX Runtime
+  on the same slice, with the largest output difference between the two and the speed ratio (OpenVINO's median over
+  ONNX Runtime's: above 1 means OpenVINO is slower). The backend pins fp32 inference precision
+  (``INFERENCE_PRECISION_HINT=f32``): by default OpenVINO would run bf16 on CPUs that have it, which changes the
   numbers the validation checked.
 
 Weights: ``--run RUN`` times the run's trained models (per architecture its SFT-KD-Recon student where it has one, else
@@ -27,9 +28,8 @@ and the quality columns stay empty. Writes ``benchmarks/results/precision.{json,
 
 from __future__ import annotations
 
-import importlib.util
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,15 @@ from compressor.export.benchmark import (
 from compressor.export.cpu import cpu_features
 from compressor.export.onnx_export import phantom_kspace, resolve_formulation
 from compressor.export.run_models import RunModel, load_run_models
-from compressor.export.runtime import CPU, ExportMetadata, create_session, graph_feed
+from compressor.export.runtime import (
+    CPU,
+    OPENVINO,
+    ExportMetadata,
+    create_session,
+    graph_feed,
+    openvino_cpu_usable,
+    runtime_label,
+)
 from compressor.io import atomic_path, save_json
 from compressor.masks import SamplingMask, make_mask
 from compressor.models import build_model
@@ -164,30 +172,22 @@ def profile_summary(files: Mapping[str, PrecisionFile], feed: Mapping[str, np.nd
 
 def openvino_comparison(files: Mapping[str, PrecisionFile], feed: Mapping[str, np.ndarray], threads: int,
                         iterations: int, warmup: int) -> dict[str, Any]:
-    """The same files on ONNX Runtime and OpenVINO's CPU runtime (fp32 inference), interleaved in one loop: per
-    precision both medians, ``openvino / onnxruntime`` and the largest output difference between the two."""
-    import openvino
-
-    core = openvino.Core()
-    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-    calls: dict[str, Callable[[], Any]] = {}
+    """The same files on ONNX Runtime and on the tool's OpenVINO backend (:class:`~compressor.export.runtime.
+    OpenVINORuntime`, f32 inference precision), interleaved in one loop: per precision both medians,
+    ``openvino / onnxruntime`` and the largest output difference between the two."""
+    sessions = {(runtime, precision): create_session(file.path, runtime, threads)
+                for precision, file in files.items() for runtime in (CPU, OPENVINO)}
     differences = {}
-    for precision, file in files.items():
-        session = create_session(file.path, CPU, threads)
-        compiled = core.compile_model(core.read_model(str(file.path)), "CPU", config)
-        request = compiled.create_infer_request()
-        reference = dict(zip([o.name for o in session.get_outputs()], session.run(None, dict(feed)), strict=True))
-        results = request.infer(dict(feed))
-        differences[precision] = max(float(np.max(np.abs(results[output] - reference[output.get_any_name()])))
-                                     for output in compiled.outputs)
-        calls[f"ort/{precision}"] = lambda session=session: session.run(None, dict(feed))
-        calls[f"openvino/{precision}"] = lambda request=request: request.infer(dict(feed))
-    timings = interleaved_timings(calls, iterations, warmup)
-    return {"openvino_version": openvino.get_version(), "config": config, "by_precision": {
-        precision: {"onnxruntime_ms_median": timings[f"ort/{precision}"].median,
-                    "openvino_ms_median": timings[f"openvino/{precision}"].median,
-                    "openvino_over_onnxruntime": timings[f"openvino/{precision}"].median
-                    / timings[f"ort/{precision}"].median,
+    for precision in files:
+        reference, candidate = (sessions[runtime, precision].run(None, feed) for runtime in (CPU, OPENVINO))
+        differences[precision] = max(float(np.max(np.abs(a - b))) for a, b in zip(candidate, reference, strict=True))
+    timings = interleaved_timings({f"{runtime}/{precision}": (lambda session=session: session.run(None, feed))
+                                   for (runtime, precision), session in sessions.items()}, iterations, warmup)
+    return {"runtime": runtime_label(OPENVINO), "by_precision": {
+        precision: {"onnxruntime_ms_median": timings[f"{CPU}/{precision}"].median,
+                    "openvino_ms_median": timings[f"{OPENVINO}/{precision}"].median,
+                    "openvino_over_onnxruntime": timings[f"{OPENVINO}/{precision}"].median
+                    / timings[f"{CPU}/{precision}"].median,
                     "max_abs_output_difference": differences[precision]} for precision in files}}
 
 
@@ -220,9 +220,9 @@ def openvino_verdict(comparisons: Mapping[str, Any]) -> str:
     faster = [ratio for ratio in ratios if ratio < 1 / 1.1]
     if faster:
         return (f"OpenVINO was clearly faster on {len(faster)} of {len(ratios)} files (best {1 / min(faster):.2f}x): "
-                "a candidate backend on this CPU, if its validation passes.")
+                "on such files it is worth `--provider openvino`, which validates the same way.")
     return (f"OpenVINO was not clearly faster on any of the {len(ratios)} files (OpenVINO / ORT between "
-            f"{min(ratios):.2f}x and {max(ratios):.2f}x): not offered as a backend.")
+            f"{min(ratios):.2f}x and {max(ratios):.2f}x): ONNX Runtime is the runtime to use on this CPU.")
 
 
 def _cell(value: float | None, fmt: str) -> str:
@@ -284,7 +284,7 @@ def markdown(report: Mapping[str, Any]) -> str:
     if report["openvino"]:
         lines.append(f"\n{openvino_verdict(report['openvino'])}")
     for label, entry in report["openvino"].items():
-        lines += [f"\n## OpenVINO {entry['openvino_version']} vs ONNX Runtime (CPU, fp32 inference): {label}\n",
+        lines += [f"\n## {entry['runtime']} vs ONNX Runtime (CPU, fp32 inference precision): {label}\n",
                   openvino_table(entry)]
     return "\n".join(lines) + "\n"
 
@@ -304,8 +304,8 @@ def markdown(report: Mapping[str, Any]) -> str:
 @click.option("--out", type=click.Path(path_type=Path), default=RESULTS / "precision.json", show_default=True)
 def main(run_dir: Path | None, archs: str, sizes: str, precisions: str, iterations: int, warmup: int,
          threads: int | None, with_openvino: bool, out: Path) -> None:
-    if with_openvino and importlib.util.find_spec("openvino") is None:
-        raise click.UsageError("--openvino needs OpenVINO, an optional benchmark dependency: pip install openvino")
+    if with_openvino and not openvino_cpu_usable():
+        raise click.UsageError("--openvino needs OpenVINO with its CPU device: pip install openvino")
     chosen = parse_precisions(precisions)
     if "fp32" not in chosen:
         chosen = ["fp32", *chosen]

@@ -90,6 +90,7 @@ from compressor.export.runtime import (
     create_session,
     graph_feed,
     graph_outputs,
+    require_onnxruntime,
     session_options,
 )
 from compressor.export.targets import EXPORT_TARGETS, precision_target, precision_targets, save_with_metadata
@@ -639,6 +640,9 @@ def benchmark_models(
     trained = dict(trained or {})
     options = options or ModelOptions()
     provider = choose_provider(provider)
+    require_onnxruntime(provider, "the benchmark (ONNX Runtime against PyTorch, its DF share from ONNX Runtime's "
+                                  "profiler; OpenVINO is compared on the same files by "
+                                  "`python -m benchmarks.precision --openvino`)")
     previous_threads = torch.get_num_threads()
     threads = threads or previous_threads
     torch.set_num_threads(threads)

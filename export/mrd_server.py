@@ -228,7 +228,7 @@ class ReconstructionServer:
     Args:
         model: an exported model path (opened with ``provider`` and ``threads``) or an opened model.
         host, port: where to listen; port 0 picks a free port (:attr:`address` tells which).
-        provider: ONNX Runtime provider for a model path.
+        provider: the runtime for a model path (``--provider``: an ONNX Runtime provider or OpenVINO).
         threads: intra-op threads per run (``None``: all cores); also sets how many runs go at once.
         idle_timeout: seconds a connection may stay silent (or not take our bytes) before it is closed.
         max_connections: connections served at once.
@@ -249,7 +249,7 @@ class ReconstructionServer:
         self.log = log or logging.getLogger(LOGGER_NAME)
         self.idle_timeout = float(idle_timeout)
         self.max_connections = max_connections
-        intra_op = self.model.session.get_session_options().intra_op_num_threads or os.cpu_count() or 1
+        intra_op = self.model.threads or os.cpu_count() or 1
         self.reconstructor = SliceReconstructor(self.model, take_real_part,
                                                 parallel_runs=max(1, (os.cpu_count() or 1) // intra_op))
         self.stats = ServerStats()
@@ -286,8 +286,7 @@ class ReconstructionServer:
         host, port = self.address
         self.log.info("serving %s (%s, %d channel(s), %dx%d) on %s:%d with %s, %s intra-op thread(s), %d run(s) at "
                       "once", self.model.path.name, metadata.architecture, metadata.image_channels,
-                      *metadata.image_size, host, port, self.model.provider,
-                      self.model.session.get_session_options().intra_op_num_threads or "all",
+                      *metadata.image_size, host, port, self.model.provider, self.model.threads or "all",
                       self.reconstructor.parallel_runs)
         try:
             self._serving.set()

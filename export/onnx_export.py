@@ -42,7 +42,7 @@ from compressor.export.run_models import (
     run_validation_kspace,
     simulated_kspace,
 )
-from compressor.export.runtime import INPUT_NAMES, ExportedModel, ExportMetadata, open_exported
+from compressor.export.runtime import CPU, INPUT_NAMES, OPENVINO, ExportedModel, ExportMetadata, open_exported
 from compressor.export.targets import DEFAULT_TARGET, EXPORT_TARGETS, ExportRequest
 from compressor.export.validate import PrecisionCheck, QualitySlices, ValidationReport
 from compressor.io import save_json
@@ -283,7 +283,7 @@ def _result(path: Path, report: ValidationReport, exported: ExportedModel, formu
     """The result of a validated export; ``exported.metadata`` is what the file records."""
     metadata, provider = exported.metadata, exported.provider
     image_outputs = metadata.outputs.image_names
-    image = report.worst(f"ONNX Runtime ({provider})", image_outputs)
+    image = report.worst(exported.runtime, image_outputs)
     reference = [c for c in report.comparisons if c.runtime == "onnx.reference" and c.output in image_outputs]
     return ExportResult(path=path, max_abs_error=image.max_abs_error, relative_error=image.relative_error,
                         tolerance=image.tolerance,
@@ -326,9 +326,12 @@ def precision_lines(result: ExportResult) -> list[str]:
         speed = extras["int8_speed"]
         verdict = "pays" if speed["pays"] else "does not pay"
         lines.append(f"INT8 {verdict} on this CPU ({speed['cpu']}): {speed['speedup']:.2f}x the fp32 speed at batch 1 "
-                     f"({speed['int8_median_ms']:.2f} vs {speed['fp32_median_ms']:.2f} ms, median of {speed['runs']})")
+                     f"({speed['int8_median_ms']:.2f} vs {speed['fp32_median_ms']:.2f} ms, median of {speed['runs']})"
+                     + ("" if "openvino_speedup" not in speed else
+                        f"; on OpenVINO (--provider openvino) it runs at {speed['openvino_speedup']:.2f}x ONNX "
+                        f"Runtime's fp32 speed ({speed['openvino_int8_median_ms']:.2f} ms)"))
     if "fp16" in extras:
-        lines.append(f"fp16 {extras['fp16']['cpu_note']}" if result.provider == "CPUExecutionProvider" else
+        lines.append(f"fp16 {extras['fp16']['cpu_note']}" if result.provider in (CPU, OPENVINO) else
                      f"fp16 validated on {result.provider}")
     return lines
 

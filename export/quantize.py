@@ -38,7 +38,7 @@ import copy
 import logging
 import math
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,15 @@ from torch import nn
 
 from compressor.errors import InputError
 from compressor.export.cpu import CpuFeatures, cpu_features
-from compressor.export.runtime import CPU, ORT_DEFAULT_SEVERITY, ORT_SILENT_SEVERITY, create_session, graph_feed
+from compressor.export.runtime import (
+    CPU,
+    OPENVINO,
+    ORT_DEFAULT_SEVERITY,
+    ORT_SILENT_SEVERITY,
+    create_session,
+    graph_feed,
+    openvino_cpu_usable,
+)
 from compressor.export.validate import (
     ImageQuality,
     QualitySlices,
@@ -75,7 +83,16 @@ QAT_STEPS = 100
 QAT_BATCH = 4
 QAT_LEARNING_RATE = 3e-5
 GROUPED_REASON = ("grouped half of a channel-sum convolution: its weights are computed in the graph, and ONNX "
-                  "Runtime's QLinearConv on unpacked weights is ~10x slower than fp32 (ConvLayer.int8_eligible)")
+                  "Runtime's QLinearConv on unpacked weights is ~10x slower than fp32 (ConvLayer.fp32_reason)")
+FP32_OUTPUT_REASON = ("its output is read in fp32 only (the residual sum and the DF), so ONNX Runtime cannot fuse it "
+                      "into a QLinearConv and would run an fp32 Conv on dequantized weights and input: INT8 would add "
+                      "Q/DQ passes and rounding, no int8 arithmetic (ConvLayer.fp32_reason)")
+BLOCK_ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "PRelu"})
+"""The activations between a block's convolutions."""
+REMOVABLE_ACTIVATIONS = frozenset({"Relu"})
+"""Activations ``quantize_static`` folds into the preceding convolution's output range (asymmetric activations: the
+range starts at 0), so that two INT8 convolutions meet without a DequantizeLinear/QuantizeLinear requantization
+between them."""
 LAYER_SHARE = 0.5
 """A convolution is a candidate for INT8 when quantizing it alone costs at most this share of the bound."""
 TIMING_RUNS = 24
@@ -185,6 +202,8 @@ class ConvLayer:
         in_channels, out_channels: the layer's.
         part: ``""``, or for a block's last convolution exported as grouped conv + channel sum
             (:class:`~compressor.export.graph.ChannelSumConv`), ``"grouped"`` or ``"channel sum"``.
+        output_fp32_only: no reader of its output is a convolution or a block activation (the block's last
+            convolution, read by the residual sum and the DF).
     """
 
     node: str
@@ -193,14 +212,27 @@ class ConvLayer:
     in_channels: int
     out_channels: int
     part: str = ""
+    output_fp32_only: bool = False
+
+    @property
+    def fp32_reason(self) -> str:
+        """Why INT8 may not take this convolution (``""``: it may).
+
+        * The grouped half of a channel-sum convolution: the graph computes its weights (a reshape of the trained
+          weight) instead of holding them as an initializer, so ONNX Runtime runs it as a QLinearConv on unpacked
+          weights: measured 29 ms per node against 2.5 ms for a whole fp32 32->32 block convolution (2-channel d3c5,
+          120x120, AVX2), for a negligible share of the FLOPs.
+        * A convolution whose output only fp32 nodes read: ONNX Runtime fuses DequantizeLinear -> Conv ->
+          QuantizeLinear into a QLinearConv, and with no QuantizeLinear after it (the DF must read fp32) it runs an
+          fp32 Conv on dequantized input and weights, so INT8 costs time and quality and gains nothing.
+        """
+        if self.part == "grouped":
+            return GROUPED_REASON
+        return FP32_OUTPUT_REASON if self.output_fp32_only else ""
 
     @property
     def int8_eligible(self) -> bool:
-        """Whether INT8 may take this convolution: not the grouped half of a channel-sum convolution, whose weights
-        the graph computes (a reshape of the trained weight) instead of holding as an initializer, so that ONNX
-        Runtime runs it as a QLinearConv on unpacked weights: measured 29 ms per node against 2.5 ms for a whole fp32
-        32->32 block convolution (2-channel d3c5, 120x120, AVX2), for a negligible share of the FLOPs."""
-        return self.part != "grouped"
+        return not self.fp32_reason
 
     @property
     def label(self) -> str:
@@ -233,12 +265,36 @@ def model_convolutions(model: CascadeModel) -> list[tuple[int, int, int, int, st
 
 def conv_layers(graph: onnx.ModelProto, model: CascadeModel) -> list[ConvLayer]:
     """The graph's ``Conv`` nodes (graph order, which is the cascades' order: each cascade's block runs after the
-    previous DF) named by ``model``'s layers; a count mismatch is an error (the graph is not this model's)."""
-    nodes = [node.name for node in graph.graph.node if node.op_type == "Conv"]
+    previous DF) named by ``model``'s layers, each with whether only fp32 nodes read its output; a count mismatch is
+    an error (the graph is not this model's)."""
+    convs = [node for node in graph.graph.node if node.op_type == "Conv"]
     layers = model_convolutions(model)
-    if len(nodes) != len(layers):
-        raise ValueError(f"the graph has {len(nodes)} Conv nodes, the model's blocks {len(layers)}")
-    return [ConvLayer(name, *layer) for name, layer in zip(nodes, layers, strict=True)]
+    if len(convs) != len(layers):
+        raise ValueError(f"the graph has {len(convs)} Conv nodes, the model's blocks {len(layers)}")
+    readers: dict[str, set[str]] = {}
+    for node in graph.graph.node:
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.op_type)
+    return [ConvLayer(node.name, *layer, output_fp32_only=not readers.get(node.output[0], set())
+                      & (BLOCK_ACTIVATIONS | {"Conv"}))
+            for node, layer in zip(convs, layers, strict=True)]
+
+
+def activations_between(graph: onnx.ModelProto, nodes: Sequence[str]) -> list[str]:
+    """The :data:`REMOVABLE_ACTIVATIONS` nodes between two of the convolutions ``nodes`` (a chosen convolution
+    writes their input and only chosen convolutions read their output): quantized with them, each is folded into the
+    first convolution's output range. One with an fp32 reader stays: that reader gets the fp32 tensor back
+    (:func:`keep_fp32_outside_convolutions`), which without the activation would be the convolution's raw output."""
+    chosen = set(nodes)
+    producer = {output: node for node in graph.graph.node for output in node.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return [node.name for node in graph.graph.node
+            if node.op_type in REMOVABLE_ACTIVATIONS
+            and getattr(producer.get(node.input[0]), "name", None) in chosen
+            and readers.get(node.output[0]) and all(reader.name in chosen for reader in readers[node.output[0]])]
 
 
 # --- quantization -------------------------------------------------------------------------------------------------
@@ -263,9 +319,8 @@ def keep_fp32_outside_convolutions(graph: onnx.ModelProto, quantized: Sequence[s
     nodes = graph.graph.node
     producer = {output: node for node in nodes for output in node.output}
     allowed = set(quantized)
-    block_activations = {"Relu", "LeakyRelu", "PRelu"}
     for node in nodes:
-        if node.name in allowed or node.op_type in block_activations or node.op_type == "QuantizeLinear":
+        if node.name in allowed or node.op_type in BLOCK_ACTIVATIONS or node.op_type == "QuantizeLinear":
             continue
         for index, name in enumerate(node.input):
             dequantize = producer.get(name)
@@ -340,7 +395,9 @@ class Quantizer:
         self.quantize([layer.node for layer in self.eligible])  # calibrates every convolution's tensors once
 
     def quantize(self, nodes: Sequence[str]) -> onnx.ModelProto:
-        """The graph with exactly ``nodes`` (Conv node names) quantized, DF and normalisation fp32."""
+        """The graph with exactly ``nodes`` (Conv node names) quantized, DF and normalisation fp32; the Relus
+        between them are quantized with them (:func:`activations_between`), which folds them into the
+        convolutions' output ranges."""
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
@@ -350,7 +407,9 @@ class Quantizer:
         with quiet_quantization():
             quantize_static(
                 str(self._input), str(output), reader, quant_format=QuantFormat[self.settings.quant_format],
-                op_types_to_quantize=["Conv"], nodes_to_quantize=list(nodes), per_channel=self.settings.per_channel,
+                op_types_to_quantize=["Conv", *REMOVABLE_ACTIVATIONS],
+                nodes_to_quantize=[*nodes, *activations_between(self.preprocessed, nodes)],
+                per_channel=self.settings.per_channel,
                 reduce_range=self.settings.reduce_range, activation_type=QuantType[self.settings.activation_type],
                 weight_type=QuantType[self.settings.weight_type], calibrate_method=methods[self.method],
                 calibration_cache_path=str(self._cache))
@@ -476,7 +535,7 @@ def quantize_int8(graph: onnx.ModelProto, model: CascadeModel, mask: np.ndarray,
             whole = loss_of([layer.node for layer in quantizer.eligible])[1][1]
             trials += 1
         by_node = {choice.layer.node: choice for choice in chosen}
-        choices = [by_node.get(layer.node) or LayerChoice(layer, math.nan, False, GROUPED_REASON)
+        choices = [by_node.get(layer.node) or LayerChoice(layer, math.nan, False, layer.fp32_reason)
                    for layer in quantizer.layers]
     choice = Int8Choice(choices, *measured, bound, trials)
     if options.qat_steps and whole.psnr_loss > options.qat_threshold:
@@ -519,7 +578,9 @@ def _quantization_aware(choice: Int8Choice, model: CascadeModel, mask: np.ndarra
                         retrace: Callable[[CascadeModel], onnx.ModelProto], whole: ImageQuality) -> Int8Choice:
     """Fine-tune ``model`` with every convolution fake-quantized, quantize the result whole, and keep it instead of
     ``choice`` when it is within the bound and quantizes more convolutions."""
-    tuned, first, last = finetune_quantization_aware(model, settings, calibration.kspace, mask, options.qat_steps)
+    int8_convolutions = {(c.layer.cascade, c.layer.conv) for c in choice.layers if c.layer.int8_eligible}
+    tuned, first, last = finetune_quantization_aware(model, settings, calibration.kspace, mask, options.qat_steps,
+                                                     int8_convolutions)
     with tempfile.TemporaryDirectory(prefix="qat-") as folder:
         quantizer = Quantizer(retrace(tuned), tuned, calibration, mask, options.calibration_method, settings,
                               Path(folder))
@@ -573,11 +634,13 @@ class _FakeQuantizedInput:
 
 
 def finetune_quantization_aware(model: CascadeModel, settings: Int8Settings, kspace: np.ndarray, mask: np.ndarray,
-                                steps: int, learning_rate: float = QAT_LEARNING_RATE, batch: int = QAT_BATCH,
+                                steps: int, convolutions: Collection[tuple[int, int]] | None = None,
+                                learning_rate: float = QAT_LEARNING_RATE, batch: int = QAT_BATCH,
                                 ) -> tuple[CascadeModel, float, float]:
-    """A short quantization-aware fine-tuning of a copy of ``model``: every block convolution's weights and input
-    fake-quantized (:class:`_FakeQuantizedWeight`, :class:`_FakeQuantizedInput`; 7-bit weights with
-    ``settings.reduce_range``), distilled from the fp32 ``model`` itself with the training objective's L1 loss
+    """A short quantization-aware fine-tuning of a copy of ``model``: the weights and input of every block
+    convolution that INT8 may take (``convolutions``, 1-based ``(cascade, conv)``; ``None``: all) fake-quantized
+    (:class:`_FakeQuantizedWeight`, :class:`_FakeQuantizedInput`; 7-bit weights with ``settings.reduce_range``),
+    distilled from the fp32 ``model`` itself with the training objective's L1 loss
     (:func:`compressor.training.objectives.reconstruction_loss`) on random batches of ``kspace`` ``(S, H, W)``
     (complex, uncentred, undersampled with ``mask``; seeded). Returns the fine-tuned fp32 copy (eval mode, fake
     quantization removed: the exporter quantizes its weights the same way) and the mean L1 of the first and the
@@ -589,7 +652,9 @@ def finetune_quantization_aware(model: CascadeModel, settings: Int8Settings, ksp
     teacher = model.eval()
     student = copy.deepcopy(model).cpu().train()
     levels = 64 if settings.reduce_range else 127
-    convs = [conv for cascade in block_convolutions(student) for conv in cascade]
+    convs = [conv for cascade_index, cascade in enumerate(block_convolutions(student), start=1)
+             for conv_index, conv in enumerate(cascade, start=1)
+             if convolutions is None or (cascade_index, conv_index) in convolutions]
     hooks = []
     for conv in convs:
         parametrize.register_parametrization(conv, "weight", _FakeQuantizedWeight(levels))
@@ -617,12 +682,14 @@ def finetune_quantization_aware(model: CascadeModel, settings: Int8Settings, ksp
 
 @dataclass(frozen=True)
 class SpeedCheck:
-    """Interleaved batch-1 latency of the INT8 and fp32 files on this CPU (median ms) and whether INT8 pays."""
+    """Interleaved batch-1 latency on this CPU (median ms) of the INT8 and fp32 files on ONNX Runtime and, where
+    OpenVINO is installed, of the INT8 file on OpenVINO's CPU runtime; whether INT8 pays on each."""
 
     int8_ms: float
     fp32_ms: float
     runs: int
     cpu: str
+    openvino_int8_ms: float | None = None
 
     @property
     def speedup(self) -> float:
@@ -634,23 +701,36 @@ class SpeedCheck:
         few percent, so a smaller gain is not one this check can tell from noise."""
         return self.speedup >= PAYS_SPEEDUP
 
+    @property
+    def openvino_speedup(self) -> float | None:
+        """ONNX Runtime's fp32 time over OpenVINO's INT8 time (``None`` without OpenVINO)."""
+        return None if self.openvino_int8_ms is None else self.fp32_ms / self.openvino_int8_ms
+
     def to_json(self) -> dict[str, Any]:
+        openvino = {} if self.openvino_int8_ms is None else {
+            "openvino_int8_median_ms": self.openvino_int8_ms, "openvino_speedup": self.openvino_speedup,
+            "openvino_pays": self.openvino_speedup >= PAYS_SPEEDUP}
         return {"int8_median_ms": self.int8_ms, "fp32_median_ms": self.fp32_ms, "speedup": self.speedup,
-                "runs": self.runs, "batch": 1, "pays": self.pays, "cpu": self.cpu}
+                "runs": self.runs, "batch": 1, "pays": self.pays, "cpu": self.cpu, **openvino}
 
 
 def int8_speed(int8_graph: onnx.ModelProto, fp32_graph: onnx.ModelProto, kspace: np.ndarray, mask: np.ndarray,
                runs: int = TIMING_RUNS) -> SpeedCheck:
-    """A quick interleaved timing (``runs`` runs each after 3 warm-up runs, batch 1, CPU, ONNX Runtime's default
-    threads) of both graphs on the first slice of ``kspace``: enough to say whether INT8 pays here, not a benchmark."""
+    """A quick interleaved timing (``runs`` runs each after 3 warm-up runs, batch 1, CPU, the runtimes' default
+    threads) of both graphs on ONNX Runtime and, where OpenVINO is installed, of the INT8 graph on OpenVINO, on the
+    first slice of ``kspace``: enough to say whether INT8 pays here, not a benchmark."""
     from compressor.export.benchmark import interleaved_timings
 
     feed = graph_feed(kspace[:1], mask)
-    sessions = {name: create_session(graph.SerializeToString(), CPU)
-                for name, graph in (("int8", int8_graph), ("fp32", fp32_graph))}
+    graphs = {"int8": (int8_graph, CPU), "fp32": (fp32_graph, CPU)}
+    if openvino_cpu_usable():
+        graphs["openvino int8"] = (int8_graph, OPENVINO)
+    sessions = {name: create_session(graph.SerializeToString(), runtime) for name, (graph, runtime) in graphs.items()}
     timings = interleaved_timings({name: (lambda s=session: s.run(None, feed)) for name, session in sessions.items()},
                                   runs, 3)
-    return SpeedCheck(timings["int8"].median, timings["fp32"].median, runs, cpu_features().describe())
+    openvino = timings.get("openvino int8")
+    return SpeedCheck(timings["int8"].median, timings["fp32"].median, runs, cpu_features().describe(),
+                      openvino.median if openvino else None)
 
 
 # --- fp16 ---------------------------------------------------------------------------------------------------------
@@ -658,8 +738,9 @@ def int8_speed(int8_graph: onnx.ModelProto, fp32_graph: onnx.ModelProto, kspace:
 FP16_OPS = frozenset({"Conv", "Relu", "LeakyRelu", "PRelu"})
 """The ops computed in fp16: the CNN blocks' convolutions and the activations between them; every other node
 (normalisation, DF, slicing, outputs) stays fp32."""
-FP16_CPU_NOTE = ("validated on CPU: ONNX Runtime's CPU provider computes many fp16 ops through casts to fp32, so this "
-                 "checks fp16 rounding only, not fp16 arithmetic or speed (measure those on a GPU)")
+FP16_CPU_NOTE = ("validated on CPU: ONNX Runtime's CPU provider (and OpenVINO at f32 inference precision) computes "
+                 "many fp16 ops through casts to fp32, so this checks fp16 rounding only, not fp16 arithmetic or "
+                 "speed (measure those on a GPU)")
 
 
 @dataclass

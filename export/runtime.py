@@ -1,10 +1,13 @@
-"""Scanner-side runtime: ONNX Runtime execution providers, sessions, and the metadata an exported model carries.
+"""Scanner-side runtime: ONNX Runtime execution providers, OpenVINO, sessions, and the metadata an exported model
+carries.
 
 Everything here needs only ``onnxruntime`` and ``numpy`` (no PyTorch), as on a scanner; ``onnx`` builds the
-one-node model of the CUDA probe.
+one-node model of the CUDA probe and reads the metadata of a file OpenVINO runs.
 
-Providers: every execution provider the tool may use is registered in :data:`EXECUTION_PROVIDERS`, one line each
-(the ``--provider`` choices of the CLI come from it, plus ``auto``). ``onnxruntime-gpu`` lists
+Providers: every runtime the tool may use is registered in :data:`EXECUTION_PROVIDERS`, one line each (the
+``--provider`` choices of the CLI come from it, plus ``auto``): ONNX Runtime's execution providers
+(:class:`ExecutionProvider`) and OpenVINO's CPU runtime (:class:`OpenVINORuntime`), which runs the same ONNX file
+behind the same ``run(output_names, feed)`` call (:class:`Session`). ``onnxruntime-gpu`` lists
 ``CUDAExecutionProvider`` as available even where CUDA cannot run (no GPU, missing CUDA libraries); ONNX Runtime then
 quietly builds a CPU session. A provider registered with ``probed=True`` is therefore probed by building a session on
 a one-node model and checking that it is really the active provider (:func:`provider_usable`). A CUDA session is
@@ -17,12 +20,14 @@ from __future__ import annotations
 
 import base64
 import functools
+import importlib.util
 import json
+import queue
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -32,6 +37,7 @@ from compressor.registry import Registry
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+OPENVINO = "OpenVINO-CPU"
 AUTO_PROVIDER = "auto"
 ORT_DEFAULT_SEVERITY = 2
 ORT_SILENT_SEVERITY = 4
@@ -236,12 +242,28 @@ def provider_usable(ort_name: str, probed: bool = True) -> bool:
         ort.set_default_logger_severity(ORT_DEFAULT_SEVERITY)
 
 
+class Session(Protocol):
+    """What the tool asks of an inference session: ONNX Runtime's ``InferenceSession.run``."""
+
+    def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """The outputs ``output_names`` (``None``: all, in graph order) for the named inputs."""
+        ...
+
+
+LOAD_ERRORS = tuple(
+    getattr(ort.capi.onnxruntime_pybind11_state, name)
+    for name in ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoSuchFile", "NotImplemented",
+                 "RuntimeException")
+)
+"""What ONNX Runtime raises for a file it cannot turn into a session."""
+
+
 @dataclass(frozen=True)
 class ExecutionProvider:
     """An ONNX Runtime execution provider the tool can validate, reconstruct and benchmark on.
 
     Attributes:
-        ort_name: ONNX Runtime's name, e.g. ``"CPUExecutionProvider"``.
+        ort_name: ONNX Runtime's name, e.g. ``"CPUExecutionProvider"``; the name :func:`choose_provider` returns.
         preference: ``auto`` picks the usable provider of highest preference.
         probed: whether availability must be proven by a session (providers that list themselves where they
             cannot run, as CUDA does).
@@ -253,14 +275,168 @@ class ExecutionProvider:
     probed: bool = False
     unusable: str = ""
 
+    @property
+    def name(self) -> str:
+        return self.ort_name
+
+    @property
+    def label(self) -> str:
+        """The runtime and provider in words, as reports name them."""
+        return f"ONNX Runtime ({self.ort_name})"
+
+    @property
+    def title(self) -> str:
+        return f"the {self.ort_name.removesuffix('ExecutionProvider')} execution provider"
+
     def usable(self) -> bool:
         return provider_usable(self.ort_name, self.probed)
 
+    def session(self, model: str | Path | bytes, threads: int | None = None,
+                spinning: bool = False) -> ort.InferenceSession:
+        """A session that runs on exactly this provider (an error otherwise, never a silent fallback)."""
+        source = model if isinstance(model, bytes) else str(model)
+        session = ort.InferenceSession(source, session_options(self.ort_name, threads, spinning),
+                                       providers=[self.ort_name])
+        active = session.get_providers()[0]
+        if active != self.ort_name:
+            raise RuntimeError(f"ONNX Runtime built a {active} session where {self.ort_name} was asked for")
+        return session
 
-EXECUTION_PROVIDERS: Registry[ExecutionProvider] = Registry("execution provider")
+    def open(self, path: Path, threads: int | None) -> tuple[Session, dict[str, str]]:
+        """A session on the file ``path`` and its ``metadata_props``; an unloadable file raises :class:`InputError`."""
+        try:
+            session = self.session(path, threads)
+        except LOAD_ERRORS as error:
+            raise InputError(f"not a loadable ONNX model ({first_line(error)})", path) from None
+        return session, session.get_modelmeta().custom_metadata_map
+
+    def node_providers(self, model: Path, feed: Mapping[str, np.ndarray]) -> dict[str, str]:
+        """Run ``model`` once with profiling and return ``{node name: provider that ran it}``."""
+        with tempfile.TemporaryDirectory() as folder:
+            options = session_options(self.ort_name, profile_prefix=str(Path(folder) / "profile"))
+            session = ort.InferenceSession(str(model), options, providers=[self.ort_name])
+            session.run(None, dict(feed))
+            events = json.loads(Path(session.end_profiling()).read_text())
+        return {
+            event["name"].removesuffix("_kernel_time"): event["args"]["provider"]
+            for event in events
+            if event.get("cat") == "Node" and "provider" in event.get("args", {})
+        }
+
+
+@functools.cache
+def openvino_cpu_usable() -> bool:
+    """Whether OpenVINO is installed and lists its CPU device (checked once per process)."""
+    if importlib.util.find_spec("openvino") is None:
+        return False
+    import openvino
+
+    return "CPU" in openvino.Core().available_devices
+
+
+class OpenVINOSession:
+    """An OpenVINO compiled model behind ONNX Runtime's ``run(output_names, feed)`` call.
+
+    One infer request must not run two inferences at once, so each call takes an idle request from a pool (or makes
+    one): calls from several threads, as the streaming server makes, are safe. Outputs are copies
+    (``share_outputs=False``), so a later call cannot overwrite what an earlier one returned.
+    """
+
+    def __init__(self, compiled: Any):
+        self._compiled = compiled
+        self._outputs = {output.get_any_name(): output for output in compiled.outputs}
+        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            request = self._idle.get_nowait()
+        except queue.Empty:
+            request = self._compiled.create_infer_request()
+        try:
+            results = request.infer(dict(input_feed), share_outputs=False)
+            return [np.asarray(results[self._outputs[name]]) for name in (output_names or list(self._outputs))]
+        finally:
+            self._idle.put(request)
+
+
+@dataclass(frozen=True)
+class OpenVINORuntime:
+    """OpenVINO's own CPU runtime (``pip install openvino``), not an ONNX Runtime provider: it compiles the ONNX file
+    with its ONNX front end and runs a QDQ INT8 file with int8 kernels.
+
+    It is offered because on an AVX2 CPU without VNNI it ran this tool's INT8 files in 0.61-0.86x ONNX Runtime's
+    time (``benchmarks/results/precision.md``); its fp32 was 1.10-1.31x slower there, so ``auto`` never picks it.
+    Inference precision is pinned to f32: on a CPU with bf16 units OpenVINO would otherwise compute an fp32 file's
+    convolutions in bf16, and the validation against PyTorch would not hold for what runs.
+    """
+
+    preference: int = -1
+    unusable: str = "OpenVINO is not installed (pip install openvino) or has no CPU device"
+
+    @property
+    def name(self) -> str:
+        return OPENVINO
+
+    @property
+    def label(self) -> str:
+        import openvino
+
+        return f"OpenVINO {openvino.get_version().split('-')[0]} (CPU)"
+
+    @property
+    def title(self) -> str:
+        return "OpenVINO"
+
+    def usable(self) -> bool:
+        return openvino_cpu_usable()
+
+    def session(self, model: str | Path | bytes, threads: int | None = None, spinning: bool = False) -> Session:
+        """A compiled model on OpenVINO's CPU device with the latency hint (one stream: the whole CPU on one
+        inference), ``threads`` inference threads (``None``: OpenVINO's default); ``spinning`` has no OpenVINO
+        counterpart and is ignored."""
+        import openvino
+
+        core = openvino.Core()
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        return OpenVINOSession(core.compile_model(core.read_model(model if isinstance(model, bytes) else str(model)),
+                                                  "CPU", config))
+
+    def open(self, path: Path, threads: int | None) -> tuple[Session, dict[str, str]]:
+        """A session on the file ``path`` and its ``metadata_props``. The file is parsed as ONNX first: OpenVINO
+        would try its other front ends on a corrupt file and report theirs. Unloadable: :class:`InputError`."""
+        import onnx
+        from google.protobuf.message import DecodeError
+
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except (DecodeError, OSError, ValueError) as error:
+            raise InputError(f"not a loadable ONNX model ({first_line(error)})", path) from None
+        try:
+            session = self.session(proto.SerializeToString(), threads)
+        except RuntimeError as error:
+            raise InputError(f"OpenVINO cannot compile it ({first_line(error)})", path) from None
+        return session, {entry.key: entry.value for entry in proto.metadata_props}
+
+    def node_providers(self, model: Path, feed: Mapping[str, np.ndarray]) -> dict[str, str]:
+        """Every node on OpenVINO's CPU device: it compiles the whole graph for one device or refuses it (there is no
+        per-node fallback to find); the run on ``feed`` proves the compiled graph runs."""
+        import onnx
+
+        self.session(Path(model)).run(None, feed)
+        return {node.name: OPENVINO for node in onnx.load(str(model)).graph.node}
+
+
+Runtime = ExecutionProvider | OpenVINORuntime
+"""A registered way to run an exported file: :attr:`name`, :attr:`label`, :attr:`title`, :meth:`usable`,
+:meth:`session`, :meth:`open`, :meth:`node_providers`."""
+
+EXECUTION_PROVIDERS: Registry[Runtime] = Registry("execution provider")
 EXECUTION_PROVIDERS.register("cpu")(ExecutionProvider(CPU, preference=0))
 EXECUTION_PROVIDERS.register("cuda")(ExecutionProvider(CUDA, preference=1, probed=True,
                                                        unusable="no GPU or CUDA libraries missing"))
+EXECUTION_PROVIDERS.register("openvino")(OpenVINORuntime())
 
 
 def provider_choices() -> list[str]:
@@ -268,26 +444,48 @@ def provider_choices() -> list[str]:
     return [AUTO_PROVIDER, *EXECUTION_PROVIDERS.names()]
 
 
+def runtime_named(name: str) -> Runtime:
+    """The registered runtime whose :attr:`name` (what :func:`choose_provider` returns) is ``name``."""
+    for key in EXECUTION_PROVIDERS:
+        if EXECUTION_PROVIDERS.get(key).name == name:
+            return EXECUTION_PROVIDERS.get(key)
+    raise ValueError(f"no registered runtime is named {name!r}")
+
+
+def runtime_label(name: str) -> str:
+    """The runtime ``name`` (what :func:`choose_provider` returns) in words, e.g. ``ONNX Runtime
+    (CPUExecutionProvider)``."""
+    return runtime_named(name).label
+
+
 def choose_provider(requested: str = AUTO_PROVIDER) -> str:
-    """The ONNX Runtime name of the provider to use: for ``"auto"`` the usable registered provider of highest
-    preference (CUDA when really usable, else CPU); for a registered name, that provider, which must be usable."""
+    """The name of the runtime to use: for ``"auto"`` the usable registered runtime of highest preference (CUDA when
+    really usable, else ONNX Runtime's CPU provider); for a registered name, that runtime, which must be usable."""
     if requested not in provider_choices():
         raise InputError(f"unknown provider {requested!r}; valid: {', '.join(provider_choices())}")
     if requested == AUTO_PROVIDER:
         ranked = sorted((EXECUTION_PROVIDERS.get(name) for name in EXECUTION_PROVIDERS), key=lambda p: -p.preference)
-        return next(provider.ort_name for provider in ranked if provider.usable())
+        return next(provider.name for provider in ranked if provider.usable())
     provider = EXECUTION_PROVIDERS.get(requested)
     if not provider.usable():
         reason = f" ({provider.unusable})" if provider.unusable else ""
-        raise InputError(f"the {provider.ort_name.removesuffix('ExecutionProvider')} execution provider was asked "
-                         f"for but cannot run here{reason}; use --provider cpu")
-    return provider.ort_name
+        raise InputError(f"{provider.title} was asked for but cannot run here{reason}; use --provider cpu")
+    return provider.name
+
+
+def require_onnxruntime(name: str, what: str) -> ExecutionProvider:
+    """The ONNX Runtime provider ``name``; for another runtime an :class:`InputError` saying that ``what`` needs
+    ONNX Runtime (its profiler, or a comparison against it)."""
+    runtime = runtime_named(name)
+    if not isinstance(runtime, ExecutionProvider):
+        raise InputError(f"{what} runs on ONNX Runtime only, not on {name}; choose --provider cpu or cuda")
+    return runtime
 
 
 def session_options(provider: str, threads: int | None = None, spinning: bool = False,
                     profile_prefix: str | None = None) -> ort.SessionOptions:
-    """Options for a session on ``provider``: ``threads`` intra-op threads (``None``: ONNX Runtime's default),
-    thread spinning off unless asked (fair timing, no busy CPU between calls), no CPU fallback for CUDA."""
+    """Options for an ONNX Runtime session on ``provider``: ``threads`` intra-op threads (``None``: ONNX Runtime's
+    default), thread spinning off unless asked (fair timing, no busy CPU between calls), no CPU fallback for CUDA."""
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = int(threads)
@@ -302,28 +500,14 @@ def session_options(provider: str, threads: int | None = None, spinning: bool = 
 
 
 def create_session(model: str | Path | bytes, provider: str = CPU, threads: int | None = None,
-                   spinning: bool = False) -> ort.InferenceSession:
-    """An inference session that runs on exactly ``provider`` (an error otherwise, never a silent fallback)."""
-    source = model if isinstance(model, bytes) else str(model)
-    session = ort.InferenceSession(source, session_options(provider, threads, spinning), providers=[provider])
-    active = session.get_providers()[0]
-    if active != provider:
-        raise RuntimeError(f"ONNX Runtime built a {active} session where {provider} was asked for")
-    return session
+                   spinning: bool = False) -> Session:
+    """A session on the runtime named ``provider`` (:func:`choose_provider`'s names) that runs on exactly it."""
+    return runtime_named(provider).session(model, threads, spinning)
 
 
-def node_providers(model: str | Path, provider: str, feed: dict[str, np.ndarray]) -> dict[str, str]:
-    """Run ``model`` once with profiling and return ``{node name: provider that ran it}``."""
-    with tempfile.TemporaryDirectory() as folder:
-        options = session_options(provider, profile_prefix=str(Path(folder) / "profile"))
-        session = ort.InferenceSession(str(model), options, providers=[provider])
-        session.run(None, feed)
-        events = json.loads(Path(session.end_profiling()).read_text())
-    return {
-        event["name"].removesuffix("_kernel_time"): event["args"]["provider"]
-        for event in events
-        if event.get("cat") == "Node" and "provider" in event.get("args", {})
-    }
+def node_providers(model: str | Path, provider: str, feed: Mapping[str, np.ndarray]) -> dict[str, str]:
+    """Run ``model`` once on the runtime named ``provider`` and return ``{node name: provider that ran it}``."""
+    return runtime_named(provider).node_providers(Path(model), feed)
 
 
 def graph_feed(kspace: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
@@ -335,22 +519,21 @@ def graph_feed(kspace: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-LOAD_ERRORS = tuple(
-    getattr(ort.capi.onnxruntime_pybind11_state, name)
-    for name in ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoSuchFile", "NotImplemented",
-                 "RuntimeException")
-)
-"""What ONNX Runtime raises for a file it cannot turn into a session."""
-
-
 @dataclass
 class ExportedModel:
-    """An exported model opened for inference: its session, the provider that runs it, and its metadata."""
+    """An exported model opened for inference: its session, the runtime that runs it (:func:`choose_provider`'s
+    name), its metadata and the inference threads asked for (``None``: the runtime's default, all cores)."""
 
     path: Path
-    session: ort.InferenceSession
+    session: Session
     provider: str
     metadata: ExportMetadata
+    threads: int | None = None
+
+    @property
+    def runtime(self) -> str:
+        """The runtime in words (:func:`runtime_label`)."""
+        return runtime_label(self.provider)
 
     def run_outputs(self, kspace: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
         """Every output of the graph by name (:attr:`ExportMetadata.outputs`) for complex uncentred k-space
@@ -374,9 +557,5 @@ def open_exported(path: str | Path, provider: str = "auto", threads: int | None 
     if not path.is_file():
         raise InputError("model file not found", path)
     chosen = choose_provider(provider)
-    try:
-        session = create_session(path, chosen, threads)
-    except LOAD_ERRORS as error:
-        raise InputError(f"not a loadable ONNX model ({first_line(error)})", path) from None
-    metadata = ExportMetadata.from_properties(session.get_modelmeta().custom_metadata_map, path)
-    return ExportedModel(path, session, chosen, metadata)
+    session, properties = runtime_named(chosen).open(path, threads)
+    return ExportedModel(path, session, chosen, ExportMetadata.from_properties(properties, path), threads)

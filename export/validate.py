@@ -216,9 +216,8 @@ def validate_export(path: Path, exported: ExportedModel, model: CascadeModel, ks
     reference = pytorch_reference(model, kspace, mask)
     batches = [exported.run_outputs(kspace[start:start + VALIDATION_BATCH], mask)
                for start in range(0, len(kspace), VALIDATION_BATCH)]
-    runtime = f"ONNX Runtime ({exported.provider})"
     comparisons, failures = compare_outputs(
-        reference, {name: np.concatenate([batch[name] for batch in batches]) for name in names}, runtime,
+        reference, {name: np.concatenate([batch[name] for batch in batches]) for name in names}, exported.runtime,
         relative_tolerance)
     report.comparisons += comparisons
     report.failures += failures
@@ -419,7 +418,7 @@ def validate_precision(path: Path, exported: ExportedModel, fp32_graph: onnx.Mod
             f"{quality.psnr_loss - max_psnr_loss:.3f} dB (on {quality.slices} slices of {quality_slices.source})"))
 
     candidate, reference = batched_outputs(exported.run_outputs, kspace, mask), batched_outputs(fp32, kspace, mask)
-    comparisons, _ = compare_outputs(reference, candidate, f"ONNX Runtime ({exported.provider})", float("inf"))
+    comparisons, _ = compare_outputs(reference, candidate, exported.runtime, float("inf"))
     report.comparisons += comparisons
     deviation = sampled_line_deviation(candidate, kspace, mask, channels)
     if deviation > LINE_TOLERANCE:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 from click.testing import CliRunner
 from onnx import TensorProto
@@ -20,6 +21,7 @@ from compressor.export.onnx_export import export_model, phantom_kspace
 from compressor.export.quantize import (
     ConvLayer,
     PrecisionOptions,
+    activations_between,
     choose_convolutions,
     conv_layers,
     int8_settings,
@@ -110,6 +112,58 @@ def test_the_sensitivity_analysis_keeps_costly_layers_and_drops_the_worst_until_
     assert all(c.quantized and np.isnan(c.psnr_loss) for c in choices)
 
 
+def relu_graph(reader: str) -> onnx.ModelProto:
+    """x -> Conv a -> Relu r -> ``reader`` (a Conv b, or the residual Add of a block's last output) -> y."""
+    from onnx import helper
+
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a_out"], name="a"), helper.make_node("Relu", ["a_out"], ["r_out"],
+                                                                                         name="r")]
+    nodes.append(helper.make_node("Conv", ["r_out", "w"], ["y"], name="b") if reader == "Conv" else
+                 helper.make_node("Add", ["r_out", "x"], ["y"], name="b"))
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [1, 1, 1, 1], [1.0])
+    value = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 1, 4, 4]) for name in ("x", "y")]
+    return helper.make_model(helper.make_graph(nodes, "g", value[:1], value[1:], [weight]))
+
+
+def test_a_relu_is_folded_only_between_two_int8_convolutions():
+    """Folded into the first convolution's output range, it saves a requantization; with an fp32 reader it stays, or
+    that reader would get the convolution's output back without the Relu."""
+    assert activations_between(relu_graph("Conv"), ["a", "b"]) == ["r"]
+    assert activations_between(relu_graph("Conv"), ["a"]) == []
+    assert activations_between(relu_graph("Add"), ["a"]) == []
+
+
+def test_a_convolution_only_fp32_nodes_read_is_not_quantized(tmp_path, mask):
+    """ONNX Runtime fuses DequantizeLinear -> Conv -> QuantizeLinear into QLinearConv: a block's last convolution,
+    read by the residual sum and the DF in fp32, would run as an fp32 Conv on dequantized weights."""
+    model = tiny_model("d3c2")
+    graph = onnx.load(str(export(tmp_path, mask, "fp32", model).path))
+    reasons = {layer.label: layer.fp32_reason for layer in conv_layers(graph, model)}
+    assert [label for label, reason in reasons.items() if not reason] == [
+        f"cascade {c} conv {k}" for c in (1, 2) for k in ("1 (1->8)", "2 (8->8)")]
+    assert "read in fp32 only" in reasons["cascade 2 conv 3 (8->1, channel sum)"]
+
+
+def test_two_int8_convolutions_meet_without_a_requantization(tmp_path, mask):
+    """d3c2: conv 1 -> Relu -> conv 2, both INT8: one QuantizeLinear between them (the Relu folded into its range),
+    no DequantizeLinear -> QuantizeLinear pair, and ONNX Runtime runs them as two QLinearConv back to back."""
+    result = export(tmp_path, mask, "int8", model=tiny_model("d3c2"), max_psnr_loss=10.0)
+    graph = onnx.load(str(result.path))
+    producer = {out: node for node in graph.graph.node for out in node.output}
+    requantized = [node.name for node in graph.graph.node if node.op_type == "QuantizeLinear"
+                   and getattr(producer.get(node.input[0]), "op_type", "") == "DequantizeLinear"]
+    assert requantized == []
+    assert sum(node.op_type == "Relu" for node in graph.graph.node) == 2  # only those before the fp32 last conv
+    assert len(open_exported(result.path, "cpu").metadata.extras["quantization"]["int8_nodes"]) == 4
+    options = onnxruntime.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    onnxruntime.InferenceSession(str(result.path), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(options.optimized_model_filepath)
+    by_output = {out: node for node in optimized.graph.node for out in node.output}
+    qlinear = [node for node in optimized.graph.node if node.op_type == "QLinearConv"]
+    assert len(qlinear) == 4 and sum(by_output[node.input[0]].op_type == "QLinearConv" for node in qlinear) == 2
+
+
 # --- INT8 ------------------------------------------------------------------------------------------------------
 
 def test_int8_export_of_a_tiny_model_takes_seconds_and_records_how_it_was_made(int8_result):
@@ -120,12 +174,12 @@ def test_int8_export_of_a_tiny_model_takes_seconds_and_records_how_it_was_made(i
     quantization = extras["quantization"]
     assert extras["precision"] == "int8" and quantization["format"] == "QDQ" and quantization["per_channel"]
     assert quantization["calibration"] == {"method": "minmax", "slices": 2, "source": "the validation slices"}
-    # A bound of 10 dB takes every convolution INT8 may take: 6 Conv nodes less each cascade's grouped half of the
-    # channel-sum convolution (8->1), which stays fp32 and says why.
-    assert len(quantization["int8_nodes"]) == 4
-    grouped = [layer for layer in quantization["layers"] if layer["layer"].endswith("grouped)")]
-    assert len(grouped) == 2 and all(not layer["int8"] and "grouped half" in layer["kept_fp32_because"]
-                                     for layer in grouped)
+    # A bound of 10 dB takes every convolution INT8 may take: of the 6 Conv nodes, each cascade's first. Both halves
+    # of the block's last convolution (8->1 as grouped conv + channel sum) stay fp32 and say why.
+    assert len(quantization["int8_nodes"]) == 2
+    kept = {layer["layer"].split(", ")[-1]: layer for layer in quantization["layers"] if not layer["int8"]}
+    assert "grouped half" in kept["grouped)"]["kept_fp32_because"]
+    assert "read in fp32 only" in kept["channel sum)"]["kept_fp32_because"]
     assert {layer["layer"] for layer in quantization["layers"]} >= {"cascade 2 conv 1 (1->8)"}
     assert set(extras["int8_speed"]) >= {"speedup", "pays", "cpu"} and extras["cpu"]["instruction_sets"] is not None
     check = result.precision_check
