@@ -42,7 +42,15 @@ from compressor.export.run_models import (
     run_validation_kspace,
     simulated_kspace,
 )
-from compressor.export.runtime import CPU, INPUT_NAMES, OPENVINO, ExportedModel, ExportMetadata, open_exported
+from compressor.export.runtime import (
+    CPU,
+    INPUT_NAMES,
+    OPENVINO,
+    ExportedModel,
+    ExportMetadata,
+    choose_provider,
+    open_exported,
+)
 from compressor.export.targets import DEFAULT_TARGET, EXPORT_TARGETS, ExportRequest
 from compressor.export.validate import PrecisionCheck, QualitySlices, ValidationReport
 from compressor.io import save_json
@@ -264,8 +272,9 @@ def export_model(
     )
     if exporter.precision != "fp32" and quality_slices is None:
         quality_slices = phantom_quality_slices(mask, cpu_model.image_channels)
+    runtime = choose_provider(provider)
     request = ExportRequest(cpu_model, mask, chosen.name, chosen.line_axis, metadata, validation_kspace,
-                            quality_slices, calibration, precision_options or PrecisionOptions())
+                            quality_slices, calibration, precision_options or PrecisionOptions(), runtime)
     proto = trace_graph(ScannerGraph(cpu_model, mask.shape, chosen.name, chosen.line_axis))
     traced = onnx.ModelProto.FromString(proto.SerializeToString())  # the fp32 reference, whatever write() changes
     tolerance = exporter.relative_tolerance if relative_tolerance is None else relative_tolerance
@@ -312,9 +321,12 @@ def precision_lines(result: ExportResult) -> list[str]:
                 else check.reference_note)]
     quantization = extras.get("quantization")
     if quantization:
-        kept = [layer for layer in quantization["layers"] if not layer["int8"]]
+        kept: dict[str, list[str]] = {}  # the structural reasons are shared by a layer of every cascade
+        for layer in quantization["layers"]:
+            if not layer["int8"]:
+                kept.setdefault(layer["kept_fp32_because"], []).append(layer["layer"])
         lines.append(f"INT8 convolutions: {len(quantization['int8_nodes'])}/{len(quantization['layers'])}; kept fp32: "
-                     + ("; ".join(f"{layer['layer']} ({layer['kept_fp32_because']})" for layer in kept) or "none"))
+                     + ("; ".join(f"{', '.join(layers)} ({reason})" for reason, layers in kept.items()) or "none"))
         lines.append(f"calibration: {quantization['calibration']['method']} on {quantization['calibration']['slices']} "
                      f"slices of {quantization['calibration']['source']}; {quantization['reason']}")
         qat = quantization["qat"]

@@ -8,16 +8,19 @@ not have (the exporter already folded its constants, so every conv weight is an 
 nodes (MatMul+Add into Gemm), so that the DF would no longer match the fp32 export node for node; ONNX Runtime
 optimises the file when it loads it anyway. Only convolutions are quantized,
 in QDQ form, weights per channel; the types and ``reduce_range`` follow the ONNX Runtime guide for the CPU at hand
-(:func:`int8_settings`). Which convolutions are quantized is measured (:func:`choose_convolutions`): each alone, its
-PSNR cost on the quality slices; those cheap enough are quantized together, and the most costly dropped until the
+(:func:`int8_settings`); the Relus between two quantized convolutions are quantized with them, which folds each into
+the first one's output range (:func:`activations_between`: no requantization between them). A convolution only fp32
+nodes read, or whose weights the graph computes, stays fp32 (:attr:`ConvLayer.fp32_reason`). Which of the others
+are quantized is measured (:func:`choose_convolutions`) on the runtime that validates the file: each alone, its PSNR
+cost on the quality slices; those cheap enough are quantized together, and the most costly dropped until the
 combination is within the bound. The DF projection, the normalisation and the outputs always stay fp32: a
 Q/DQ pair that ONNX Runtime places on a tensor the DF or the normalisation reads is bypassed for those readers
 (:func:`keep_fp32_outside_convolutions`), so the DF sees the fp32 ``x_u`` and the fp32 CNN output and keeps the
 measured lines exact.
 
 **INT8, quantization-aware** (:func:`finetune_quantization_aware`): when post-training INT8 of every convolution
-loses more than ``PrecisionOptions.qat_threshold``, a copy of the model is fine-tuned with every convolution's
-weights and inputs fake-quantized as ONNX Runtime quantizes them, distilled from the fp32 model's own
+loses more than ``PrecisionOptions.qat_threshold``, a copy of the model is fine-tuned with the weights and inputs of
+every convolution INT8 may take fake-quantized as ONNX Runtime quantizes them, distilled from the fp32 model's own
 reconstruction; it is traced again, quantized whole the same way, and used if it is within the bound against the
 original fp32 graph.
 
@@ -82,11 +85,10 @@ QAT_THRESHOLD = 0.1
 QAT_STEPS = 100
 QAT_BATCH = 4
 QAT_LEARNING_RATE = 3e-5
-GROUPED_REASON = ("grouped half of a channel-sum convolution: its weights are computed in the graph, and ONNX "
-                  "Runtime's QLinearConv on unpacked weights is ~10x slower than fp32 (ConvLayer.fp32_reason)")
-FP32_OUTPUT_REASON = ("its output is read in fp32 only (the residual sum and the DF), so ONNX Runtime cannot fuse it "
-                      "into a QLinearConv and would run an fp32 Conv on dequantized weights and input: INT8 would add "
-                      "Q/DQ passes and rounding, no int8 arithmetic (ConvLayer.fp32_reason)")
+GROUPED_REASON = ("grouped half of a channel-sum convolution: weights computed in the graph, which ONNX Runtime's "
+                  "QLinearConv runs ~10x slower than fp32 (ConvLayer.fp32_reason)")
+FP32_OUTPUT_REASON = ("only fp32 nodes read its output (residual sum, DF): ONNX Runtime would run it as an fp32 Conv "
+                      "on dequantized weights, no int8 arithmetic (ConvLayer.fp32_reason)")
 BLOCK_ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "PRelu"})
 """The activations between a block's convolutions."""
 REMOVABLE_ACTIVATIONS = frozenset({"Relu"})
@@ -271,13 +273,20 @@ def conv_layers(graph: onnx.ModelProto, model: CascadeModel) -> list[ConvLayer]:
     layers = model_convolutions(model)
     if len(convs) != len(layers):
         raise ValueError(f"the graph has {len(convs)} Conv nodes, the model's blocks {len(layers)}")
-    readers: dict[str, set[str]] = {}
+    readers = tensor_readers(graph)
+    quantizable = BLOCK_ACTIVATIONS | {"Conv"}
+    return [ConvLayer(node.name, *layer, output_fp32_only=not any(reader.op_type in quantizable
+                                                                  for reader in readers.get(node.output[0], [])))
+            for node, layer in zip(convs, layers, strict=True)]
+
+
+def tensor_readers(graph: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    """``{tensor name: the nodes that read it}``."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.graph.node:
         for name in node.input:
-            readers.setdefault(name, set()).add(node.op_type)
-    return [ConvLayer(node.name, *layer, output_fp32_only=not readers.get(node.output[0], set())
-                      & (BLOCK_ACTIVATIONS | {"Conv"}))
-            for node, layer in zip(convs, layers, strict=True)]
+            readers.setdefault(name, []).append(node)
+    return readers
 
 
 def activations_between(graph: onnx.ModelProto, nodes: Sequence[str]) -> list[str]:
@@ -287,10 +296,7 @@ def activations_between(graph: onnx.ModelProto, nodes: Sequence[str]) -> list[st
     (:func:`keep_fp32_outside_convolutions`), which without the activation would be the convolution's raw output."""
     chosen = set(nodes)
     producer = {output: node for node in graph.graph.node for output in node.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = tensor_readers(graph)
     return [node.name for node in graph.graph.node
             if node.op_type in REMOVABLE_ACTIVATIONS
             and getattr(producer.get(node.input[0]), "name", None) in chosen
@@ -417,14 +423,17 @@ class Quantizer:
 
 
 class QualityProbe:
-    """The image quality of candidate graphs relative to the fp32 graph on :class:`QualitySlices` (CPU sessions)."""
+    """The image quality of candidate graphs relative to the fp32 graph on :class:`QualitySlices`, run on
+    ``runtime`` (a name :func:`~compressor.export.runtime.choose_provider` returns): the runtime that will validate
+    and run the file, whose int8 kernels round as the file will be run."""
 
-    def __init__(self, fp32_graph: onnx.ModelProto, slices: QualitySlices, mask: np.ndarray, image_channels: int):
-        self.slices, self._mask, self._channels = slices, mask, image_channels
+    def __init__(self, fp32_graph: onnx.ModelProto, slices: QualitySlices, mask: np.ndarray, image_channels: int,
+                 runtime: str = CPU):
+        self.slices, self._mask, self._channels, self._runtime = slices, mask, image_channels, runtime
         self._fp32 = self._magnitudes(fp32_graph)
 
     def _magnitudes(self, graph: onnx.ModelProto) -> np.ndarray:
-        run = session_outputs(create_session(graph.SerializeToString(), CPU), self._channels)
+        run = session_outputs(create_session(graph.SerializeToString(), self._runtime), self._channels)
         return magnitudes(batched_outputs(run, self.slices.kspace, self._mask), self._channels)
 
     def quality(self, graph: onnx.ModelProto) -> ImageQuality:
@@ -509,16 +518,17 @@ def choose_convolutions(layers: Sequence[ConvLayer], loss_of: Callable[[Sequence
 def quantize_int8(graph: onnx.ModelProto, model: CascadeModel, mask: np.ndarray, calibration: CalibrationSlices,
                   quality_slices: QualitySlices, options: PrecisionOptions,
                   retrace: Callable[[CascadeModel], onnx.ModelProto], cpu: CpuFeatures | None = None,
-                  ) -> tuple[Int8Choice, Int8Settings]:
+                  runtime: str = CPU) -> tuple[Int8Choice, Int8Settings]:
     """INT8 of the fp32 scanner ``graph`` of ``model``: calibrate, measure every convolution's sensitivity, quantize
     the chosen set (:func:`choose_convolutions`). When INT8 of every convolution loses more than
     ``options.qat_threshold``, a quantization-aware fine-tuning (:func:`finetune_quantization_aware`) of ``model`` on
     the calibration slices is traced again (``retrace``), quantized whole and kept if it is within the bound (it is
-    measured against the original fp32 ``graph``, like everything else). Returns the choice (its ``graph`` is the
-    QDQ model, without metadata) and the settings used."""
+    measured against the original fp32 ``graph``, like everything else). Every quality is measured on ``runtime``,
+    the one that validates the file (:class:`QualityProbe`). Returns the choice (its ``graph`` is the QDQ model,
+    without metadata) and the settings used."""
     settings = int8_settings(cpu or cpu_features())
     bound = options.bound("int8")
-    probe = QualityProbe(graph, quality_slices, mask, model.image_channels)
+    probe = QualityProbe(graph, quality_slices, mask, model.image_channels, runtime)
     with tempfile.TemporaryDirectory(prefix="int8-") as folder:
         quantizer = Quantizer(graph, model, calibration, mask, options.calibration_method, settings, Path(folder))
 

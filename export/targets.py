@@ -60,6 +60,7 @@ from compressor.export.quantize import (
     int8_speed,
     quantize_int8,
 )
+from compressor.export.runtime import CPU
 from compressor.export.validate import (
     RELATIVE_TOLERANCE,
     QualitySlices,
@@ -96,6 +97,8 @@ class ExportRequest:
             phantoms to precision targets).
         calibration: the slices that calibrate INT8 (a run's training-split slices; else the validation data).
         precision_options: calibration and the PSNR-loss bound.
+        runtime: the runtime that validates the file (a name :func:`~compressor.export.runtime.choose_provider`
+            returns); a precision target measures image quality on it.
     """
 
     model: CascadeModel
@@ -107,6 +110,7 @@ class ExportRequest:
     quality_slices: QualitySlices | None = None
     calibration: CalibrationSlices | None = None
     precision_options: PrecisionOptions = field(default_factory=PrecisionOptions)
+    runtime: str = CPU
 
 
 def save_with_metadata(proto: onnx.ModelProto, path: Path, metadata: Mapping[str, str]) -> None:
@@ -250,7 +254,8 @@ class OnnxInt8(PrecisionTarget):
         options = request.precision_options
         calibration = CalibrationSlices(calibration.kspace[:options.calibration_slices], calibration.source)
         choice, settings = quantize_int8(fp32, request.model, request.mask.values, calibration,
-                                         request.quality_slices, options, lambda model: self.retrace(model, request))
+                                         request.quality_slices, options, lambda model: self.retrace(model, request),
+                                         runtime=request.runtime)
         speed = int8_speed(choice.graph, fp32, request.validation_kspace, request.mask.values)
         self.save(choice.graph, request, staged, {
             "precision": self.precision,
@@ -282,7 +287,8 @@ class OnnxFp16(PrecisionTarget):
 
     def write(self, graph: onnx.ModelProto, request: ExportRequest, staged: Path) -> Path:
         conversion = convert_fp16(graph)
-        probe = QualityProbe(graph, request.quality_slices, request.mask.values, request.model.image_channels)
+        probe = QualityProbe(graph, request.quality_slices, request.mask.values, request.model.image_channels,
+                             request.runtime)
         self.save(conversion.graph, request, staged, {
             "precision": self.precision,
             "precision_method": "fp16 convolutions and activations (initializers converted, Casts at the borders), "

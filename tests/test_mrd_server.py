@@ -169,13 +169,15 @@ def test_images_arrive_slice_by_slice_before_the_scan_ends(server, scans, expect
         assert timing.compute > 0 and timing.queued >= 0 and timing.compute + timing.queued <= timing.latency
 
 
-def test_two_clients_at_once_both_get_their_own_images(server, scans, expected):
-    replies = [None, None]
+def assert_clients_at_once_get_their_own_images(server: ReconstructionServer, scans, expected) -> list:
+    """Stream every scan from its own client thread at once; each reply must be its own scan's ``expected`` images.
+    Returns the replies."""
+    replies = [None] * len(scans)
 
     def client(index: int) -> None:
         replies[index] = stream_scan(server.address, scans[index].xml, scans[index].acquisitions, timeout=TIMEOUT)
 
-    threads = [threading.Thread(target=client, args=(index,)) for index in (0, 1)]
+    threads = [threading.Thread(target=client, args=(index,)) for index in range(len(scans))]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -183,8 +185,21 @@ def test_two_clients_at_once_both_get_their_own_images(server, scans, expected):
     for reply, images in zip(replies, expected, strict=True):
         assert reply is not None and reply.closed and reply.texts == []
         assert_same_images(reply.images, images)
+    return replies
+
+
+def test_two_clients_at_once_both_get_their_own_images(server, scans, expected):
+    replies = assert_clients_at_once_get_their_own_images(server, scans, expected)
     assert {image.measurement_uid for image in replies[0].images} == {101}
     assert {image.measurement_uid for image in replies[1].images} == {102}
+
+
+def test_on_openvino_two_clients_at_once_get_the_images_of_onnx_runtime(model_path, scans, expected):
+    """``--provider openvino``: one compiled model behind concurrent calls (a pool of infer requests)."""
+    with ReconstructionServer(model_path, "127.0.0.1", 0, provider="openvino", threads=1,
+                              idle_timeout=TIMEOUT) as running:
+        assert running.model.provider == "OpenVINO-CPU"
+        assert_clients_at_once_get_their_own_images(running, scans, expected)
 
 
 # ------------------------------------------------------------------------------------------------ refusals

@@ -145,3 +145,4 @@ def test_the_benchmark_refuses_openvino_in_one_line_before_timing_anything(tmp_p
                                                     "--json", str(tmp_path / "bench.json")])
     assert result.exit_code == 2 and "runs on ONNX Runtime only" in result.output, result.output
     assert "Traceback" not in result.output and not (tmp_path / "bench.json").exists()
+

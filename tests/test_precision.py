@@ -141,7 +141,7 @@ def test_a_convolution_only_fp32_nodes_read_is_not_quantized(tmp_path, mask):
     reasons = {layer.label: layer.fp32_reason for layer in conv_layers(graph, model)}
     assert [label for label, reason in reasons.items() if not reason] == [
         f"cascade {c} conv {k}" for c in (1, 2) for k in ("1 (1->8)", "2 (8->8)")]
-    assert "read in fp32 only" in reasons["cascade 2 conv 3 (8->1, channel sum)"]
+    assert "only fp32 nodes read its output" in reasons["cascade 2 conv 3 (8->1, channel sum)"]
 
 
 def test_two_int8_convolutions_meet_without_a_requantization(tmp_path, mask):
@@ -179,7 +179,7 @@ def test_int8_export_of_a_tiny_model_takes_seconds_and_records_how_it_was_made(i
     assert len(quantization["int8_nodes"]) == 2
     kept = {layer["layer"].split(", ")[-1]: layer for layer in quantization["layers"] if not layer["int8"]}
     assert "grouped half" in kept["grouped)"]["kept_fp32_because"]
-    assert "read in fp32 only" in kept["channel sum)"]["kept_fp32_because"]
+    assert "only fp32 nodes read its output" in kept["channel sum)"]["kept_fp32_because"]
     assert {layer["layer"] for layer in quantization["layers"]} >= {"cascade 2 conv 1 (1->8)"}
     assert set(extras["int8_speed"]) >= {"speedup", "pays", "cpu"} and extras["cpu"]["instruction_sets"] is not None
     check = result.precision_check

@@ -135,6 +135,7 @@ SOURCES = RegistryChoice(_sources)
 RECONSTRUCT_SOURCES = RegistryChoice(_reconstruct_sources)
 CALIBRATION_METHODS = RegistryChoice(_calibration_methods)
 PROVIDERS = RegistryChoice(_providers)
+PROVIDER_HELP = "Runtime: an ONNX Runtime execution provider, or openvino (OpenVINO's CPU runtime)."
 FORMULATIONS = RegistryChoice(_formulations)
 TARGETS = RegistryChoice(_targets)
 TRITON_INSTANCES = RegistryChoice(_triton_instances)
@@ -267,7 +268,9 @@ def _report_export(result: ExportResult) -> None:
 @click.option("--source", type=SOURCES, help="Source of --validation (default: from its file name).")
 @click.option("--formulation", type=FORMULATIONS, default="auto",
               help="DF formulation in the graph: lines (whole-line masks), dft (DFT matrices, any mask).")
-@click.option("--provider", type=PROVIDERS, default="auto", help="ONNX Runtime provider for validation.")
+@click.option("--provider", type=PROVIDERS, default="auto",
+              help="Runtime that validates the files (and measures INT8's layer choice): an ONNX Runtime execution "
+                   "provider, or openvino (OpenVINO's CPU runtime).")
 @click.option("--target", type=TARGETS, default="onnx-fp32",
               help="What to write: onnx-fp32 is one validated fp32 ONNX file per model.")
 @click.option("--precision",
@@ -414,8 +417,8 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
 @click.option("--take-real-part", is_flag=True, default=False,
               help="1-channel models: reconstruct k-space of a complex-valued image anyway (its real part, as the "
                    "paper does). 2-channel models reconstruct the complex image.")
-@click.option("--provider", type=PROVIDERS, default="auto", help="ONNX Runtime execution provider.")
-@click.option("--threads", type=click.IntRange(min=1), help="ONNX Runtime intra-op threads (default: all cores).")
+@click.option("--provider", type=PROVIDERS, default="auto", help=PROVIDER_HELP)
+@click.option("--threads", type=click.IntRange(min=1), help="Inference threads (default: all cores).")
 @click.option("--progress/--no-progress", default=True, help="Progress bar.")
 @handles_input_errors
 def reconstruct_command(model_path: Path, input_path: Path, out: Path, source: str | None, ismrmrd_out: Path | None,
@@ -490,7 +493,8 @@ def _reconstruct_mrd_stream(model_path: Path, input_path: Path, out: Path | None
               "(default: PyTorch's count).")
 @click.option("--iterations", type=click.IntRange(min=30), default=30, help="Timed iterations after warm-up.")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, help="Warm-up iterations (not timed).")
-@click.option("--provider", type=PROVIDERS, default="auto", help="ONNX Runtime execution provider.")
+@click.option("--provider", type=PROVIDERS, default="auto",
+              help="ONNX Runtime execution provider (OpenVINO: python -m benchmarks.precision --openvino).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Output JSON (default <run>/benchmark.json, else ./benchmark.json); a CSV is written beside it.")
 @click.option("--precision", "precisions", default="fp32",
@@ -537,7 +541,7 @@ def benchmark_command(run_dir: Path | None, archs: str | None, teacher: str, ima
 @click.option("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", type=click.IntRange(0, 65535), default=9002,
               help="TCP port (9002 as python-ismrmrd-server's; 0 picks a free one, named in the log).")
-@click.option("--provider", type=PROVIDERS, default="auto", help="ONNX Runtime execution provider.")
+@click.option("--provider", type=PROVIDERS, default="auto", help=PROVIDER_HELP)
 @click.option("--threads", type=click.IntRange(min=1),
               help="ONNX Runtime intra-op threads per slice (default: all cores, slices take turns; 1: one slice per "
                    "core at once, for many concurrent scans).")
