@@ -296,8 +296,8 @@ def markdown(report: dict) -> str:
               help="An exported model (default: a bare 2-channel d3c5 with random weights for --image-size).")
 @click.option("--image-size", type=click.IntRange(min=16), default=240, show_default=True,
               help="Square image size of the bare model.")
-@click.option("--threads", type=click.IntRange(min=1), help="ONNX Runtime intra-op threads (default: all cores).")
-@click.option("--provider", default="cpu", show_default=True, help="ONNX Runtime provider (server and offline).")
+@click.option("--threads", type=click.IntRange(min=1), help="Inference threads (default: all cores).")
+@click.option("--provider", default="cpu", show_default=True, help="Runtime of server and offline run.")
 @click.option("--slices", type=click.IntRange(min=1), default=8, show_default=True, help="Slices per scan.")
 @click.option("--coils", type=click.IntRange(min=1), default=8, show_default=True, help="Coils per scan.")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Interleaved repeats.")

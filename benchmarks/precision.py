@@ -183,7 +183,7 @@ def openvino_comparison(files: Mapping[str, PrecisionFile], feed: Mapping[str, n
         differences[precision] = max(float(np.max(np.abs(a - b))) for a, b in zip(candidate, reference, strict=True))
     timings = interleaved_timings({f"{runtime}/{precision}": (lambda session=session: session.run(None, feed))
                                    for (runtime, precision), session in sessions.items()}, iterations, warmup)
-    return {"runtime": runtime_label(OPENVINO), "by_precision": {
+    return {"runtime": runtime_label(OPENVINO), "threads": threads, "by_precision": {
         precision: {"onnxruntime_ms_median": timings[f"{CPU}/{precision}"].median,
                     "openvino_ms_median": timings[f"{OPENVINO}/{precision}"].median,
                     "openvino_over_onnxruntime": timings[f"{OPENVINO}/{precision}"].median

@@ -34,16 +34,17 @@ Threads and batching:
 * one thread per connection (as python-ismrmrd-server's thread/process per connection): it reads, assembles,
   reconstructs and sends, so a slow client only slows itself; at most ``max_connections`` at once (a further one is
   told the server is busy and closed);
-* one ONNX Runtime session shared by every connection (``InferenceSession.run`` is thread-safe; one copy of the
-  weights). ``threads`` intra-op threads per run, and at most ``max(1, cores // threads)`` runs at once (a
-  semaphore in :class:`~compressor.export.mrd_stream.SliceReconstructor`): with the default ``threads`` = all cores,
-  runs take turns and each slice gets every core (the lowest latency per slice, what a scanner waits on; throughput
-  with several scans is then that of one); ``threads=1`` lets one run per core go in parallel (throughput with many
-  concurrent scans, each slice slower). More concurrent runs than that would share one intra-op pool and
+* one session shared by every connection (ONNX Runtime's ``InferenceSession.run`` is thread-safe; OpenVINO's
+  :class:`~compressor.export.runtime.OpenVINOSession` gives each call its own infer request, with ``cores // threads``
+  streams; one copy of the weights). ``threads`` intra-op threads per run, and at most ``max(1, cores // threads)`` runs
+  at once (a semaphore in :class:`~compressor.export.mrd_stream.SliceReconstructor`): with the default ``threads`` = all
+  cores, runs take turns and each slice gets every core (the lowest latency per slice, what a scanner waits on;
+  throughput with several scans is then that of one); ``threads=1`` lets one run per core go in parallel (throughput
+  with many concurrent scans, each slice slower). More concurrent runs than that would share one intra-op pool and
   oversubscribe the cores. Measured here with a 160x160 d3c5 2-channel session and 1, 2, 4 calling threads, with and
   without a lock: two runs on this shared 2-core machine (load average near 3 from other jobs) disagreed by more than
-  the differences measured, so the choice rests on ONNX Runtime's threading model; ``benchmarks/mrd_server.py
-  --threads 1`` against the default gives the numbers on a quiet machine;
+  the differences measured, so the choice rests on ONNX Runtime's threading model; ``benchmarks/mrd_server.py --threads
+  1`` against the default gives the numbers on a quiet machine;
 * no batching across scans: a slice is run alone (batch 1) the moment it is complete. Batching would hold a finished
   slice back until others arrive, adding latency to every slice for a throughput gain on CPU that is not measured
   here (on a GPU it would be larger; that is what Triton's dynamic batcher is for, see ``export/triton.py``).

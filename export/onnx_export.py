@@ -75,12 +75,12 @@ class ExportResult:
 
     Attributes:
         path: the ONNX file.
-        max_abs_error: max |ONNX Runtime - PyTorch| of the reconstruction over the validation slices (for a
+        max_abs_error: max |runtime - PyTorch| of the reconstruction over the validation slices (for a
             2-channel model, of its real or imaginary part, whichever is relatively worse).
         relative_error: that error divided by max |PyTorch reconstruction|.
         tolerance: the absolute tolerance it passed (``1e-4 x max |PyTorch reconstruction|``).
         reference_evaluator_error: max |onnx.reference - PyTorch| on one slice.
-        provider: the ONNX Runtime execution provider that ran the validation.
+        provider: the runtime that ran the validation (:func:`~compressor.export.runtime.choose_provider`'s name).
         formulation: the DF formulation in the graph.
         seconds: wall time of export plus validation.
         validation_slices: how many slices were compared.
@@ -331,10 +331,11 @@ def precision_lines(result: ExportResult) -> list[str]:
                      f"slices of {quantization['calibration']['source']}; {quantization['reason']}")
         qat = quantization["qat"]
         if qat.get("steps"):
-            lines.append(f"quantization-aware fine-tuning ({qat['steps']} steps; every convolution INT8 lost "
+            lines.append(f"quantization-aware fine-tuning ({qat['steps']} steps; every allowed convolution INT8 lost "
                          f"{qat['ptq_all_convolutions_psnr_loss_db']:.3f} dB after PTQ, "
                          f"{qat['qat_all_convolutions_psnr_loss_db']:.3f} dB after it): "
-                         + ("used, every convolution INT8" if qat["used"] else "not used, the PTQ choice is kept"))
+                         + ("used, every allowed convolution INT8" if qat["used"] else
+                            "not used, the PTQ choice is kept"))
         speed = extras["int8_speed"]
         verdict = "pays" if speed["pays"] else "does not pay"
         lines.append(f"INT8 {verdict} on this CPU ({speed['cpu']}): {speed['speedup']:.2f}x the fp32 speed at batch 1 "

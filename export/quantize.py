@@ -51,16 +51,18 @@ import onnx
 import torch
 from torch import nn
 
-from compressor.errors import InputError
+from compressor.errors import InputError, first_line
 from compressor.export.cpu import CpuFeatures, cpu_features
 from compressor.export.runtime import (
     CPU,
+    LOAD_ERRORS,
     OPENVINO,
     ORT_DEFAULT_SEVERITY,
     ORT_SILENT_SEVERITY,
     create_session,
     graph_feed,
     openvino_cpu_usable,
+    runtime_label,
 )
 from compressor.export.validate import (
     ImageQuality,
@@ -92,9 +94,10 @@ FP32_OUTPUT_REASON = ("only fp32 nodes read its output (residual sum, DF): ONNX 
 BLOCK_ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "PRelu"})
 """The activations between a block's convolutions."""
 REMOVABLE_ACTIVATIONS = frozenset({"Relu"})
-"""Activations ``quantize_static`` folds into the preceding convolution's output range (asymmetric activations: the
-range starts at 0), so that two INT8 convolutions meet without a DequantizeLinear/QuantizeLinear requantization
-between them."""
+"""Activations ``quantize_static`` folds into the preceding convolution's output range, so that two INT8 convolutions
+meet without a DequantizeLinear/QuantizeLinear requantization between them. It does so for asymmetric activations
+only (the range then starts at 0), which :func:`int8_settings` uses; symmetric ones would bring the requantization
+back."""
 LAYER_SHARE = 0.5
 """A convolution is a candidate for INT8 when quantizing it alone costs at most this share of the bound."""
 TIMING_RUNS = 24
@@ -295,10 +298,12 @@ def activations_between(graph: onnx.ModelProto, nodes: Sequence[str]) -> list[st
     first convolution's output range. One with an fp32 reader stays: that reader gets the fp32 tensor back
     (:func:`keep_fp32_outside_convolutions`), which without the activation would be the convolution's raw output."""
     chosen = set(nodes)
+    graph_outputs = {value.name for value in graph.graph.output}  # would be the raw convolution output once folded
     producer = {output: node for node in graph.graph.node for output in node.output}
     readers = tensor_readers(graph)
     return [node.name for node in graph.graph.node
             if node.op_type in REMOVABLE_ACTIVATIONS
+            and node.output[0] not in graph_outputs
             and getattr(producer.get(node.input[0]), "name", None) in chosen
             and readers.get(node.output[0]) and all(reader.name in chosen for reader in readers[node.output[0]])]
 
@@ -433,7 +438,12 @@ class QualityProbe:
         self._fp32 = self._magnitudes(fp32_graph)
 
     def _magnitudes(self, graph: onnx.ModelProto) -> np.ndarray:
-        run = session_outputs(create_session(graph.SerializeToString(), self._runtime), self._channels)
+        try:
+            session = create_session(graph.SerializeToString(), self._runtime)
+        except (RuntimeError, *LOAD_ERRORS) as error:
+            raise InputError(f"{runtime_label(self._runtime)} cannot run a candidate graph ({first_line(error)}); "
+                             "export with --provider cpu") from None
+        run = session_outputs(session, self._channels)
         return magnitudes(batched_outputs(run, self.slices.kspace, self._mask), self._channels)
 
     def quality(self, graph: onnx.ModelProto) -> ImageQuality:
@@ -560,8 +570,9 @@ class QatRecord:
     Attributes:
         steps, learning_rate, batch: Adam on the L1 distance to the fp32 model's own reconstruction.
         l1_first, l1_last: that distance over the first and the last ten steps.
-        ptq_psnr_loss: the PSNR loss of post-training INT8 of every convolution, which started it (dB).
-        qat_psnr_loss: the PSNR loss of the fine-tuned model with every convolution INT8 (dB).
+        ptq_psnr_loss: the PSNR loss of post-training INT8 of every convolution INT8 may take, which started it
+            (dB; recorded as ``ptq_all_convolutions_psnr_loss_db``).
+        qat_psnr_loss: the PSNR loss of the fine-tuned model with every such convolution INT8 (dB).
         used: whether the file is the fine-tuned one (within the bound, more convolutions INT8 than PTQ's choice).
     """
 
@@ -586,8 +597,8 @@ class QatRecord:
 def _quantization_aware(choice: Int8Choice, model: CascadeModel, mask: np.ndarray, calibration: CalibrationSlices,
                         options: PrecisionOptions, settings: Int8Settings, probe: QualityProbe,
                         retrace: Callable[[CascadeModel], onnx.ModelProto], whole: ImageQuality) -> Int8Choice:
-    """Fine-tune ``model`` with every convolution fake-quantized, quantize the result whole, and keep it instead of
-    ``choice`` when it is within the bound and quantizes more convolutions."""
+    """Fine-tune ``model`` with every convolution INT8 may take fake-quantized, quantize the result whole, and keep
+    it instead of ``choice`` when it is within the bound and quantizes more convolutions."""
     int8_convolutions = {(c.layer.cascade, c.layer.conv) for c in choice.layers if c.layer.int8_eligible}
     tuned, first, last = finetune_quantization_aware(model, settings, calibration.kspace, mask, options.qat_steps,
                                                      int8_convolutions)
@@ -732,10 +743,11 @@ def int8_speed(int8_graph: onnx.ModelProto, fp32_graph: onnx.ModelProto, kspace:
     from compressor.export.benchmark import interleaved_timings
 
     feed = graph_feed(kspace[:1], mask)
-    graphs = {"int8": (int8_graph, CPU), "fp32": (fp32_graph, CPU)}
+    sessions = {name: create_session(graph.SerializeToString(), CPU)
+                for name, graph in (("int8", int8_graph), ("fp32", fp32_graph))}
     if openvino_cpu_usable():
-        graphs["openvino int8"] = (int8_graph, OPENVINO)
-    sessions = {name: create_session(graph.SerializeToString(), runtime) for name, (graph, runtime) in graphs.items()}
+        with contextlib.suppress(RuntimeError):  # an OpenVINO that cannot compile the file only loses its figure
+            sessions["openvino int8"] = create_session(int8_graph.SerializeToString(), OPENVINO)
     timings = interleaved_timings({name: (lambda s=session: s.run(None, feed)) for name, session in sessions.items()},
                                   runs, 3)
     openvino = timings.get("openvino int8")

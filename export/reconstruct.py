@@ -366,7 +366,7 @@ def reconstruct_file(
         previews: a folder for one PNG per slice.
         take_real_part: with a 1-channel model, reconstruct k-space of a complex-valued image anyway (the real part,
             as the paper does); a 2-channel model reconstructs the complex image and ignores it.
-        provider: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        provider: ``"auto"`` or a ``--provider`` choice (``"cpu"``, ``"cuda"``, ``"openvino"``).
         ismrmrd_out: with ``source="ismrmrd"``, also write the reconstructions as ISMRMRD magnitude images whose
             headers come from the acquisitions (:mod:`compressor.export.mrd_images`).
 

@@ -326,12 +326,21 @@ class ExecutionProvider:
 
 @functools.cache
 def openvino_cpu_usable() -> bool:
-    """Whether OpenVINO is installed and lists its CPU device (checked once per process)."""
+    """Whether OpenVINO is installed, imports and lists its CPU device (checked once per process)."""
     if importlib.util.find_spec("openvino") is None:
         return False
-    import openvino
+    try:
+        import openvino
 
-    return "CPU" in openvino.Core().available_devices
+        return "CPU" in openvino.Core().available_devices
+    except Exception:  # a broken installation (missing shared libraries, ...) means "not usable"
+        return False
+
+
+def openvino_error(error: BaseException) -> str:
+    """The informative line of an OpenVINO exception: its last non-empty line (the first ones name source files)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 class OpenVINOSession:
@@ -344,7 +353,9 @@ class OpenVINOSession:
 
     def __init__(self, compiled: Any):
         self._compiled = compiled
-        self._outputs = {output.get_any_name(): output for output in compiled.outputs}
+        # every name of every output: get_any_name() may return a tensor name the graph does not declare as output
+        self._outputs = {name: output for output in compiled.outputs for name in output.get_names()}
+        self._output_order = [output.get_any_name() for output in compiled.outputs]
         self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
     def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -354,7 +365,7 @@ class OpenVINOSession:
             request = self._compiled.create_infer_request()
         try:
             results = request.infer(dict(input_feed), share_outputs=False)
-            return [np.asarray(results[self._outputs[name]]) for name in (output_names or list(self._outputs))]
+            return [np.asarray(results[self._outputs[name]]) for name in (output_names or self._output_order)]
         finally:
             self._idle.put(request)
 
@@ -364,8 +375,9 @@ class OpenVINORuntime:
     """OpenVINO's own CPU runtime (``pip install openvino``), not an ONNX Runtime provider: it compiles the ONNX file
     with its ONNX front end and runs a QDQ INT8 file with int8 kernels.
 
-    It is offered because on an AVX2 CPU without VNNI it ran this tool's INT8 files in 0.61-0.86x ONNX Runtime's
-    time (``benchmarks/results/precision.md``); its fp32 was 1.10-1.31x slower there, so ``auto`` never picks it.
+    It is offered because on an AVX2 CPU without VNNI it ran this tool's INT8 files in 0.81-0.92x ONNX Runtime's
+    time (``benchmarks/results/precision.md``); its fp32 was mostly 1.06-1.25x slower there, so ``auto`` never picks
+    it.
     Inference precision is pinned to f32: on a CPU with bf16 units OpenVINO would otherwise compute an fp32 file's
     convolutions in bf16, and the validation against PyTorch would not hold for what runs.
     """
@@ -391,15 +403,22 @@ class OpenVINORuntime:
         return openvino_cpu_usable()
 
     def session(self, model: str | Path | bytes, threads: int | None = None, spinning: bool = False) -> Session:
-        """A compiled model on OpenVINO's CPU device with the latency hint (one stream: the whole CPU on one
-        inference), ``threads`` inference threads (``None``: OpenVINO's default); ``spinning`` has no OpenVINO
-        counterpart and is ignored."""
+        """A compiled model on OpenVINO's CPU device. ``threads`` per inference, as ONNX Runtime's intra-op threads:
+        ``None`` is the latency hint (one stream, the whole CPU on one inference, calls from several threads take
+        turns); a number gives ``cores // threads`` streams of that many threads, so that as many calls run at once
+        as the streaming server runs (:class:`OpenVINOSession` gives each its own request). ``spinning`` has no
+        OpenVINO counterpart and is ignored."""
+        import os
+
         import openvino
 
         core = openvino.Core()
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-        if threads is not None:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
+        if threads is None:
+            config["PERFORMANCE_HINT"] = "LATENCY"
+        else:
+            streams = max(1, (os.cpu_count() or 1) // int(threads))
+            config.update({"NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": streams * int(threads)})
         return OpenVINOSession(core.compile_model(core.read_model(model if isinstance(model, bytes) else str(model)),
                                                   "CPU", config))
 
@@ -413,11 +432,13 @@ class OpenVINORuntime:
             proto = onnx.load(str(path), load_external_data=False)
         except (DecodeError, OSError, ValueError) as error:
             raise InputError(f"not a loadable ONNX model ({first_line(error)})", path) from None
+        properties = {entry.key: entry.value for entry in proto.metadata_props}
+        ExportMetadata.from_properties(properties, path)  # a foreign file is refused as such, before compiling
         try:
             session = self.session(proto.SerializeToString(), threads)
         except RuntimeError as error:
-            raise InputError(f"OpenVINO cannot compile it ({first_line(error)})", path) from None
-        return session, {entry.key: entry.value for entry in proto.metadata_props}
+            raise InputError(f"OpenVINO cannot compile it ({openvino_error(error)})", path) from None
+        return session, properties
 
     def node_providers(self, model: Path, feed: Mapping[str, np.ndarray]) -> dict[str, str]:
         """Every node on OpenVINO's CPU device: it compiles the whole graph for one device or refuses it (there is no
@@ -445,7 +466,8 @@ def provider_choices() -> list[str]:
 
 
 def runtime_named(name: str) -> Runtime:
-    """The registered runtime whose :attr:`name` (what :func:`choose_provider` returns) is ``name``."""
+    """The registered runtime whose :attr:`name` (what :func:`choose_provider` returns, e.g.
+    ``"CPUExecutionProvider"``, not a ``--provider`` choice such as ``"cpu"``) is ``name``."""
     for key in EXECUTION_PROVIDERS:
         if EXECUTION_PROVIDERS.get(key).name == name:
             return EXECUTION_PROVIDERS.get(key)
@@ -478,7 +500,7 @@ def require_onnxruntime(name: str, what: str) -> ExecutionProvider:
     ONNX Runtime (its profiler, or a comparison against it)."""
     runtime = runtime_named(name)
     if not isinstance(runtime, ExecutionProvider):
-        raise InputError(f"{what} runs on ONNX Runtime only, not on {name}; choose --provider cpu or cuda")
+        raise InputError(f"{what} runs on ONNX Runtime only, not on {runtime.title}; choose --provider cpu or cuda")
     return runtime
 
 

@@ -60,7 +60,7 @@ from compressor.export.quantize import (
     int8_speed,
     quantize_int8,
 )
-from compressor.export.runtime import CPU
+from compressor.export.runtime import CPU, runtime_label
 from compressor.export.validate import (
     RELATIVE_TOLERANCE,
     QualitySlices,
@@ -270,6 +270,7 @@ class OnnxInt8(PrecisionTarget):
                              "qat": {"threshold_db": options.qat_threshold, "max_steps": options.qat_steps,
                                      **(choice.qat.to_json() if choice.qat else {"run": False})}},
             "precision_quality": {**choice.quality.to_json(), "reference": "fp32 export",
+                                  "measured_on": runtime_label(request.runtime),
                                   "source": request.quality_slices.source},
             "cpu": cpu_features().to_json(),
             "int8_speed": speed.to_json(),
@@ -296,6 +297,7 @@ class OnnxFp16(PrecisionTarget):
             "fp16": {"fp16_nodes": conversion.fp16_nodes, "max_psnr_loss_db": request.precision_options.bound("fp16"),
                      "cpu_note": FP16_CPU_NOTE},
             "precision_quality": {**probe.quality(conversion.graph).to_json(), "reference": "fp32 export",
+                                  "measured_on": runtime_label(request.runtime),
                                   "source": request.quality_slices.source},
         })
         return staged

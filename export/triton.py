@@ -60,7 +60,16 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compressor.errors import InputError, first_line
 from compressor.export.quantize import precision_of
-from compressor.export.runtime import INPUT_NAMES, ExportMetadata, choose_provider, create_session, graph_feed
+from compressor.export.runtime import (
+    CPU,
+    INPUT_NAMES,
+    ExecutionProvider,
+    ExportMetadata,
+    choose_provider,
+    create_session,
+    graph_feed,
+    runtime_named,
+)
 from compressor.export.validate import ExportValidationError, compare_outputs
 from compressor.io import atomic_path
 
@@ -511,6 +520,8 @@ def write_triton_repository(sources: Sequence[TritonSource], repository: str | P
     if repository.exists() and not repository.is_dir():
         raise InputError("the Triton model repository is a file, not a folder", repository)
     chosen = choose_provider(provider)
+    if not isinstance(runtime_named(chosen), ExecutionProvider):
+        chosen = CPU  # Triton's onnxruntime backend serves the folded model: check it on ONNX Runtime
     entries = [_prepare(source, options, chosen) for source in sources]
     by_name: dict[str, Path] = {}
     for entry in entries:

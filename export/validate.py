@@ -4,8 +4,9 @@ Checks, all run and collected before anything is reported (one summary error lis
 
 1. ``onnx.checker.check_model`` (full check, with shape inference);
 2. the graph declares exactly the inputs and outputs of :mod:`compressor.export.runtime` (names, dynamic batch);
-3. ONNX Runtime on the chosen provider, every node run by that provider (read from a profile);
-4. ONNX Runtime outputs against the PyTorch model, as trained (``torch.fft`` DF), on real validation slices;
+3. the chosen runtime (an ONNX Runtime provider, every node run by it as read from a profile; or OpenVINO, which
+   compiles the whole graph for its CPU device or refuses it);
+4. that runtime's outputs against the PyTorch model, as trained (``torch.fft`` DF), on real validation slices;
 5. ``onnx.reference.ReferenceEvaluator`` (a second, independent runtime) on one slice against PyTorch.
 
 Tolerance: an output fails when its max absolute error exceeds :data:`RELATIVE_TOLERANCE` times the max absolute
@@ -21,13 +22,12 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from onnx.reference import ReferenceEvaluator
 
 from compressor.errors import first_line
 from compressor.export.graph import graph_output_tensors
-from compressor.export.runtime import INPUT_NAMES, ExportedModel, graph_feed, graph_outputs, node_providers
+from compressor.export.runtime import INPUT_NAMES, ExportedModel, Session, graph_feed, graph_outputs, node_providers
 from compressor.models.base import CascadeModel
 from compressor.physics import apply_mask, normalise_kspace
 from compressor.physics.normalisation import NormalisedInput
@@ -337,8 +337,8 @@ class PrecisionCheck:
         bound: the largest ``quality.psnr_loss`` allowed (dB).
         line_deviation: :func:`sampled_line_deviation` of the precision file (the fp32 export's for context).
         line_deviation_fp32: the fp32 export's.
-        reference_parity: max |onnx.reference - ONNX Runtime| of the same file on one slice relative to max |output|
-            (``None`` where onnx.reference does not run the file's ops).
+        reference_parity: max |onnx.reference - the chosen runtime| of the same file on one slice relative to max
+            |output| (``None`` where onnx.reference does not run the file's ops).
         reference_note: why there is no parity figure, if there is none.
     """
 
@@ -359,7 +359,7 @@ class QualityLossError(ExportValidationError):
     """A precision file loses more image quality than the user's bound, or its DF no longer keeps the lines."""
 
 
-def session_outputs(session: ort.InferenceSession, image_channels: int
+def session_outputs(session: Session, image_channels: int
                     ) -> Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]:
     """``(kspace (B, H, W) complex, mask (H, W)) ->`` the graph's named outputs, run by ``session`` (like
     :meth:`~compressor.export.runtime.ExportedModel.run_outputs`, for a graph without an :class:`ExportedModel`)."""
@@ -398,7 +398,8 @@ def validate_precision(path: Path, exported: ExportedModel, fp32_graph: onnx.Mod
     4. ``onnx.reference`` runs the same file on one slice and agrees with ONNX Runtime within ``parity_tolerance`` x
        max |output| (where onnx.reference implements the file's ops; a note says when it does not).
 
-    The report's comparisons are the file's outputs against the fp32 export's (ONNX Runtime), for the record.
+    The report's comparisons are the file's outputs against the fp32 export's (both on the chosen runtime), for the
+    record.
     """
     from compressor.export.runtime import create_session
 

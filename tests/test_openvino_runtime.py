@@ -99,6 +99,8 @@ def test_an_export_validates_on_openvino_the_same_way(tmp_path, mask, precision)
     else:
         check = result.precision_check
         assert check.line_deviation <= 1e-5 and check.quality.psnr_loss <= 10.0
+        # the layer choice was measured on the runtime that validated it, and the file says so
+        assert result.metadata.extras["precision_quality"]["measured_on"].startswith("OpenVINO ")
 
 
 def test_the_int8_speed_check_times_openvino_too(tmp_path, mask):
@@ -115,6 +117,27 @@ def test_a_corrupt_file_is_a_one_line_input_error_naming_it(tmp_path):
     corrupt.write_bytes(b"not a protobuf at all \x00\x01")
     with pytest.raises(InputError, match=r"corrupt\.onnx.*not a loadable ONNX model"):
         open_exported(corrupt, "openvino")
+
+
+def test_a_foreign_onnx_file_is_refused_as_such_before_openvino_compiles_it(tmp_path, fp32_file):
+    import onnx
+
+    foreign = onnx.load(str(fp32_file))
+    del foreign.metadata_props[:]
+    onnx.save(foreign, str(tmp_path / "foreign.onnx"))
+    with pytest.raises(InputError, match=r"foreign\.onnx.*not exported by this tool"):
+        open_exported(tmp_path / "foreign.onnx", "openvino")
+
+
+def test_with_threads_per_call_as_many_calls_run_at_once_as_cores_allow(fp32_file):
+    """As ONNX Runtime's intra-op threads: ``threads`` per inference, ``cores // threads`` inferences at once (the
+    streaming server's parallel runs); without ``threads`` one inference at a time on every core."""
+    import os
+
+    cores = os.cpu_count() or 1
+    streams = {threads: create_session(fp32_file, OPENVINO, threads)._compiled.get_property("NUM_STREAMS")
+               for threads in (None, 1)}
+    assert streams == {None: 1, 1: cores}
 
 
 def test_without_openvino_asking_for_it_is_a_one_line_error(monkeypatch, fp32_file):

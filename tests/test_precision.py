@@ -131,6 +131,9 @@ def test_a_relu_is_folded_only_between_two_int8_convolutions():
     assert activations_between(relu_graph("Conv"), ["a", "b"]) == ["r"]
     assert activations_between(relu_graph("Conv"), ["a"]) == []
     assert activations_between(relu_graph("Add"), ["a"]) == []
+    graph_output = relu_graph("Conv")  # a Relu whose output the graph also returns keeps it
+    graph_output.graph.output.append(onnx.helper.make_tensor_value_info("r_out", TensorProto.FLOAT, [1, 1, 4, 4]))
+    assert activations_between(graph_output, ["a", "b"]) == []
 
 
 def test_a_convolution_only_fp32_nodes_read_is_not_quantized(tmp_path, mask):

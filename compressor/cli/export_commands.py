@@ -543,7 +543,7 @@ def benchmark_command(run_dir: Path | None, archs: str | None, teacher: str, ima
               help="TCP port (9002 as python-ismrmrd-server's; 0 picks a free one, named in the log).")
 @click.option("--provider", type=PROVIDERS, default="auto", help=PROVIDER_HELP)
 @click.option("--threads", type=click.IntRange(min=1),
-              help="ONNX Runtime intra-op threads per slice (default: all cores, slices take turns; 1: one slice per "
+              help="Inference threads per slice (default: all cores, slices take turns; 1: one slice per "
                    "core at once, for many concurrent scans).")
 @click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=300.0,
               help="Seconds a connection may stay silent before it is closed.")
