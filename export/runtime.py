@@ -302,13 +302,13 @@ class ExecutionProvider:
             raise RuntimeError(f"ONNX Runtime built a {active} session where {self.ort_name} was asked for")
         return session
 
-    def open(self, path: Path, threads: int | None) -> tuple[Session, dict[str, str]]:
-        """A session on the file ``path`` and its ``metadata_props``; an unloadable file raises :class:`InputError`."""
+    def open(self, path: Path, threads: int | None) -> tuple[Session, ExportMetadata]:
+        """A session on the file ``path`` and its metadata; an unloadable or foreign file raises :class:`InputError`."""
         try:
             session = self.session(path, threads)
         except LOAD_ERRORS as error:
             raise InputError(f"not a loadable ONNX model ({first_line(error)})", path) from None
-        return session, session.get_modelmeta().custom_metadata_map
+        return session, ExportMetadata.from_properties(session.get_modelmeta().custom_metadata_map, path)
 
     def node_providers(self, model: Path, feed: Mapping[str, np.ndarray]) -> dict[str, str]:
         """Run ``model`` once with profiling and return ``{node name: provider that ran it}``."""
@@ -422,9 +422,10 @@ class OpenVINORuntime:
         return OpenVINOSession(core.compile_model(core.read_model(model if isinstance(model, bytes) else str(model)),
                                                   "CPU", config))
 
-    def open(self, path: Path, threads: int | None) -> tuple[Session, dict[str, str]]:
-        """A session on the file ``path`` and its ``metadata_props``. The file is parsed as ONNX first: OpenVINO
-        would try its other front ends on a corrupt file and report theirs. Unloadable: :class:`InputError`."""
+    def open(self, path: Path, threads: int | None) -> tuple[Session, ExportMetadata]:
+        """A session on the file ``path`` and its metadata. The file is parsed as ONNX and its metadata read first:
+        OpenVINO would try its other front ends on a corrupt file and report theirs, and a foreign file is refused as
+        such before it is compiled. Unloadable or foreign: :class:`InputError`."""
         import onnx
         from google.protobuf.message import DecodeError
 
@@ -432,20 +433,18 @@ class OpenVINORuntime:
             proto = onnx.load(str(path), load_external_data=False)
         except (DecodeError, OSError, ValueError) as error:
             raise InputError(f"not a loadable ONNX model ({first_line(error)})", path) from None
-        properties = {entry.key: entry.value for entry in proto.metadata_props}
-        ExportMetadata.from_properties(properties, path)  # a foreign file is refused as such, before compiling
+        metadata = ExportMetadata.from_properties({entry.key: entry.value for entry in proto.metadata_props}, path)
         try:
             session = self.session(proto.SerializeToString(), threads)
         except RuntimeError as error:
             raise InputError(f"OpenVINO cannot compile it ({openvino_error(error)})", path) from None
-        return session, properties
+        return session, metadata
 
     def node_providers(self, model: Path, feed: Mapping[str, np.ndarray]) -> dict[str, str]:
-        """Every node on OpenVINO's CPU device: it compiles the whole graph for one device or refuses it (there is no
-        per-node fallback to find); the run on ``feed`` proves the compiled graph runs."""
+        """Every node on OpenVINO's CPU device: it compiles the whole graph for one device or refuses it, so there is
+        no per-node fallback to find, and :meth:`open` has compiled the file already (``feed`` is not needed)."""
         import onnx
 
-        self.session(Path(model)).run(None, feed)
         return {node.name: OPENVINO for node in onnx.load(str(model)).graph.node}
 
 
@@ -579,5 +578,5 @@ def open_exported(path: str | Path, provider: str = "auto", threads: int | None 
     if not path.is_file():
         raise InputError("model file not found", path)
     chosen = choose_provider(provider)
-    session, properties = runtime_named(chosen).open(path, threads)
-    return ExportedModel(path, session, chosen, ExportMetadata.from_properties(properties, path), threads)
+    session, metadata = runtime_named(chosen).open(path, threads)
+    return ExportedModel(path, session, chosen, metadata, threads)
