@@ -1,12 +1,13 @@
 """Research comparisons behind the export's design choices (used by ``benchmarks/onnx_latency.py``):
 
 * :func:`compare_formulations`: one architecture exported with each DF formulation of
-  :data:`compressor.export.graph.FORMULATIONS` (``fft`` is the naive dynamo ``torch.fft`` -> ONNX ``DFT`` export),
+  :data:`compressor.export.graph.scanner_graph.FORMULATIONS` (``fft`` is the naive dynamo ``torch.fft`` -> ONNX
+  ``DFT`` export),
   timed in ONNX Runtime interleaved with PyTorch eager;
 * :func:`dft_accuracy`: ONNX Runtime's ``DFT`` operator against the matrix-product DFT that
   :class:`~compressor.physics.fft.MatmulDFT` exports to, on hand-built one-transform graphs, against NumPy float64.
 
-Not part of the tool: ``compress benchmark`` (:mod:`compressor.export.benchmark`) times the exported models only.
+Not part of the tool: ``compress benchmark`` (:mod:`compressor.export.benchmark.run`) times the exported models only.
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from compressor.export.benchmark import (
+from compressor.export.benchmark.run import (
     MIN_ITERATIONS,
     TorchEager,
     export_for_timing,
     interleaved_timings,
 )
-from compressor.export.onnx_export import phantom_kspace
-from compressor.export.runtime import CPU, create_session, graph_feed
+from compressor.export.runtimes.runtime import CPU, create_session, graph_feed
+from compressor.export.targets.export import phantom_kspace
 from compressor.masks import SamplingMask
 from compressor.models import build_model
 from compressor.physics import dft_matrix

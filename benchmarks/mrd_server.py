@@ -4,8 +4,9 @@ reconstruct`` on the same slices.
 The server runs as ``compress serve --verbose`` in a subprocess (its own interpreter, as in deployment: the clients'
 serialisation does not share its GIL) and logs, per slice, the time from reading the readout that completed the slice
 to having written its image, and the compute part of it (checks, coil compression, model, image). The clients
-(:func:`compressor.export.mrd_server.stream_scan`, one thread each) send synthetic multi-slice multi-coil Cartesian
-scans (:func:`compressor.data.mrd_synthetic.synthetic_scan`) as fast as the socket takes them. Per N it reports:
+(:func:`compressor.export.scanner.mrd_server.stream_scan`, one thread each) send synthetic multi-slice multi-coil
+Cartesian
+scans (:func:`tests.synthetic_scans.synthetic_scan`) as fast as the socket takes them. Per N it reports:
 
 * slices per second: the N scans' slices over the wall time from the first connection to the last reply;
 * per-slice latency, last line received -> image sent, median and p95 (ms), and its parts (medians): the server's
@@ -54,13 +55,13 @@ import ismrmrd
 import numpy as np
 from tabulate import tabulate
 
-from compressor.data.mrd_synthetic import SyntheticScan, synthetic_scan
-from compressor.export.cpu import cpu_features
-from compressor.export.mrd_reconstruct import read_raw_input
-from compressor.export.mrd_server import ScanReply, stream_scan
-from compressor.export.reconstruct import check_phase, reconstruct_slices
-from compressor.export.runtime import ExportedModel, open_exported
+from compressor.export.runtimes.cpu import cpu_features
+from compressor.export.runtimes.runtime import ExportedModel, open_exported
+from compressor.export.scanner.mrd_server import ScanReply, stream_scan
+from compressor.export.scanner.raw_input import read_raw_input
+from compressor.export.scanner.reconstruct import check_phase, reconstruct_slices
 from compressor.io import atomic_path, save_json
+from tests.synthetic_scans import SyntheticScan, synthetic_scan
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CLIENTS = (1, 2, 4, 8)
@@ -75,7 +76,7 @@ def bare_model(folder: Path, image_size: int, seed: int = 0) -> Path:
     """A 2-channel d3c5 with random weights (``seed``) exported for ``image_size``² with a 4x random line mask."""
     import torch
 
-    from compressor.export.onnx_export import export_model, phantom_kspace
+    from compressor.export.targets.export import export_model, phantom_kspace
     from compressor.masks import make_mask
     from compressor.models import ModelOptions, build_model
 

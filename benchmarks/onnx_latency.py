@@ -25,7 +25,7 @@ import click
 from tabulate import tabulate
 
 from benchmarks.dft_formulations import compare_formulations, dft_accuracy
-from compressor.export.benchmark import benchmark_models, format_table
+from compressor.export.benchmark.run import benchmark_models, format_table
 from compressor.io import atomic_path, save_json
 from compressor.masks import make_mask
 

@@ -30,8 +30,8 @@ from compressor.data.transforms import scored_image
 from compressor.errors import InputError
 from compressor.evaluate.metrics import slice_metrics
 from compressor.evaluate.stats import summarise, wilcoxon_test
-from compressor.export.cpu import cpu_features
 from compressor.export.run_models import RunModel, load_run_models
+from compressor.export.runtimes.cpu import cpu_features
 from compressor.io import save_json
 from compressor.physics import normalise_kspace
 
@@ -39,7 +39,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def cpu_description() -> str:
-    """The CPU's model name, its vector instruction sets (:func:`compressor.export.cpu.cpu_features`) and threads."""
+    """The CPU's model name, its vector instruction sets (:func:`compressor.export.runtimes.cpu.cpu_features`) and
+    threads."""
     return f"{cpu_features().describe()}, {torch.get_num_threads()} threads"
 
 

@@ -1,7 +1,7 @@
 """The precision accounting: fp32, INT8 and fp16 files of the DC-CNN sizes, where INT8's time goes, and OpenVINO.
 
 For every image size and architecture (default d2c5-d5c5 at 240x240 and 120x120) one interleaved loop times the
-model's fp32, INT8 and fp16 files and PyTorch eager (:func:`compressor.export.benchmark.benchmark_architecture`:
+model's fp32, INT8 and fp16 files and PyTorch eager (:func:`compressor.export.benchmark.run.benchmark_architecture`:
 medians and 90th percentiles of at least 30 iterations at batch 1, throughput at batch 16, each file's DF share from
 ONNX Runtime's per-node profile). The table gives, per model and precision: parameters, file size, median and p90
 latency, throughput, the speed relative to the fp32 file and ΔPSNR/ΔSSIM against fp32. Then:
@@ -10,7 +10,8 @@ latency, throughput, the speed relative to the fp32 file and ΔPSNR/ΔSSIM again
   operator (``QuantizeLinear``/``DequantizeLinear``, ``Conv``/``QLinearConv``, layout ``Reorder*``/``Transpose``, and
   the DF's nodes gathered under ``DF``), which explains the INT8 figure;
 * OpenVINO (``--openvino``, optional: ``pip install openvino``): the same fp32 and INT8 files on the tool's OpenVINO
-  backend (``--provider openvino``, :class:`compressor.export.runtime.OpenVINORuntime`), interleaved with ONNX Runtime
+  backend (``--provider openvino``, :class:`compressor.export.runtimes.runtime.OpenVINORuntime`), interleaved with
+  ONNX Runtime
   on the same slice, with the largest output difference between the two and the speed ratio (OpenVINO's median over
   ONNX Runtime's: above 1 means OpenVINO is slower). The backend pins fp32 inference precision
   (``INFERENCE_PRECISION_HINT=f32``): by default OpenVINO would run bf16 on CPUs that have it, which changes the
@@ -42,7 +43,7 @@ import torch
 from tabulate import tabulate
 
 from compressor.errors import InputError
-from compressor.export.benchmark import (
+from compressor.export.benchmark.run import (
     MIN_ITERATIONS,
     PROFILE_RUNS,
     PrecisionFile,
@@ -57,10 +58,9 @@ from compressor.export.benchmark import (
     time_by_op_type,
     timing_file,
 )
-from compressor.export.cpu import cpu_features
-from compressor.export.onnx_export import phantom_kspace, resolve_formulation
 from compressor.export.run_models import RunModel, load_run_models
-from compressor.export.runtime import (
+from compressor.export.runtimes.cpu import cpu_features
+from compressor.export.runtimes.runtime import (
     CPU,
     OPENVINO,
     ExportMetadata,
@@ -69,6 +69,7 @@ from compressor.export.runtime import (
     openvino_cpu_usable,
     runtime_label,
 )
+from compressor.export.targets.export import phantom_kspace, resolve_formulation
 from compressor.io import atomic_path, save_json
 from compressor.masks import SamplingMask, make_mask
 from compressor.models import build_model
@@ -120,7 +121,7 @@ def run_subjects(run_dir: Path, archs: Sequence[str], precisions: Sequence[str])
 
 def subject_files(subject: Subject, precisions: Sequence[str], folder: Path) -> dict[str, PrecisionFile]:
     """``{precision: file}`` of ``subject`` in ``precisions`` order: fp32 exported for timing, the others its files
-    or made for timing (:func:`~compressor.export.benchmark.timing_file`)."""
+    or made for timing (:func:`~compressor.export.benchmark.run.timing_file`)."""
     folder.mkdir(parents=True, exist_ok=True)
     formulation = resolve_formulation("auto", subject.mask).name
     files = {"fp32": PrecisionFile("fp32", export_for_timing(subject.model, subject.mask, formulation, folder))}
@@ -172,7 +173,7 @@ def profile_summary(files: Mapping[str, PrecisionFile], feed: Mapping[str, np.nd
 
 def openvino_comparison(files: Mapping[str, PrecisionFile], feed: Mapping[str, np.ndarray], threads: int,
                         iterations: int, warmup: int) -> dict[str, Any]:
-    """The same files on ONNX Runtime and on the tool's OpenVINO backend (:class:`~compressor.export.runtime.
+    """The same files on ONNX Runtime and on the tool's OpenVINO backend (:class:`~compressor.export.runtimes.runtime.
     OpenVINORuntime`, f32 inference precision), interleaved in one loop: per precision both medians,
     ``openvino / onnxruntime`` and the largest output difference between the two."""
     sessions = {(runtime, precision): create_session(file.path, runtime, threads)

@@ -32,7 +32,7 @@ from tabulate import tabulate
 
 from compressor.config import DataConfig
 from compressor.data import build_splits
-from compressor.export.cpu import cpu_features
+from compressor.export.runtimes.cpu import cpu_features
 from compressor.io import save_json
 from compressor.kd import build_kd_loss
 from compressor.models import ModelOptions, build_model

@@ -1,18 +1,23 @@
 """Scanner-side deployment of the SFT-KD-Recon models: ONNX export with the data-fidelity layers, validation,
 ONNX Runtime sessions, a reconstruct tool and latency benchmarks.
 
-Modules: :mod:`compressor.export.graph` (the exportable DF formulations and the scanner graph),
-:mod:`compressor.export.targets` (export targets, one class each: fp32, INT8 and fp16 ONNX),
-:mod:`compressor.export.quantize` (INT8 quantization with its per-layer sensitivity analysis, fp16 conversion),
-:mod:`compressor.export.cpu` (the CPU and the instruction sets every figure names),
-:mod:`compressor.export.onnx_export` (trace, metadata, the export driver shared by every target),
-:mod:`compressor.export.validate` (checker, parity against PyTorch, second runtime), :mod:`compressor.export.runtime`
+Modules: :mod:`compressor.export.graph.scanner_graph` (the exportable DF formulations and the scanner graph),
+:mod:`compressor.export.targets.registry` (export targets, one class each: fp32, INT8 and fp16 ONNX),
+:mod:`compressor.export.precision.quantize` (INT8 quantization with its per-layer sensitivity analysis, fp16
+conversion),
+:mod:`compressor.export.runtimes.cpu` (the CPU and the instruction sets every figure names),
+:mod:`compressor.export.targets.export` (trace, metadata, the export driver shared by every target),
+:mod:`compressor.export.graph.validate` (checker, parity against PyTorch, second runtime),
+:mod:`compressor.export.runtimes.runtime`
 (providers, sessions, metadata; ONNX Runtime and NumPy only), :mod:`compressor.export.run_models` (a run's trained
-models, masks and validation slices), :mod:`compressor.export.reconstruct` (k-space files in, HDF5 reconstructions
-out), :mod:`compressor.export.mrd_reconstruct` and :mod:`compressor.export.mrd_images` (ISMRMRD raw scans in,
-ISMRMRD images out), :mod:`compressor.export.mrd_server` (``compress serve``, the MRD streaming server) and
-:mod:`compressor.export.mrd_stream` (one slice through the model; MRD v2 streams), :mod:`compressor.export.triton`
-(a Triton Inference Server model repository of the exports), :mod:`compressor.export.benchmark` (ORT vs PyTorch
+models, masks and validation slices), :mod:`compressor.export.scanner.reconstruct` (k-space files in, HDF5
+reconstructions
+out), :mod:`compressor.export.scanner.raw_input` and :mod:`compressor.export.scanner.ismrmrd_images` (ISMRMRD raw
+scans in,
+ISMRMRD images out), :mod:`compressor.export.scanner.mrd_server` (``compress serve``, the MRD streaming server) and
+:mod:`compressor.export.scanner.mrd_stream` (one slice through the model; MRD v2 streams),
+:mod:`compressor.export.triton.repository`
+(a Triton Inference Server model repository of the exports), :mod:`compressor.export.benchmark.run` (ORT vs PyTorch
 latency and precision tables).
 
 The folder ``export/`` is installed as ``compressor.export`` (``package-dir`` in ``pyproject.toml``): a PyPI

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper
 
 from compressor.cli import main as cli
 from compressor.errors import InputError
-from compressor.export.benchmark import (
+from compressor.export.benchmark.run import (
     NodeTime,
     PrecisionFile,
     TrainedModel,
@@ -43,8 +43,8 @@ from compressor.export.benchmark import (
     time_by_op_type,
     timing_file,
 )
-from compressor.export.onnx_export import export_model, phantom_kspace
-from compressor.export.runtime import CPU, graph_feed
+from compressor.export.runtimes.runtime import CPU, graph_feed
+from compressor.export.targets.export import export_model, phantom_kspace
 from compressor.masks import make_mask
 from compressor.models import ModelOptions, build_model
 

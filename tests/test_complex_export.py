@@ -22,14 +22,14 @@ from compressor.cli.export_commands import export_command, reconstruct_command
 from compressor.data.coils import virtual_coil
 from compressor.data.project_h5 import write_project_volume
 from compressor.errors import InputError
-from compressor.export.benchmark import benchmark_models
-from compressor.export.graph import ChannelSumConv, ScannerGraph
-from compressor.export.onnx_export import export_model, phantom_kspace
-from compressor.export.reconstruct import imaginary_energy_fraction
+from compressor.export.benchmark.run import benchmark_models
+from compressor.export.graph.scanner_graph import ChannelSumConv, ScannerGraph
+from compressor.export.graph.validate import pytorch_reference
 from compressor.export.run_models import run_validation_kspace, simulated_kspace
-from compressor.export.runtime import ExportMetadata, graph_outputs, open_exported
-from compressor.export.targets import save_with_metadata
-from compressor.export.validate import pytorch_reference
+from compressor.export.runtimes.runtime import ExportMetadata, graph_outputs, open_exported
+from compressor.export.scanner.reconstruct import imaginary_energy_fraction
+from compressor.export.targets.export import export_model, phantom_kspace
+from compressor.export.targets.registry import save_with_metadata
 from compressor.masks import SamplingMask
 from compressor.models import ModelOptions, build_model
 from compressor.physics import (

@@ -21,10 +21,10 @@ from compressor.data import build_mask
 from compressor.data.dataset import normalise_kspace
 from compressor.data.project_h5 import write_project_volume
 from compressor.errors import InputError
-from compressor.export.benchmark import benchmark_models, benchmark_run, write_benchmark
-from compressor.export.graph import ChannelSumConv, ScannerGraph
-from compressor.export.onnx_export import export_model, phantom_kspace, resolve_formulation, simulated_kspace
-from compressor.export.runtime import (
+from compressor.export.benchmark.run import benchmark_models, benchmark_run, write_benchmark
+from compressor.export.graph.scanner_graph import ChannelSumConv, ScannerGraph
+from compressor.export.graph.validate import AtolError, ExportValidationError, pytorch_reference
+from compressor.export.runtimes.runtime import (
     CPU,
     ExportMetadata,
     choose_provider,
@@ -33,7 +33,7 @@ from compressor.export.runtime import (
     node_providers,
     open_exported,
 )
-from compressor.export.validate import AtolError, ExportValidationError, pytorch_reference
+from compressor.export.targets.export import export_model, phantom_kspace, resolve_formulation, simulated_kspace
 from compressor.io import save_json
 from compressor.masks import SamplingMask, make_mask
 from compressor.models import ModelOptions, build_model

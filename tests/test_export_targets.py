@@ -17,10 +17,10 @@ from onnx import numpy_helper
 
 from compressor.cli.export_commands import benchmark_command, export_command, reconstruct_command
 from compressor.errors import InputError
-from compressor.export.onnx_export import ExportResult, export_model, export_run, phantom_kspace
-from compressor.export.runtime import EXECUTION_PROVIDERS, open_exported, provider_choices
-from compressor.export.targets import DEFAULT_TARGET, EXPORT_TARGETS, ExportRequest, ExportTarget, OnnxFp32
-from compressor.export.validate import AtolError, ExportValidationError
+from compressor.export.graph.validate import AtolError, ExportValidationError
+from compressor.export.runtimes.runtime import EXECUTION_PROVIDERS, open_exported, provider_choices
+from compressor.export.targets.export import ExportResult, export_model, export_run, phantom_kspace
+from compressor.export.targets.registry import DEFAULT_TARGET, EXPORT_TARGETS, ExportRequest, ExportTarget, OnnxFp32
 from compressor.training.checkpoint import save_weights
 from tests.test_export import SIZE, tiny_model, write_run
 
@@ -96,7 +96,7 @@ def test_a_target_registered_in_one_line_is_a_choice_of_compress_export():
 
 
 def test_formulation_and_provider_choices_come_from_their_registries():
-    from compressor.export.graph import FORMULATIONS, exportable_formulations
+    from compressor.export.graph.scanner_graph import FORMULATIONS, exportable_formulations
 
     assert option_choices(export_command, "formulation") == ["auto", *exportable_formulations()]
     assert set(exportable_formulations()) == {"lines", "dft"} < set(FORMULATIONS.names())

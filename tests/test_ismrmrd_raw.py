@@ -19,9 +19,9 @@ from compressor.data.mrd_raw import (
     readout_from_ismrmrd,
     skipped_summary,
 )
-from compressor.data.mrd_synthetic import encoding_header, synthetic_scan
 from compressor.errors import InputError
 from tests.conftest import shorten_acquisition_headers
+from tests.synthetic_scans import encoding_header, synthetic_scan
 
 
 def coil_images(slices: int = 2, coils: int = 3, height: int = 12, width: int = 10, seed: int = 0) -> np.ndarray:

@@ -15,16 +15,16 @@ from click.testing import CliRunner
 from compressor.cli.export_commands import reconstruct_command
 from compressor.data.coils import virtual_coil
 from compressor.data.mrd_raw import EncodingGeometry, SliceAssembler, SliceKey, readout_from_ismrmrd
-from compressor.data.mrd_synthetic import synthetic_scan
 from compressor.data.project_h5 import write_project_volume
-from compressor.export.mrd_images import image_header, ismrmrd_image
-from compressor.export.mrd_reconstruct import prepare_slice
-from compressor.export.onnx_export import export_model, simulated_kspace
-from compressor.export.reconstruct import reconstruct_file
-from compressor.export.runtime import open_exported
+from compressor.export.runtimes.runtime import open_exported
+from compressor.export.scanner.ismrmrd_images import image_header, ismrmrd_image
+from compressor.export.scanner.raw_input import prepare_slice
+from compressor.export.scanner.reconstruct import reconstruct_file
+from compressor.export.targets.export import export_model, simulated_kspace
 from compressor.masks import SamplingMask
 from compressor.models import ModelOptions, build_model
 from tests.conftest import shorten_acquisition_headers, smooth_image
+from tests.synthetic_scans import synthetic_scan
 
 SIZE = (16, 12)  # readout rows, phase-encode columns: non-square on purpose
 MASK_COLUMNS = [0, 1, 3, 6, 10]  # uncentred

@@ -28,14 +28,14 @@ import torch
 from click.testing import CliRunner
 
 from compressor.cli.export_commands import serve_command
-from compressor.data.mrd_synthetic import synthetic_scan
 from compressor.errors import InputError
-from compressor.export.mrd_server import ReconstructionServer, stream_scan
-from compressor.export.onnx_export import export_model
-from compressor.export.reconstruct import reconstruct_file
 from compressor.export.run_models import simulated_kspace
+from compressor.export.scanner.mrd_server import ReconstructionServer, stream_scan
+from compressor.export.scanner.reconstruct import reconstruct_file
+from compressor.export.targets.export import export_model
 from compressor.masks import SamplingMask
 from compressor.models import ModelOptions, build_model
+from tests.synthetic_scans import synthetic_scan
 
 SIZE = (16, 12)
 COLUMNS = [0, 1, 3, 6, 10]

@@ -16,9 +16,8 @@ from click.testing import CliRunner
 
 from compressor.cli.export_commands import benchmark_command, reconstruct_command
 from compressor.errors import InputError
-from compressor.export.onnx_export import export_model, phantom_kspace
-from compressor.export.quantize import PrecisionOptions
-from compressor.export.runtime import (
+from compressor.export.precision.quantize import PrecisionOptions
+from compressor.export.runtimes.runtime import (
     CPU,
     EXECUTION_PROVIDERS,
     OPENVINO,
@@ -29,6 +28,7 @@ from compressor.export.runtime import (
     open_exported,
     provider_choices,
 )
+from compressor.export.targets.export import export_model, phantom_kspace
 from tests.test_export import SIZE, tiny_model
 
 

@@ -40,7 +40,7 @@ def test_foreign_evaluate_and_export_packages_import_beside_the_tool(tmp_path: P
     result = _run("""
         import evaluate, export
         import compressor.evaluate.metrics as metrics
-        import compressor.export.graph as graph
+        import compressor.export.run_models as graph
         import numpy as np
         print(evaluate.load("psnr"), export.run(), sep="|")
         print(evaluate.__file__, export.__file__, metrics.__file__, graph.__file__, sep="|")

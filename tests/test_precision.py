@@ -15,10 +15,9 @@ from click.testing import CliRunner
 from onnx import TensorProto
 
 from compressor.cli.export_commands import export_command
-from compressor.export.benchmark import data_fidelity_scopes
-from compressor.export.cpu import parse_cpuinfo
-from compressor.export.onnx_export import export_model, phantom_kspace
-from compressor.export.quantize import (
+from compressor.export.benchmark.run import data_fidelity_scopes
+from compressor.export.graph.validate import ExportValidationError, QualityLossError
+from compressor.export.precision.quantize import (
     ConvLayer,
     PrecisionOptions,
     activations_between,
@@ -26,9 +25,10 @@ from compressor.export.quantize import (
     conv_layers,
     int8_settings,
 )
-from compressor.export.runtime import ExportMetadata, open_exported
-from compressor.export.targets import EXPORT_TARGETS, precision_choices, precision_targets
-from compressor.export.validate import ExportValidationError, QualityLossError
+from compressor.export.runtimes.cpu import parse_cpuinfo
+from compressor.export.runtimes.runtime import ExportMetadata, open_exported
+from compressor.export.targets.export import export_model, phantom_kspace
+from compressor.export.targets.registry import EXPORT_TARGETS, precision_choices, precision_targets
 from compressor.models import ModelOptions
 from compressor.training.checkpoint import save_weights
 from tests.test_export import SIZE, TINY, tiny_model
@@ -193,7 +193,7 @@ def test_int8_export_of_a_tiny_model_takes_seconds_and_records_how_it_was_made(i
 def test_qat_fake_quantizes_weights_as_onnx_runtime_quantizes_them(int8_result):
     from onnx import numpy_helper
 
-    from compressor.export.quantize import _FakeQuantizedWeight
+    from compressor.export.precision.quantize import _FakeQuantizedWeight
 
     model, result = tiny_model(), int8_result
     initializers = {init.name: numpy_helper.to_array(init) for init in onnx.load(str(result.path)).graph.initializer}
@@ -209,7 +209,7 @@ def test_qat_fake_quantizes_weights_as_onnx_runtime_quantizes_them(int8_result):
 def test_qat_input_ranges_are_the_global_min_max_of_the_training_batches_as_minmax_calibration_takes_them():
     import torch
 
-    from compressor.export.quantize import _FakeQuantizedInput
+    from compressor.export.precision.quantize import _FakeQuantizedInput
 
     hook, conv = _FakeQuantizedInput(), torch.nn.Conv2d(1, 1, 1).train()
     for batch in ([-1.0, 2.0], [-3.0, 0.5], [0.2, 1.0]):
@@ -323,7 +323,7 @@ def test_compress_checks_the_precisions_before_anything_trains(tmp_path):
 def test_a_run_exports_each_precision_measured_on_its_validation_slices(tmp_path):
     import json
 
-    from compressor.export.onnx_export import export_run
+    from compressor.export.targets.export import export_run
     from tests.test_export import write_run
 
     write_run(tmp_path, tiny_model(seed=11))

@@ -20,10 +20,10 @@ from tritonclient.grpc import model_config_pb2
 
 from compressor.cli.export_commands import export_command
 from compressor.errors import InputError
-from compressor.export.onnx_export import export_model, phantom_kspace
 from compressor.export.run_models import simulated_kspace
-from compressor.export.runtime import CPU, ExportMetadata, create_session, open_exported
-from compressor.export.triton import (
+from compressor.export.runtimes.runtime import CPU, ExportMetadata, create_session, open_exported
+from compressor.export.targets.export import export_model, phantom_kspace
+from compressor.export.triton.repository import (
     Keyword,
     TritonOptions,
     TritonSource,

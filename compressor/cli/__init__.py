@@ -95,7 +95,7 @@ def main(ctx: click.Context, preset: str, out: Path, progress: bool, deploy: boo
     if ctx.invoked_subcommand is not None:
         return
     from compressor.config import apply_overrides, load_config
-    from compressor.export.targets import precision_targets
+    from compressor.export.targets.registry import precision_targets
 
     targets = precision_targets(precision)  # an unknown precision stops here, before anything trains
     settings = _settings(options.pop("settings"))
@@ -272,8 +272,8 @@ def _train_deploy_report(config, out: Path, progress: bool, deploy: bool, log, s
 def deploy_run(out: Path, log, targets: Sequence[str] = ("onnx-fp32",)) -> None:
     """Export every trained model of the run to ONNX through each of ``targets`` (one validated file per precision)
     and benchmark latency."""
-    from compressor.export.benchmark import benchmark_run, format_table
-    from compressor.export.onnx_export import export_run
+    from compressor.export.benchmark.run import benchmark_run, format_table
+    from compressor.export.targets.export import export_run
 
     export_run(out, log=log, targets=targets)
     result = benchmark_run(out, log=log)

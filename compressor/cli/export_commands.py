@@ -20,8 +20,8 @@ from compressor.rundir import BENCHMARK_FILE, EXPORTS_FOLDER
 if TYPE_CHECKING:
     import numpy as np
 
-    from compressor.export.onnx_export import ExportResult
-    from compressor.export.triton import TritonOptions
+    from compressor.export.targets.export import ExportResult
+    from compressor.export.triton.repository import TritonOptions
     from compressor.masks import SamplingMask
 
 SHOW_DEFAULTS = {"show_default": True}
@@ -47,15 +47,15 @@ class RegistryChoice(click.Choice):
 
 def _precision_options(calibration_slices: int, calibration_method: str, max_psnr_loss: float | None,
                        qat_threshold: float, qat_steps: int) -> Any:
-    """The :class:`~compressor.export.quantize.PrecisionOptions` of the command's options."""
-    from compressor.export.quantize import PrecisionOptions
+    """The :class:`~compressor.export.precision.quantize.PrecisionOptions` of the command's options."""
+    from compressor.export.precision.quantize import PrecisionOptions
 
     return PrecisionOptions(calibration_slices, calibration_method, max_psnr_loss, qat_threshold, qat_steps)
 
 
 def _export_targets(target: str, precision: str | None) -> list[str]:
     """The targets to write: ``--precision``'s ``onnx-<precision>`` targets, else ``--target``."""
-    from compressor.export.targets import DEFAULT_TARGET, precision_targets
+    from compressor.export.targets.registry import DEFAULT_TARGET, precision_targets
 
     if precision is None:
         return [target]
@@ -69,7 +69,7 @@ def _file_destination(out: Path | None, default: Path, target: str, count: int) 
     """The file ``target`` writes for ``--stage``/``--weights``: ``default``, or ``--out``; when several precisions
     are written, ``--out`` names the fp32 file and each other goes beside it under its target's name
     (``d3c5.onnx`` -> ``d3c5.int8.onnx``)."""
-    from compressor.export.onnx_export import output_name
+    from compressor.export.targets.export import output_name
 
     if out is None:
         return default
@@ -79,8 +79,8 @@ def _file_destination(out: Path | None, default: Path, target: str, count: int) 
 def _bare_calibration(path: Path | None, source: str | None, mask: SamplingMask, acceleration: float | None,
                       image_channels: int, count: int) -> Any:
     """INT8 calibration slices of bare weights: ``count`` slices of the ``--validation`` file, else phantoms."""
-    from compressor.export.onnx_export import phantom_kspace
-    from compressor.export.quantize import CalibrationSlices
+    from compressor.export.precision.quantize import CalibrationSlices
+    from compressor.export.targets.export import phantom_kspace
 
     kspace = _validation_kspace(path, source, mask, acceleration, image_channels, count)
     if kspace is None:
@@ -90,43 +90,43 @@ def _bare_calibration(path: Path | None, source: str | None, mask: SamplingMask,
 
 
 def _calibration_methods() -> list[str]:
-    from compressor.export.quantize import CALIBRATION_METHODS
+    from compressor.export.precision.quantize import CALIBRATION_METHODS
 
     return list(CALIBRATION_METHODS)
 
 
 def _providers() -> list[str]:
-    from compressor.export.runtime import provider_choices
+    from compressor.export.runtimes.runtime import provider_choices
 
     return provider_choices()
 
 
 def _formulations() -> list[str]:
-    from compressor.export.graph import exportable_formulations
+    from compressor.export.graph.scanner_graph import exportable_formulations
 
     return ["auto", *exportable_formulations()]
 
 
 def _targets() -> list[str]:
-    from compressor.export.targets import EXPORT_TARGETS
+    from compressor.export.targets.registry import EXPORT_TARGETS
 
     return EXPORT_TARGETS.names()
 
 
 def _triton_instances() -> list[str]:
-    from compressor.export.triton import INSTANCE_KINDS
+    from compressor.export.triton.repository import INSTANCE_KINDS
 
     return list(INSTANCE_KINDS)
 
 
 def _sources() -> tuple[str, ...]:
-    from compressor.export.reconstruct import SOURCES
+    from compressor.export.scanner.reconstruct import SOURCES
 
     return SOURCES
 
 
 def _reconstruct_sources() -> tuple[str, ...]:
-    from compressor.export.reconstruct import RECONSTRUCT_SOURCES
+    from compressor.export.scanner.reconstruct import RECONSTRUCT_SOURCES
 
     return RECONSTRUCT_SOURCES  # raw scans and streams: reconstruct only
 
@@ -151,8 +151,8 @@ def _validation_kspace(path: Path | None, source: str | None, mask: SamplingMask
     ``image_channels`` reads it: with phase for 2), or ``None`` without a file."""
     if path is None:
         return None
-    from compressor.export.reconstruct import infer_source, read_input
     from compressor.export.run_models import evenly_spaced_indices
+    from compressor.export.scanner.reconstruct import infer_source, read_input
 
     kspace = read_input(path, source or infer_source(path), mask.shape, mask.values, acceleration,
                         image_channels=image_channels).kspace
@@ -177,7 +177,7 @@ def _write_triton(repository: Path | None, exports: list[tuple[str, Path]], opti
     """Serve the validated ``(name, ONNX file)`` exports from the Triton model repository ``--triton-repo``."""
     if repository is None:
         return
-    from compressor.export.triton import TritonSource, write_triton_repository
+    from compressor.export.triton.repository import TritonSource, write_triton_repository
 
     for entry in write_triton_repository([TritonSource(name, path) for name, path in exports], repository, options,
                                          provider):
@@ -202,7 +202,7 @@ def _given(names: Sequence[str]) -> list[str]:
 def _refuse_unused_options(triton_repo: Path | None, targets: Sequence[str]) -> None:
     """Refuse options that would do nothing: the Triton ones without ``--triton-repo``, the INT8 ones without an
     int8 file among the ``targets``."""
-    from compressor.export.targets import EXPORT_TARGETS
+    from compressor.export.targets.registry import EXPORT_TARGETS
 
     unused = _given(TRITON_OPTIONS) if triton_repo is None else []
     if unused:
@@ -214,10 +214,11 @@ def _refuse_unused_options(triton_repo: Path | None, targets: Sequence[str]) -> 
 
 def _planned_triton_entries(name: str, model: Any, mask: SamplingMask, config_key: str | None,
                             targets: Sequence[str]) -> list[Any]:
-    """The Triton entries ``targets`` of the model ``name`` will make (:class:`~compressor.export.triton.
-    PlannedEntry`), for :func:`~compressor.export.triton.check_planned_entries` before anything is exported."""
-    from compressor.export.targets import EXPORT_TARGETS
-    from compressor.export.triton import PlannedEntry
+    """The Triton entries ``targets`` of the model ``name`` will make (:class:`~compressor.export.triton.repository.
+    PlannedEntry`), for :func:`~compressor.export.triton.repository.check_planned_entries` before anything is
+    exported."""
+    from compressor.export.targets.registry import EXPORT_TARGETS
+    from compressor.export.triton.repository import PlannedEntry
 
     return [PlannedEntry(name, EXPORT_TARGETS.get(t).precision, model.arch, mask.digest(), config_key,
                          model.image_channels) for t in targets]
@@ -225,7 +226,7 @@ def _planned_triton_entries(name: str, model: Any, mask: SamplingMask, config_ke
 
 def _report_export(result: ExportResult) -> None:
     if result.precision_check is not None:
-        from compressor.export.onnx_export import precision_lines
+        from compressor.export.targets.export import precision_lines
 
         click.echo(f"{result.path}: {result.metadata.architecture} {result.precision}, DF formulation "
                    f"{result.formulation}; validated with {result.provider} in {result.seconds:.1f} s")
@@ -332,10 +333,10 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
     _refuse_unused_options(triton_repo, targets)
     precision_options = _precision_options(calibration_slices, calibration_method, max_psnr_loss, qat_threshold,
                                            qat_steps)
-    from compressor.export.onnx_export import export_model, export_run_model, output_name, phantom_kspace
+    from compressor.export.graph.validate import ExportValidationError
     from compressor.export.run_models import load_run_models, load_stage
-    from compressor.export.triton import TritonOptions, check_planned_entries
-    from compressor.export.validate import ExportValidationError
+    from compressor.export.targets.export import export_model, export_run_model, output_name, phantom_kspace
+    from compressor.export.triton.repository import TritonOptions, check_planned_entries
 
     triton = TritonOptions(max_batch_size=triton_max_batch, instance_kind=triton_instance,
                            intra_op_threads=triton_threads)
@@ -444,7 +445,7 @@ def reconstruct_command(model_path: Path, input_path: Path, out: Path, source: s
         raise UserError("--out is required (only --source mrd writes its images to standard output without it)")
     if str(input_path) == "-":
         raise UserError("INPUT '-' (standard input) is for MRD v2 streams only: add --source mrd")
-    from compressor.export.reconstruct import reconstruct_file
+    from compressor.export.scanner.reconstruct import reconstruct_file
 
     for path in (out, previews, ismrmrd_out):
         if path is not None:
@@ -472,7 +473,7 @@ def _reconstruct_mrd_stream(model_path: Path, input_path: Path, out: Path | None
         require_writable(out)
     import sys
 
-    from compressor.export.mrd_stream import reconstruct_mrd
+    from compressor.export.scanner.mrd_stream import reconstruct_mrd
 
     result = reconstruct_mrd(model_path, input_path, out, stdin=sys.stdin.buffer, stdout=sys.stdout.buffer,
                              take_real_part=take_real_part, provider=provider, threads=threads)
@@ -505,7 +506,7 @@ def benchmark_command(run_dir: Path | None, archs: str | None, teacher: str, ima
                       mask_type: str, threads: int | None, iterations: int, warmup: int, provider: str,
                       json_path: Path | None, precisions: str) -> None:
     """Latency of ONNX Runtime (with DF) vs PyTorch eager across model sizes and precisions: the paper's Table 8."""
-    from compressor.export.benchmark import (
+    from compressor.export.benchmark.run import (
         DEFAULT_STUDENTS,
         benchmark_models,
         benchmark_run,
@@ -563,7 +564,7 @@ def serve_command(model_path: Path, host: str, port: int, provider: str, threads
     """
     import signal
 
-    from compressor.export.mrd_server import ReconstructionServer, server_logger
+    from compressor.export.scanner.mrd_server import ReconstructionServer, server_logger
 
     if log_path is not None:
         require_writable(log_path)

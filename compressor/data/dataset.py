@@ -19,7 +19,8 @@ simulated phase of :mod:`compressor.data.phase`. Zero-filled image and target ar
 normalised by the largest magnitude of the zero-filled image, and losses and metrics score the ``image_size`` centre
 of the grid (:func:`~compressor.data.transforms.scored_image`).
 
-That function is the one normalisation of the tool: the exported graph (:mod:`compressor.export.graph`) calls it with
+That function is the one normalisation of the tool: the exported graph (:mod:`compressor.export.graph.scanner_graph`)
+calls it with
 its own Fourier operator, so ``compress reconstruct`` and export validation normalise exactly as training does.
 
 The super-resolution task (:class:`SuperResolutionDataset`) replaces steps 2-3: the input is the target degraded

@@ -13,11 +13,11 @@ with ``ismrmrd.ProtocolSerializer``; ids: config file 1, config text 2, XML head
   server runs the one model it was started with;
 * the header is checked before any acquisition is used: one 2-D Cartesian encoding
   (:meth:`~compressor.data.mrd_raw.EncodingGeometry.from_header`) whose image grid is the model's image size
-  (:func:`~compressor.export.mrd_reconstruct.check_grid`); a header the model cannot serve ends the connection with
+  (:func:`~compressor.export.scanner.raw_input.check_grid`); a header the model cannot serve ends the connection with
   the reason;
 * each acquisition becomes a :class:`~compressor.data.mrd_raw.Readout` and goes to the connection's
   :class:`~compressor.data.mrd_raw.SliceAssembler`; a slice it completes is reconstructed at once (the checks of
-  :func:`~compressor.export.mrd_reconstruct.prepare_slice`, acceleration, lines and, for a 1-channel model, the phase,
+  :func:`~compressor.export.scanner.raw_input.prepare_slice`, acceleration, lines and, for a 1-channel model, the phase,
   then the model) and its image is sent; waveforms are counted and ignored;
 * close: slices still open are completed (:meth:`~compressor.data.mrd_raw.SliceAssembler.finish`) and sent, then
   the server sends close and closes the socket.
@@ -35,9 +35,11 @@ Threads and batching:
   reconstructs and sends, so a slow client only slows itself; at most ``max_connections`` at once (a further one is
   told the server is busy and closed);
 * one session shared by every connection (ONNX Runtime's ``InferenceSession.run`` is thread-safe; OpenVINO's
-  :class:`~compressor.export.runtime.OpenVINOSession` gives each call its own infer request, with ``cores // threads``
+  :class:`~compressor.export.runtimes.runtime.OpenVINOSession` gives each call its own infer request, with ``cores //
+  threads``
   streams; one copy of the weights). ``threads`` intra-op threads per run, and at most ``max(1, cores // threads)`` runs
-  at once (a semaphore in :class:`~compressor.export.mrd_stream.SliceReconstructor`): with the default ``threads`` = all
+  at once (a semaphore in :class:`~compressor.export.scanner.mrd_stream.SliceReconstructor`): with the default
+  ``threads`` = all
   cores, runs take turns and each slice gets every core (the lowest latency per slice, what a scanner waits on;
   throughput with several scans is then that of one); ``threads=1`` lets one run per core go in parallel (throughput
   with many concurrent scans, each slice slower). More concurrent runs than that would share one intra-op pool and
@@ -47,7 +49,7 @@ Threads and batching:
   1`` against the default gives the numbers on a quiet machine;
 * no batching across scans: a slice is run alone (batch 1) the moment it is complete. Batching would hold a finished
   slice back until others arrive, adding latency to every slice for a throughput gain on CPU that is not measured
-  here (on a GPU it would be larger; that is what Triton's dynamic batcher is for, see ``export/triton.py``).
+  here (on a GPU it would be larger; that is what Triton's dynamic batcher is for, see ``export/triton/repository.py``).
 
 :class:`ServerStats` records per slice the time from receiving its last readout (the message that completed it) to
 its image having been written to the socket, the compute time within it (checks, coil compression, model, image) and
@@ -85,9 +87,9 @@ from compressor.data.mrd_raw import (
     skipped_summary,
 )
 from compressor.errors import InputError, first_line
-from compressor.export.mrd_reconstruct import check_grid
-from compressor.export.mrd_stream import SliceReconstructor
-from compressor.export.runtime import ExportedModel, open_exported
+from compressor.export.runtimes.runtime import ExportedModel, open_exported
+from compressor.export.scanner.mrd_stream import SliceReconstructor
+from compressor.export.scanner.raw_input import check_grid
 
 MAX_MESSAGE_BYTES = 256 << 20
 """The largest single read a message may ask for (256 MiB; a 1024-sample readout of 128 coils is 1 MiB): a corrupt

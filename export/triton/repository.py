@@ -59,8 +59,9 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper
 
 from compressor.errors import InputError, first_line
-from compressor.export.quantize import precision_of
-from compressor.export.runtime import (
+from compressor.export.graph.validate import ExportValidationError, compare_outputs
+from compressor.export.precision.quantize import precision_of
+from compressor.export.runtimes.runtime import (
     CPU,
     INPUT_NAMES,
     ExecutionProvider,
@@ -70,7 +71,6 @@ from compressor.export.runtime import (
     graph_feed,
     runtime_named,
 )
-from compressor.export.validate import ExportValidationError, compare_outputs
 from compressor.io import atomic_path
 
 BACKEND = "onnxruntime"
@@ -317,7 +317,7 @@ def check_folded(original: onnx.ModelProto, folded: onnx.ModelProto, mask: np.nd
     """Run both graphs with ONNX Runtime on :func:`sample_kspace`: the original fed ``mask``, the folded one without.
 
     Returns ``(max abs difference, tolerance)`` over every output; raises
-    :class:`~compressor.export.validate.ExportValidationError` when an output differs by more than
+    :class:`~compressor.export.graph.validate.ExportValidationError` when an output differs by more than
     :data:`FOLD_RELATIVE_TOLERANCE` x the output dtype's epsilon x its max |original|, or the outputs differ.
     """
     types = {value.name: helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
@@ -413,7 +413,7 @@ class PlannedEntry:
         name: as :attr:`TritonSource.name` (the ``results.json`` name, or the weights file stem).
         precision: the file's precision (``"fp32"``, ``"int8"``, ``"fp16"``).
         architecture, mask_digest, config_key, image_channels: what its metadata will record
-            (:class:`~compressor.export.runtime.ExportMetadata`; ``config_key`` ``None`` for bare weights).
+            (:class:`~compressor.export.runtimes.runtime.ExportMetadata`; ``config_key`` ``None`` for bare weights).
     """
 
     name: str

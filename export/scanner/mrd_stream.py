@@ -1,18 +1,19 @@
 r"""Streamed raw scans through an exported model, slice by slice: what the MRD server
-(:mod:`compressor.export.mrd_server`) and the MRD v2 stdin-to-stdout filter (``compress reconstruct MODEL.onnx -
+(:mod:`compressor.export.scanner.mrd_server`) and the MRD v2 stdin-to-stdout filter (``compress reconstruct MODEL.onnx -
 --source mrd``) share.
 
 :class:`SliceReconstructor` holds the model and its mask and does, for one scan, what ``compress reconstruct --source
-ismrmrd`` does for a file (:func:`~compressor.export.mrd_reconstruct.read_raw_input`), one slice at a time:
+ismrmrd`` does for a file (:func:`~compressor.export.scanner.raw_input.read_raw_input`), one slice at a time:
 
-* before any acquisition, :func:`~compressor.export.mrd_reconstruct.check_grid` refuses a header whose image grid is
+* before any acquisition, :func:`~compressor.export.scanner.raw_input.check_grid` refuses a header whose image grid is
   not the model's image size;
-* :meth:`~SliceReconstructor.reconstruct`: :func:`~compressor.export.mrd_reconstruct.prepare_slice` (mask lines
+* :meth:`~SliceReconstructor.reconstruct`: :func:`~compressor.export.scanner.raw_input.prepare_slice` (mask lines
   acquired, coils, partial readouts), then for a 1-channel model the phase check of ``reconstruct``
-  (:func:`~compressor.export.reconstruct.check_phase`, here on the slice alone: a stream has no "whole input"), then
-  the model (:func:`~compressor.export.reconstruct.reconstruct_slices`, batch 1);
+  (:func:`~compressor.export.scanner.reconstruct.check_phase`, here on the slice alone: a stream has no "whole
+  input"), then
+  the model (:func:`~compressor.export.scanner.reconstruct.reconstruct_slices`, batch 1);
 * :meth:`~SliceReconstructor.image`: the ISMRMRD magnitude image with the header of
-  :func:`~compressor.export.mrd_images.slice_image` (series 1, ``image_index`` 1, 2, ... in the order sent).
+  :func:`~compressor.export.scanner.ismrmrd_images.slice_image` (series 1, ``image_index`` 1, 2, ... in the order sent).
 
 MRD v2 (the ``mrd-python`` package): :func:`reconstruct_mrd_stream` reads a binary MRD v2 stream
 (``mrd.BinaryMrdReader``: an optional ``mrd.Header``, then ``StreamItem`` s), assembles ``StreamItem.Acquisition`` s
@@ -43,10 +44,10 @@ import numpy as np
 from compressor.data.mrd_raw import AssembledSlice, EncodingGeometry, SliceAssembler, skipped_summary
 from compressor.data.mrd_v2 import encoding_geometry, readout_from_mrd
 from compressor.errors import InputError, first_line
-from compressor.export.mrd_images import slice_image
-from compressor.export.mrd_reconstruct import check_grid, prepare_slice
-from compressor.export.reconstruct import check_mask, check_phase, reconstruct_slices
-from compressor.export.runtime import ExportedModel, open_exported
+from compressor.export.runtimes.runtime import ExportedModel, open_exported
+from compressor.export.scanner.ismrmrd_images import slice_image
+from compressor.export.scanner.raw_input import check_grid, prepare_slice
+from compressor.export.scanner.reconstruct import check_mask, check_phase, reconstruct_slices
 from compressor.io import atomic_path
 
 SERIES_INDEX = 1
@@ -59,7 +60,7 @@ class SliceReconstructor:
         model: the opened model; its training mask is the mask (checked against the model once here).
         take_real_part: 1-channel models: reconstruct the real part of a complex-valued image instead of refusing it.
         parallel_runs: model runs allowed at once across threads (the server's choice, see
-            :mod:`compressor.export.mrd_server`); the checks before a run are not limited.
+            :mod:`compressor.export.scanner.mrd_server`); the checks before a run are not limited.
     """
 
     def __init__(self, model: ExportedModel, take_real_part: bool = False, parallel_runs: int = 1):

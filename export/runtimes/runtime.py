@@ -116,7 +116,8 @@ class ExportMetadata:
         acceleration: the nominal acceleration the model was trained for (``None`` if unknown).
         mask: the training mask ``(H, W)`` float32, uncentred (used when the input brings no mask).
         mask_digest: :meth:`compressor.masks.SamplingMask.digest` of that mask.
-        formulation: the DF formulation in the graph (``"lines"`` or ``"dft"``, see :mod:`compressor.export.graph`).
+        formulation: the DF formulation in the graph (``"lines"`` or ``"dft"``, see
+        :mod:`compressor.export.graph.scanner_graph`).
         line_axis: for ``"lines"``, the axis of the mask's lines (``-1`` whole columns, ``-2`` whole rows).
         model_options: the model's :class:`~compressor.models.ModelOptions` as a dict.
         config_key: the run's stage key (``stage.json`` ``key``), ``None`` for a bare weights file.

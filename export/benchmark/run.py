@@ -13,7 +13,8 @@ Method (these machines are noisy, so the runtimes are timed *interleaved*):
 * DF share: the fraction of ONNX Runtime's kernel time spent in the DF's nodes, from its per-node profile of the
   same graph (:func:`profile_graph`, a separate profiling session after the timed loop, ``warmup`` runs dropped):
   ``sum of the DF nodes' kernel times / sum of every node's kernel time``, in [0, 1] by construction. The DF nodes
-  are those the exporter put in a DF module's scope (:data:`~compressor.export.graph.DATA_FIDELITY_SCOPE`: each
+  are those the exporter put in a DF module's scope
+  (:data:`~compressor.export.graph.scanner_graph.DATA_FIDELITY_SCOPE`: each
   cascade's ``data_fidelity`` and the line projection built once from the mask); a node ONNX Runtime fused or
   re-laid out is traced back to the exported node it stems from (:func:`source_node`); the nodes it inserts itself
   (layout reorders around the blocked convolutions) count with the rest. Why not ``1 - t(blocks only) / t(graph)``,
@@ -73,18 +74,12 @@ import torch
 
 from compressor import rundir
 from compressor.errors import InputError
-from compressor.export.cpu import cpu_features
-from compressor.export.graph import DATA_FIDELITY_SCOPE, ScannerGraph
-from compressor.export.onnx_export import (
-    export_model,
-    output_name,
-    phantom_kspace,
-    resolve_formulation,
-    trace_graph,
-)
-from compressor.export.quantize import PrecisionOptions, precision_of
+from compressor.export.graph.scanner_graph import DATA_FIDELITY_SCOPE, ScannerGraph
+from compressor.export.graph.validate import pytorch_reference
+from compressor.export.precision.quantize import PrecisionOptions, precision_of
 from compressor.export.run_models import EXPORTS_FOLDER
-from compressor.export.runtime import (
+from compressor.export.runtimes.cpu import cpu_features
+from compressor.export.runtimes.runtime import (
     ExportMetadata,
     choose_provider,
     create_session,
@@ -93,8 +88,14 @@ from compressor.export.runtime import (
     require_onnxruntime,
     session_options,
 )
-from compressor.export.targets import EXPORT_TARGETS, precision_target, precision_targets, save_with_metadata
-from compressor.export.validate import pytorch_reference
+from compressor.export.targets.export import (
+    export_model,
+    output_name,
+    phantom_kspace,
+    resolve_formulation,
+    trace_graph,
+)
+from compressor.export.targets.registry import EXPORT_TARGETS, precision_target, precision_targets, save_with_metadata
 from compressor.io import atomic_path, save_json
 from compressor.masks import SamplingMask
 from compressor.models import ModelOptions, build_model, parse_architecture
@@ -113,7 +114,7 @@ class PrecisionFile:
     """One precision's ONNX file of a model and its image quality against the model's fp32 export.
 
     Attributes:
-        precision: ``"fp32"``, ``"int8"`` or ``"fp16"`` (:func:`~compressor.export.targets.precision_choices`).
+        precision: ``"fp32"``, ``"int8"`` or ``"fp16"`` (:func:`~compressor.export.targets.registry.precision_choices`).
         path: the file.
         delta_psnr: mean PSNR of this file minus mean PSNR of the fp32 export, dB, on the export's quality slices
             (a run's whole validation split; negative: a loss), as its metadata records it; ``None`` for fp32 (the
@@ -244,7 +245,8 @@ def interleaved_timings(calls: Mapping[str, Callable[[], Any]], iterations: int,
 
 
 def export_for_timing(model: CascadeModel, mask: SamplingMask, formulation: str, folder: Path) -> Path:
-    """Export ``model`` with ``formulation`` (a name of :data:`~compressor.export.graph.FORMULATIONS`), unvalidated."""
+    """Export ``model`` with ``formulation`` (a name of :data:`~compressor.export.graph.scanner_graph.FORMULATIONS`),
+    unvalidated."""
     line_axis = resolve_formulation(formulation, mask).line_axis
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{getattr(model, 'arch', 'model')}_{model.image_channels}ch_{formulation}.onnx"
@@ -352,7 +354,7 @@ def node_scopes(node: onnx.NodeProto) -> list[str]:
 
 def data_fidelity_scopes(model: onnx.ModelProto) -> dict[str, str]:
     """``{exported node name: its DF scope}`` for the nodes inside a
-    :data:`~compressor.export.graph.DATA_FIDELITY_SCOPE` module: one scope per cascade with a DF
+    :data:`~compressor.export.graph.scanner_graph.DATA_FIDELITY_SCOPE` module: one scope per cascade with a DF
     (``cascades.<i>.data_fidelity``) plus ``line_projection`` for the ``"lines"`` formulation."""
     scopes = {}
     for node in model.graph.node:
@@ -449,7 +451,7 @@ def profile_graph(path: Path, provider: str, threads: int, feed: Mapping[str, np
 
 def parse_precisions(text: str) -> list[str]:
     """``"fp32,int8"`` -> ``["fp32", "int8"]``, validated as ``compress export --precision`` is
-    (:func:`~compressor.export.targets.precision_targets`: an unknown name is an :class:`InputError`)."""
+    (:func:`~compressor.export.targets.registry.precision_targets`: an unknown name is an :class:`InputError`)."""
     return [EXPORT_TARGETS.get(target).precision for target in precision_targets(text)]
 
 
@@ -500,7 +502,7 @@ PHANTOM_SLICES = 8
 def timing_file(model: CascadeModel, mask: SamplingMask, precision: str, folder: Path,
                 formulation: str = "auto") -> PrecisionFile:
     """A ``precision`` file of ``model`` for timing, written by the export driver through the precision's target
-    (:func:`~compressor.export.onnx_export.export_model`) on Shepp-Logan phantoms: INT8 calibrated on them with
+    (:func:`~compressor.export.targets.export.export_model`) on Shepp-Logan phantoms: INT8 calibrated on them with
     **every** convolution quantized (no PSNR bound, no quantization-aware fine-tuning: for random weights a
     sensitivity analysis would pick an arbitrary set; this is the fastest INT8 file, a trained model's own selection
     is timed from its export). Its quality figures are not kept: on phantoms, and for random weights, they mean

@@ -14,10 +14,11 @@ and the MRD streaming server (one slice at a time). For a slice assembled by
   data fidelity assumes whole lines; a ``"dft"`` graph takes the 2-D mask ``mask * readout_sampled`` (the positions
   never measured are outside it);
 * **coils**: a 2-channel model gets one virtual coil, :func:`~compressor.data.coils.virtual_coil` of the masked
-  k-space (as :func:`~compressor.export.reconstruct.compress_coils`: compression commutes with the Fourier transform;
+  k-space (as :func:`~compressor.export.scanner.reconstruct.compress_coils`: compression commutes with the Fourier
+  transform;
   computed from the samples the model sees, so nothing outside the mask changes its input). A 1-channel model takes
   single-coil data only, and the caller runs the real-image check
-  (:func:`~compressor.export.reconstruct.check_phase`) on the result.
+  (:func:`~compressor.export.scanner.reconstruct.check_phase`) on the result.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ import numpy as np
 from compressor.data.coils import virtual_coil
 from compressor.data.mrd_raw import AssembledSlice, EncodingGeometry, RawScan, read_ismrmrd_file, skipped_summary
 from compressor.errors import InputError
-from compressor.export.mrd_images import slice_image
-from compressor.export.reconstruct import MULTI_COIL_MESSAGE, ScannerInput
-from compressor.export.runtime import ExportMetadata
+from compressor.export.runtimes.runtime import ExportMetadata
+from compressor.export.scanner.ismrmrd_images import slice_image
+from compressor.export.scanner.reconstruct import MULTI_COIL_MESSAGE, ScannerInput
 
 DFT_HINT = "export the model with `compress export --formulation dft`, whose data fidelity takes any 2-D mask"
 
@@ -129,7 +130,8 @@ class RawInput:
         return notes
 
     def images(self, reconstruction: np.ndarray, series_index: int = 1) -> list[ismrmrd.Image]:
-        """The ISMRMRD magnitude images of ``reconstruction`` ``(S, H, W)`` (:mod:`compressor.export.mrd_images`),
+        """The ISMRMRD magnitude images of ``reconstruction`` ``(S, H, W)``
+        (:mod:`compressor.export.scanner.ismrmrd_images`),
         ``image_index`` 1, 2, ... in slice order."""
         return [slice_image(image, assembled, self.scan.geometry, series_index, index)
                 for index, (assembled, image) in enumerate(zip(self.scan.slices, reconstruction, strict=True), 1)]

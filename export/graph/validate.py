@@ -3,7 +3,8 @@
 Checks, all run and collected before anything is reported (one summary error listing every failure):
 
 1. ``onnx.checker.check_model`` (full check, with shape inference);
-2. the graph declares exactly the inputs and outputs of :mod:`compressor.export.runtime` (names, dynamic batch);
+2. the graph declares exactly the inputs and outputs of :mod:`compressor.export.runtimes.runtime` (names, dynamic
+batch);
 3. the chosen runtime (an ONNX Runtime provider, every node run by it as read from a profile; or OpenVINO, which
    compiles the whole graph for its CPU device or refuses it);
 4. that runtime's outputs against the PyTorch model, as trained (``torch.fft`` DF), on real validation slices;
@@ -26,8 +27,15 @@ import torch
 from onnx.reference import ReferenceEvaluator
 
 from compressor.errors import first_line
-from compressor.export.graph import graph_output_tensors
-from compressor.export.runtime import INPUT_NAMES, ExportedModel, Session, graph_feed, graph_outputs, node_providers
+from compressor.export.graph.scanner_graph import graph_output_tensors
+from compressor.export.runtimes.runtime import (
+    INPUT_NAMES,
+    ExportedModel,
+    Session,
+    graph_feed,
+    graph_outputs,
+    node_providers,
+)
 from compressor.models.base import CascadeModel
 from compressor.physics import apply_mask, normalise_kspace
 from compressor.physics.normalisation import NormalisedInput
@@ -117,7 +125,8 @@ def pytorch_reference(model: CascadeModel, kspace: np.ndarray, mask: np.ndarray)
         mask: ``(H, W)`` 0/1, uncentred.
 
     Returns:
-        The graph's outputs by name (:func:`~compressor.export.runtime.graph_outputs` of the model's image channels),
+        The graph's outputs by name (:func:`~compressor.export.runtimes.runtime.graph_outputs` of the model's image
+        channels),
         as training defines them (:func:`compressor.physics.normalisation.normalise_kspace`): e.g. ``{"image":
         (S, H, W) normalised, "scale": (S,)}`` for a 1-channel model.
     """
@@ -163,7 +172,7 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
 
 def check_declared_io(model: onnx.ModelProto, image_channels: int = 1) -> list[ExportValidationError]:
     """The graph's inputs and outputs must be :data:`INPUT_NAMES` and the outputs of ``image_channels``
-    (:func:`~compressor.export.runtime.graph_outputs`), batch axis symbolic."""
+    (:func:`~compressor.export.runtimes.runtime.graph_outputs`), batch axis symbolic."""
     failures: list[ExportValidationError] = []
     inputs = tuple(value.name for value in model.graph.input)
     outputs = tuple(value.name for value in model.graph.output)
@@ -183,7 +192,7 @@ def check_file(path: Path, exported: ExportedModel, feed: dict[str, np.ndarray],
                report: ValidationReport) -> onnx.ModelProto:
     """The checks every exported file gets, whatever its precision, added to ``report``: ``onnx.checker`` (full), the
     declared inputs and outputs (:func:`check_declared_io`), and every node of a run on ``feed`` on the chosen
-    provider (:func:`~compressor.export.runtime.node_providers`). Returns the loaded graph."""
+    provider (:func:`~compressor.export.runtimes.runtime.node_providers`). Returns the loaded graph."""
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
@@ -203,7 +212,7 @@ def validate_export(path: Path, exported: ExportedModel, model: CascadeModel, ks
 
     Args:
         path: the ONNX file.
-        exported: that file opened with the chosen provider (:func:`compressor.export.runtime.open_exported`).
+        exported: that file opened with the chosen provider (:func:`compressor.export.runtimes.runtime.open_exported`).
         model: the PyTorch model as trained, CPU, eval mode.
         kspace: validation k-space ``(S, H, W)`` complex, uncentred, undersampled with ``mask``.
         mask: ``(H, W)`` 0/1, uncentred.
@@ -276,7 +285,7 @@ class ImageQuality:
 
 def batched_outputs(run: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]], kspace: np.ndarray,
                     mask: np.ndarray) -> dict[str, np.ndarray]:
-    """Every named output of ``run(kspace chunk, mask)`` (e.g. :meth:`~compressor.export.runtime.ExportedModel.
+    """Every named output of ``run(kspace chunk, mask)`` (e.g. :meth:`~compressor.export.runtimes.runtime.ExportedModel.
     run_outputs`) over ``kspace`` ``(S, H, W)``, in chunks of :data:`VALIDATION_BATCH` slices."""
     batches = [run(kspace[start:start + VALIDATION_BATCH], mask) for start in range(0, len(kspace), VALIDATION_BATCH)]
     return {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]}
@@ -312,7 +321,7 @@ def sampled_line_deviation(outputs: dict[str, np.ndarray], kspace: np.ndarray, m
     ``-k`` is sampled too (there ``F(Re(P z)) = F(z)`` for a real ``z``), so those points are compared.
 
     Args:
-        outputs: the graph's named outputs for ``kspace`` (:func:`~compressor.export.runtime.graph_outputs`).
+        outputs: the graph's named outputs for ``kspace`` (:func:`~compressor.export.runtimes.runtime.graph_outputs`).
         kspace: ``(S, H, W)`` complex, uncentred, undersampled with ``mask``.
         mask: ``(H, W)`` 0/1, uncentred.
     """
@@ -362,7 +371,8 @@ class QualityLossError(ExportValidationError):
 def session_outputs(session: Session, image_channels: int
                     ) -> Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]:
     """``(kspace (B, H, W) complex, mask (H, W)) ->`` the graph's named outputs, run by ``session`` (like
-    :meth:`~compressor.export.runtime.ExportedModel.run_outputs`, for a graph without an :class:`ExportedModel`)."""
+    :meth:`~compressor.export.runtimes.runtime.ExportedModel.run_outputs`, for a graph without an
+    :class:`ExportedModel`)."""
     names = list(graph_outputs(image_channels).names)
     return lambda kspace, mask: dict(zip(names, session.run(names, graph_feed(kspace, mask)), strict=True))
 
@@ -401,7 +411,7 @@ def validate_precision(path: Path, exported: ExportedModel, fp32_graph: onnx.Mod
     The report's comparisons are the file's outputs against the fp32 export's (both on the chosen runtime), for the
     record.
     """
-    from compressor.export.runtime import create_session
+    from compressor.export.runtimes.runtime import create_session
 
     report = ValidationReport()
     feed = graph_feed(kspace[:1], mask)

@@ -1,26 +1,16 @@
 """Export a trained DC-CNN, data-fidelity layers included, to validated files of an export target.
 
-Exporter: ``torch.onnx.export(..., dynamo=True)`` (the ``torch.export`` based exporter, opset 18). It handles the graph
-of :mod:`compressor.export.graph` directly, including the ``torch.fft`` baseline the benchmark compares against (the
-TorchScript exporter rejects ``aten::fft_*``), and it is the exporter PyTorch maintains; the TorchScript exporter is
-deprecated. ``torch.export`` specialises a dimension whose example size is 1, so the graph is traced with a batch of
-:data:`TRACE_BATCH` slices and the batch axis is declared dynamic.
-
-What is written is an export target's (:mod:`compressor.export.targets`; the default, ``onnx-fp32``, one ONNX file).
-:func:`export_model` drives every target the same way: trace, the target writes under a temporary name, the shared
-validation (:mod:`compressor.export.validate`) runs, and the files are renamed only when every check passed: a failed
-export leaves nothing behind.
+What is written is an export target's (:mod:`compressor.export.targets.registry`; the default, ``onnx-fp32``, one ONNX
+file). :func:`export_model` drives every target the same way: trace (:mod:`compressor.export.graph.trace`), the target
+writes under a temporary name, the shared validation (:mod:`compressor.export.graph.validate`) runs, and the files are
+renamed only when every check passed: a failed export leaves nothing behind.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
-import logging
 import time
-import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +21,16 @@ import torch
 
 import compressor
 from compressor.errors import InputError
-from compressor.export.graph import FORMULATIONS, ScannerGraph, exportable_formulations
-from compressor.export.quantize import CalibrationSlices, PrecisionOptions, precision_of
+from compressor.export.graph.scanner_graph import FORMULATIONS, ScannerGraph, exportable_formulations
+from compressor.export.graph.trace import (
+    OPSET,
+    phantom_kspace,
+    phantom_quality_slices,
+    resolve_formulation,
+    trace_graph,
+)
+from compressor.export.graph.validate import PrecisionCheck, QualitySlices, ValidationReport
+from compressor.export.precision.quantize import CalibrationSlices, PrecisionOptions, precision_of
 from compressor.export.run_models import (
     EXPORTS_FOLDER,
     RunModel,
@@ -42,31 +40,18 @@ from compressor.export.run_models import (
     run_validation_kspace,
     simulated_kspace,
 )
-from compressor.export.runtime import (
+from compressor.export.runtimes.runtime import (
     CPU,
-    INPUT_NAMES,
     OPENVINO,
     ExportedModel,
     ExportMetadata,
     choose_provider,
     open_exported,
 )
-from compressor.export.targets import DEFAULT_TARGET, EXPORT_TARGETS, ExportRequest
-from compressor.export.validate import PrecisionCheck, QualitySlices, ValidationReport
+from compressor.export.targets.registry import DEFAULT_TARGET, EXPORT_TARGETS, ExportRequest
 from compressor.io import save_json
-from compressor.masks import SamplingMask, line_axis
+from compressor.masks import SamplingMask
 from compressor.models.base import CascadeModel
-
-OPSET = 18
-TRACE_BATCH = 2
-
-
-@dataclass(frozen=True)
-class Formulation:
-    """The DF formulation chosen for a graph and, for ``"lines"``, the axis of the mask's lines."""
-
-    name: str
-    line_axis: int | None
 
 
 @dataclass
@@ -80,12 +65,13 @@ class ExportResult:
         relative_error: that error divided by max |PyTorch reconstruction|.
         tolerance: the absolute tolerance it passed (``1e-4 x max |PyTorch reconstruction|``).
         reference_evaluator_error: max |onnx.reference - PyTorch| on one slice.
-        provider: the runtime that ran the validation (:func:`~compressor.export.runtime.choose_provider`'s name).
+        provider: the runtime that ran the validation (:func:`~compressor.export.runtimes.runtime.choose_provider`'s
+        name).
         formulation: the DF formulation in the graph.
         seconds: wall time of export plus validation.
         validation_slices: how many slices were compared.
         metadata: what the file records.
-        target: the export target that wrote it (:data:`~compressor.export.targets.EXPORT_TARGETS`).
+        target: the export target that wrote it (:data:`~compressor.export.targets.registry.EXPORT_TARGETS`).
         precision: the file's precision (``fp32``, ``int8``, ``fp16``).
         precision_check: for a non-fp32 file, its validation in image terms (ΔPSNR/ΔSSIM against the fp32 export,
             sampled-line deviation, ``onnx.reference`` parity); its comparisons above are against the fp32 export.
@@ -123,84 +109,6 @@ def _finite(value: float) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def resolve_formulation(requested: str, mask: SamplingMask) -> Formulation:
-    """``"auto"``: ``"lines"`` when the mask is made of whole lines (its :func:`~compressor.masks.line_axis`, along
-    ``W`` preferred), else ``"dft"``.
-
-    ``"lines"`` for a mask that is not whole lines raises :class:`InputError`.
-    """
-    if requested != "auto" and requested not in FORMULATIONS:
-        raise InputError(f"unknown formulation {requested!r}; valid: auto, {', '.join(FORMULATIONS)}")
-    axis = line_axis(mask.values)
-    if requested == "auto":
-        return Formulation("lines", axis) if axis is not None else Formulation("dft", None)
-    needs_axis = FORMULATIONS.get(requested).needs_line_axis
-    if needs_axis and axis is None:
-        raise InputError(f"the {requested!r} formulation needs a mask of whole lines; mask {mask.digest()} is not")
-    return Formulation(requested, axis if needs_axis else None)
-
-
-@contextlib.contextmanager
-def quiet_exporter() -> Iterator[None]:
-    """Silence the dynamo exporter's progress prints, warnings and registry log lines during one export."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
-def trace_graph(graph: ScannerGraph, opset: int = OPSET) -> onnx.ModelProto:
-    """Export ``graph`` with the dynamo exporter: inputs/outputs named as in :mod:`~compressor.export.runtime`
-    (the outputs by the model's image channels), batch dynamic."""
-    height, width = graph.image_size
-    generator = torch.Generator().manual_seed(0)
-    # Distinct tensors per input: torch.export would merge one tensor passed twice into a single graph input.
-    kspace_real, kspace_imag = torch.randn(2, TRACE_BATCH, height, width, generator=generator)
-    mask = torch.ones(height, width)
-    batch = torch.export.Dim("batch")
-    with quiet_exporter(), torch.no_grad():
-        program = torch.onnx.export(
-            graph.eval(), (kspace_real, kspace_imag, mask), None, dynamo=True, opset_version=opset,
-            input_names=list(INPUT_NAMES), output_names=list(graph.output_names),
-            dynamic_shapes=({0: batch}, {0: batch}, None), verbose=False,
-        )
-    return program.model_proto
-
-
-def phantom_images(shape: tuple[int, int], count: int = 4, image_channels: int = 1) -> np.ndarray:
-    """Shepp-Logan phantoms of ``shape``, shifted and scaled, ``(count, H, W)``: float32, or for a 2-channel model
-    complex64 with a synthetic phase (:func:`compressor.data.phase.with_synthetic_phase`), so that validation
-    exercises the imaginary channel as measured data would."""
-    from skimage.data import shepp_logan_phantom
-    from skimage.transform import resize
-
-    base = resize(shepp_logan_phantom(), shape, anti_aliasing=True).astype(np.float32)
-    images = np.stack([np.roll(base, (3 * i, -2 * i), axis=(0, 1)) * (1.0 + 0.5 * i) for i in range(count)])
-    if image_channels == 2:
-        from compressor.data.phase import with_synthetic_phase
-
-        images = np.stack([with_synthetic_phase(image, "phantom", i) for i, image in enumerate(images)])
-    return images
-
-
-def phantom_kspace(mask: SamplingMask, count: int = 4, image_channels: int = 1) -> np.ndarray:
-    """Validation k-space when no data is at hand: :func:`phantom_images` undersampled with ``mask``,
-    ``(count, H, W)``. Used only when neither a run's validation slices nor a data file is given (the export says
-    so)."""
-    return simulated_kspace(phantom_images(mask.shape, count, image_channels), mask.values)
-
-
-def phantom_quality_slices(mask: SamplingMask, image_channels: int = 1, count: int = 8) -> QualitySlices:
-    """Quality slices when the validation k-space has no known images: :func:`phantom_images` and their k-space."""
-    images = phantom_images(mask.shape, count, image_channels)
-    return QualitySlices(simulated_kspace(images, mask.values), images, "Shepp-Logan phantoms")
-
-
 def export_model(
     model: CascadeModel,
     out_path: str | Path,
@@ -219,7 +127,7 @@ def export_model(
     precision_options: PrecisionOptions | None = None,
 ) -> ExportResult:
     """Export ``model`` with its DF layers through ``target`` to ``out_path`` and validate it; nothing is left
-    behind on failure (steps in :mod:`compressor.export.targets`).
+    behind on failure (steps in :mod:`compressor.export.targets.registry`).
 
     Args:
         model: the trained model (any device; a CPU copy is exported, ``model`` is not modified).
@@ -230,16 +138,17 @@ def export_model(
         acceleration: nominal acceleration to record (default: the mask's).
         config_key: the run's stage key to record.
         extras: further metadata (role, run name, ...).
-        formulation: ``"auto"``, ``"lines"`` or ``"dft"`` (see :mod:`compressor.export.graph`).
-        provider: ``"auto"`` or a registered provider (:data:`~compressor.export.runtime.EXECUTION_PROVIDERS`) for
+        formulation: ``"auto"``, ``"lines"`` or ``"dft"`` (see :mod:`compressor.export.graph.scanner_graph`).
+        provider: ``"auto"`` or a registered provider
+        (:data:`~compressor.export.runtimes.runtime.EXECUTION_PROVIDERS`) for
             the validation session.
         relative_tolerance: validation tolerance relative to the reference's max (default: the target's).
-        target: a name registered in :data:`~compressor.export.targets.EXPORT_TARGETS`.
+        target: a name registered in :data:`~compressor.export.targets.registry.EXPORT_TARGETS`.
         quality_slices: slices with fully sampled images on which a precision (non-fp32) target's image quality is
             measured against the fp32 export (default: Shepp-Logan phantoms, :func:`phantom_quality_slices`).
         calibration: the slices that calibrate INT8 (default: ``validation_kspace``).
         precision_options: calibration method and slices, the PSNR-loss bound (default:
-            :class:`~compressor.export.quantize.PrecisionOptions`).
+            :class:`~compressor.export.precision.quantize.PrecisionOptions`).
 
     Raises:
         export.validate.ExportValidationError: a check failed (the message lists every failure and by how much).

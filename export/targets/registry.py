@@ -1,7 +1,7 @@
 """Export targets: what ``compress export --target``/``--precision`` writes, each one class registered in one line.
 
-A target turns the traced fp32 scanner graph (:func:`compressor.export.onnx_export.trace_graph`), or the model it
-came from, into files. The driver, :func:`compressor.export.onnx_export.export_model`, does everything else once
+A target turns the traced fp32 scanner graph (:func:`compressor.export.targets.export.trace_graph`), or the model it
+came from, into files. The driver, :func:`compressor.export.targets.export.export_model`, does everything else once
 for every target:
 
 1. resolves the DF formulation, checks the model and the validation data, builds the metadata and traces the
@@ -9,10 +9,10 @@ for every target:
 2. opens the target's :meth:`~ExportTarget.staging` path (a temporary name beside the destination) and calls
    :meth:`~ExportTarget.write`, which returns the ONNX file there that runs the reconstruction;
 3. validates that file with the target's :meth:`~ExportTarget.validate`: by default the shared validation
-   (:func:`compressor.export.validate.validate_export`: checker, declared I/O, ONNX Runtime and ``onnx.reference``
+   (:func:`compressor.export.graph.validate.validate_export`: checker, declared I/O, ONNX Runtime and ``onnx.reference``
    against the PyTorch model, every failure collected) at the target's :attr:`~ExportTarget.relative_tolerance`; a
    precision target (int8, fp16) in image terms against the fp32 export
-   (:func:`compressor.export.validate.validate_precision`);
+   (:func:`compressor.export.graph.validate.validate_precision`);
 4. renames the staged path onto the destination only if validation passed: a target that raises, or whose files
    fail validation, leaves nothing behind.
 
@@ -36,7 +36,7 @@ atomic folder and returns the ONNX file inside it. ``compress export --target`` 
 Precisions: the targets ``onnx-fp32``, ``onnx-int8`` and ``onnx-fp16`` are one concept, "the ONNX file of a
 precision"; ``--precision fp32,int8`` is the list of such targets (:func:`precision_target`), each written to
 ``<stem>.onnx`` (fp32) or ``<stem>.<precision>.onnx`` and recording ``precision`` (and how it was made) in its
-metadata. How the int8 and fp16 graphs are made: :mod:`compressor.export.quantize`.
+metadata. How the int8 and fp16 graphs are made: :mod:`compressor.export.precision.quantize`.
 """
 
 from __future__ import annotations
@@ -51,7 +51,14 @@ from typing import TYPE_CHECKING, ClassVar
 import onnx
 
 from compressor.errors import InputError
-from compressor.export.quantize import (
+from compressor.export.graph.validate import (
+    RELATIVE_TOLERANCE,
+    QualitySlices,
+    ValidationReport,
+    validate_export,
+    validate_precision,
+)
+from compressor.export.precision.quantize import (
     FP16_CPU_NOTE,
     CalibrationSlices,
     PrecisionOptions,
@@ -60,21 +67,14 @@ from compressor.export.quantize import (
     int8_speed,
     quantize_int8,
 )
-from compressor.export.runtime import CPU, runtime_label
-from compressor.export.validate import (
-    RELATIVE_TOLERANCE,
-    QualitySlices,
-    ValidationReport,
-    validate_export,
-    validate_precision,
-)
+from compressor.export.runtimes.runtime import CPU, runtime_label
 from compressor.io import atomic_path
 from compressor.registry import Registry
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from compressor.export.runtime import ExportedModel, ExportMetadata
+    from compressor.export.runtimes.runtime import ExportedModel, ExportMetadata
     from compressor.masks import SamplingMask
     from compressor.models.base import CascadeModel
 
@@ -88,16 +88,17 @@ class ExportRequest:
     Attributes:
         model: the trained model, a CPU copy in eval mode (a target may trace or quantize it again).
         mask: the training mask; its shape is the graph's fixed image size.
-        formulation: the DF formulation in the graph (a name of :data:`compressor.export.graph.FORMULATIONS`).
+        formulation: the DF formulation in the graph (a name of
+        :data:`compressor.export.graph.scanner_graph.FORMULATIONS`).
         line_axis: for ``"lines"``, the mask's line axis (``-1`` or ``-2``), else ``None``.
-        metadata: what the exported file records (:class:`~compressor.export.runtime.ExportMetadata`).
+        metadata: what the exported file records (:class:`~compressor.export.runtimes.runtime.ExportMetadata`).
         validation_kspace: ``(S, H, W)`` complex, uncentred, undersampled with ``mask``.
         quality_slices: slices with fully sampled images on which a precision target measures its image quality
             against the fp32 export (``None``: the validation slices have no known images; the driver then gives
             phantoms to precision targets).
         calibration: the slices that calibrate INT8 (a run's training-split slices; else the validation data).
         precision_options: calibration and the PSNR-loss bound.
-        runtime: the runtime that validates the file (a name :func:`~compressor.export.runtime.choose_provider`
+        runtime: the runtime that validates the file (a name :func:`~compressor.export.runtimes.runtime.choose_provider`
             returns); a precision target measures image quality on it.
     """
 
@@ -205,7 +206,7 @@ def precision_targets(text: str) -> list[str]:
 
 class PrecisionTarget(ExportTarget):
     """Base of the non-fp32 ONNX files: ``<stem>.<precision>.onnx``, validated in image terms against the fp32
-    export (:func:`~compressor.export.validate.validate_precision`) with the user's PSNR-loss bound."""
+    export (:func:`~compressor.export.graph.validate.validate_precision`) with the user's PSNR-loss bound."""
 
     def output_name(self, stem: str) -> str:
         return f"{stem}.{self.precision}.onnx"
@@ -229,7 +230,8 @@ class PrecisionTarget(ExportTarget):
 class OnnxInt8(PrecisionTarget):
     """INT8 (QDQ, per-channel weights) of the convolutions the sensitivity analysis picks, or of all of them after a
     quantization-aware fine-tuning when that is within the bound; DF, normalisation and outputs fp32
-    (:func:`compressor.export.quantize.quantize_int8`). Its metadata records the settings, the calibration, every
+    (:func:`compressor.export.precision.quantize.quantize_int8`). Its metadata records the settings, the calibration,
+    every
     convolution's choice and cost, the fine-tuning, the quality and whether INT8 pays on this CPU."""
 
     precision = "int8"
@@ -241,13 +243,13 @@ class OnnxInt8(PrecisionTarget):
     @staticmethod
     def retrace(model: CascadeModel, request: ExportRequest) -> onnx.ModelProto:
         """The fp32 scanner graph of ``model`` (a fine-tuned copy of the request's), traced like the request's."""
-        from compressor.export.graph import ScannerGraph
-        from compressor.export.onnx_export import trace_graph
+        from compressor.export.graph.scanner_graph import ScannerGraph
+        from compressor.export.targets.export import trace_graph
 
         return trace_graph(ScannerGraph(model, request.mask.shape, request.formulation, request.line_axis))
 
     def write(self, graph: onnx.ModelProto, request: ExportRequest, staged: Path) -> Path:
-        from compressor.export.cpu import cpu_features
+        from compressor.export.runtimes.cpu import cpu_features
 
         fp32 = onnx.ModelProto.FromString(graph.SerializeToString())
         calibration = request.calibration or CalibrationSlices(request.validation_kspace, "the validation slices")
@@ -281,7 +283,8 @@ class OnnxInt8(PrecisionTarget):
 @EXPORT_TARGETS.register(precision_target("fp16"))
 class OnnxFp16(PrecisionTarget):
     """fp16 convolutions for GPU deployment, DF/normalisation/inputs/outputs fp32
-    (:func:`compressor.export.quantize.convert_fp16`); validated on the chosen provider (on CPU: rounding only)."""
+    (:func:`compressor.export.precision.quantize.convert_fp16`); validated on the chosen provider (on CPU: rounding
+    only)."""
 
     precision = "fp16"
     relative_tolerance = 5e-3  # onnx.reference's fp16 arithmetic vs ONNX Runtime's (casts to fp32 on CPU)

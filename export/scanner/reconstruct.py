@@ -10,13 +10,15 @@ Inputs (``source``):
   sampled k-space is undersampled with the mask, stored undersampled k-space is used as is;
 * ``fastmri``, ``nifti``, and ``project`` files without k-space: images, whose measurement is simulated,
   ``y = M ⊙ F(x)``;
-* ``ismrmrd``: an ISMRMRD raw scan (:mod:`compressor.export.mrd_reconstruct`): its acquisitions assembled per slice,
+* ``ismrmrd``: an ISMRMRD raw scan (:mod:`compressor.export.scanner.raw_input`): its acquisitions assembled per slice,
   coils compressed, the lines the mask samples must have been acquired; ``ismrmrd_out`` also writes the
-  reconstructions as ISMRMRD images with the acquisitions' geometry (:mod:`compressor.export.mrd_images`); the two
+  reconstructions as ISMRMRD images with the acquisitions' geometry (:mod:`compressor.export.scanner.ismrmrd_images`);
+  the two
   outputs are written all or nothing (:func:`write_outputs`).
 
 :data:`SOURCES` are the files :func:`read_input` reads; :data:`RAW_SOURCES` the raw scans read elsewhere (``ismrmrd``
-by :func:`reconstruct_file`, ``mrd`` streams by :mod:`compressor.export.mrd_stream`); the CLI's choices are both.
+by :func:`reconstruct_file`, ``mrd`` streams by :mod:`compressor.export.scanner.mrd_stream`); the CLI's choices are
+both.
 
 For a 2-channel model the readers are opened with ``keep_phase=True``: sources that carry phase give the complex
 image and its k-space on the measured grid (multi-coil fastMRI compressed to one virtual coil).
@@ -53,8 +55,8 @@ import numpy as np
 from compressor.data.coils import virtual_coil
 from compressor.data.readers import VOLUME_SOURCES, SliceData, open_volume
 from compressor.errors import InputError
-from compressor.export.onnx_export import simulated_kspace
-from compressor.export.runtime import ExportedModel, ExportMetadata, open_exported
+from compressor.export.runtimes.runtime import ExportedModel, ExportMetadata, open_exported
+from compressor.export.targets.export import simulated_kspace
 from compressor.io import atomic_path
 from compressor.masks import is_whole_lines, load_mask
 
@@ -281,7 +283,7 @@ def check_phase(kspace: np.ndarray, mask: np.ndarray, image_channels: int, take_
 def reconstruct_slices(model: ExportedModel, kspace: np.ndarray, mask: np.ndarray, batch_size: int = 8,
                        on_batch: Callable[[int], None] | None = None) -> np.ndarray:
     """Reconstruct ``(S, H, W)`` k-space in batches; returns ``(S, H, W)`` in the input's units: float32 for a
-    1-channel model, complex64 for a 2-channel one (:meth:`~compressor.export.runtime.ExportedModel.run`)."""
+    1-channel model, complex64 for a 2-channel one (:meth:`~compressor.export.runtimes.runtime.ExportedModel.run`)."""
     outputs = []
     for start in range(0, len(kspace), batch_size):
         image, scale = model.run(kspace[start:start + batch_size], mask)
@@ -368,7 +370,7 @@ def reconstruct_file(
             as the paper does); a 2-channel model reconstructs the complex image and ignores it.
         provider: ``"auto"`` or a ``--provider`` choice (``"cpu"``, ``"cuda"``, ``"openvino"``).
         ismrmrd_out: with ``source="ismrmrd"``, also write the reconstructions as ISMRMRD magnitude images whose
-            headers come from the acquisitions (:mod:`compressor.export.mrd_images`).
+            headers come from the acquisitions (:mod:`compressor.export.scanner.ismrmrd_images`).
 
     Output HDF5 (:func:`reconstruction_datasets`): ``reconstruction`` ``(S, H, W)`` in the input's units, float32
     (1-channel model) or complex64 (2-channel model, with ``magnitude`` float32); attributes: the model's metadata,
@@ -388,8 +390,8 @@ def reconstruct_file(
     raw_input = None
     if source == "ismrmrd":
         # imported here: mrd_reconstruct builds on this module, and ismrmrd is loaded only for raw scans
-        from compressor.export.mrd_images import write_ismrmrd_images
-        from compressor.export.mrd_reconstruct import read_raw_input
+        from compressor.export.scanner.ismrmrd_images import write_ismrmrd_images
+        from compressor.export.scanner.raw_input import read_raw_input
 
         raw_input = read_raw_input(input_path, metadata, mask)
         scanner_input = raw_input.scanner_input

@@ -17,8 +17,10 @@ Graph inputs and outputs (``B`` dynamic, ``H x W`` fixed at export):
   complex reconstruction's parts and its magnitude, in normalised units;
 * ``scale``: ``(B,)`` float32, that divisor, so ``image * scale[:, None, None]`` is in the input's units.
 
-The names come from one place, :func:`compressor.export.runtime.graph_outputs`, and the exported metadata records
-``image_channels``; :meth:`compressor.export.runtime.ExportedModel.run` returns the image as a real or complex array.
+The names come from one place, :func:`compressor.export.runtimes.runtime.graph_outputs`, and the exported metadata
+records
+``image_channels``; :meth:`compressor.export.runtimes.runtime.ExportedModel.run` returns the image as a real or
+complex array.
 
 DF formulations (registered in :data:`FORMULATIONS`; all exact to float32 rounding; a test proves them equal to the
 training DF on ``torch.fft``):
@@ -56,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressor.export.runtime import graph_outputs
+from compressor.export.runtimes.runtime import graph_outputs
 from compressor.masks import LINE_AXES
 from compressor.models.base import CascadeModel
 from compressor.physics import (
@@ -195,7 +197,8 @@ class LineDataFidelity(nn.Module):
 
 def graph_output_tensors(image: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The graph's outputs from the normalised reconstruction ``(B, C, H, W)`` and the scale ``(B, 1)``, in the order
-    of :func:`compressor.export.runtime.graph_outputs` ``(C).names``: ``C = 1``: ``image (B, H, W), scale (B,)``;
+    of :func:`compressor.export.runtimes.runtime.graph_outputs` ``(C).names``: ``C = 1``: ``image (B, H, W), scale
+    (B,)``;
     ``C = 2``: ``image_real, image_imag, magnitude (B, H, W), scale (B,)``."""
     if image.shape[1] == 1:
         return image[:, 0], scale[:, 0]
@@ -238,7 +241,8 @@ class ScannerGraph(nn.Module):
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        """The names of :meth:`forward`'s outputs, in order (:func:`compressor.export.runtime.graph_outputs`)."""
+        """The names of :meth:`forward`'s outputs, in order
+        (:func:`compressor.export.runtimes.runtime.graph_outputs`)."""
         return graph_outputs(self.image_channels).names
 
     def forward(self, kspace_real: torch.Tensor, kspace_imag: torch.Tensor,

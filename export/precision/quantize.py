@@ -30,7 +30,8 @@ initializers; everything else (normalisation, DF, outputs) fp32 with Casts at th
 for this graph, hence a direct conversion.) It is for GPU deployment: ONNX Runtime's CPU provider runs many fp16 ops
 through casts to fp32, so a CPU validation checks the fp16 rounding only, not fp16 arithmetic or speed.
 
-The quality measure everywhere is :func:`compressor.export.validate.image_quality`: PSNR/SSIM of the fp32 export and
+The quality measure everywhere is :func:`compressor.export.graph.validate.image_quality`: PSNR/SSIM of the fp32 export
+and
 of the candidate, both against the fully sampled images of the quality slices; the cost is the difference.
 """
 
@@ -52,8 +53,17 @@ import torch
 from torch import nn
 
 from compressor.errors import InputError, first_line
-from compressor.export.cpu import CpuFeatures, cpu_features
-from compressor.export.runtime import (
+from compressor.export.graph.validate import (
+    ImageQuality,
+    QualitySlices,
+    batched_outputs,
+    image_quality,
+    magnitudes,
+    model_input,
+    session_outputs,
+)
+from compressor.export.runtimes.cpu import CpuFeatures, cpu_features
+from compressor.export.runtimes.runtime import (
     CPU,
     LOAD_ERRORS,
     OPENVINO,
@@ -63,15 +73,6 @@ from compressor.export.runtime import (
     graph_feed,
     openvino_cpu_usable,
     runtime_label,
-)
-from compressor.export.validate import (
-    ImageQuality,
-    QualitySlices,
-    batched_outputs,
-    image_quality,
-    magnitudes,
-    model_input,
-    session_outputs,
 )
 from compressor.models.base import CascadeModel
 
@@ -186,7 +187,8 @@ def int8_settings(cpu: CpuFeatures) -> Int8Settings:
     QDQ with S8 activations and S8 weights ("the default setting ... It should be the first choice"), weights per
     channel; ``reduce_range`` on x86-64 without an int8 dot product (AVX2/AVX-512 without VNNI), where ONNX Runtime
     computes U8S8 with ``VPMADDUBSW``, which can saturate, and per-channel weights "generally" need it (S8S8 files
-    too: on x86 ONNX Runtime shifts the S8 activations to U8, :mod:`compressor.export.cpu`); not with VNNI/AMX or on
+    too: on x86 ONNX Runtime shifts the S8 activations to U8, :mod:`compressor.export.runtimes.cpu`); not with
+    VNNI/AMX or on
     ARM ("not needed on machines supporting VNNI")."""
     reduce_range = cpu.x86 and not cpu.int8_dot_product
     reason = ("x86-64 without VNNI/AMX: reduce_range (7-bit weights) against VPMADDUBSW saturation"
@@ -206,7 +208,7 @@ class ConvLayer:
         conv: 1-based index of the ``Conv2d`` in the cascade's block.
         in_channels, out_channels: the layer's.
         part: ``""``, or for a block's last convolution exported as grouped conv + channel sum
-            (:class:`~compressor.export.graph.ChannelSumConv`), ``"grouped"`` or ``"channel sum"``.
+            (:class:`~compressor.export.graph.scanner_graph.ChannelSumConv`), ``"grouped"`` or ``"channel sum"``.
         output_fp32_only: no reader of its output is a convolution or a block activation (the block's last
             convolution, read by the residual sum and the DF).
     """
@@ -254,8 +256,8 @@ def block_convolutions(model: CascadeModel) -> list[list[nn.Conv2d]]:
 
 def model_convolutions(model: CascadeModel) -> list[tuple[int, int, int, int, str]]:
     """The ONNX ``Conv`` nodes ``model``'s scanner graph has, in graph order: ``(cascade, conv, in, out, part)``
-    (1-based); a :func:`~compressor.export.graph.is_channel_sum_candidate` conv is two nodes."""
-    from compressor.export.graph import is_channel_sum_candidate
+    (1-based); a :func:`~compressor.export.graph.scanner_graph.is_channel_sum_candidate` conv is two nodes."""
+    from compressor.export.graph.scanner_graph import is_channel_sum_candidate
 
     layers = []
     for cascade_index, convs in enumerate(block_convolutions(model), start=1):
@@ -429,7 +431,8 @@ class Quantizer:
 
 class QualityProbe:
     """The image quality of candidate graphs relative to the fp32 graph on :class:`QualitySlices`, run on
-    ``runtime`` (a name :func:`~compressor.export.runtime.choose_provider` returns): the runtime that will validate
+    ``runtime`` (a name :func:`~compressor.export.runtimes.runtime.choose_provider` returns): the runtime that will
+    validate
     and run the file, whose int8 kernels round as the file will be run."""
 
     def __init__(self, fp32_graph: onnx.ModelProto, slices: QualitySlices, mask: np.ndarray, image_channels: int,
@@ -740,7 +743,7 @@ def int8_speed(int8_graph: onnx.ModelProto, fp32_graph: onnx.ModelProto, kspace:
     """A quick interleaved timing (``runs`` runs each after 3 warm-up runs, batch 1, CPU, the runtimes' default
     threads) of both graphs on ONNX Runtime and, where OpenVINO is installed, of the INT8 graph on OpenVINO, on the
     first slice of ``kspace``: enough to say whether INT8 pays here, not a benchmark."""
-    from compressor.export.benchmark import interleaved_timings
+    from compressor.export.benchmark.run import interleaved_timings
 
     feed = graph_feed(kspace[:1], mask)
     sessions = {name: create_session(graph.SerializeToString(), CPU)
