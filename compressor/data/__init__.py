@@ -21,20 +21,17 @@ from compressor.data.dataset import (
     no_measurement_mask,
     normalise_kspace,
 )
-from compressor.data.embedded import build_mni_volume, mni_splits
 from compressor.data.project_h5 import write_project_volume
-from compressor.data.readers import (
-    VOLUME_SOURCES,
-    SliceData,
-    VolumeReader,
-    list_volume_files,
-    open_volume,
-)
+from compressor.data.readers import list_volume_files, open_volume
 from compressor.data.sample import Sample
+from compressor.data.sources import MNI_SOURCE, data_source, data_source_names
+from compressor.data.volume import VOLUME_SOURCES, SliceData, VolumeReader
 from compressor.errors import InputError
 from compressor.masks import SamplingMask, acceleration_label, load_mask, make_mask
 
 __all__ = [
+    "MNI_SOURCE",
+    "VOLUME_SOURCES",
     "DataSplits",
     "NormalisedInput",
     "Sample",
@@ -44,13 +41,14 @@ __all__ = [
     "VolumeReader",
     "build_splits",
     "centre_crop_or_pad",
+    "data_source",
+    "data_source_names",
     "list_volume_files",
     "normalise_kspace",
     "open_volume",
     "write_project_volume",
 ]
 
-MNI_SOURCE = "mni"
 TASKS = values(Task)
 
 
@@ -93,10 +91,6 @@ def build_mask(config: DataConfig, acceleration: float, shape: tuple[int, int] |
                      center_fraction=config.center_fraction)
 
 
-def _all_slices(readers: Sequence[VolumeReader]) -> list[tuple[int, int]]:
-    return [(r, s) for r, reader in enumerate(readers) for s in range(len(reader))]
-
-
 def measurement_grid(readers: Sequence[VolumeReader], config: DataConfig, image_channels: int) -> tuple[int, int]:
     """The ``(H, W)`` grid the models run on (and the mask's shape): ``image_size x image_size``, except for 2-channel
     models on sources that store k-space, which keep the grid their phase-encode lines were measured on (k-space cannot
@@ -116,12 +110,9 @@ def measurement_grid(readers: Sequence[VolumeReader], config: DataConfig, image_
 def run_grid(config: DataConfig, acceleration: float, image_channels: int) -> tuple[int, int]:
     """The grid of a run's models (:func:`measurement_grid`) from the files' headers alone, for planning a run's
     masks before any slice is read: ``image_size x image_size`` unless 2-channel models meet stored k-space."""
-    source = config.source.lower()
-    if image_channels != 2 or source == MNI_SOURCE or config.task == "sr":
+    if image_channels != 2 or config.task == "sr":
         return config.image_size, config.image_size
-    readers = [reader for split in ("train", "validation", "test") if getattr(config, split)
-               for reader in _open_split(config, source, split, acceleration, keep_phase=True)]
-    return measurement_grid(readers, config, image_channels)
+    return measurement_grid(data_source(config.source).grid_readers(config, acceleration), config, image_channels)
 
 
 def _check_phase(readers: Sequence[VolumeReader], phase: str) -> None:
@@ -132,30 +123,6 @@ def _check_phase(readers: Sequence[VolumeReader], phase: str) -> None:
         if reader.stores_kspace:
             raise InputError(f"stores k-space, which carries its own phase: --phase {phase} is for magnitude images "
                              "(the embedded data, NIfTI)", reader.path)
-
-
-def _open_split(config: DataConfig, source: str, split: str, acceleration: float,
-                keep_phase: bool) -> list[VolumeReader]:
-    """The readers of the file or folder that ``config`` names for ``split``."""
-    location = getattr(config, split)
-    if location is None:
-        raise InputError(f"[data] {split} must name a file or folder for source {source!r}")
-    options: dict[str, object] = {}
-    if source == "fastmri":
-        options["target_key"] = config.fastmri_target_key
-        if keep_phase:  # the readout oversampling is removed by cropping the readout to the scored size (320)
-            options["recon_size"] = (config.image_size, config.image_size)
-    elif source == "authors":
-        options["acceleration"] = acceleration
-    readers = [open_volume(path, source, keep_phase=keep_phase, **options)
-               for path in list_volume_files(location, source)]
-    first_of: dict[str, Path] = {}
-    for reader in readers:  # a slice is (volume name, index) in results and in the teacher-feature cache
-        if reader.name in first_of:
-            raise InputError(f"two {split} volumes are both named {reader.name!r} ({first_of[reader.name].name} and "
-                             f"{reader.path.name}); rename one", reader.path)
-        first_of[reader.name] = reader.path
-    return readers
 
 
 def build_splits(config: DataConfig, acceleration: float, log: Callable[[str], None] = print,
@@ -172,35 +139,23 @@ def build_splits(config: DataConfig, acceleration: float, log: Callable[[str], N
     """
     if config.task not in TASKS:
         raise InputError(f"unknown task {config.task!r}; valid: {', '.join(TASKS)}")
-    source = config.source.lower()
-    if source != MNI_SOURCE and source not in VOLUME_SOURCES:
-        raise InputError(f"unknown data source {config.source!r}; valid names: "
-                         f"{', '.join([MNI_SOURCE, *VOLUME_SOURCES.names()])}")
-    if source != MNI_SOURCE and config.downsample != 1:
-        raise InputError(f"[data] downsample applies only to source 'mni', got {config.downsample} for {source!r}")
+    source = data_source(config.source)
+    if config.downsample != 1 and not source.takes_downsample:
+        raise InputError(f"[data] downsample applies only to source {MNI_SOURCE!r}, got {config.downsample} for "
+                         f"{source.name!r}")
     size = config.image_size
     super_resolution = config.task == "sr"
     keep_phase = image_channels == 2
     mask = build_mask(config, acceleration, run_grid(config, acceleration, image_channels))
-    if source == MNI_SOURCE:
-        volume = build_mni_volume(Path(config.cache_dir) if config.cache_dir else None, size, config.downsample, log)
-        readers = [open_volume(volume, "project", keep_phase=keep_phase)]
-        split_slices = {name: [(0, s) for s in indices] for name, indices in mni_splits(len(readers[0])).items()}
-        split_readers = {name: readers for name in split_slices}
-        origin = f"MNI ICBM152 T1 template ({volume})"
-    else:
-        names = ["train", "validation"] + (["test"] if config.test else [])
-        split_readers = {name: _open_split(config, source, name, acceleration, keep_phase) for name in names}
-        split_slices = {name: _all_slices(readers) for name, readers in split_readers.items()}
-        origin = f"{source} volumes"
-    _check_phase([reader for readers in split_readers.values() for reader in readers], config.phase)
+    splits = source.open_splits(config, acceleration, keep_phase, log)
+    _check_phase([reader for readers in splits.readers.values() for reader in readers], config.phase)
     limits = {"train": config.max_train_slices, "validation": config.max_eval_slices, "test": config.max_eval_slices}
     datasets = {
-        name: SuperResolutionDataset(split_readers[name], int(acceleration), config.sr_interpolation, size,
-                                     evenly_spaced(split_slices[name], limits[name])) if super_resolution
-        else SliceDataset(split_readers[name], mask, size, evenly_spaced(split_slices[name], limits[name]),
-                          image_channels, config.phase)
-        for name in split_slices
+        name: SuperResolutionDataset(splits.readers[name], int(acceleration), config.sr_interpolation, size,
+                                     evenly_spaced(slices, limits[name])) if super_resolution
+        else SliceDataset(splits.readers[name], mask, size, evenly_spaced(slices, limits[name]), image_channels,
+                          config.phase)
+        for name, slices in splits.slices.items()
     }
     for dataset in datasets.values():
         dataset.scan()
@@ -211,6 +166,6 @@ def build_splits(config: DataConfig, acceleration: float, log: Callable[[str], N
     grid = "" if mask.shape == (size, size) else f" scored, on a {mask.shape[0]}x{mask.shape[1]} measured grid"
     phase = {"none": "", "synthetic": ", synthetic phase (a simulation)"}[config.phase]
     images = ", complex (2 channels)" if keep_phase else ""
-    description = f"{origin}, {size}x{size} px{grid}{images}{phase}, slices: {counts}; {degradation}"
+    description = f"{splits.origin}, {size}x{size} px{grid}{images}{phase}, slices: {counts}; {degradation}"
     return DataSplits(train=datasets["train"], validation=datasets["validation"], test=datasets.get("test"),
                       mask=mask, description=description)
