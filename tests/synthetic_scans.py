@@ -22,7 +22,7 @@ import h5py
 import ismrmrd
 import numpy as np
 
-from compressor.data.mrd_raw import SliceKey
+from compressor.data.mrd_readout import SliceKey
 from compressor.io import atomic_path
 
 SLICE_THICKNESS_MM = 5.0

@@ -11,14 +11,10 @@ import ismrmrd
 import numpy as np
 import pytest
 
-from compressor.data.mrd_raw import (
-    EncodingGeometry,
-    SliceAssembler,
-    SliceKey,
-    read_ismrmrd_file,
-    readout_from_ismrmrd,
-    skipped_summary,
-)
+from compressor.data.ismrmrd_file import read_ismrmrd_file
+from compressor.data.mrd_header import EncodingGeometry
+from compressor.data.mrd_raw import SliceAssembler, skipped_summary
+from compressor.data.mrd_readout import SliceKey, readout_from_ismrmrd
 from compressor.errors import InputError
 from tests.conftest import shorten_acquisition_headers
 from tests.synthetic_scans import encoding_header, synthetic_scan

@@ -14,7 +14,9 @@ from click.testing import CliRunner
 
 from compressor.cli.export_commands import reconstruct_command
 from compressor.data.coils import virtual_coil
-from compressor.data.mrd_raw import EncodingGeometry, SliceAssembler, SliceKey, readout_from_ismrmrd
+from compressor.data.mrd_header import EncodingGeometry
+from compressor.data.mrd_raw import SliceAssembler
+from compressor.data.mrd_readout import SliceKey, readout_from_ismrmrd
 from compressor.data.project_h5 import write_project_volume
 from compressor.export.runtimes.runtime import open_exported
 from compressor.export.scanner.ismrmrd_images import image_header, ismrmrd_image

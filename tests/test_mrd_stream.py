@@ -14,7 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from compressor.cli.export_commands import reconstruct_command
-from compressor.data.mrd_raw import EncodingGeometry, readout_from_ismrmrd
+from compressor.data.mrd_header import EncodingGeometry
+from compressor.data.mrd_readout import readout_from_ismrmrd
 from compressor.data.mrd_v2 import encoding_geometry, readout_from_mrd
 from tests.synthetic_scans import synthetic_scan
 from tests.test_mrd_server import SIZE, TOLERANCE, acquired_lines, coil_images, offline_images, tiny_export

@@ -7,7 +7,8 @@ flags and geometry. This module turns them into :class:`AssembledSlice` records 
 
 * **grid**: ``(H, W)`` = (readout after oversampling removal, phase-encode), ``H = reconSpace.matrixSize.x`` and
   ``W = encodedSpace.matrixSize.y``: the phase-encode axis is kept whole, as
-  :class:`~compressor.data.readers.FastMRIReader` does (:attr:`EncodingGeometry.image_shape`);
+  :class:`~compressor.data.fastmri.FastMRIReader` does
+  (:attr:`~compressor.data.mrd_header.EncodingGeometry.image_shape`);
 * **k-space convention**: the returned k-space is the tool's: **uncentred** (DC at index ``(0, 0)``), orthonormal,
   the ``fft2`` of the image as the scanner shows it (``fftshift(ifft2(ifftshift(centred k)))``, FOV centre at
   ``N // 2``), exactly as :class:`~compressor.data.readers.FastMRIReader` converts fastMRI's centred k-space
@@ -52,25 +53,26 @@ flags and geometry. This module turns them into :class:`AssembledSlice` records 
   correction, navigator, feedback, dummy scans, calibration-only lines (``ACQ_IS_PARALLEL_CALIBRATION`` without
   ``ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING``: those are image lines too) and so on.
 
-:class:`SliceAssembler` is the one incremental path: :meth:`~SliceAssembler.add` one :class:`Readout` at a time
-(a slice is complete at the readout flagged ``ACQ_LAST_IN_SLICE`` of the last average),
-:meth:`~SliceAssembler.finish` at the end of data. :func:`readout_from_ismrmrd` adapts an ``ismrmrd.Acquisition``;
-:func:`read_ismrmrd_file` reads an ISMRMRD HDF5 file through the same path.
+:class:`SliceAssembler` is the one incremental path: :meth:`~SliceAssembler.add` one
+:class:`~compressor.data.mrd_readout.Readout` at a time (a slice is complete at the readout flagged
+``ACQ_LAST_IN_SLICE`` of the last average), :meth:`~SliceAssembler.finish` at the end of data. The header is read by
+:mod:`compressor.data.mrd_header`, acquisitions are adapted by :mod:`compressor.data.mrd_readout` (ISMRMRD) and
+:mod:`compressor.data.mrd_v2` (MRD v2), and :mod:`compressor.data.ismrmrd_file` reads an ISMRMRD HDF5 file through
+this same path.
 """
 
 from __future__ import annotations
 
-import ctypes
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
-import h5py
 import ismrmrd
 import numpy as np
 
-from compressor.errors import InputError, first_line
+from compressor.data.mrd_header import EncodingGeometry
+from compressor.data.mrd_readout import AcquisitionInfo, Readout, SliceKey
+from compressor.errors import InputError
 
 SET_ASIDE_FLAGS: tuple[tuple[int, str], ...] = (
     (ismrmrd.ACQ_IS_PHASECORR_DATA, "phase correction"),
@@ -85,222 +87,8 @@ SET_ASIDE_FLAGS: tuple[tuple[int, str], ...] = (
 """Flags of readouts that are not image data, and the reason reported for setting them aside (first match wins)."""
 
 CALIBRATION_ONLY = "parallel calibration only"
-READ_CHUNK = 4096  # acquisitions read from a file at a time
-HEAD_BYTES = ctypes.sizeof(ismrmrd.AcquisitionHeader)
-NOISE = "noise"
 
 
-def _flag_set(flags: int, flag: int) -> bool:
-    """Whether ISMRMRD ``flag`` (1-based bit number, ``ismrmrd.ACQ_*``) is set in ``flags``."""
-    return bool(int(flags) & (1 << (flag - 1)))
-
-
-# --------------------------------------------------------------------------------------------------- the header
-@dataclass(frozen=True)
-class EncodingGeometry:
-    """The one Cartesian 2-D encoding space of an ISMRMRD header.
-
-    Attributes:
-        encoded_matrix: ``(x, y, z)`` encoded matrix: ``x`` the readout samples *with* oversampling, ``y`` the
-            phase-encode lines, ``z`` 1 (2-D).
-        recon_matrix: ``(x, y, z)`` reconstructed matrix (``x`` without readout oversampling).
-        encoded_fov_mm, recon_fov_mm: ``(x, y, z)`` fields of view in millimetres.
-        step1_minimum, step1_maximum, step1_center: ``encodingLimits.kspace_encoding_step_1`` (the acquired
-            phase-encode counters and the counter of the k-space centre line).
-        average_maximum: ``encodingLimits.average.maximum`` (0 when absent): the last average's index.
-        trajectory: ``"cartesian"``.
-    """
-
-    encoded_matrix: tuple[int, int, int]
-    recon_matrix: tuple[int, int, int]
-    encoded_fov_mm: tuple[float, float, float]
-    recon_fov_mm: tuple[float, float, float]
-    step1_minimum: int
-    step1_maximum: int
-    step1_center: int
-    average_maximum: int
-    trajectory: str
-
-    @property
-    def readout_oversampling(self) -> float:
-        """Encoded over reconstructed readout samples (2.0 for the usual 2x oversampled readout)."""
-        return self.encoded_matrix[0] / self.recon_matrix[0]
-
-    @property
-    def image_shape(self) -> tuple[int, int]:
-        """``(H, W)``: readout samples after oversampling removal, encoded phase-encode lines (kept whole)."""
-        return self.recon_matrix[0], self.encoded_matrix[1]
-
-    @property
-    def image_fov_mm(self) -> tuple[float, float, float]:
-        """Field of view of the ``(H, W)`` grid in mm as ISMRMRD ``(x readout, y phase, z slice)``: the readout's
-        from the recon space (oversampling removed), the phase-encode's from the encoded space (kept whole)."""
-        return self.recon_fov_mm[0], self.encoded_fov_mm[1], self.recon_fov_mm[2]
-
-    @classmethod
-    def from_xml(cls, xml_text: str | bytes, source: str | Path) -> EncodingGeometry:
-        """Parse an ISMRMRD XML header; refuse (:class:`InputError` naming ``source``) what is not one 2-D Cartesian
-        encoding space that this tool can reconstruct."""
-        try:
-            header = ismrmrd.xsd.CreateFromDocument(xml_text)
-        except Exception as error:  # xsdata and the XML parsers raise many unrelated types for malformed documents
-            raise InputError(f"the ISMRMRD XML header cannot be parsed ({first_line(error)})", source) from None
-        return cls.from_header(header, source)
-
-    @classmethod
-    def from_header(cls, header: ismrmrd.xsd.ismrmrdHeader, source: str | Path) -> EncodingGeometry:
-        """The geometry of a parsed ISMRMRD header (as :class:`ismrmrd.ProtocolDeserializer` hands it over), with
-        the refusals of :meth:`from_xml`."""
-        if not header.encoding:
-            raise InputError("the ISMRMRD XML header has no encoding", source)
-        if len(header.encoding) > 1:
-            raise InputError(f"the ISMRMRD XML header has {len(header.encoding)} encoding spaces; only scans with "
-                             "one are supported", source)
-        encoding = header.encoding[0]
-        trajectory = getattr(encoding.trajectory, "value", str(encoding.trajectory))
-        if trajectory != "cartesian":
-            raise InputError(f"trajectory {trajectory!r} is not Cartesian; only Cartesian scans are supported", source)
-        encoded, recon = encoding.encodedSpace, encoding.reconSpace
-        limits = encoding.encodingLimits
-        _require_elements(encoding, source)
-        step2 = limits.kspace_encoding_step_2
-        if encoded.matrixSize.z > 1 or (step2 is not None and step2.maximum > 0):
-            raise InputError(f"3-D encoding (encoded matrix z = {encoded.matrixSize.z}"
-                             f"{'' if step2 is None else f', kspace_encoding_step_2 up to {step2.maximum}'}); only "
-                             "2-D scans are supported", source)
-        step1 = limits.kspace_encoding_step_1
-        if step1 is None:
-            raise InputError("the encoding limits have no kspace_encoding_step_1", source)
-        geometry = cls(
-            encoded_matrix=(encoded.matrixSize.x, encoded.matrixSize.y, encoded.matrixSize.z),
-            recon_matrix=(recon.matrixSize.x, recon.matrixSize.y, recon.matrixSize.z),
-            encoded_fov_mm=(encoded.fieldOfView_mm.x, encoded.fieldOfView_mm.y, encoded.fieldOfView_mm.z),
-            recon_fov_mm=(recon.fieldOfView_mm.x, recon.fieldOfView_mm.y, recon.fieldOfView_mm.z),
-            step1_minimum=step1.minimum, step1_maximum=step1.maximum, step1_center=step1.center,
-            average_maximum=limits.average.maximum if limits.average is not None else 0,
-            trajectory=trajectory)
-        geometry._check(source)
-        return geometry
-
-    def _check(self, source: str | Path) -> None:
-        """Refuse an empty matrix, or a recon readout longer than the encoded one (interpolation)."""
-        encoded_x, encoded_y = self.encoded_matrix[:2]
-        recon_x = self.recon_matrix[0]
-        if min(encoded_x, encoded_y, recon_x) < 1:
-            raise InputError(f"the encoded matrix {encoded_x}x{encoded_y} or recon readout {recon_x} is empty", source)
-        if recon_x > encoded_x:
-            raise InputError(f"the recon matrix readout ({recon_x}) is larger than the encoded one ({encoded_x}): "
-                             "readout interpolation is not supported, only oversampling removal", source)
-
-
-def _require_elements(encoding: ismrmrd.xsd.encodingType, source: str | Path) -> None:
-    """Refuse an encoding without the elements the geometry is read from: xsdata's parser refuses a document without
-    them, but header objects built in code (a deserializer's, :mod:`compressor.data.mrd_v2`'s) may hold ``None``."""
-    required = {"encodingLimits": encoding.encodingLimits}
-    for space_name in ("encodedSpace", "reconSpace"):
-        space = getattr(encoding, space_name)
-        required[space_name] = space
-        if space is not None:
-            required[f"{space_name}.matrixSize"] = space.matrixSize
-            required[f"{space_name}.fieldOfView_mm"] = space.fieldOfView_mm
-    missing = [name for name, element in required.items() if element is None]
-    if missing:
-        raise InputError(f"the ISMRMRD XML header's encoding has no {', '.join(missing)}", source)
-
-
-# --------------------------------------------------------------------------------------------------- readouts
-class SliceKey(NamedTuple):
-    """The acquisition indices that tell images apart: one assembled slice (one image) per key. ``average`` is not
-    part of it: averages of a line are averaged."""
-
-    slice: int
-    contrast: int
-    phase: int
-    repetition: int
-    set: int
-
-
-@dataclass(frozen=True)
-class AcquisitionInfo:
-    """A readout's geometry and identity, carried over to the image header (ISMRMRD conventions: positions in mm
-    in the patient coordinate system, unit direction cosines, time stamps in scanner ticks)."""
-
-    position: tuple[float, float, float]
-    read_dir: tuple[float, float, float]
-    phase_dir: tuple[float, float, float]
-    slice_dir: tuple[float, float, float]
-    patient_table_position: tuple[float, float, float]
-    measurement_uid: int
-    acquisition_time_stamp: int
-    physiology_time_stamp: tuple[int, int, int]
-
-
-@dataclass(frozen=True)
-class Readout:
-    """One acquisition, independent of the MRD library that read it.
-
-    Attributes:
-        data: ``(coils, samples)`` complex64, as acquired (reversed if ``ACQ_IS_REVERSE`` is set, centred on
-            ``center_sample``).
-        flags: the ISMRMRD flag bits (``ismrmrd.ACQ_*`` are 1-based bit numbers).
-        kspace_encode_step_1: the phase-encode counter.
-        key: the image it belongs to.
-        average: the ``average`` index.
-        center_sample: the sample index of k-space centre along the readout (in ``data`` flipped, for a reversed
-            readout: module docstring).
-        discard_pre, discard_post: samples to drop at the start and end of the acquisition (acquisition order: for a
-            reversed readout, at the end and start of ``data`` flipped).
-        sample_time_us: dwell time in microseconds (0 if unknown).
-        info: geometry and identity for the image header.
-    """
-
-    data: np.ndarray
-    flags: int
-    kspace_encode_step_1: int
-    key: SliceKey
-    average: int
-    center_sample: int
-    discard_pre: int
-    discard_post: int
-    sample_time_us: float
-    info: AcquisitionInfo
-
-    def has_flag(self, flag: int) -> bool:
-        """Whether ``ismrmrd.ACQ_*`` ``flag`` is set."""
-        return _flag_set(self.flags, flag)
-
-
-def float_triple(values) -> tuple[float, float, float]:
-    """A header's 3-vector (an ISMRMRD ctypes array, an MRD v2 ``(3,)`` array) as three Python floats."""
-    return tuple(float(value) for value in np.asarray(values, dtype=np.float64).reshape(3))
-
-
-def readout_from_ismrmrd(acquisition: ismrmrd.Acquisition, source: str | Path = "acquisition") -> Readout:
-    """The :class:`Readout` of an ``ismrmrd.Acquisition``; its data must be ``(active_channels, number_of_samples)``
-    (:class:`InputError` naming ``source`` otherwise)."""
-    data = np.asarray(acquisition.data)
-    expected = (acquisition.active_channels, acquisition.number_of_samples)
-    if data.shape != expected:
-        raise InputError(f"acquisition {acquisition.scan_counter} holds {data.size} samples but its header says "
-                         f"{expected[1]} samples x {expected[0]} channels", source)
-    idx = acquisition.idx
-    info = AcquisitionInfo(
-        position=float_triple(acquisition.position), read_dir=float_triple(acquisition.read_dir),
-        phase_dir=float_triple(acquisition.phase_dir), slice_dir=float_triple(acquisition.slice_dir),
-        patient_table_position=float_triple(acquisition.patient_table_position),
-        measurement_uid=int(acquisition.measurement_uid),
-        acquisition_time_stamp=int(acquisition.acquisition_time_stamp),
-        physiology_time_stamp=tuple(int(value) for value in acquisition.physiology_time_stamp))
-    return Readout(
-        data=data.astype(np.complex64), flags=int(acquisition.flags),
-        kspace_encode_step_1=int(idx.kspace_encode_step_1),
-        key=SliceKey(int(idx.slice), int(idx.contrast), int(idx.phase), int(idx.repetition), int(idx.set)),
-        average=int(idx.average), center_sample=int(acquisition.center_sample),
-        discard_pre=int(acquisition.discard_pre), discard_post=int(acquisition.discard_post),
-        sample_time_us=float(acquisition.sample_time_us), info=info)
-
-
-# --------------------------------------------------------------------------------------------------- assembly
 @dataclass(frozen=True)
 class AssembledSlice:
     """One image's k-space on the tool's grid.
@@ -552,84 +340,6 @@ def _sampled_after_removal(sampled: np.ndarray, length: int) -> np.ndarray:
     encoded = sampled.size
     positions = encoded // 2 + np.round((np.arange(length) - length // 2) * encoded / length).astype(int)
     return sampled[np.clip(positions, 0, encoded - 1)]
-
-
-# --------------------------------------------------------------------------------------------------- files
-@dataclass(frozen=True)
-class RawScan:
-    """An ISMRMRD file's image data assembled: the encoding (and the XML header it came from), the slices in order
-    of completion, and what was set aside (``skipped`` by reason; ``noise_readouts`` used for prewhitening)."""
-
-    geometry: EncodingGeometry
-    slices: list[AssembledSlice]
-    skipped: dict[str, int] = field(default_factory=dict)
-    noise_readouts: int = 0
-    xml: str = ""
-
-
-def _acquisition_from_row(row: np.void, index: int, path: Path) -> ismrmrd.Acquisition:
-    """An ``ismrmrd.Acquisition`` from one row of ``/<group>/data`` (header, trajectory and data as float32 vectors);
-    a header of another size or a data length that disagrees with the header is an :class:`InputError`."""
-    head = np.asarray(row["head"])
-    if head.nbytes != HEAD_BYTES:
-        raise InputError(f"acquisition {index} has a header of {head.nbytes} bytes; an ISMRMRD acquisition header has "
-                         f"{HEAD_BYTES}", path)
-    acquisition = ismrmrd.Acquisition(head.tobytes())
-    values = np.asarray(row["data"], dtype=np.float32)
-    expected = 2 * acquisition.number_of_samples * acquisition.active_channels
-    if values.size != expected:
-        raise InputError(f"acquisition {index} holds {values.size} float values but its header says "
-                         f"{acquisition.number_of_samples} samples x {acquisition.active_channels} channels "
-                         f"({expected} values)", path)
-    acquisition.data[:] = values.view(np.complex64).reshape(acquisition.active_channels,
-                                                             acquisition.number_of_samples)
-    return acquisition
-
-
-def _xml_text(dataset: h5py.Dataset | h5py.Group, group: str, path: Path) -> str:
-    """The XML header of ``/<group>/xml``: a one-element string dataset (as ``ismrmrd.Dataset`` writes it) or a
-    scalar string dataset; anything else is an :class:`InputError`."""
-    if not isinstance(dataset, h5py.Dataset):
-        raise InputError(f"not an ISMRMRD file (/{group}/xml is a group, not the XML header)", path)
-    if dataset.dtype.kind not in "OS" or dataset.shape not in ((), (1,)):
-        raise InputError(f"/{group}/xml is not one string (dtype {dataset.dtype}, shape {dataset.shape})", path)
-    value = dataset[()] if dataset.shape == () else dataset[0]
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
-def read_ismrmrd_file(path: Path, group: str = "dataset") -> RawScan:
-    """Read an ISMRMRD HDF5 file (``/<group>/xml`` header, ``/<group>/data`` acquisitions) and assemble its slices
-    with :class:`SliceAssembler`; every problem is an :class:`InputError` naming ``path``."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("input file not found", path)
-    try:
-        file = h5py.File(path, "r")
-    except OSError as error:
-        raise InputError(f"not an HDF5 file ({error})", path) from None
-    with file:
-        for name in ("xml", "data"):
-            if f"{group}/{name}" not in file:
-                raise InputError(f"not an ISMRMRD file (no /{group}/{name})", path)
-        xml = _xml_text(file[f"{group}/xml"], group, path)
-        geometry = EncodingGeometry.from_xml(xml, path)
-        rows = file[f"{group}/data"]
-        fields = set(rows.dtype.names or ()) if isinstance(rows, h5py.Dataset) else set()
-        if not {"head", "data"} <= fields:
-            raise InputError(f"not an ISMRMRD file (/{group}/data is not a table of acquisitions)", path)
-        assembler = SliceAssembler(geometry, path)
-        slices: list[AssembledSlice] = []
-        for start in range(0, len(rows), READ_CHUNK):  # bounded memory for long scans
-            for index, row in enumerate(rows[start:start + READ_CHUNK], start):
-                slices += assembler.add(readout_from_ismrmrd(_acquisition_from_row(row, index, path), path))
-    slices += assembler.finish()
-    if not slices:
-        if assembler.noise_readouts and not assembler.skipped:
-            raise InputError(f"the file holds only noise acquisitions ({assembler.noise_readouts}), no image data",
-                             path)
-        raise InputError(f"the file holds no image acquisitions (set aside: "
-                         f"{skipped_summary(assembler.skipped, assembler.noise_readouts)})", path)
-    return RawScan(geometry, slices, dict(assembler.skipped), assembler.noise_readouts, xml)
 
 
 def skipped_summary(skipped: dict[str, int], noise_readouts: int) -> str:

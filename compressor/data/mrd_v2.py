@@ -4,12 +4,12 @@ MRD v2 carries the same scan as ISMRMRD v1 in typed records: ``mrd.Header`` (the
 ``mrd.Acquisition`` (``head`` with optional counters, ``data`` ``(coils, samples)`` complex64). Two adapters put it
 on the v1 path, so that assembly and every check stay in one place:
 
-* :func:`readout_from_mrd`: an ``mrd.Acquisition`` -> the library-neutral :class:`~compressor.data.mrd_raw.Readout`
+* :func:`readout_from_mrd`: an ``mrd.Acquisition`` -> the library-neutral :class:`~compressor.data.mrd_readout.Readout`
   (MRD v2's ``AcquisitionFlags`` are ISMRMRD v1's flag bits: bit ``n - 1`` is ``ismrmrd.ACQ_*`` ``n``, so the flags
   pass unchanged; an absent optional counter or field is 0, as in a v1 header);
 * :func:`ismrmrd_header` / :func:`encoding_geometry`: the encodings of an ``mrd.Header`` -> the ISMRMRD v1 header
   objects (``ismrmrd.xsd``) the geometry is read from, then
-  :meth:`~compressor.data.mrd_raw.EncodingGeometry.from_header` with its checks (one encoding, Cartesian, 2-D).
+  :meth:`~compressor.data.mrd_header.EncodingGeometry.from_header` with its checks (one encoding, Cartesian, 2-D).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import ismrmrd.xsd as xsd
 import mrd
 import numpy as np
 
-from compressor.data.mrd_raw import AcquisitionInfo, EncodingGeometry, Readout, SliceKey, float_triple
+from compressor.data.mrd_header import EncodingGeometry
+from compressor.data.mrd_readout import AcquisitionInfo, Readout, SliceKey, float_triple
 from compressor.errors import InputError
 
 LIMIT_NAMES = tuple(limit.name for limit in dataclasses.fields(xsd.encodingLimitsType))
@@ -94,5 +95,5 @@ def ismrmrd_header(header: mrd.Header) -> xsd.ismrmrdHeader:
 
 def encoding_geometry(header: mrd.Header, source: str | Path) -> EncodingGeometry:
     """The :class:`EncodingGeometry` of an MRD v2 header, with every check of
-    :meth:`~compressor.data.mrd_raw.EncodingGeometry.from_header` (:class:`InputError` naming ``source``)."""
+    :meth:`~compressor.data.mrd_header.EncodingGeometry.from_header` (:class:`InputError` naming ``source``)."""
     return EncodingGeometry.from_header(ismrmrd_header(header), source)

@@ -15,7 +15,7 @@ One ``ismrmrd.Image`` per assembled slice:
   ``phase_dir``, ``slice_dir``, ``patient_table_position``, ``acquisition_time_stamp``, ``physiology_time_stamp``;
   from the slice's key: ``slice``, ``contrast``, ``phase``, ``repetition``, ``set``; ``average`` is 0 (the averages
   were combined into this image). ``field_of_view`` is that of the output grid
-  (:attr:`~compressor.data.mrd_raw.EncodingGeometry.image_fov_mm`: readout from the recon space, since the
+  (:attr:`~compressor.data.mrd_header.EncodingGeometry.image_fov_mm`: readout from the recon space, since the
   oversampling was removed, phase-encode from the encoded space, kept whole, slice thickness from the recon space);
   ``channels`` 1; ``image_series_index`` and ``image_index`` (1-based, running within the series) as given.
 """
@@ -27,7 +27,8 @@ from pathlib import Path
 import ismrmrd
 import numpy as np
 
-from compressor.data.mrd_raw import AssembledSlice, EncodingGeometry
+from compressor.data.mrd_header import EncodingGeometry
+from compressor.data.mrd_raw import AssembledSlice
 from compressor.io import atomic_path
 
 IMAGE_GROUP = "images_0"  # the image series name ismrmrd.Dataset and the ISMRMRD tools use

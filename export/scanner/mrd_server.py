@@ -12,10 +12,10 @@ with ``ismrmrd.ProtocolSerializer``; ids: config file 1, config text 2, XML head
 * config (file name or text) and text messages (e.g. FIRE's JSON parameters) are logged and otherwise ignored: the
   server runs the one model it was started with;
 * the header is checked before any acquisition is used: one 2-D Cartesian encoding
-  (:meth:`~compressor.data.mrd_raw.EncodingGeometry.from_header`) whose image grid is the model's image size
+  (:meth:`~compressor.data.mrd_header.EncodingGeometry.from_header`) whose image grid is the model's image size
   (:func:`~compressor.export.scanner.raw_input.check_grid`); a header the model cannot serve ends the connection with
   the reason;
-* each acquisition becomes a :class:`~compressor.data.mrd_raw.Readout` and goes to the connection's
+* each acquisition becomes a :class:`~compressor.data.mrd_readout.Readout` and goes to the connection's
   :class:`~compressor.data.mrd_raw.SliceAssembler`; a slice it completes is reconstructed at once (the checks of
   :func:`~compressor.export.scanner.raw_input.prepare_slice`, acceleration, lines and, for a 1-channel model, the phase,
   then the model) and its image is sent; waveforms are counted and ignored;
@@ -78,14 +78,9 @@ import ismrmrd
 from ismrmrd.serialization import ConfigFile, ConfigText, ProtocolDeserializer, ProtocolSerializer
 from ismrmrd.xsd import ismrmrdHeader
 
-from compressor.data.mrd_raw import (
-    AssembledSlice,
-    EncodingGeometry,
-    SliceAssembler,
-    SliceKey,
-    readout_from_ismrmrd,
-    skipped_summary,
-)
+from compressor.data.mrd_header import EncodingGeometry
+from compressor.data.mrd_raw import AssembledSlice, SliceAssembler, skipped_summary
+from compressor.data.mrd_readout import SliceKey, readout_from_ismrmrd
 from compressor.errors import InputError, first_line
 from compressor.export.runtimes.runtime import ExportedModel, open_exported
 from compressor.export.scanner.mrd_stream import SliceReconstructor

@@ -41,7 +41,8 @@ import ismrmrd
 import mrd
 import numpy as np
 
-from compressor.data.mrd_raw import AssembledSlice, EncodingGeometry, SliceAssembler, skipped_summary
+from compressor.data.mrd_header import EncodingGeometry
+from compressor.data.mrd_raw import AssembledSlice, SliceAssembler, skipped_summary
 from compressor.data.mrd_v2 import encoding_geometry, readout_from_mrd
 from compressor.errors import InputError, first_line
 from compressor.export.runtimes.runtime import ExportedModel, open_exported

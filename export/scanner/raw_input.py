@@ -30,7 +30,9 @@ import ismrmrd
 import numpy as np
 
 from compressor.data.coils import virtual_coil
-from compressor.data.mrd_raw import AssembledSlice, EncodingGeometry, RawScan, read_ismrmrd_file, skipped_summary
+from compressor.data.ismrmrd_file import RawScan, read_ismrmrd_file
+from compressor.data.mrd_header import EncodingGeometry
+from compressor.data.mrd_raw import AssembledSlice, skipped_summary
 from compressor.errors import InputError
 from compressor.export.runtimes.runtime import ExportMetadata
 from compressor.export.scanner.ismrmrd_images import slice_image
@@ -63,7 +65,7 @@ def step1_of_columns(columns: np.ndarray, geometry: EncodingGeometry) -> list[in
 
 def check_grid(geometry: EncodingGeometry, metadata: ExportMetadata, source: str | Path) -> None:
     """Refuse a scan whose image grid (readout after oversampling removal x phase-encode lines,
-    :attr:`~compressor.data.mrd_raw.EncodingGeometry.image_shape`) is not the model's ``image_size``: k-space
+    :attr:`~compressor.data.mrd_header.EncodingGeometry.image_shape`) is not the model's ``image_size``: k-space
     cannot be cropped or padded without changing what was measured. The header alone decides it, so a server can
     refuse a scan before its first acquisition."""
     height, width = geometry.image_shape
@@ -138,7 +140,7 @@ class RawInput:
 
 
 def read_raw_input(path: Path, metadata: ExportMetadata, mask: np.ndarray, group: str = "dataset") -> RawInput:
-    """Read an ISMRMRD file (:func:`~compressor.data.mrd_raw.read_ismrmrd_file`) and prepare every slice
+    """Read an ISMRMRD file (:func:`~compressor.data.ismrmrd_file.read_ismrmrd_file`) and prepare every slice
     (:func:`prepare_slice`); slices whose masks differ (readouts sampled differently) are refused."""
     scan = read_ismrmrd_file(path, group)
     prepared = [prepare_slice(assembled, scan.geometry, mask, metadata, path) for assembled in scan.slices]
