@@ -4,7 +4,7 @@ reconstruct`` on the same slices.
 The server runs as ``compress serve --verbose`` in a subprocess (its own interpreter, as in deployment: the clients'
 serialisation does not share its GIL) and logs, per slice, the time from reading the readout that completed the slice
 to having written its image, and the compute part of it (checks, coil compression, model, image). The clients
-(:func:`compressor.export.scanner.mrd_server.stream_scan`, one thread each) send synthetic multi-slice multi-coil
+(:func:`compressor.export.scanner.mrd_client.stream_scan`, one thread each) send synthetic multi-slice multi-coil
 Cartesian
 scans (:func:`tests.synthetic_scans.synthetic_scan`) as fast as the socket takes them. Per N it reports:
 
@@ -57,9 +57,11 @@ from tabulate import tabulate
 
 from compressor.export.runtimes.cpu import cpu_features
 from compressor.export.runtimes.runtime import ExportedModel, open_exported
-from compressor.export.scanner.mrd_server import ScanReply, stream_scan
+from compressor.export.scanner.ismrmrd_images import scan_images
+from compressor.export.scanner.mrd_client import ScanReply, stream_scan
 from compressor.export.scanner.raw_input import read_raw_input
-from compressor.export.scanner.reconstruct import check_phase, reconstruct_slices
+from compressor.export.scanner.reconstruct import reconstruct_slices
+from compressor.export.scanner.scanner_input import check_phase
 from compressor.io import atomic_path, save_json
 from tests.synthetic_scans import SyntheticScan, synthetic_scan
 
@@ -104,10 +106,10 @@ def offline_images(model: ExportedModel, scan_path: Path, batch_size: int = 8) -
     """``compress reconstruct --source ismrmrd --batch-size batch_size``'s work on a scan file with an open model:
     its wall seconds and the ISMRMRD images it gives."""
     started = time.perf_counter()
-    raw = read_raw_input(scan_path, model.metadata, model.metadata.mask)
-    scanner_input = raw.scanner_input
+    scanner_input = read_raw_input(scan_path, model.metadata, model.metadata.mask)
     check_phase(scanner_input.kspace, scanner_input.mask, model.metadata.image_channels, False, scan_path)
-    images = raw.images(reconstruct_slices(model, scanner_input.kspace, scanner_input.mask, batch_size=batch_size))
+    reconstruction = reconstruct_slices(model, scanner_input.kspace, scanner_input.mask, batch_size=batch_size)
+    images = scan_images(scanner_input.scan, reconstruction)
     return time.perf_counter() - started, images
 
 

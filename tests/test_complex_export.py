@@ -27,7 +27,7 @@ from compressor.export.graph.scanner_graph import ChannelSumConv, ScannerGraph
 from compressor.export.graph.validate import pytorch_reference
 from compressor.export.run_models import run_validation_kspace, simulated_kspace
 from compressor.export.runtimes.runtime import ExportMetadata, graph_outputs, open_exported
-from compressor.export.scanner.reconstruct import imaginary_energy_fraction
+from compressor.export.scanner.scanner_input import imaginary_energy_fraction
 from compressor.export.targets.export import export_model, phantom_kspace
 from compressor.export.targets.registry import save_with_metadata
 from compressor.masks import SamplingMask

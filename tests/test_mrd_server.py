@@ -30,7 +30,8 @@ from click.testing import CliRunner
 from compressor.cli.export_commands import serve_command
 from compressor.errors import InputError
 from compressor.export.run_models import simulated_kspace
-from compressor.export.scanner.mrd_server import ReconstructionServer, stream_scan
+from compressor.export.scanner.mrd_client import stream_scan
+from compressor.export.scanner.mrd_server import ReconstructionServer
 from compressor.export.scanner.reconstruct import reconstruct_file
 from compressor.export.targets.export import export_model
 from compressor.masks import SamplingMask

@@ -119,16 +119,16 @@ def _triton_instances() -> list[str]:
     return list(INSTANCE_KINDS)
 
 
-def _sources() -> tuple[str, ...]:
-    from compressor.export.scanner.reconstruct import SOURCES
+def _sources() -> list[str]:
+    from compressor.export.scanner.input_formats import source_names
 
-    return SOURCES
+    return source_names(without_model=True)
 
 
-def _reconstruct_sources() -> tuple[str, ...]:
-    from compressor.export.scanner.reconstruct import RECONSTRUCT_SOURCES
+def _reconstruct_sources() -> list[str]:
+    from compressor.export.scanner.input_formats import source_names
 
-    return RECONSTRUCT_SOURCES  # raw scans and streams: reconstruct only
+    return source_names()  # raw scans and streams too: reconstruct only
 
 
 SOURCES = RegistryChoice(_sources)
@@ -152,7 +152,7 @@ def _validation_kspace(path: Path | None, source: str | None, mask: SamplingMask
     if path is None:
         return None
     from compressor.export.run_models import evenly_spaced_indices
-    from compressor.export.scanner.reconstruct import infer_source, read_input
+    from compressor.export.scanner.input_formats import infer_source, read_input
 
     kspace = read_input(path, source or infer_source(path), mask.shape, mask.values, acceleration,
                         image_channels=image_channels).kspace
@@ -434,7 +434,9 @@ def reconstruct_command(model_path: Path, input_path: Path, out: Path, source: s
     (--source mrd: a stdin-to-stdout filter with INPUT '-' and no --out). Example: compress reconstruct
     d3c5.onnx scan.npy --out scan.h5
     """
-    if source == "mrd":
+    from compressor.export.scanner.input_formats import input_format
+
+    if source is not None and input_format(source).streamed:
         not_for_streams = [option for option, value in {"--ismrmrd-out": ismrmrd_out, "--mask": mask_path,
                                                         "--previews": previews}.items() if value is not None]
         # options with defaults: refused only when given explicitly

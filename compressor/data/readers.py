@@ -61,6 +61,7 @@ class ProjectH5Reader(VolumeReader):
     """
 
     extensions = HDF5_EXTENSIONS
+    named_by = HDF5_EXTENSIONS
 
     def __init__(self, path: str | Path, *, keep_phase: bool = False):
         super().__init__(path, keep_phase=keep_phase)
@@ -133,6 +134,7 @@ class NiftiReader(VolumeReader):
     """
 
     extensions = NIFTI_EXTENSIONS
+    named_by = NIFTI_EXTENSIONS
 
     def __init__(self, path: str | Path, *, keep_phase: bool = False):
         super().__init__(path, keep_phase=keep_phase)

@@ -76,10 +76,13 @@ class VolumeReader(ABC):
         path: the file.
         name: the file name without its extension (identifies the volume in results).
         keep_phase: whether slices keep their phase (complex targets, for the 2-channel models; module docstring).
-        extensions: the file name endings of this source (for :func:`list_volume_files`).
+        extensions: the file name endings of this source (for :func:`~compressor.data.readers.list_volume_files`).
+        named_by: the file name endings that name this source when none is given (``compress reconstruct``/``export``
+            without ``--source``); an ending names one source at most (``.h5`` is ``project``).
     """
 
     extensions: ClassVar[tuple[str, ...]] = ()
+    named_by: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, path: str | Path, *, keep_phase: bool = False):
         self.path = Path(path)

@@ -27,6 +27,7 @@ from pathlib import Path
 import ismrmrd
 import numpy as np
 
+from compressor.data.ismrmrd_file import RawScan
 from compressor.data.mrd_header import EncodingGeometry
 from compressor.data.mrd_raw import AssembledSlice
 from compressor.io import atomic_path
@@ -76,6 +77,13 @@ def slice_image(reconstruction: np.ndarray, assembled: AssembledSlice, geometry:
     """The ISMRMRD magnitude image of one slice's reconstruction ``(H, W)`` (readout, phase-encode) with the header of
     :func:`image_header`: what the file path (``--ismrmrd-out``) and the streaming server send alike."""
     return ismrmrd_image(reconstruction, image_header(assembled, geometry, series_index, image_index))
+
+
+def scan_images(scan: RawScan, reconstruction: np.ndarray, series_index: int = 1) -> list[ismrmrd.Image]:
+    """The ISMRMRD magnitude images of a raw scan's reconstruction ``(S, H, W)`` (one per assembled slice, in the
+    scan's order), ``image_index`` 1, 2, ... in slice order."""
+    return [slice_image(image, assembled, scan.geometry, series_index, index)
+            for index, (assembled, image) in enumerate(zip(scan.slices, reconstruction, strict=True), 1)]
 
 
 def write_ismrmrd_images(path: Path, images: list[ismrmrd.Image], xml: str | bytes | None = None,

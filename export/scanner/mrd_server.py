@@ -22,7 +22,8 @@ with ``ismrmrd.ProtocolSerializer``; ids: config file 1, config text 2, XML head
 * close: slices still open are completed (:meth:`~compressor.data.mrd_raw.SliceAssembler.finish`) and sent, then
   the server sends close and closes the socket.
 
-Errors: a bad message (unknown id, a message that does not parse, a message over :data:`MAX_MESSAGE_BYTES`), a
+Errors: a bad message (unknown id, a message that does not parse, a message over
+:data:`~compressor.export.scanner.mrd_protocol.MAX_MESSAGE_BYTES`, :mod:`compressor.export.scanner.mrd_protocol`), a
 header or slice the model cannot serve, or an acquisition the assembler refuses ends that connection with an MRD text
 message ``"ERROR <reason>"`` and close (the convention of python-ismrmrd-server's ``send_logging``: level, space,
 text), and one log line. A client that disconnects mid-scan, or stays silent for ``idle_timeout`` seconds, ends its
@@ -35,26 +36,23 @@ Threads and batching:
   reconstructs and sends, so a slow client only slows itself; at most ``max_connections`` at once (a further one is
   told the server is busy and closed);
 * one session shared by every connection (ONNX Runtime's ``InferenceSession.run`` is thread-safe; OpenVINO's
-  :class:`~compressor.export.runtimes.runtime.OpenVINOSession` gives each call its own infer request, with ``cores //
-  threads``
-  streams; one copy of the weights). ``threads`` intra-op threads per run, and at most ``max(1, cores // threads)`` runs
-  at once (a semaphore in :class:`~compressor.export.scanner.mrd_stream.SliceReconstructor`): with the default
-  ``threads`` = all
-  cores, runs take turns and each slice gets every core (the lowest latency per slice, what a scanner waits on;
-  throughput with several scans is then that of one); ``threads=1`` lets one run per core go in parallel (throughput
-  with many concurrent scans, each slice slower). More concurrent runs than that would share one intra-op pool and
-  oversubscribe the cores. Measured here with a 160x160 d3c5 2-channel session and 1, 2, 4 calling threads, with and
-  without a lock: two runs on this shared 2-core machine (load average near 3 from other jobs) disagreed by more than
-  the differences measured, so the choice rests on ONNX Runtime's threading model; ``benchmarks/mrd_server.py --threads
-  1`` against the default gives the numbers on a quiet machine;
+  :class:`~compressor.export.runtimes.runtime.OpenVINOSession` gives each call its own infer request, with
+  ``cores // threads`` streams; one copy of the weights). ``threads`` intra-op threads per run, and at most
+  ``max(1, cores // threads)`` runs at once (a semaphore in
+  :class:`~compressor.export.scanner.mrd_stream.SliceReconstructor`): with the default ``threads`` = all cores, runs
+  take turns and each slice gets every core (the lowest latency per slice, what a scanner waits on; throughput with
+  several scans is then that of one); ``threads=1`` lets one run per core go in parallel (throughput with many
+  concurrent scans, each slice slower). More concurrent runs than that would share one intra-op pool and
+  oversubscribe the cores. The choice rests on ONNX Runtime's threading model; ``benchmarks/mrd_server.py --threads
+  1`` against the default measures it (results: ``benchmarks/results/mrd_server/``);
 * no batching across scans: a slice is run alone (batch 1) the moment it is complete. Batching would hold a finished
-  slice back until others arrive, adding latency to every slice for a throughput gain on CPU that is not measured
-  here (on a GPU it would be larger; that is what Triton's dynamic batcher is for, see ``export/triton/repository.py``).
+  slice back until others arrive, adding latency to every slice for a throughput gain (that is what Triton's dynamic
+  batcher is for, see ``export/triton/repository.py``).
 
-:class:`ServerStats` records per slice the time from receiving its last readout (the message that completed it) to
-its image having been written to the socket, the compute time within it (checks, coil compression, model, image) and
-the time the slice waited for a model run slot (other connections' slices running): what
-``benchmarks/mrd_server.py`` reports.
+:class:`~compressor.export.scanner.server_stats.ServerStats` records per slice the time from receiving its last
+readout (the message that completed it) to its image having been written to the socket, the compute time within it
+(checks, coil compression, model, image) and the time the slice waited for a model run slot (other connections'
+slices running): what ``benchmarks/mrd_server.py`` reports. Its client is :mod:`compressor.export.scanner.mrd_client`.
 """
 
 from __future__ import annotations
@@ -65,30 +63,31 @@ import logging
 import os
 import socket
 import socketserver
-import struct
 import threading
 import time
-from collections import Counter
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import ismrmrd
-from ismrmrd.serialization import ConfigFile, ConfigText, ProtocolDeserializer, ProtocolSerializer
+from ismrmrd.serialization import ConfigFile, ConfigText, ProtocolSerializer
 from ismrmrd.xsd import ismrmrdHeader
 
 from compressor.data.mrd_header import EncodingGeometry
 from compressor.data.mrd_raw import AssembledSlice, SliceAssembler, skipped_summary
-from compressor.data.mrd_readout import SliceKey, readout_from_ismrmrd
-from compressor.errors import InputError, first_line
+from compressor.data.mrd_readout import readout_from_ismrmrd
+from compressor.errors import InputError
 from compressor.export.runtimes.runtime import ExportedModel, open_exported
+from compressor.export.scanner.mrd_protocol import (
+    MAX_MESSAGE_BYTES,
+    ClientDisconnectedError,
+    next_message,
+    read_messages,
+)
 from compressor.export.scanner.mrd_stream import SliceReconstructor
 from compressor.export.scanner.raw_input import check_grid
-
-MAX_MESSAGE_BYTES = 256 << 20
-"""The largest single read a message may ask for (256 MiB; a 1024-sample readout of 128 coils is 1 MiB): a corrupt
-length field is refused instead of allocated."""
+from compressor.export.scanner.server_stats import ServerStats, SliceTiming
 
 DEFAULT_IDLE_TIMEOUT = 300.0
 DEFAULT_MAX_CONNECTIONS = 16
@@ -96,82 +95,6 @@ SHUTDOWN_JOIN_SECONDS = 10.0
 DRAIN_SECONDS = 2.0
 ERROR_LEVEL = "ERROR"
 LOGGER_NAME = "compressor.serve"
-
-
-class ClientDisconnectedError(EOFError):
-    """The client closed its side before a message was complete, or before sending close."""
-
-
-class _Deserializer(ProtocolDeserializer):
-    """``ismrmrd``'s deserializer, also taking an XML header with a trailing NUL: python-ismrmrd-server's client and
-    FIRE send header, config and text messages NUL-terminated, which the XML parser refuses."""
-
-    # ``_deserialize_ismrmrd_header`` is a private method of ``ismrmrd.serialization`` (ismrmrd 1.15, hence the pin
-    # ``ismrmrd>=1.15,<2`` in pyproject.toml): ``deserialize`` calls it for every header message (id 3) after
-    # reading the id. Should a release rename it, this override is no longer called and NUL-terminated headers are
-    # refused as "bad message" (tests/test_mrd_server.py sends one), not misread.
-    def _deserialize_ismrmrd_header(self) -> ismrmrdHeader:
-        (length,) = struct.unpack("<I", self._stream.read(4))
-        return ismrmrd.xsd.CreateFromDocument(self._stream.read(length).rstrip(b"\0"))
-
-
-class _ExactReader:
-    """``read(n)`` returns exactly ``n`` bytes of ``stream`` or raises: the reads ``ismrmrd``'s deserializer makes,
-    made safe for a socket (a short read is a disconnect, never a truncated message; no read over ``limit``)."""
-
-    def __init__(self, stream: BinaryIO, limit: int, source: str):
-        self._stream, self._limit, self._source = stream, limit, source
-
-    def read(self, size: int) -> bytes:
-        if size > self._limit:
-            raise InputError(f"bad message: it announces {size} bytes, more than the {self._limit} allowed",
-                             self._source)
-        data = self._stream.read(size)
-        if len(data) < size:
-            raise ClientDisconnectedError(f"{len(data)} of {size} bytes before the connection closed")
-        return data
-
-
-@dataclass(frozen=True)
-class SliceTiming:
-    """One slice sent by the server (seconds, ``time.perf_counter``).
-
-    Attributes:
-        connection: the connection's number (1, 2, ... in order of arrival).
-        key: the slice's indices.
-        latency: from the message that completed the slice having been read to its image having been written.
-        compute: the part of ``latency`` spent checking, reconstructing and building the image.
-        queued: the part of ``latency`` spent waiting for a model run slot (other slices running).
-    """
-
-    connection: int
-    key: SliceKey
-    latency: float
-    compute: float
-    queued: float
-
-
-@dataclass
-class ServerStats:
-    """What the server did, for tests and the benchmark (thread-safe)."""
-
-    slices: list[SliceTiming] = field(default_factory=list)
-    outcomes: Counter[str] = field(default_factory=Counter)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def record_slice(self, timing: SliceTiming) -> None:
-        with self._lock:
-            self.slices.append(timing)
-
-    def record_outcome(self, outcome: str) -> None:
-        """``"completed"``, ``"refused"``, ``"disconnected"``, ``"empty"`` (closed before any message), ``"timed
-        out"``, ``"busy"``, ``"shut down"`` or ``"failed"`` (an internal error)."""
-        with self._lock:
-            self.outcomes[outcome] += 1
-
-    def snapshot(self) -> tuple[list[SliceTiming], dict[str, int]]:
-        with self._lock:
-            return list(self.slices), dict(self.outcomes)
 
 
 @dataclass
@@ -354,8 +277,7 @@ class ReconstructionServer:
                 self._refuse(connection, "shut down", "the server is shutting down")
                 return
             self.log.info("%s: connected (#%d)", connection.source, connection.number)
-            reader = _Deserializer(_ExactReader(rfile, MAX_MESSAGE_BYTES, connection.source))
-            self._stream_scan(reader.deserialize(), connection)
+            self._stream_scan(read_messages(rfile, connection.source), connection)
             self.stats.record_outcome("completed")
             self.log.info("%s: done: %d acquisitions, %d images sent%s", connection.source, connection.acquisitions,
                           connection.images, self._set_aside(connection))
@@ -420,23 +342,10 @@ class ReconstructionServer:
         summary = ", ".join(part for part in parts if part)
         return f"; set aside: {summary}" if summary else ""
 
-    @staticmethod
-    def _next_message(messages: Iterator[object], source: str) -> object | None:
-        """The next message, ``None`` at close; anything the deserializer cannot parse is a bad message
-        (:class:`InputError`); disconnects and timeouts pass through."""
-        try:
-            return next(messages)
-        except StopIteration:
-            return None
-        except (ClientDisconnectedError, OSError, InputError):
-            raise
-        except Exception as error:  # ismrmrd and xsdata raise many unrelated types for malformed bytes
-            raise InputError(f"bad message ({first_line(error)})", source) from None
-
     def _stream_scan(self, messages: Iterator[object], connection: _Connection) -> None:
         """The message loop (module docstring); returns after sending close."""
         source, writer = connection.source, connection.writer
-        while (message := self._next_message(messages, source)) is not None:
+        while (message := next_message(messages, source)) is not None:
             received = time.perf_counter()
             connection.messages += 1
             if isinstance(message, ConfigFile | ConfigText):  # str subclasses: before the text case
@@ -481,79 +390,6 @@ class ReconstructionServer:
         self.stats.record_slice(SliceTiming(connection.number, assembled.key, latency, compute, queued))
         self.log.debug("%s: slice %s sent, %.3f ms after its last readout (%.3f ms compute, %.3f ms queued)",
                        connection.source, tuple(assembled.key), latency * 1e3, compute * 1e3, queued * 1e3)
-
-
-# ---------------------------------------------------------------------------------------------------- the client side
-@dataclass
-class ScanReply:
-    """What the server sent back for one scan (:func:`stream_scan`).
-
-    Attributes:
-        images: the images, in the order received.
-        texts: the text messages (``"ERROR <reason>"`` on a refusal).
-        closed: whether the server sent close.
-        images_before: the images received before the client sent acquisition ``wait_after`` + 1 (see
-            :func:`stream_scan`); ``None`` without ``wait_after``.
-    """
-
-    images: list[ismrmrd.Image] = field(default_factory=list)
-    texts: list[str] = field(default_factory=list)
-    closed: bool = False
-    images_before: int | None = None
-
-
-def stream_scan(address: tuple[str, int], xml: str, acquisitions: Iterable[ismrmrd.Acquisition], *,
-                config: str | None = "compress", timeout: float = 30.0, wait_after: int | None = None) -> ScanReply:
-    """Send one scan to an MRD server as a scanner does (``ismrmrd.ProtocolSerializer``: config file, XML header,
-    acquisitions, close) while a second thread receives its reply (``ismrmrd.ProtocolDeserializer``).
-
-    Args:
-        config: the config file name sent first (``None``: none).
-        timeout: seconds any socket operation, and the wait for the reply, may take.
-        wait_after: after that many acquisitions, wait (up to ``timeout``) for a first image before sending the rest:
-            a server that reconstructs slice by slice sends it, one that waits for the whole scan does not.
-
-    Sending stops early, without error, when the server has closed (a refusal): its text says why.
-    """
-    reply = ScanReply()
-    first_image = threading.Event()
-    with socket.create_connection(address, timeout=timeout) as sock, sock.makefile("rb") as incoming, \
-            sock.makefile("wb") as outgoing:
-
-        def receive() -> None:
-            try:
-                for message in ProtocolDeserializer(incoming).deserialize():
-                    if isinstance(message, ismrmrd.Image):
-                        reply.images.append(message)
-                        first_image.set()
-                    elif isinstance(message, str):
-                        reply.texts.append(message)
-                reply.closed = True
-            except (EOFError, OSError, ValueError):
-                pass  # the server closed without close, or sent bytes that are not MRD: what arrived is the reply
-            finally:
-                first_image.set()
-
-        receiver = threading.Thread(target=receive, name="mrd-client-receiver", daemon=True)
-        receiver.start()
-        serializer = ProtocolSerializer(outgoing)
-        try:
-            if config is not None:
-                serializer.serialize(ConfigFile(config))
-            serializer.serialize(ismrmrd.xsd.CreateFromDocument(xml))
-            for number, acquisition in enumerate(acquisitions, 1):
-                if reply.closed or reply.texts:
-                    break
-                serializer.serialize(acquisition)
-                if number == wait_after:
-                    outgoing.flush()
-                    first_image.wait(timeout)
-                    reply.images_before = len(reply.images)
-            serializer.close()
-        except OSError:
-            pass  # the server closed the connection (a refusal): its reply says why
-        receiver.join(timeout)
-    return reply
 
 
 def server_logger(path: Path | None, verbose: bool = False) -> logging.Logger:

@@ -9,9 +9,8 @@ ismrmrd`` does for a file (:func:`~compressor.export.scanner.raw_input.read_raw_
   not the model's image size;
 * :meth:`~SliceReconstructor.reconstruct`: :func:`~compressor.export.scanner.raw_input.prepare_slice` (mask lines
   acquired, coils, partial readouts), then for a 1-channel model the phase check of ``reconstruct``
-  (:func:`~compressor.export.scanner.reconstruct.check_phase`, here on the slice alone: a stream has no "whole
-  input"), then
-  the model (:func:`~compressor.export.scanner.reconstruct.reconstruct_slices`, batch 1);
+  (:func:`~compressor.export.scanner.scanner_input.check_phase`, here on the slice alone: a stream has no "whole
+  input"), then the model (:func:`~compressor.export.scanner.reconstruct.reconstruct_slices`, batch 1);
 * :meth:`~SliceReconstructor.image`: the ISMRMRD magnitude image with the header of
   :func:`~compressor.export.scanner.ismrmrd_images.slice_image` (series 1, ``image_index`` 1, 2, ... in the order sent).
 
@@ -48,7 +47,8 @@ from compressor.errors import InputError, first_line
 from compressor.export.runtimes.runtime import ExportedModel, open_exported
 from compressor.export.scanner.ismrmrd_images import slice_image
 from compressor.export.scanner.raw_input import check_grid, prepare_slice
-from compressor.export.scanner.reconstruct import check_mask, check_phase, reconstruct_slices
+from compressor.export.scanner.reconstruct import reconstruct_slices
+from compressor.export.scanner.scanner_input import check_mask, check_phase
 from compressor.io import atomic_path
 
 SERIES_INDEX = 1

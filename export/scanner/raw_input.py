@@ -14,11 +14,10 @@ and the MRD streaming server (one slice at a time). For a slice assembled by
   data fidelity assumes whole lines; a ``"dft"`` graph takes the 2-D mask ``mask * readout_sampled`` (the positions
   never measured are outside it);
 * **coils**: a 2-channel model gets one virtual coil, :func:`~compressor.data.coils.virtual_coil` of the masked
-  k-space (as :func:`~compressor.export.scanner.reconstruct.compress_coils`: compression commutes with the Fourier
-  transform;
-  computed from the samples the model sees, so nothing outside the mask changes its input). A 1-channel model takes
-  single-coil data only, and the caller runs the real-image check
-  (:func:`~compressor.export.scanner.reconstruct.check_phase`) on the result.
+  k-space (as :func:`~compressor.export.scanner.scanner_input.compress_coils`: compression commutes with the Fourier
+  transform; computed from the samples the model sees, so nothing outside the mask changes its input). A 1-channel
+  model takes single-coil data only, and the caller runs the real-image check
+  (:func:`~compressor.export.scanner.scanner_input.check_phase`) on the result.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import ismrmrd
 import numpy as np
 
 from compressor.data.coils import virtual_coil
@@ -35,8 +33,7 @@ from compressor.data.mrd_header import EncodingGeometry
 from compressor.data.mrd_raw import AssembledSlice, skipped_summary
 from compressor.errors import InputError
 from compressor.export.runtimes.runtime import ExportMetadata
-from compressor.export.scanner.ismrmrd_images import slice_image
-from compressor.export.scanner.reconstruct import MULTI_COIL_MESSAGE, ScannerInput
+from compressor.export.scanner.scanner_input import MULTI_COIL_MESSAGE, ScannerInput
 
 DFT_HINT = "export the model with `compress export --formulation dft`, whose data fidelity takes any 2-D mask"
 
@@ -111,37 +108,21 @@ def prepare_slice(assembled: AssembledSlice, geometry: EncodingGeometry, mask: n
     return PreparedSlice(kspace.astype(np.complex64), graph_mask.astype(np.float32), outside)
 
 
-@dataclass(frozen=True)
-class RawInput:
-    """A raw scan read for reconstruction: the assembled scan and the graph's input (``scanner_input.kspace``
-    ``(S, H, W)``, one mask for all slices)."""
-
-    scan: RawScan
-    scanner_input: ScannerInput
-    lines_outside_mask: int
-
-    def notes(self) -> list[str]:
-        """What the user should know: acquisitions set aside, lines zeroed."""
-        notes = []
-        summary = skipped_summary(self.scan.skipped, self.scan.noise_readouts)
-        if summary:
-            notes.append(f"acquisitions that are not image data: {summary}")
-        if self.lines_outside_mask:
-            notes.append(f"{self.lines_outside_mask} acquired lines outside the model's mask set to zero "
-                         "(summed over slices)")
-        return notes
-
-    def images(self, reconstruction: np.ndarray, series_index: int = 1) -> list[ismrmrd.Image]:
-        """The ISMRMRD magnitude images of ``reconstruction`` ``(S, H, W)``
-        (:mod:`compressor.export.scanner.ismrmrd_images`),
-        ``image_index`` 1, 2, ... in slice order."""
-        return [slice_image(image, assembled, self.scan.geometry, series_index, index)
-                for index, (assembled, image) in enumerate(zip(self.scan.slices, reconstruction, strict=True), 1)]
+def raw_notes(scan: RawScan, lines_outside_mask: int) -> tuple[str, ...]:
+    """What the user should know about a raw scan read for a model: acquisitions set aside, lines zeroed."""
+    notes = []
+    summary = skipped_summary(scan.skipped, scan.noise_readouts)
+    if summary:
+        notes.append(f"acquisitions that are not image data: {summary}")
+    if lines_outside_mask:
+        notes.append(f"{lines_outside_mask} acquired lines outside the model's mask set to zero (summed over slices)")
+    return tuple(notes)
 
 
-def read_raw_input(path: Path, metadata: ExportMetadata, mask: np.ndarray, group: str = "dataset") -> RawInput:
+def read_raw_input(path: Path, metadata: ExportMetadata, mask: np.ndarray, group: str = "dataset") -> ScannerInput:
     """Read an ISMRMRD file (:func:`~compressor.data.ismrmrd_file.read_ismrmrd_file`) and prepare every slice
-    (:func:`prepare_slice`); slices whose masks differ (readouts sampled differently) are refused."""
+    (:func:`prepare_slice`) into the graph's input (one mask for all slices, :attr:`ScannerInput.scan` the assembled
+    scan); slices whose masks differ (readouts sampled differently) are refused."""
     scan = read_ismrmrd_file(path, group)
     prepared = [prepare_slice(assembled, scan.geometry, mask, metadata, path) for assembled in scan.slices]
     for item, assembled in zip(prepared, scan.slices, strict=True):
@@ -149,5 +130,5 @@ def read_raw_input(path: Path, metadata: ExportMetadata, mask: np.ndarray, group
             raise InputError(f"slice {tuple(assembled.key)} sampled other readout positions than slice "
                              f"{tuple(scan.slices[0].key)}; one mask must serve every slice", path)
     kspace = np.stack([item.kspace for item in prepared])
-    return RawInput(scan, ScannerInput(kspace, prepared[0].mask, measured=True),
-                    sum(item.lines_outside_mask for item in prepared))
+    notes = raw_notes(scan, sum(item.lines_outside_mask for item in prepared))
+    return ScannerInput(kspace, prepared[0].mask, measured=True, notes=notes, scan=scan)
