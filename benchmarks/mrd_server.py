@@ -5,8 +5,7 @@ The server runs as ``compress serve --verbose`` in a subprocess (its own interpr
 serialisation does not share its GIL) and logs, per slice, the time from reading the readout that completed the slice
 to having written its image, and the compute part of it (checks, coil compression, model, image). The clients
 (:func:`compressor.export.scanner.mrd_client.stream_scan`, one thread each) send synthetic multi-slice multi-coil
-Cartesian
-scans (:func:`tests.synthetic_scans.synthetic_scan`) as fast as the socket takes them. Per N it reports:
+Cartesian scans (:func:`tests.synthetic_scans.synthetic_scan`) as fast as the socket takes them. Per N it reports:
 
 * slices per second: the N scans' slices over the wall time from the first connection to the last reply;
 * per-slice latency, last line received -> image sent, median and p95 (ms), and its parts (medians): the server's
@@ -28,14 +27,8 @@ Without ``--model`` a bare 2-channel d3c5 with random weights (seed 0) is export
 random line mask: timing does not depend on the weights. Writes ``mrd_server.{json,md}`` into ``--out`` (default
 ``benchmarks/results/``).
 
-Committed results, under ``benchmarks/results/mrd_server/`` (8 slices x 8 coils per scan, default threads; AMD EPYC,
-AVX2, 2 cores with a load average near 2.5 from other jobs; the clients share the 2 cores with the server):
-
-* ``quick_complex_d3c5_120/`` (the quick run's trained 2-channel d3c5, 120x120, 5 repeats): 18.4 slices/s at N = 1,
-  18.3 at N = 4; latency / offline at N = 1: 1.00 against batches of 8, 1.06 against batches of 1;
-* ``bare_d3c5_240/`` (a bare 2-channel d3c5, 240x240, 3 repeats): 5.3 slices/s at N = 1, 5.7 at N = 4; latency /
-  offline at N = 1: 1.27 against batches of 8, 1.20 against batches of 1;
-* both: the served images equal the offline path's (max |difference| 0 at batches of 1 and 8), headers identical.
+Committed results: ``benchmarks/results/mrd_server/<model>/mrd_server.{md,json}`` (``quick_complex_d3c5_120``, the
+quick run's trained 2-channel d3c5; ``bare_d3c5_240``, a bare 2-channel d3c5), each with its machine and load.
 """
 
 from __future__ import annotations

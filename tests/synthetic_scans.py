@@ -168,11 +168,8 @@ def synthetic_scan(images: np.ndarray, *, oversampling: int = 2, acquired_lines:
     covariance = None
     if noise_scans:
         covariance = np.eye(coils) if noise_covariance is None else np.asarray(noise_covariance)
-        lower = np.linalg.cholesky(covariance)
-        for _ in range(noise_scans):
-            white = rng.standard_normal((coils, encoded_x)) + 1j * rng.standard_normal((coils, encoded_x))
-            white /= np.sqrt(2)  # unit variance per complex sample
-            acquisitions.append(_acquisition(lower @ white, [ismrmrd.ACQ_IS_NOISE_MEASUREMENT],
+        for noise in _noise(covariance, noise_scans, encoded_x, rng):
+            acquisitions.append(_acquisition(noise, [ismrmrd.ACQ_IS_NOISE_MEASUREMENT],
                                              **stamp({"center_sample": encoded_x // 2})))
     kept = slice(asymmetric_echo, encoded_x)
     expected: dict[SliceKey, np.ndarray] = {}
@@ -197,6 +194,16 @@ def synthetic_scan(images: np.ndarray, *, oversampling: int = 2, acquired_lines:
                                                    slice=slice_index, repetition=repetition)
                     acquisitions.append(_acquisition(data, flags, **stamp({**geometry, "idx": idx})))
     return SyntheticScan(xml, acquisitions, expected, lines, covariance)
+
+
+def _noise(covariance: np.ndarray, count: int, samples: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``count`` noise readouts ``(coils, samples)`` complex Gaussian of ``covariance`` ``(coils, coils)``."""
+    lower = np.linalg.cholesky(covariance)
+    readouts = []
+    for _ in range(count):
+        white = rng.standard_normal((len(lower), samples)) + 1j * rng.standard_normal((len(lower), samples))
+        readouts.append(lower @ (white / np.sqrt(2)))  # unit variance per complex sample
+    return readouts
 
 
 def _line_flags(number: int, count: int, slice_index: int, slices: int, average: int, averages: int) -> list[int]:

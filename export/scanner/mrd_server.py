@@ -49,10 +49,8 @@ Threads and batching:
   slice back until others arrive, adding latency to every slice for a throughput gain (that is what Triton's dynamic
   batcher is for, see ``export/triton/repository.py``).
 
-:class:`~compressor.export.scanner.server_stats.ServerStats` records per slice the time from receiving its last
-readout (the message that completed it) to its image having been written to the socket, the compute time within it
-(checks, coil compression, model, image) and the time the slice waited for a model run slot (other connections'
-slices running): what ``benchmarks/mrd_server.py`` reports. Its client is :mod:`compressor.export.scanner.mrd_client`.
+The server records each slice's latency and its parts (:mod:`compressor.export.scanner.server_stats`), which
+``benchmarks/mrd_server.py`` reports; its client is :mod:`compressor.export.scanner.mrd_client`.
 """
 
 from __future__ import annotations
@@ -153,6 +151,7 @@ class ReconstructionServer:
         threads: intra-op threads per run (``None``: all cores); also sets how many runs go at once.
         idle_timeout: seconds a connection may stay silent (or not take our bytes) before it is closed.
         max_connections: connections served at once.
+        take_real_part: 1-channel models: reconstruct the real part of complex-valued images instead of refusing them.
         log: the logger every line goes to (default ``compressor.serve``).
 
     A port in use, or a model that cannot be opened, raises :class:`InputError`.
@@ -198,11 +197,9 @@ class ReconstructionServer:
         with self._active_lock:
             return len(self._active)
 
-    # ------------------------------------------------------------------------------------------------ life cycle
     def serve_forever(self, poll_interval: float = 0.2) -> None:
-        """Accept connections until :meth:`shutdown` (from another thread) or ``KeyboardInterrupt`` (Ctrl-C); then
-        stop every connection and close (:meth:`close`). ``KeyboardInterrupt`` is not re-raised: Ctrl-C is the normal
-        way to stop the server."""
+        """Accept connections until :meth:`shutdown` (from another thread) or Ctrl-C (``KeyboardInterrupt``, the normal
+        way to stop: not re-raised); then end every connection and close (:meth:`close`)."""
         metadata = self.model.metadata
         host, port = self.address
         self.log.info("serving %s (%s, %d channel(s), %dx%d) on %s:%d with %s, %s intra-op thread(s), %d run(s) at "
@@ -258,7 +255,6 @@ class ReconstructionServer:
     def __exit__(self, *exc_info: object) -> None:
         self.shutdown()
 
-    # ------------------------------------------------------------------------------------------------ connections
     def _serve_connection(self, sock: socket.socket, rfile: BinaryIO, wfile: BinaryIO,
                           client: tuple[str, int]) -> None:
         """One connection from accept to close: every outcome is one log line and one :class:`ServerStats` count."""
