@@ -12,17 +12,18 @@ import pytest
 
 import compressor.io
 from compressor.data import project_h5
+from compressor.data.fastmri import FastMRIReader
 from compressor.data.readers import (
     AuthorsH5Reader,
-    FastMRIReader,
     NiftiReader,
     ProjectH5Reader,
-    SliceData,
-    acceleration_label,
     list_volume_files,
     open_volume,
 )
+from compressor.data.sources import EmbeddedMni, VolumeFiles, data_source, data_source_names
+from compressor.data.volume import VOLUME_SOURCES, ReadOptions, SliceData
 from compressor.errors import InputError
+from compressor.masks import acceleration_label
 from tests.conftest import hdf5_selections
 
 
@@ -265,6 +266,33 @@ def test_acceleration_label() -> None:
 def test_unknown_source_lists_valid_ones(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="unknown data source 'dicom'; valid names: authors, fastmri, nifti, project"):
         open_volume(tmp_path / "x.h5", "dicom")
+
+
+def test_each_reader_takes_the_read_options_it_uses(tmp_path: Path) -> None:
+    """One :class:`ReadOptions` for every source; the fields a source does not use are ignored."""
+    fastmri = fastmri_file(tmp_path / "fastmri.h5", ("reconstruction_esc", "reconstruction_rss"))
+    authors, _, _ = authors_file(tmp_path / "authors.h5", label="2.5x")
+    project = project_h5.write_project_volume(tmp_path / "project.h5", volume())
+    options = ReadOptions(keep_phase=False, acceleration=2.5, recon_size=(16, 16), target_key="reconstruction_rss")
+    assert FastMRIReader.open(fastmri, options).target_key == "reconstruction_rss"
+    assert FastMRIReader.open(fastmri, ReadOptions()).target_key == "reconstruction_esc"  # the reader's default
+    assert AuthorsH5Reader.open(authors, options).kspace_key == "kspace_volus_2.5x"
+    assert ProjectH5Reader.open(project, ReadOptions(keep_phase=True)).keep_phase
+
+
+def test_data_sources_are_the_embedded_ones_then_every_volume_source(tmp_path: Path, monkeypatch) -> None:
+    assert data_source_names() == ["mni", *VOLUME_SOURCES.names()] == ["mni", "authors", "fastmri", "nifti", "project"]
+    assert isinstance(data_source("MNI"), EmbeddedMni) and data_source("mni").takes_downsample
+    assert isinstance(data_source("Project"), VolumeFiles) and not data_source("project").takes_downsample
+    with pytest.raises(InputError, match="unknown data source 'dicom'; valid names: mni, authors, fastmri, nifti"):
+        data_source("dicom")
+
+    class Dummy(ProjectH5Reader):
+        """A volume format registered outside this package."""
+
+    monkeypatch.setitem(VOLUME_SOURCES._items, "dummy", Dummy)  # registering is one line: one new data source
+    assert data_source_names() == ["mni", "authors", "dummy", "fastmri", "nifti", "project"]
+    assert data_source("dummy").reader is Dummy
 
 
 def test_list_volume_files(tmp_path: Path) -> None:

@@ -10,8 +10,15 @@ from click.testing import CliRunner
 
 from compressor.cli.export_commands import reconstruct_command
 from compressor.data.project_h5 import write_project_volume
+from compressor.errors import InputError
 from compressor.export.runtimes.runtime import open_exported
-from compressor.export.scanner.scanner_input import COMPLEX_IMAGE_THRESHOLD, imaginary_energy_fraction, mirror
+from compressor.export.scanner.input_formats import infer_source, input_format, read_input, source_names
+from compressor.export.scanner.scanner_input import (
+    COMPLEX_IMAGE_THRESHOLD,
+    InputRequest,
+    imaginary_energy_fraction,
+    mirror,
+)
 from compressor.export.targets.export import export_model, phantom_kspace, simulated_kspace
 from compressor.masks import make_mask
 from compressor.models import ModelOptions, build_model
@@ -192,3 +199,51 @@ def test_onnx_model_not_exported_by_this_tool_is_refused(tmp_path, model_path, m
     out = tmp_path / "o.h5"
     _assert_refused(invoke(tmp_path / "foreign.onnx", tmp_path / "k.npy", "--out", out), out,
                     "not exported by this tool")
+
+
+# --- the input formats ------------------------------------------------------------------------------------------
+
+def test_the_source_choices_come_from_one_list_of_input_formats():
+    from compressor.cli.export_commands import export_command
+    from compressor.data.volume import VOLUME_SOURCES
+
+    assert source_names() == ["npy", *VOLUME_SOURCES.names(), "ismrmrd", "mrd"]
+    assert source_names() == ["npy", "authors", "fastmri", "nifti", "project", "ismrmrd", "mrd"]
+    assert source_names(without_model=True) == ["npy", "authors", "fastmri", "nifti", "project"]
+    choices = {command.name: next(p for p in command.params if p.name == "source").type.choices
+               for command in (export_command, reconstruct_command)}
+    assert choices == {"export": tuple(source_names(without_model=True)), "reconstruct": tuple(source_names())}
+    assert [input_format(name).streamed for name in ("npy", "ismrmrd", "mrd")] == [False, False, True]
+
+
+def test_the_source_is_recognised_by_the_file_name_unless_its_content_says_more(tmp_path):
+    write_project_volume(tmp_path / "volume.H5", images(1))
+    assert [infer_source(tmp_path / name) for name in ("k.npy", "v.nii", "v.nii.gz", "volume.H5", "absent.hdf5")] \
+        == ["npy", "nifti", "nifti", "project", "project"]
+    with pytest.raises(InputError, match=r"scan\.dat: cannot tell the source from the file name; pass --source "
+                                         r"\(npy, authors, fastmri, nifti, project, ismrmrd\)"):
+        infer_source(tmp_path / "scan.dat")
+
+
+def test_a_registered_volume_source_is_an_input_format(tmp_path, monkeypatch, mask):
+    from compressor.data.readers import ProjectH5Reader
+    from compressor.data.volume import VOLUME_SOURCES
+
+    class Dummy(ProjectH5Reader):
+        named_by = (".dummy",)
+
+    monkeypatch.setitem(VOLUME_SOURCES._items, "dummy", Dummy)
+    path = write_project_volume(tmp_path / "scan.dummy", images(2))
+    assert infer_source(path) == "dummy" and "dummy" in source_names(without_model=True)
+    read = read_input(path, "dummy", SIZE, mask.values)
+    np.testing.assert_allclose(read.kspace, simulated_kspace(images(2), mask.values), rtol=1e-6)
+    assert not read.measured
+
+
+def test_a_stream_is_not_read_whole_and_raw_scans_need_the_model(tmp_path, mask):
+    path = tmp_path / "scan.bin"
+    path.write_bytes(b"")
+    with pytest.raises(InputError, match="an MRD v2 stream is reconstructed as it arrives, not read whole"):
+        input_format("mrd").read(path, InputRequest(SIZE, mask.values))
+    with pytest.raises(InputError, match="unknown source 'ismrmrd'; valid: npy, authors, fastmri, nifti, project"):
+        read_input(path, "ismrmrd", SIZE, mask.values)

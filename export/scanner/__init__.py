@@ -4,7 +4,7 @@ raw scans, MRD streams) into HDF5 files and ISMRMRD / MRD v2 images.
 Modules, from the input to the outputs:
 
 * :mod:`~compressor.export.scanner.input_formats`: every ``--source`` (:class:`~.input_formats.InputFormat`,
-  :data:`~.input_formats.INPUT_FORMATS`): how a file is recognised and read into the model's input;
+  :func:`~.input_formats.input_formats`): how a file is recognised and read into the model's input;
 * :mod:`~compressor.export.scanner.scanner_input`: what the model takes (:class:`~.scanner_input.ScannerInput`), what
   it asks of an input (:class:`~.scanner_input.InputRequest`) and the checks every input passes (mask, sampling,
   phase);
@@ -25,7 +25,7 @@ The raw data itself is read in :mod:`compressor.data`: headers (``mrd_header``),
 assembly into k-space (``mrd_raw``), ISMRMRD files (``ismrmrd_file``) and MRD v2 (``mrd_v2``).
 
 Adding a scanner input format: an :class:`~.input_formats.InputFormat` subclass in ``input_formats.py`` and one entry
-of :data:`~.input_formats.INPUT_FORMATS` (a volume file format is a reader registered in
+in :func:`~.input_formats.input_formats` (a volume file format is a reader registered in
 :data:`compressor.data.volume.VOLUME_SOURCES` instead, and becomes an input format by itself).
 
 Adding a served-image convention: :func:`~.ismrmrd_images.slice_image` is the one function that turns a slice's

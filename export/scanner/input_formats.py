@@ -1,6 +1,6 @@
 r"""Every scanner input format (``--source``): how each is recognised and read into what the graph takes.
 
-:data:`INPUT_FORMATS` is the one list, in the order the CLI shows it; :func:`input_format` looks a name up,
+:func:`input_formats` is the one list, in the order the CLI shows it; :func:`input_format` looks a name up,
 :func:`infer_source` recognises a file and :func:`source_names` gives the CLI's ``--source`` choices. Each
 :class:`InputFormat` reads a file into a :class:`~compressor.export.scanner.scanner_input.ScannerInput`
 (:meth:`InputFormat.read`):
@@ -25,7 +25,7 @@ Without ``--source`` the format that recognises the file's content wins over the
 (:class:`Recognition`): an ``.h5`` file holding ``/dataset/xml`` and ``/dataset/data`` is an ISMRMRD raw scan, any
 other ``.h5``/``.hdf5`` a project HDF5, ``.npy`` k-space, ``.nii``/``.nii.gz`` NIfTI.
 
-Adding a scanner input format: an :class:`InputFormat` subclass here and one entry of :data:`INPUT_FORMATS` (a new
+Adding a scanner input format: an :class:`InputFormat` subclass here and one entry of :func:`input_formats` (a new
 volume file format is a reader in :mod:`compressor.data.readers` instead, and appears here by itself).
 """
 
@@ -178,24 +178,20 @@ class MrdV2Stream(InputFormat):
                          "MODEL.onnx INPUT --source mrd", path)
 
 
-INPUT_FORMATS: tuple[InputFormat, ...] = (
-    NpyKspace(),
-    *(VolumeFile(name) for name in VOLUME_SOURCES.names()),
-    IsmrmrdFile(),
-    MrdV2Stream(),
-)
-"""Every scanner input format, in the order the CLI lists them."""
+def input_formats() -> list[InputFormat]:
+    """Every scanner input format, in the order the CLI lists them (the volume sources as registered now)."""
+    return [NpyKspace(), *(VolumeFile(name) for name in VOLUME_SOURCES.names()), IsmrmrdFile(), MrdV2Stream()]
 
 
 def source_names(*, without_model: bool = False) -> list[str]:
     """The ``--source`` names: all (``compress reconstruct``), or those read without an exported model
     (``compress export --validation``)."""
-    return [item.name for item in INPUT_FORMATS if item.without_model or not without_model]
+    return [item.name for item in input_formats() if item.without_model or not without_model]
 
 
 def input_format(name: str) -> InputFormat:
     """The format named ``name``; an unknown name is an :class:`InputError` listing the valid ones."""
-    for item in INPUT_FORMATS:
+    for item in input_formats():
         if item.name == name.lower():
             return item
     raise InputError(f"unknown source {name!r}; valid: {', '.join(source_names())}")
@@ -204,9 +200,9 @@ def input_format(name: str) -> InputFormat:
 def infer_source(path: Path) -> str:
     """The source of ``path``: the format that recognises its content, else the one its name's ending names (module
     docstring). A file that cannot be opened is left to its reader's message."""
-    recognition, found = max(((item.recognise(path), item) for item in INPUT_FORMATS), key=lambda pair: pair[0])
+    recognition, found = max(((item.recognise(path), item) for item in input_formats()), key=lambda pair: pair[0])
     if recognition == Recognition.NO:
-        names = [item.name for item in INPUT_FORMATS if not item.streamed]
+        names = [item.name for item in input_formats() if not item.streamed]
         raise InputError(f"cannot tell the source from the file name; pass --source ({', '.join(names)})", path)
     return found.name
 
