@@ -40,7 +40,7 @@ from compressor.config import config_from_dict
 from compressor.data import build_splits
 from compressor.data.sample import Sample
 from compressor.evaluate.figures import FigureOutcome, default_method, panel_slice, save_figure
-from compressor.evaluate.rundir import ModelRecord, RunData
+from compressor.evaluate.run_data import ModelRecord, RunData
 from compressor.evaluate.tables import method_label
 from compressor.io import load_json
 from compressor.kd.at import normalise_per_sample, spatial_attention

@@ -19,7 +19,7 @@ from tabulate import tabulate
 
 from compressor.errors import InputError
 from compressor.evaluate.metrics import METRICS
-from compressor.evaluate.rundir import CONVERGENCE_TOLERANCE, ModelRecord, RunData, convergence
+from compressor.evaluate.run_data import CONVERGENCE_TOLERANCE, ModelRecord, RunData, convergence
 from compressor.evaluate.stats import ALPHA, Comparison
 from compressor.rundir import ROLE_LABELS
 
@@ -316,11 +316,11 @@ def _delta_cell(run: RunData, record: ModelRecord | None, precision: str) -> str
     """A precision file's PSNR/SSIM change against the fp32 export and that same file's latency
     (``Δ -0.031 dB / -0.0004, 4.210 ms``), from ``benchmark.json``; ``MISSING`` where not benchmarked or not
     known."""
-    entry = run.benchmark.entry(record.name, precision) if run.benchmark is not None and record is not None else None
+    entry = run.benchmark.timing(record.name, precision) if run.benchmark is not None and record is not None else None
     if entry is None or entry.delta_psnr is None:
         return MISSING
     ssim = MISSING if entry.delta_ssim is None else f"{entry.delta_ssim:+.4f}"
-    latency = "" if entry.latency_ms is None else f", {entry.latency_ms:.3f} ms"
+    latency = "" if entry.ort_ms_median is None else f", {entry.ort_ms_median:.3f} ms"
     return f"Δ {entry.delta_psnr:+.3f} dB / {ssim}{latency}"
 
 
@@ -399,8 +399,9 @@ def warm_start(run: RunData) -> Table:
     """Fig. 7's numbers: per acceleration, the warm-started SFT teacher against the one trained from scratch.
 
     Columns: initialisation (weights file or ``random``), epochs run, best validation L1 and its epoch, epochs to
-    converge (first epoch within :data:`~evaluate.rundir.CONVERGENCE_TOLERANCE` of the curve's minimum), wall
-    seconds to that epoch and in all, PSNR/SSIM. A run without a warm start gets no rows and a note on how to get one.
+    converge (first epoch within :data:`~compressor.evaluate.run_data.CONVERGENCE_TOLERANCE` of the curve's
+    minimum), wall seconds to that epoch and in all, PSNR/SSIM. A run without a warm start gets no rows and a note
+    on how to get one.
     """
     headers = ["Acceleration", "Curve", "Initialisation", "Epochs", "Best val L1", "Best epoch",
                "Epochs to converge", "Seconds to converge", "Total seconds", "PSNR/SSIM"]

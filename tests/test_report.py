@@ -24,7 +24,7 @@ from compressor.errors import InputError
 from compressor.evaluate.figures import TradeOffPoint, pareto_front
 from compressor.evaluate.metrics import hfn, slice_metrics, ssim
 from compressor.evaluate.report import build_report
-from compressor.evaluate.rundir import load_run
+from compressor.evaluate.run_data import load_run
 from compressor.evaluate.tables import FORMATS, MISSING, TABLE_BUILDERS, render, table1, table3, table5, table8
 
 SIZE = 48

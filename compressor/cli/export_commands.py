@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from compressor.cli.common import OneLineCommand, UserError, handles_input_errors, require_writable
-from compressor.rundir import BENCHMARK_FILE, EXPORTS_FOLDER
+from compressor.rundir import BENCHMARK_FILE, EXPORTS_FOLDER, RunLayout
 
 if TYPE_CHECKING:
     import numpy as np
@@ -380,7 +380,7 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
             for export_target in targets:
                 file_name = output_name(Path(run_model.file_name).stem, export_target)
                 if stage_dir is not None:
-                    destination = _file_destination(out, stage_dir.parent.parent / EXPORTS_FOLDER / file_name,
+                    destination = _file_destination(out, RunLayout.of_stage(stage_dir).exports / file_name,
                                                     export_target, len(targets))
                 else:
                     destination = (out or run_dir / EXPORTS_FOLDER) / file_name

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from compressor import rundir
 from compressor.config import RunConfig
 from compressor.errors import InputError
 from compressor.kd import DistillationLoss, build_kd_loss
@@ -82,7 +83,8 @@ class StageFactory:
         model = build_model(arch, self.options)
         return (load_weights(init, model) if init else model).to(self.device)
 
-    def trained(self, stage: PlannedStage, file: str = "best.safetensors", arch: str | None = None) -> CascadeModel:
+    def trained(self, stage: PlannedStage, file: str = rundir.BEST_WEIGHTS_FILE,
+                arch: str | None = None) -> CascadeModel:
         model = build_model(arch or stage.spec.arch, self.options)
         return load_weights(stage.spec.directory(self.run_dir) / file, model).to(self.device)
 
@@ -107,7 +109,8 @@ class StageFactory:
     def _distillation(self, stage: PlannedStage, training_slices: int) -> tuple[Objective, list[Phase]]:
         student = self.new_model(stage.spec.arch)
         if stage.init_from is not None:
-            branches = self.trained(stage.init_from, "best_student_branches.safetensors", arch=stage.spec.arch)
+            branches = self.trained(stage.init_from, rundir.best_weights_file(rundir.STUDENT_BRANCHES_PART),
+                                    arch=stage.spec.arch)
             transfer_student_blocks(branches, student)
         teacher = self.trained(stage.teacher)
         kd = self.config.kd

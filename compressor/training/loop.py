@@ -31,7 +31,14 @@ from tqdm.auto import tqdm
 from compressor.data.sample import Sample
 from compressor.data.transforms import centre_crop
 from compressor.io import save_json
-from compressor.rundir import CHECKPOINT_FILE, HISTORY_FILE
+from compressor.rundir import (
+    CHECKPOINT_FILE,
+    HISTORY_FILE,
+    LAST_WEIGHTS_FILE,
+    OUTPUT_MODEL_PART,
+    TrainingCheckpoint,
+    best_weights_file,
+)
 from compressor.training.checkpoint import load_state, save_state, save_weights
 from compressor.training.distributed import (
     SINGLE_PROCESS,
@@ -41,8 +48,6 @@ from compressor.training.distributed import (
     validation_batches,
 )
 from compressor.training.objectives import Objective, Phase, reconstruct
-
-CHECKPOINT = CHECKPOINT_FILE
 
 
 @dataclass(frozen=True)
@@ -177,15 +182,16 @@ def train_stage(objective: Objective, phases: Sequence[Phase], train_data: Datas
     writes = context.is_main
     if writes:
         stage_dir.mkdir(parents=True, exist_ok=True)
-    models = {"model": objective.output_model, **objective.saved_models()}
-    state = load_state(stage_dir / CHECKPOINT) if (stage_dir / CHECKPOINT).is_file() else None
-    history: list[dict] = list(state["history"]) if state else []
-    best_val = float(state["best_val"]) if state else math.inf
-    best_epoch = int(state["best_epoch"]) if state else -1
+    models = {OUTPUT_MODEL_PART: objective.output_model, **objective.saved_models()}
+    path = stage_dir / CHECKPOINT_FILE
+    state = TrainingCheckpoint.from_state(load_state(path), path) if path.is_file() else None
+    history: list[dict] = list(state.history) if state else []
+    best_val = state.best_val if state else math.inf
+    best_epoch = state.best_epoch if state else -1
     resumed_from = len(history)
     if state:
         for name, module in models.items():
-            module.load_state_dict(state["models"][name])
+            module.load_state_dict(state.models[name])
         log(f"{label}: resuming after epoch {resumed_from} of {sum(p.epochs for p in phases)}")
     total_epochs = sum(p.epochs for p in phases)
     started = time.perf_counter()
@@ -199,9 +205,9 @@ def train_stage(objective: Objective, phases: Sequence[Phase], train_data: Datas
             continue
         objective.start_phase(phase)
         optimizer, scheduler = _optimizer(objective, phase, settings)
-        if state and state["phase"] == phase_index:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
+        if state and state.phase == phase_index:
+            optimizer.load_state_dict(state.optimizer)
+            scheduler.load_state_dict(state.scheduler)
         # One DDP wrapper per phase: its synchronised parameters are the phase's trainable ones.
         wrapped = TrainedModules(objective).wrap(context) if context.distributed else None
         for epoch in range(max(resumed_from, phase_start), global_epoch):
@@ -243,17 +249,15 @@ def train_stage(objective: Objective, phases: Sequence[Phase], train_data: Datas
             bar.update(1)
             if not writes:
                 continue
-            save_weights(stage_dir / "last.safetensors", objective.output_model)
+            save_weights(stage_dir / LAST_WEIGHTS_FILE, objective.output_model)
             if improved:
                 for name, module in models.items():
-                    save_weights(stage_dir / ("best.safetensors" if name == "model" else f"best_{name}.safetensors"),
-                                 module)
+                    save_weights(stage_dir / best_weights_file(name), module)
             save_json(stage_dir / HISTORY_FILE, history)
-            save_state(stage_dir / CHECKPOINT, {
-                "phase": phase_index, "history": history, "best_val": best_val, "best_epoch": best_epoch,
-                "models": {name: module.state_dict() for name, module in models.items()},
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            })
+            save_state(stage_dir / CHECKPOINT_FILE, TrainingCheckpoint(
+                phase=phase_index, history=history, best_val=best_val, best_epoch=best_epoch,
+                models={name: module.state_dict() for name, module in models.items()},
+                optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict()).to_state())
     bar.close()
     context.barrier()  # on every rank, the stage's files are now written (rank 0 wrote them)
     return TrainResult(best_epoch, best_val, history, time.perf_counter() - started, resumed_from)

@@ -17,6 +17,7 @@ from compressor.data.sample import Sample
 from compressor.data.transforms import centre_crop
 from compressor.kd import CascadeFeatures, CompositeLoss, DistillationLoss, record_cascade_features
 from compressor.models import CascadeModel
+from compressor.rundir import KD_LOSS_PART, STUDENT_BRANCHES_PART
 
 
 @dataclass
@@ -149,7 +150,7 @@ class StudentFriendlyTeacher:
         return list(self.output_model.parameters()) + list(self.student_branches.parameters())
 
     def saved_models(self) -> dict[str, nn.Module]:
-        return {"student_branches": self.student_branches}
+        return {STUDENT_BRANCHES_PART: self.student_branches}
 
     def train_mode(self) -> None:
         self.output_model.train()
@@ -277,7 +278,7 @@ class Distillation:
         return list(self.output_model.parameters()) + list(self.kd_loss.trainable_parameters())
 
     def saved_models(self) -> dict[str, nn.Module]:
-        return {"kd_loss": self.kd_loss} if any(True for _ in self.kd_loss.parameters()) else {}
+        return {KD_LOSS_PART: self.kd_loss} if any(True for _ in self.kd_loss.parameters()) else {}
 
     def train_mode(self) -> None:
         self.output_model.train()
