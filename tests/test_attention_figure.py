@@ -38,7 +38,7 @@ CHANNELS = 4
 
 def tiny_model(arch: str, seed: int):
     torch.manual_seed(seed)
-    options = ModelOptions(block_padding=PADDING, channels=CHANNELS)
+    options = ModelOptions(block_padding=PADDING, width=CHANNELS)
     return build_model(arch, options).eval()
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import click
 
 from compressor.cli.common import OneLineErrors, UserError, handles_input_errors, require_writable
-from compressor.config import BlockForm, KDMode, KDSchedule, Phase, Task, values
 from compressor.masks import MASKS
+from compressor.vocabulary import BlockForm, ImagePhase, KDMode, KDSchedule, Task, values
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 110}
 
@@ -57,7 +57,7 @@ def _names(text: str | None) -> list[str] | None:
 @click.option("--block-form", type=click.Choice(values(BlockForm)), help="DC-CNN block form.")
 @click.option("--channels", "image_channels", type=click.IntRange(1, 2),
               help="Image channels: 1, the paper's real image; 2, the complex image (real, imag) for data with phase.")
-@click.option("--phase", type=click.Choice(values(Phase)),
+@click.option("--phase", type=click.Choice(values(ImagePhase)),
               help="Embedded data only: 'synthetic' multiplies the MNI magnitude by a smooth seeded phase "
                    "(a simulation of phase-carrying data).")
 @click.option("--kd-weight", type=float,

@@ -347,7 +347,7 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
             from compressor.models import ModelOptions, build_model
             from compressor.training.checkpoint import load_weights
 
-            options = ModelOptions(block_form=block_form, block_padding=block_padding, channels=width,
+            options = ModelOptions(block_form=block_form, block_padding=block_padding, width=width,
                                    image_channels=image_channels)
             model = load_weights(weights, build_model(arch, options)).eval()
             mask = _bare_mask(acceleration, image_size, mask_path, mask_centred, mask_type, mask_seed)

@@ -102,7 +102,7 @@ class FeatureChainBlock(nn.Module):
 
 
 class FeatureChainModel(CascadeModel):
-    """A CNN of ``n_layers`` convs with ``channels`` hidden channels and a global residual, cut into ``n_blocks``
+    """A CNN of ``n_layers`` convs of ``width`` hidden channels and a global residual, cut into ``n_blocks``
     cascades (no DF), with identity skips around the middle blocks if ``block_skips``; see the module docstring
     for the block split, the carried input and the hidden layers.
 
@@ -110,9 +110,9 @@ class FeatureChainModel(CascadeModel):
     ignored. Parameters: ``10C + (L − 2)(9C² + C) + (9C + 1)`` (skips have none).
     """
 
-    def __init__(self, n_layers: int, n_blocks: int, channels: int, block_skips: bool = False):
+    def __init__(self, n_layers: int, n_blocks: int, width: int, block_skips: bool = False):
         sizes = split_layers(n_layers, n_blocks)
-        widths = [1] + [channels] * (n_layers - 1) + [1]
+        widths = [1] + [width] * (n_layers - 1) + [1]
         blocks, start = [], 0
         for b, size in enumerate(sizes):
             first, last = b == 0, b == n_blocks - 1
@@ -121,7 +121,7 @@ class FeatureChainModel(CascadeModel):
             start += size
         super().__init__([Cascade(block, None) for block in blocks])
         self.n_layers = n_layers
-        self.channels = channels
+        self.width = width
         he_initialise(self)
 
 
@@ -139,10 +139,10 @@ def he_initialise(model: nn.Module) -> None:
 
 
 class ResidualCNN(FeatureChainModel):
-    """``rcnnL``: the feature-domain SFT ablation network, ``L`` convs of ``channels`` (paper: 32) in
+    """``rcnnL``: the feature-domain SFT ablation network, ``L`` convs of ``width`` channels (paper: 32) in
     :data:`RCNN_BLOCKS` = 5 blocks (rcnn25: 5 × 5 convs, 213,313 parameters; rcnn15: 5 × 3, 120,833), blocks 1-3
     ResNet units (identity skips), with the global residual to the zero-filled input."""
 
-    def __init__(self, n_layers: int, channels: int = 32):
-        super().__init__(n_layers, RCNN_BLOCKS, channels, block_skips=True)
+    def __init__(self, n_layers: int, width: int = 32):
+        super().__init__(n_layers, RCNN_BLOCKS, width, block_skips=True)
         self.arch = f"rcnn{n_layers}"

@@ -11,15 +11,16 @@ import numpy as np
 from compressor.errors import InputError
 from compressor.io import load_json, save_json, write_atomic
 from compressor.rundir.layout import RunLayout, mask_file
+from compressor.rundir.parsing import json_object
 from compressor.rundir.results import MaskRecord
 
 
 def read_config(run_dir: Path):
     """The :class:`~compressor.config.RunConfig` of the run's ``config.json``."""
-    from compressor.config import config_from_dict
+    from compressor.config import config_from_file  # the config imports the model and KD registries (torch)
 
     path = RunLayout(Path(run_dir)).config
-    return config_from_dict(load_json(path), str(path))
+    return config_from_file(json_object(load_json(path), path), path)
 
 
 def write_config(run_dir: Path, config: Any) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from compressor.config import Task
+from compressor.vocabulary import Task
 
 
 class Role(str, Enum):

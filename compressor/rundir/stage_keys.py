@@ -18,8 +18,6 @@ from __future__ import annotations
 from dataclasses import MISSING, fields
 from typing import Any
 
-from compressor.config import SECTION_TYPES
-
 NOT_DETERMINANTS: dict[str, frozenset[str]] = {
     "data": frozenset({"acceleration", "cache_dir"}),
     "train": frozenset({"epochs_teacher", "epochs_student", "epochs_kd", "epochs_sft", "device", "num_workers",
@@ -52,6 +50,9 @@ train it, ``torchrun``; ``train.batch_size`` is the per-rank batch, so the globa
 
 
 def section_defaults(section: str) -> dict[str, Any]:
+    """The declared defaults of a config section's fields (``{}`` for a name that is no section)."""
+    from compressor.config import SECTION_TYPES  # the config imports the model and KD registries (torch): not here
+
     if section not in SECTION_TYPES:
         return {}
     out = {}

@@ -79,6 +79,6 @@ def load_stage_model(stage_dir: Path, weights: str = rundir.BEST_WEIGHTS) -> Loa
     record = rundir.read_stage(stage_dir)
     if not record.complete:
         raise InputError(f"stage did not finish training ({rundir.STAGE_FILE} says complete=false)", stage_dir)
-    model = build_model(record.arch, ModelOptions(**record.model_options))
+    model = build_model(record.arch, ModelOptions.from_dict(record.model_options, stage_dir / rundir.STAGE_FILE))
     load_weights(stage_dir / rundir.weights_file(weights), model)
     return LoadedStage(model.eval(), record)

@@ -47,7 +47,7 @@ from compressor.training.distributed import (
     rank_batches,
     validation_batches,
 )
-from compressor.training.objectives import Objective, Phase, reconstruct
+from compressor.training.objectives import Objective, TrainingPhase, reconstruct
 
 
 @dataclass(frozen=True)
@@ -166,13 +166,13 @@ class TrainedModules(nn.Module):
         return DistributedDataParallel(self, device_ids=ids, find_unused_parameters=unused)
 
 
-def _optimizer(objective: Objective, phase: Phase, settings: TrainSettings):
+def _optimizer(objective: Objective, phase: TrainingPhase, settings: TrainSettings):
     optimizer = torch.optim.Adam(objective.trainable(), lr=settings.lr)
     step = settings.lr_step or 10**9
     return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=settings.lr_gamma)
 
 
-def train_stage(objective: Objective, phases: Sequence[Phase], train_data: Dataset, val_data: Dataset,
+def train_stage(objective: Objective, phases: Sequence[TrainingPhase], train_data: Dataset, val_data: Dataset,
                 settings: TrainSettings, stage_dir: Path, label: str,
                 log: Callable[[str], None] = print) -> TrainResult:
     """Train ``objective`` through ``phases``, writing weights, history and resume state into ``stage_dir``

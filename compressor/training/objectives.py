@@ -29,7 +29,7 @@ class BatchLoss:
 
 
 @dataclass(frozen=True)
-class Phase:
+class TrainingPhase:
     """A run of epochs with one optimizer. ``rec_weight``/``kd_weight`` scale the distillation objective's two
     terms (ignored by the other objectives); ``pretraining`` trains only a KD loss's own modules."""
 
@@ -43,7 +43,7 @@ class Phase:
 class Objective(Protocol):
     output_model: CascadeModel
 
-    def start_phase(self, phase: Phase) -> None: ...
+    def start_phase(self, phase: TrainingPhase) -> None: ...
 
     def trainable(self) -> list[nn.Parameter]: ...
 
@@ -95,7 +95,7 @@ class Supervised:
         self.loss_name = loss
         self.rec_loss = reconstruction_loss(loss, scored_size)
 
-    def start_phase(self, phase: Phase) -> None:
+    def start_phase(self, phase: TrainingPhase) -> None:
         """One phase only: nothing to switch."""
 
     def trainable(self) -> list[nn.Parameter]:
@@ -143,7 +143,7 @@ class StudentFriendlyTeacher:
         self.weights = weights
         self.rec_loss = reconstruction_loss(loss, scored_size)
 
-    def start_phase(self, phase: Phase) -> None:
+    def start_phase(self, phase: TrainingPhase) -> None:
         """One phase only: nothing to switch."""
 
     def trainable(self) -> list[nn.Parameter]:
@@ -262,13 +262,13 @@ class Distillation:
         self.loss_name = loss
         self.rec_loss = reconstruction_loss(loss, scored_size)
         self.pretraining = False
-        self.composite = self._composite(Phase("joint", 1))
+        self.composite = self._composite(TrainingPhase("joint", 1))
 
-    def _composite(self, phase: Phase) -> CompositeLoss:
+    def _composite(self, phase: TrainingPhase) -> CompositeLoss:
         return CompositeLoss({self.loss_name: (phase.rec_weight, self.rec_loss),
                               self.kd_loss.name: (self.kd_weight * phase.kd_weight, self.kd_loss)})
 
-    def start_phase(self, phase: Phase) -> None:
+    def start_phase(self, phase: TrainingPhase) -> None:
         self.composite = self._composite(phase)
         self.pretraining = phase.pretraining
 

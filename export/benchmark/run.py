@@ -778,7 +778,7 @@ def benchmark_run(run_dir: str | Path, archs: Sequence[str] | None = None, *, th
                                                                                           precisions))
                for m in same_mask}
     archs = list(archs) if archs is not None else [teacher, *DEFAULT_STUDENTS]
-    options = ModelOptions(**run_models[0].stage.model_options)
+    options = ModelOptions.from_dict(run_models[0].stage.model_options)
     result = benchmark_models(archs, mask.shape, mask, threads, iterations, warmup, trained, teacher, options,
                               provider, log, precisions)
     write_benchmark(result, run_dir / rundir.BENCHMARK_FILE, (run_dir / rundir.BENCHMARK_FILE).with_suffix(".csv"))
