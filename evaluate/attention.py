@@ -40,7 +40,7 @@ from compressor.data import build_splits
 from compressor.data.sample import Sample
 from compressor.evaluate.figures import FigureOutcome, default_method, panel_slice, save_figure
 from compressor.evaluate.run_data import ModelRecord, RunData
-from compressor.evaluate.tables import method_label
+from compressor.evaluate.table_text import method_label
 from compressor.kd.at import normalise_per_sample, spatial_attention
 from compressor.models import CascadeModel, FeatureRecorder
 from compressor.rundir import CONFIG_FILE, ROLE_LABELS, STAGE_FILE, RunLayout, read_config, read_stage

@@ -40,13 +40,8 @@ from compressor.evaluate.run_data import (
     RunData,
     convergence,
 )
-from compressor.evaluate.tables import (
-    WARM_START_HINT,
-    WarmStartCurve,
-    method_label,
-    sft_teacher_curves,
-    zero_filled_label,
-)
+from compressor.evaluate.table_text import method_label, zero_filled_label
+from compressor.evaluate.tables import WARM_START_HINT, WarmStartCurve, sft_teacher_curves
 from compressor.io import atomic_path
 from compressor.rundir import ROLE_LABELS
 

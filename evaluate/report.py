@@ -24,7 +24,8 @@ from compressor.evaluate.figures import (
     warm_start_curves,
 )
 from compressor.evaluate.run_data import RunData, load_run
-from compressor.evaluate.tables import FORMATS, TABLE_BUILDERS, render
+from compressor.evaluate.table_text import FORMATS, render
+from compressor.evaluate.tables import TABLE_BUILDERS
 from compressor.io import atomic_path
 from compressor.rundir import RunLayout
 

@@ -312,7 +312,8 @@ def test_results_written_before_precisions_still_make_their_report(tmp_path):
 def test_table8_and_the_figure_pair_each_int8_files_latency_with_its_own_quality(tmp_path):
     from compressor.evaluate.figures import psnr_vs_latency, trade_off_points
     from compressor.evaluate.run_data import load_run
-    from compressor.evaluate.tables import MISSING, table8
+    from compressor.evaluate.table_text import MISSING
+    from compressor.evaluate.tables import table8
 
     run = shutil.copytree(RESULTS / "quick-at", tmp_path / "quick-at")
     benchmark = json.loads((run / "benchmark.json").read_text())

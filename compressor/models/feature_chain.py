@@ -8,9 +8,7 @@ The network is ``L`` 3×3 convs (padding 1, no block padding): ``conv(1→C)``, 
 ``conv(C→1)``, a ReLU after every conv but the last, and a global residual ``output = input + net(input)``.
 With ``block_skips`` (``rcnnL``) every block that maps features to features is a ResNet unit: an identity skip
 around it, added before its last ReLU (``relu(f + F(f))``), as the ResNet blocks SFT was designed for ("each block
-output is in the residual feature domain", paper §1); VDSR has none (a plain chain, as Kim et al.). The skips
-matter: a plain 25-conv chain with the default initialisation learned nothing on the quick preset in 40 epochs
-(validation L1 flat at the zero-filled level from epoch 5).
+output is in the residual feature domain", paper §1); VDSR has none (a plain chain, as Kim et al.).
 
 **Block split.** The ``L`` convs are cut, in order, into ``K`` consecutive blocks of ``⌊L/K⌋`` convs, the first
 ``L mod K`` blocks taking one more (:func:`split_layers`; ``L ≥ K``). Block 0 maps the 1-channel input image to
@@ -128,9 +126,8 @@ class FeatureChainModel(CascadeModel):
 def he_initialise(model: nn.Module) -> None:
     """He et al. 2015 normal initialisation of every conv (fan-in, ReLU gain), zero biases: VDSR's own choice.
 
-    PyTorch's default conv initialisation shrinks activations by about √6 per ReLU layer; through a deep chain the
-    residual branch then starts at ~0 and does not recover: vdsr12 with it kept its validation L1 equal to the
-    bicubic input's (0.0258) on the quick preset. He initialisation keeps the activation scale through depth.
+    PyTorch's default conv initialisation shrinks activations by about √6 per ReLU layer, so through a deep chain the
+    residual branch starts at ~0; He initialisation keeps the activation scale through depth.
     """
     for module in model.modules():
         if isinstance(module, nn.Conv2d):

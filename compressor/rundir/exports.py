@@ -113,7 +113,7 @@ class ExportEntry:
             return number(raw.get(name), path, f"{key}.{name}", optional=False)
 
         check = raw.get("precision_check")
-        channels = number(raw.get("image_channels", 1), path, f"{key}.image_channels", optional=False)  # v1: 1
+        channels = number(raw.get("image_channels", 1), path, f"{key}.image_channels", optional=False)  # older: 1
         return cls(file=required_text("file"), architecture=required_text("architecture"),
                    parameters=int(required_number("parameters")), image_channels=int(channels),
                    formulation=required_text("formulation"), provider=required_text("provider"),

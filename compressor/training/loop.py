@@ -172,6 +172,49 @@ def _optimizer(objective: Objective, phase: TrainingPhase, settings: TrainSettin
     return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=settings.lr_gamma)
 
 
+def _train_epoch(objective: Objective, wrapped: DistributedDataParallel | None, optimizer: torch.optim.Optimizer,
+                 train_data: Dataset, settings: TrainSettings, epoch: int) -> dict[str, float]:
+    """One epoch of optimiser steps; the mean per batch of the loss (``"loss"``) and of each logged term, in that
+    order (under several processes, the means of the global batches, summed over ranks)."""
+    context = settings.distributed
+    objective.train_mode()
+    sums: dict[str, float] = {}
+    batches = 0
+    for batch, weight in _train_batches(train_data, settings, epoch):
+        batch = to_device(batch, settings.device)
+        if wrapped is None:
+            with autocast(settings):
+                terms = objective.loss(batch)
+            total, logged = terms.total, terms.logged
+        else:  # this rank's share of the global batch's mean loss (module docstring of .distributed)
+            with autocast(settings):
+                total = wrapped(batch) * weight
+            logged = {name: value * weight for name, value in wrapped.module.logged.items()}
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        sums["loss"] = sums.get("loss", 0.0) + total.item()
+        for name, value in logged.items():
+            sums[name] = sums.get(name, 0.0) + value
+        batches += 1
+    if context.distributed:  # global-batch means: the sum over ranks of the weighted terms / world
+        names = sorted(sums)
+        sums = dict(zip(names, (v / context.world_size for v in context.all_reduce_sum([sums[n] for n in names]))))
+    return {name: value / batches for name, value in sums.items()}
+
+
+def _write_epoch(stage_dir: Path, models: dict[str, nn.Module], improved: bool, history: list[dict],
+                 checkpoint: TrainingCheckpoint) -> None:
+    """An epoch's files in the commit order of the module docstring: ``last`` weights, ``best`` weights of every
+    part (if ``improved``), ``history.json``, then ``checkpoint.pt``."""
+    save_weights(stage_dir / LAST_WEIGHTS_FILE, models[OUTPUT_MODEL_PART])
+    if improved:
+        for name, module in models.items():
+            save_weights(stage_dir / best_weights_file(name), module)
+    save_json(stage_dir / HISTORY_FILE, history)
+    save_state(stage_dir / CHECKPOINT_FILE, checkpoint.to_state())
+
+
 def train_stage(objective: Objective, phases: Sequence[TrainingPhase], train_data: Dataset, val_data: Dataset,
                 settings: TrainSettings, stage_dir: Path, label: str,
                 log: Callable[[str], None] = print) -> TrainResult:
@@ -212,52 +255,22 @@ def train_stage(objective: Objective, phases: Sequence[TrainingPhase], train_dat
         wrapped = TrainedModules(objective).wrap(context) if context.distributed else None
         for epoch in range(max(resumed_from, phase_start), global_epoch):
             tick = time.perf_counter()
-            objective.train_mode()
-            sums: dict[str, float] = {}
-            batches = 0
-            for batch, weight in _train_batches(train_data, settings, epoch):
-                batch = to_device(batch, settings.device)
-                if wrapped is None:
-                    with autocast(settings):
-                        terms = objective.loss(batch)
-                    total, logged = terms.total, terms.logged
-                else:  # this rank's share of the global batch's mean loss (module docstring of .distributed)
-                    with autocast(settings):
-                        total = wrapped(batch) * weight
-                    logged = {name: value * weight for name, value in wrapped.module.logged.items()}
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                optimizer.step()
-                sums["loss"] = sums.get("loss", 0.0) + total.item()
-                for name, value in logged.items():
-                    sums[name] = sums.get(name, 0.0) + value
-                batches += 1
+            means = _train_epoch(objective, wrapped, optimizer, train_data, settings, epoch)
             scheduler.step()
-            if context.distributed:  # global-batch means: the sum over ranks of the weighted terms / world
-                names = sorted(sums)
-                sums = dict(zip(names, (v / context.world_size for v in context.all_reduce_sum(
-                    [sums[n] for n in names]))))
             val = validation_l1(objective, val_data, settings)
-            record = {"epoch": epoch + 1, "phase": phase.name, "train_loss": sums.pop("loss") / batches,
-                      "val_loss": val, "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - tick,
-                      "terms": {k: v / batches for k, v in sums.items()}}
+            record = {"epoch": epoch + 1, "phase": phase.name, "train_loss": means.pop("loss"), "val_loss": val,
+                      "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - tick, "terms": means}
             history.append(record)
             improved = val < best_val
             if improved:
                 best_val, best_epoch = val, epoch + 1
             bar.set_postfix(loss=f"{record['train_loss']:.4g}", val=f"{val:.4g}", phase=phase.name)
             bar.update(1)
-            if not writes:
-                continue
-            save_weights(stage_dir / LAST_WEIGHTS_FILE, objective.output_model)
-            if improved:
-                for name, module in models.items():
-                    save_weights(stage_dir / best_weights_file(name), module)
-            save_json(stage_dir / HISTORY_FILE, history)
-            save_state(stage_dir / CHECKPOINT_FILE, TrainingCheckpoint(
-                phase=phase_index, history=history, best_val=best_val, best_epoch=best_epoch,
-                models={name: module.state_dict() for name, module in models.items()},
-                optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict()).to_state())
+            if writes:
+                _write_epoch(stage_dir, models, improved, history, TrainingCheckpoint(
+                    phase=phase_index, history=history, best_val=best_val, best_epoch=best_epoch,
+                    models={name: module.state_dict() for name, module in models.items()},
+                    optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict()))
     bar.close()
     context.barrier()  # on every rank, the stage's files are now written (rank 0 wrote them)
     return TrainResult(best_epoch, best_val, history, time.perf_counter() - started, resumed_from)

@@ -200,8 +200,8 @@ class TeacherFeatureCache:
     augmentation), so its features are a function of the slice alone; recomputing them costs a teacher forward
     pass per batch, a third of a Std-KD step. Each slice is computed on its own (a batch of one) the first time it
     is seen, so the cache's contents depend neither on how epochs are shuffled nor on the epoch a run resumed from.
-    A batch of one runs other oneDNN kernels than a batch of four: cached features differ from batched ones by
-    float rounding only (at most 4e-7 on the quick preset's d5c5 taps).
+    A batch of one may run other kernels than a larger batch: cached features differ from batched ones by float
+    rounding only.
 
     All or nothing: when the first slice's taps times ``slices`` exceed ``budget_bytes``, nothing is cached and
     the teacher runs on every batch. Slices are keyed by ``(volume, slice_index)`` (volume names are unique within a
