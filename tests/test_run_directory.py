@@ -9,6 +9,8 @@ import pickle
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -159,19 +161,26 @@ def test_roles_carry_one_label():
 
 
 # -- the lock ---------------------------------------------------------------------------------------------------------
-def test_a_second_process_is_refused_while_a_run_holds_the_directory(tmp_path):
+@contextmanager
+def another_process_holding_the_lock(run: Path) -> Iterator[subprocess.Popen]:
+    """A second process holding ``run``'s lock while the block runs (killed after it)."""
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from compressor.rundir import run_lock\n"
-         "with run_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(30)", str(tmp_path)],
+         "with run_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(30)", str(run)],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(InputError) as error, rundir.run_lock(tmp_path):
-            pass
-        assert f"PID {holder.pid}" in str(error.value) and str(tmp_path) in str(error.value)
+        yield holder
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_second_process_is_refused_while_a_run_holds_the_directory(tmp_path):
+    with another_process_holding_the_lock(tmp_path) as holder:
+        with pytest.raises(InputError) as error, rundir.run_lock(tmp_path):
+            pass
+        assert f"PID {holder.pid}" in str(error.value) and str(tmp_path) in str(error.value)
     with rundir.run_lock(tmp_path), rundir.run_lock(tmp_path):  # free again, and re-entrant
         pass
 
@@ -233,21 +242,13 @@ def test_report_refuses_a_run_that_is_still_training(tmp_path):
     from compressor.cli import main
 
     run = shutil.copytree(RESULTS / "quick-at", tmp_path / "quick-at")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from compressor.rundir import run_lock\n"
-         "with run_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(30)", str(run)],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with another_process_holding_the_lock(run) as holder:
         with pytest.raises(InputError) as error:
             rundir.refuse_if_training(run)
         assert f"PID {holder.pid}" in str(error.value) and "still changing" in str(error.value)
         line = _lock_refusal(CliRunner().invoke(main, ["report", str(run)]))
         assert str(run) in line and f"PID {holder.pid}" in line
         assert not (run / rundir.REPORT_FOLDER).exists()
-    finally:
-        holder.kill()
-        holder.wait()
     rundir.refuse_if_training(run)  # free again
     with rundir.run_lock(run):
         rundir.refuse_if_training(run)  # this process's own run reads its directory

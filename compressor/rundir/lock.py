@@ -45,8 +45,13 @@ def _open_lock(path: Path, flags: int) -> int:
     return handle
 
 
-def _holder(handle: int) -> str:
-    return os.pread(handle, _READ_BYTES, 0).decode(errors="replace").strip() or "unknown"
+def _flock_or_refuse(handle: int, operation: int, refusal: str, run_dir: Path) -> None:
+    """``flock`` without waiting; held elsewhere: an :class:`InputError` of ``refusal`` with ``{pid}``, the holder's."""
+    try:
+        fcntl.flock(handle, operation | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(handle, _READ_BYTES, 0).decode(errors="replace").strip() or "unknown"
+        raise InputError(refusal.format(pid=holder), run_dir) from None
 
 
 @contextmanager
@@ -74,11 +79,8 @@ def run_lock(run_dir: Path) -> Iterator[Path]:
     lock = RunLayout(run_dir).lock
     handle = _open_lock(lock, os.O_RDWR | os.O_CREAT)
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise InputError(f"another compress run (PID {_holder(handle)}) is using this run directory; wait for it "
-                             "to finish or choose another --out", run_dir) from None
+        _flock_or_refuse(handle, fcntl.LOCK_EX, "another compress run (PID {pid}) is using this run directory; wait "
+                         "for it to finish or choose another --out", run_dir)
         os.ftruncate(handle, 0)
         os.pwrite(handle, f"{os.getpid()}\n".encode(), 0)
         _HELD[run_dir] = 1
@@ -109,11 +111,8 @@ def refuse_if_training(run_dir: Path) -> None:
     except InputError:
         return
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise InputError(f"a compress run (PID {_holder(handle)}) is training in this run directory and its files "
-                             "are still changing; wait for it to finish", run_dir) from None
+        _flock_or_refuse(handle, fcntl.LOCK_SH, "a compress run (PID {pid}) is training in this run directory and its "
+                         "files are still changing; wait for it to finish", run_dir)
         fcntl.flock(handle, fcntl.LOCK_UN)
     finally:
         os.close(handle)
