@@ -44,8 +44,8 @@ from compressor.physics import (
 from compressor.training.checkpoint import save_weights
 
 SIZE = (16, 12)
-COMPLEX = ModelOptions(channels=8, image_channels=2)
-REAL = ModelOptions(channels=8)
+COMPLEX = ModelOptions(width=8, image_channels=2)
+REAL = ModelOptions(width=8)
 
 
 def tiny_model(options: ModelOptions = COMPLEX, seed: int = 0):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from compressor.cli.common import OneLineCommand, UserError, handles_input_errors, require_writable
-from compressor.rundir import BENCHMARK_FILE, EXPORTS_FOLDER
+from compressor.rundir import BENCHMARK_FILE, EXPORTS_FOLDER, RunLayout
 
 if TYPE_CHECKING:
     import numpy as np
@@ -347,7 +347,7 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
             from compressor.models import ModelOptions, build_model
             from compressor.training.checkpoint import load_weights
 
-            options = ModelOptions(block_form=block_form, block_padding=block_padding, channels=width,
+            options = ModelOptions(block_form=block_form, block_padding=block_padding, width=width,
                                    image_channels=image_channels)
             model = load_weights(weights, build_model(arch, options)).eval()
             mask = _bare_mask(acceleration, image_size, mask_path, mask_centred, mask_type, mask_seed)
@@ -380,7 +380,7 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
             for export_target in targets:
                 file_name = output_name(Path(run_model.file_name).stem, export_target)
                 if stage_dir is not None:
-                    destination = _file_destination(out, stage_dir.parent.parent / EXPORTS_FOLDER / file_name,
+                    destination = _file_destination(out, RunLayout.of_stage(stage_dir).exports / file_name,
                                                     export_target, len(targets))
                 else:
                     destination = (out or run_dir / EXPORTS_FOLDER) / file_name

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-from compressor.config import DataConfig, Task, values
 from compressor.data.dataset import (
     NormalisedInput,
     SliceDataset,
@@ -24,10 +23,12 @@ from compressor.data.dataset import (
 from compressor.data.project_h5 import write_project_volume
 from compressor.data.readers import list_volume_files, open_volume
 from compressor.data.sample import Sample
+from compressor.data.section import DataConfig
 from compressor.data.sources import MNI_SOURCE, data_source, data_source_names
 from compressor.data.volume import VOLUME_SOURCES, SliceData, VolumeReader
 from compressor.errors import InputError
 from compressor.masks import SamplingMask, acceleration_label, load_mask, make_mask
+from compressor.vocabulary import Task, values
 
 __all__ = [
     "MNI_SOURCE",

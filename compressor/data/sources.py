@@ -29,7 +29,7 @@ from compressor.data.volume import VOLUME_SOURCES, ReadOptions, VolumeReader
 from compressor.errors import InputError
 
 if TYPE_CHECKING:
-    from compressor.config import DataConfig
+    from compressor.data.section import DataConfig
 
 MNI_SOURCE = "mni"
 FILE_SPLITS = ("train", "validation", "test")
