@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from compressor.cli.export_commands import reconstruct_command
 from compressor.data.project_h5 import write_project_volume
-from compressor.export.runtimes.runtime import open_exported
+from compressor.export.runtimes import open_exported
 from compressor.export.scanner.reconstruct import COMPLEX_IMAGE_THRESHOLD, imaginary_energy_fraction, mirror
 from compressor.export.targets.export import export_model, phantom_kspace, simulated_kspace
 from compressor.masks import make_mask

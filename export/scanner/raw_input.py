@@ -32,7 +32,7 @@ import numpy as np
 from compressor.data.coils import virtual_coil
 from compressor.data.mrd_raw import AssembledSlice, EncodingGeometry, RawScan, read_ismrmrd_file, skipped_summary
 from compressor.errors import InputError
-from compressor.export.runtimes.runtime import ExportMetadata
+from compressor.export.exported_file import ExportMetadata
 from compressor.export.scanner.ismrmrd_images import slice_image
 from compressor.export.scanner.reconstruct import MULTI_COIL_MESSAGE, ScannerInput
 

@@ -55,7 +55,8 @@ import numpy as np
 from compressor.data.coils import virtual_coil
 from compressor.data.readers import VOLUME_SOURCES, SliceData, open_volume
 from compressor.errors import InputError
-from compressor.export.runtimes.runtime import ExportedModel, ExportMetadata, open_exported
+from compressor.export.exported_file import ExportMetadata
+from compressor.export.runtimes.session import ExportedModel, open_exported
 from compressor.export.targets.export import simulated_kspace
 from compressor.io import atomic_path
 from compressor.masks import is_whole_lines, load_mask
@@ -283,7 +284,7 @@ def check_phase(kspace: np.ndarray, mask: np.ndarray, image_channels: int, take_
 def reconstruct_slices(model: ExportedModel, kspace: np.ndarray, mask: np.ndarray, batch_size: int = 8,
                        on_batch: Callable[[int], None] | None = None) -> np.ndarray:
     """Reconstruct ``(S, H, W)`` k-space in batches; returns ``(S, H, W)`` in the input's units: float32 for a
-    1-channel model, complex64 for a 2-channel one (:meth:`~compressor.export.runtimes.runtime.ExportedModel.run`)."""
+    1-channel model, complex64 for a 2-channel one (:meth:`~compressor.export.runtimes.session.ExportedModel.run`)."""
     outputs = []
     for start in range(0, len(kspace), batch_size):
         image, scale = model.run(kspace[start:start + batch_size], mask)
@@ -408,7 +409,7 @@ def reconstruct_file(
     attrs = {
         **{f"model_{key}": value for key, value in model.metadata.to_properties().items() if key != "mask"},
         "model_file": str(model_path), "input_file": str(input_path), "source": source,
-        "provider": model.provider, "mask": str(mask_path) if mask_path else "the model's training mask",
+        "provider": model.runtime.name, "mask": str(mask_path) if mask_path else "the model's training mask",
         "kspace": "measured" if scanner_input.measured else "simulated from the images (y = M F x)",
         "imaginary_energy_fraction": f"{fraction:.3g}",
         "took_real_part": str(takes_real_part),
@@ -422,5 +423,5 @@ def reconstruct_file(
     write_outputs(out_path, reconstruction, attrs,
                   None if images is None else lambda: write_ismrmrd_images(ismrmrd_out, images, raw_input.scan.xml))
     written = write_previews(previews, reconstruction) if previews is not None else []
-    return ReconstructionResult(out_path, len(reconstruction), model.provider, time.perf_counter() - started,
+    return ReconstructionResult(out_path, len(reconstruction), model.runtime.name, time.perf_counter() - started,
                                 fraction, written, ismrmrd_out if images is not None else None, tuple(notes))
