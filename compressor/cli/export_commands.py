@@ -382,6 +382,8 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
         if weights is not None:
             if arch is None:
                 raise UserError("--weights needs --arch (e.g. --arch d3c5)")
+            destinations = _refuse_unwritable({t: _file_destination(
+                out, weights.with_name(output_name(weights.stem, t)), t, len(targets)) for t in targets})
             from compressor.models import ModelOptions, build_model
             from compressor.training.checkpoint import load_weights
 
@@ -395,8 +397,6 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
                 kspace = phantom_kspace(mask, image_channels=image_channels)
             if triton_repo is not None:
                 check_planned_entries(_planned_triton_entries(weights.stem, model, mask, None, targets), triton_repo)
-            destinations = _refuse_unwritable({t: _file_destination(
-                out, weights.with_name(output_name(weights.stem, t)), t, len(targets)) for t in targets})
             calibration = _bare_calibration(validation_path, source, mask, acceleration, image_channels,
                                             calibration_slices)
             results = [export_model(model, destinations[t], mask=mask, validation_kspace=kspace,
