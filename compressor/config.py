@@ -1,13 +1,14 @@
 """Typed run configuration, read from the TOML presets in ``configs/`` and overridable from the CLI.
 
-A config has five sections, each a dataclass; unknown sections or keys are rejected with a message naming the
-file, the section and the key. Every value is checked when the config is loaded (TOML preset, ``--set``, CLI
-options): its type, its range (:class:`AtLeast`, :class:`Above`, :class:`Between`) and, for a choice, that it is
-one of the valid names (:class:`OneOf`): a closed vocabulary of this module (:class:`Task`, :class:`BlockForm`,
-:class:`KDSchedule`, :class:`KDMode`) or the names of a registry (architectures, KD methods, mask types, data
-sources), read from the registry itself when the config is checked. A bad value is one :class:`InputError` line
-naming the key, the value and the valid ones. Values stay plain strings and numbers, so ``config.json`` and the
-stage keys derived from it do not depend on how they were checked.
+A config has five sections, each a dataclass: ``[data]`` (:class:`~compressor.data.section.DataConfig`, defined with
+the data it describes), ``[model]``, ``[train]``, ``[sft]`` and ``[kd]`` (here). Unknown sections or keys are
+rejected with a message naming the file, the section and the key. Every value is checked when the config is loaded
+(TOML preset, ``config.json``, ``--set``, CLI options) against its field's annotation (:mod:`compressor.field_checks`):
+its type, its range and, for a choice, that it is one of the valid names: a closed vocabulary
+(:mod:`compressor.vocabulary`) or the names of a registry (architectures, KD methods, mask types, data sources). A
+bad value is one :class:`InputError` line naming the file (when there is one), the key, the value and the valid ones.
+Values stay plain strings and numbers, so ``config.json`` and the stage keys derived from it do not depend on how
+they were checked.
 
 ``configs/<preset>.toml`` files are complete descriptions; the CLI applies overrides on top with
 :func:`apply_overrides`. A run directory records the exact config it ran (``config.json``), and every stage's cache
@@ -21,159 +22,20 @@ import math
 import re
 import types
 import typing
-from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
-from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import tomllib
 
+from compressor.data.section import DataConfig
 from compressor.errors import InputError
+from compressor.field_checks import AtLeast, Between, Count, NonNegative, OneOf, Positive, Valid
+from compressor.kd import KD_LOSSES
+from compressor.models import parse_architecture
+from compressor.vocabulary import BlockForm, KDMode, KDSchedule
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-
-class Task(StrEnum):
-    """``data.task``: ``reconstruction`` (undersampled k-space → image) or ``sr`` (super-resolution)."""
-
-    RECONSTRUCTION = "reconstruction"
-    SR = "sr"
-
-
-class BlockForm(StrEnum):
-    """``model.block_form``: a block's output is the new image (``plain``) or image + CNN(image) (``residual``)."""
-
-    PLAIN = "plain"
-    RESIDUAL = "residual"
-
-
-class Phase(StrEnum):
-    """``data.phase``: the embedded magnitude data as they are (``none``) or multiplied by a smooth, seeded,
-    slice-varying synthetic phase (``synthetic``, a simulation that lets the complex path run offline)."""
-
-    NONE = "none"
-    SYNTHETIC = "synthetic"
-
-
-class KDSchedule(StrEnum):
-    """``kd.schedule``: the paper's Algorithm 1 (``joint``) or the authors' scripts (``two-phase``)."""
-
-    JOINT = "joint"
-    TWO_PHASE = "two-phase"
-
-
-class KDMode(StrEnum):
-    """``kd.mode``: each KD method as its own paper defines it (``paper``) or the authors' variant (``authors``)."""
-
-    PAPER = "paper"
-    AUTHORS = "authors"
-
-
-def values(enumeration: type[Enum]) -> tuple[str, ...]:
-    """The string values of a choice enumeration, in declaration order (for ``click.Choice`` and messages)."""
-    return tuple(member.value for member in enumeration)
-
-
-@dataclass(frozen=True)
-class OneOf:
-    """Field metadata: the value must be one of ``names()``, a closed vocabulary or a registry's names.
-
-    ``kind`` names what the value is in messages (``unknown KD schedule 'x'``). ``names`` is called when a config
-    is checked, so registries (which import torch) load only then. ``extra`` are names valid besides those (``all``
-    for the KD methods). Registry names ignore case.
-    """
-
-    kind: str
-    names: Callable[[], Iterable[str]]
-    extra: tuple[str, ...] = ()
-    ignore_case: bool = False
-
-    @classmethod
-    def enum(cls, kind: str, enumeration: type[Enum]) -> OneOf:
-        return cls(kind, lambda: values(enumeration))
-
-    def check(self, value: str, where: str) -> str:
-        valid = [*self.names(), *self.extra]
-        if (value.lower() if self.ignore_case else value) not in valid:
-            raise InputError(f"{where}: unknown {self.kind} {value!r}; valid: {', '.join(valid)}")
-        return value
-
-
-@dataclass(frozen=True)
-class Between:
-    """Field metadata: a number in a range; ``low``/``high`` of ``None`` are open ends, ``strict`` excludes ``low``."""
-
-    low: float | None = None
-    high: float | None = None
-    strict: bool = False
-
-    def check(self, value: float, where: str) -> float:
-        below = self.low is not None and (value <= self.low if self.strict else value < self.low)
-        if below or (self.high is not None and value > self.high):
-            bounds = [f"{'>' if self.strict else '>='} {self.low:g}"] if self.low is not None else []
-            bounds += [f"<= {self.high:g}"] if self.high is not None else []
-            raise InputError(f"{where} must be {' and '.join(bounds)}, got {value!r}")
-        return value
-
-
-def AtLeast(low: float) -> Between:  # noqa: N802  (reads as a type in annotations)
-    return Between(low)
-
-
-def Above(low: float) -> Between:  # noqa: N802
-    return Between(low, strict=True)
-
-
-@dataclass(frozen=True)
-class Valid:
-    """Field metadata: ``check(value)`` raises :class:`InputError` for a bad value (e.g. an architecture name)."""
-
-    check_value: Callable[[Any], None]
-
-    def check(self, value: Any, where: str) -> Any:
-        try:
-            self.check_value(value)
-        except InputError as error:
-            raise InputError(f"{where}: {error}") from None
-        return value
-
-
-def _data_sources() -> list[str]:
-    from compressor.data import MNI_SOURCE, VOLUME_SOURCES
-
-    return [MNI_SOURCE, *VOLUME_SOURCES.names()]
-
-
-def _mask_types() -> list[str]:
-    from compressor.masks import MASKS
-
-    return MASKS.names()
-
-
-def _interpolations() -> tuple[str, ...]:
-    from compressor.physics.degradation import INTERPOLATIONS
-
-    return INTERPOLATIONS
-
-
-def _fastmri_target_keys() -> tuple[str, ...]:
-    from compressor.data.readers import FastMRIReader
-
-    return FastMRIReader.RECONSTRUCTION_KEYS
-
-
-def _kd_methods() -> list[str]:
-    from compressor.kd import KD_LOSSES
-
-    return KD_LOSSES.names()
-
-
-def _architecture(name: str) -> None:
-    from compressor.models import parse_architecture
-
-    parse_architecture(name)
-
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 
@@ -183,59 +45,10 @@ def _device(name: str) -> None:
         raise InputError(f"unknown device {name!r}; valid: {', '.join(DEVICES)}")
 
 
-MIN_IMAGE_SIZE = 8
-"""The smallest square image a run accepts: a generated mask needs lines outside its fully sampled centre band."""
-
-Count = Annotated[int, AtLeast(1)]
-NonNegative = Annotated[float, AtLeast(0)]
-Positive = Annotated[float, Above(0)]
-Architecture = Annotated[str, Valid(_architecture)]
-KDMethod = Annotated[str, OneOf("KD method", _kd_methods, extra=("all",), ignore_case=True)]
-RegisteredKDMethod = Annotated[str, OneOf("KD method", _kd_methods, ignore_case=True)]
+Architecture = Annotated[str, Valid(parse_architecture)]
+KDMethod = Annotated[str, OneOf("KD method", KD_LOSSES.names, extra=("all",), ignore_case=True)]
+RegisteredKDMethod = Annotated[str, OneOf("KD method", KD_LOSSES.names, ignore_case=True)]
 KDModeName = Annotated[str, OneOf.enum("KD mode", KDMode)]
-
-
-@dataclass
-class DataConfig:
-    """Where slices come from and how they are undersampled.
-
-    ``source``: ``mni`` (embedded MNI ICBM152 T1 template), ``project`` (this tool's HDF5 layout), ``fastmri``
-    (single-coil HDF5), ``nifti`` (MRBrainS/ACDC volumes), ``authors`` (the SFT-KD-Recon repository's HDF5
-    layout). For file sources, ``train``/``validation``/``test`` name a file or a folder of files.
-
-    ``task``: ``reconstruction`` (undersampled k-space → image, the paper's main task) or ``sr`` (super-resolution,
-    Appendix B: the input is the image degraded by k-space truncation for scale ``s`` and interpolated back with
-    ``sr_interpolation``, see :mod:`compressor.physics.degradation`); for ``sr`` each ``acceleration`` is the
-    integer scale ``s`` (Table 9's "4x") and no mask is used.
-
-    ``image_size``: the side of the square images that are scored (losses and metrics). Images-only sources are
-    centre-cropped/padded to it; sources with measured k-space keep the grid their phase-encode lines were measured on
-    (k-space cannot be cropped along them), and losses and metrics take its ``image_size`` centre crop.
-
-    ``phase``: ``synthetic`` multiplies the embedded MNI magnitude images by a smooth, seeded synthetic phase
-    (:mod:`compressor.data.phase`); file sources carry their own phase (or none) and refuse it.
-    """
-
-    task: Annotated[str, OneOf.enum("task", Task)] = "reconstruction"
-    sr_interpolation: Annotated[str, OneOf("SR interpolation", _interpolations)] = "bicubic"
-    source: Annotated[str, OneOf("data source", _data_sources, ignore_case=True)] = "mni"
-    train: str | None = None
-    validation: str | None = None
-    test: str | None = None
-    image_size: Annotated[int, AtLeast(MIN_IMAGE_SIZE)] = 240
-    downsample: Count = 1
-    # Reconstruction: the undersampling factor R (1 leaves nothing to reconstruct); sr: the integer scale s.
-    acceleration: list[Annotated[float, Above(1)]] = field(default_factory=lambda: [4.0])
-    mask_type: Annotated[str, OneOf("mask type", _mask_types, ignore_case=True)] = "random"
-    mask_seed: int = 0
-    center_fraction: Annotated[float, Between(0, 1, strict=True)] | None = None
-    mask_file: str | None = None
-    mask_centred: bool = False
-    max_train_slices: Count | None = None
-    max_eval_slices: Count | None = None
-    fastmri_target_key: Annotated[str, OneOf("fastMRI target key", _fastmri_target_keys)] = "reconstruction_esc"
-    cache_dir: str | None = None
-    phase: Annotated[str, OneOf.enum("phase", Phase)] = "none"
 
 
 @dataclass
@@ -400,12 +213,26 @@ def build_section(name: str, values: dict[str, Any], source: str) -> Any:
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> RunConfig:
-    """Build a :class:`RunConfig` from nested dicts, rejecting unknown sections and keys."""
+    """Build a :class:`RunConfig` from nested dicts, rejecting unknown sections and keys and sections that are not
+    tables."""
     unknown = sorted(set(raw) - set(SECTION_TYPES) - {"preset"})
     if unknown:
         raise InputError(f"unknown section {unknown[0]!r}; known sections: {', '.join(SECTION_TYPES)}", source)
+    for name in SECTION_TYPES:
+        if not isinstance(raw.get(name, {}), dict):
+            raise InputError(f"[{name}] must be a table of keys (a [{name}] section), got {raw[name]!r}", source)
     sections = {name: build_section(name, raw.get(name, {}), source) for name in SECTION_TYPES}
     return RunConfig(**sections, preset=str(raw.get("preset", "custom")))
+
+
+def config_from_file(raw: dict[str, Any], path: Path) -> RunConfig:
+    """:func:`config_from_dict` of a file's contents; every error names the file."""
+    try:
+        return config_from_dict(raw, str(path))
+    except InputError as error:
+        if error.path is not None:
+            raise
+        raise InputError(str(error), path) from None
 
 
 def list_presets() -> list[str]:
@@ -420,7 +247,7 @@ def load_config(preset_or_path: str) -> RunConfig:
     """
     raw, path = _read_config(preset_or_path, seen=())
     raw.setdefault("preset", path.stem)
-    return config_from_dict(raw, str(path))
+    return config_from_file(raw, path)
 
 
 def _config_path(preset_or_path: str) -> Path:

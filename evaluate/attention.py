@@ -36,16 +36,14 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from compressor.config import config_from_dict
 from compressor.data import build_splits
 from compressor.data.sample import Sample
 from compressor.evaluate.figures import FigureOutcome, default_method, panel_slice, save_figure
-from compressor.evaluate.rundir import ModelRecord, RunData
-from compressor.evaluate.tables import method_label
-from compressor.io import load_json
+from compressor.evaluate.run_data import ModelRecord, RunData
+from compressor.evaluate.table_text import method_label
 from compressor.kd.at import normalise_per_sample, spatial_attention
 from compressor.models import CascadeModel, FeatureRecorder
-from compressor.rundir import CONFIG_FILE, ROLE_LABELS, STAGE_FILE, read_stage
+from compressor.rundir import CONFIG_FILE, ROLE_LABELS, STAGE_FILE, RunLayout, read_config, read_stage
 from compressor.training.checkpoint import LoadedStage, load_stage_model
 
 TEACHER_OF = {"std_kd": "teacher", "sft_kd": "sft_teacher"}
@@ -152,10 +150,10 @@ def validation_sample(run_dir: Path, acceleration: float, slice_key: tuple[str, 
             the slice is not in its validation split.
         InputError: a malformed ``config.json`` or data that cannot be read.
     """
-    path = Path(run_dir) / CONFIG_FILE
+    path = RunLayout(Path(run_dir)).config
     if not path.is_file():
         raise ResiduesUnavailableError(f"no {CONFIG_FILE} to rebuild the validation input from")
-    config = config_from_dict(load_json(path), source=str(path))
+    config = read_config(run_dir)
     splits = build_splits(config.data, acceleration, log=lambda _message: None,
                           image_channels=config.model.image_channels)
     if mask_digest is not None and splits.mask.digest() != mask_digest:

@@ -31,7 +31,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from compressor.evaluate.metrics import psnr
-from compressor.evaluate.rundir import (
+from compressor.evaluate.run_data import (
     CONVERGENCE_TOLERANCE,
     Convergence,
     HistoryEntry,
@@ -40,13 +40,8 @@ from compressor.evaluate.rundir import (
     RunData,
     convergence,
 )
-from compressor.evaluate.tables import (
-    WARM_START_HINT,
-    WarmStartCurve,
-    method_label,
-    sft_teacher_curves,
-    zero_filled_label,
-)
+from compressor.evaluate.table_text import method_label, zero_filled_label
+from compressor.evaluate.tables import WARM_START_HINT, WarmStartCurve, sft_teacher_curves
 from compressor.io import atomic_path
 from compressor.rundir import ROLE_LABELS
 
@@ -240,11 +235,11 @@ def trade_off_points(run: RunData, acceleration: float) -> list[TradeOffPoint]:
             continue
         summary = run.summary(record, "psnr")
         for precision in run.benchmark.precisions():
-            entry = run.benchmark.entry(record.name, precision)
+            entry = run.benchmark.timing(record.name, precision)
             if precision == "fp32":
                 latency, delta = run.benchmark.latency_ms(record.arch), 0.0
             else:
-                latency, delta = (entry.latency_ms, entry.delta_psnr) if entry is not None else (None, None)
+                latency, delta = (entry.ort_ms_median, entry.delta_psnr) if entry is not None else (None, None)
             if latency is not None and summary is not None and delta is not None:
                 method = f" {method_label(record.method)}" if record.method else ""
                 suffix = "" if precision == "fp32" else f" {precision}"
@@ -382,7 +377,7 @@ def warm_start_curves(run: RunData, out_path: Path) -> FigureOutcome:
     scratch (red), with the warm-started teacher dashed when the run has it; one panel per acceleration.
 
     A dotted vertical line marks each curve's epochs to converge (first epoch within
-    :data:`~evaluate.rundir.CONVERGENCE_TOLERANCE` of its minimum), as in the warm-start table.
+    :data:`~compressor.evaluate.run_data.CONVERGENCE_TOLERANCE` of its minimum), as in the warm-start table.
     """
     if not run.has_warm_start():
         return FigureOutcome(None, f"warm-start curves skipped. {WARM_START_HINT}", not_run=True)

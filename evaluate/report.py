@@ -2,7 +2,8 @@
 it at its end).
 
 Tables go to ``<out_dir>/<name>.md|.tex|.csv`` (by format), figures to ``<out_dir>/<name>.png``; ``out_dir``
-defaults to ``<run>/report``. Every file is written under a temporary name and renamed when complete.
+defaults to ``<run>/report`` (:data:`~compressor.rundir.REPORT_FOLDER`). Every file is written under a temporary
+name and renamed when complete.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from compressor.evaluate.figures import (
     qualitative_panel,
     warm_start_curves,
 )
-from compressor.evaluate.rundir import RunData, load_run
-from compressor.evaluate.tables import FORMATS, TABLE_BUILDERS, render
+from compressor.evaluate.run_data import RunData, load_run
+from compressor.evaluate.table_text import FORMATS, render
+from compressor.evaluate.tables import TABLE_BUILDERS
 from compressor.io import atomic_path
+from compressor.rundir import RunLayout
 
-REPORT_DIR = "report"
 FIGURE_BUILDERS: dict[str, Callable[[RunData, Path], FigureOutcome]] = {
     "fig3_qualitative": qualitative_panel,
     "psnr_vs_latency": psnr_vs_latency,
@@ -94,13 +96,17 @@ def build_report(
         split: the split to report (default: the one that selected the best weights).
 
     Raises:
-        InputError: not a run directory, a malformed file in it, or an unknown format.
+        InputError: not a run directory, a malformed file in it, an unknown format, or an ``out_dir`` that exists
+            and is not a folder (checked before anything is read or written).
     """
     started = time.perf_counter()
     if fmt not in FORMATS:
         raise InputError(f"unknown table format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    out_dir = Path(out_dir) if out_dir is not None else RunLayout(Path(run_dir)).report
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError("is a file, but the report is written into a folder of this name; move the file away",
+                         out_dir)
     run = load_run(Path(run_dir), split=split, ssim_convention=ssim_convention)
-    out_dir = Path(out_dir) if out_dir is not None else Path(run_dir) / REPORT_DIR
     tables, files, notes, not_run = {}, [], [], []
     for name, build in TABLE_BUILDERS.items():
         tables[name] = render(build(run), fmt)

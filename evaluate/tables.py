@@ -1,135 +1,42 @@
 """The paper's tables, rebuilt from a run directory: Table 1 (PSNR/SSIM; Table 9 for a super-resolution run),
 Tables 2/4 (feature-domain SFT against SFT-KD-Recon), Table 3 (HFN/VIF), Table 5 (SFT student initialisation against
-random), Table 8 (student sizes, latency), the warm-started SFT teacher's convergence (Fig. 7's numbers) and the
-headline student–teacher PSNR gap.
-
-Every cell is text: ``mean ± std`` (Table 8 and the headline: means), ``—`` for a model the run does not have or
-a cell that does not apply (never 0). Significance is the paired Wilcoxon signed-rank test on per-slice values at
-α = 0.05; p-values have their own columns so the CSV keeps them, and significant cells carry a marker.
+random), Table 8 (student sizes, latency), the warm-started SFT teacher's convergence (Fig. 7's numbers), the
+headline student–teacher PSNR gap and the run summary; :data:`TABLE_BUILDERS` names them all. Cells, notes and
+rendering: :mod:`compressor.evaluate.table_text`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from tabulate import tabulate
-
-from compressor.errors import InputError
 from compressor.evaluate.metrics import METRICS
-from compressor.evaluate.rundir import CONVERGENCE_TOLERANCE, ModelRecord, RunData, convergence
-from compressor.evaluate.stats import ALPHA, Comparison
+from compressor.evaluate.run_data import CONVERGENCE_TOLERANCE, ModelRecord, RunData, convergence
+from compressor.evaluate.table_text import (
+    ABLATION_METRICS,
+    MISSING,
+    SIGNIFICANT,
+    SIGNIFICANT_VS_STUDENT,
+    Table,
+    acceleration_text,
+    cell,
+    common_notes,
+    method_label,
+    p_cell,
+    pair_label,
+    significance_note,
+    zero_filled_label,
+)
 from compressor.rundir import ROLE_LABELS
-
-MISSING = "—"
-SIGNIFICANT = "*"  # SFT-KD-Recon vs Std-KD (or SFT teacher vs teacher, SFT init vs random init)
-SIGNIFICANT_VS_STUDENT = "†"  # Std-KD vs the student trained without KD
-FORMATS = {"github": "md", "latex": "tex", "csv": "csv"}
-METHOD_LABELS = {"at": "AT", "fitnets": "FitNets", "sp": "SP", "fsp": "FSP", "cc": "CC"}
-ABLATION_METRICS = ("hfn", "nmse", "psnr", "ssim", "vif")
-
-
-class Table(NamedTuple):
-    """A rendered-agnostic table: ``headers`` and ``rows`` of text cells, with a title and notes."""
-
-    title: str
-    headers: list[str]
-    rows: list[list[str]]
-    notes: list[str]
-
-
-def _acceleration_label(acceleration: float) -> str:
-    return f"{acceleration:g}x"
-
-
-def zero_filled_label(run: RunData) -> str:
-    """What the ``zero_filled`` role is in this run: ``ZF``, or for super-resolution the interpolated input
-    (e.g. ``Bicubic (input)``)."""
-    if run.task != "sr":
-        return "ZF"
-    return f"{(run.sr_interpolation or 'interpolated').capitalize()} (input)"
-
-
-def method_label(method: str) -> str:
-    """How the paper writes a KD method's name (``at`` → ``AT``); unknown names are shown as given."""
-    return METHOD_LABELS.get(method, method)
-
-
-def _p_text(comparison: Comparison | None) -> str:
-    if comparison is None:
-        return MISSING
-    return f"{comparison.p_value:.3f}" if comparison.p_value >= 1e-3 else f"{comparison.p_value:.1e}"
-
-
-def _metric_text(
-    run: RunData, record: ModelRecord | None, metric: str, with_std: bool, marker: str, against: ModelRecord | None
-) -> str:
-    """``mean ± std`` of one metric, followed by ``marker`` when ``record`` differs significantly from ``against``."""
-    summary = run.summary(record, metric)
-    if summary is None:
-        return MISSING
-    number_format = METRICS.get(metric).number_format
-    text = format(summary.mean, number_format)
-    if with_std:
-        text += f" ± {format(summary.std, number_format)}"
-    comparison = run.compare(against, record, metric) if against is not None else None
-    return text + (marker if comparison is not None and comparison.significant else "")
-
-
-def _cell(
-    run: RunData,
-    record: ModelRecord | None,
-    metrics: Sequence[str],
-    with_std: bool = True,
-    marker: str = "",
-    against: ModelRecord | None = None,
-) -> str:
-    """``metric1/metric2`` for one model, ``—`` when the model is missing."""
-    if record is None:
-        return MISSING
-    return " / ".join(_metric_text(run, record, metric, with_std, marker, against) for metric in metrics)
-
-
-def _p_cell(run: RunData, first: ModelRecord | None, second: ModelRecord | None, metrics: Sequence[str]) -> str:
-    """p-values of ``second`` against ``first`` for each metric, ``—`` when either is missing."""
-    if first is None or second is None:
-        return MISSING
-    return " / ".join(_p_text(run.compare(first, second, metric)) for metric in metrics)
-
-
-def _common_notes(run: RunData) -> list[str]:
-    convention = (
-        "standard 2-D SSIM (7×7 window)" if run.ssim_convention == "standard"
-        else "SSIM in the authors' per-column convention (comparable with the paper's numbers)"
-    )
-    notes = [
-        f"Split: {run.split}; teacher {run.teacher_arch or MISSING}; {convention}; data range = target slice max.",
-        f"{MISSING}: not in this run (or not applicable).",
-    ]
-    if run.task == "sr":
-        notes.append(f"Super-resolution (Appendix B): the {zero_filled_label(run)} row is the low-resolution image "
-                     "interpolated to the high-resolution grid; the acceleration is the scale factor.")
-    return notes
-
-
-def _significance_note(what: str) -> str:
-    return f"{SIGNIFICANT}: {what}, Wilcoxon signed-rank on per-slice values, p < {ALPHA}."
-
-
-def _pair_label(metrics: Sequence[str]) -> str:
-    """``PSNR/SSIM`` for ``("psnr", "ssim")``."""
-    return "/".join(METRICS.get(metric).label for metric in metrics)
 
 
 def _metric_pair_table(run: RunData, metrics: Sequence[str], title: str) -> Table:
     """Rows ZF, teacher, student, one per KD method; per acceleration Std-KD and SFT-KD-Recon plus p-values."""
-    pair = _pair_label(metrics)
+    pair = pair_label(metrics)
     student_arch = run.primary_student
     headers = ["Model"]
     for acceleration in run.accelerations():
-        label = _acceleration_label(acceleration)
+        label = acceleration_text(acceleration)
         headers += [f"{label} Std-KD {pair}", f"{label} SFT-KD-Recon {pair}",
                     f"{label} p SFT vs Std", f"{label} p Std-KD vs student"]
     rows = [
@@ -141,21 +48,21 @@ def _metric_pair_table(run: RunData, metrics: Sequence[str], title: str) -> Tabl
         teacher = run.find("teacher", acceleration)
         sft_teacher = run.find("sft_teacher", acceleration)
         student = run.find("student", acceleration, arch=student_arch)
-        rows[0] += [_cell(run, run.find("zero_filled", acceleration), metrics), MISSING, MISSING, MISSING]
-        rows[1] += [_cell(run, teacher, metrics),
-                    _cell(run, sft_teacher, metrics, marker=SIGNIFICANT, against=teacher),
-                    _p_cell(run, teacher, sft_teacher, metrics), MISSING]
-        rows[2] += [_cell(run, student, metrics), MISSING, MISSING, MISSING]
+        rows[0] += [cell(run, run.find("zero_filled", acceleration), metrics), MISSING, MISSING, MISSING]
+        rows[1] += [cell(run, teacher, metrics),
+                    cell(run, sft_teacher, metrics, marker=SIGNIFICANT, against=teacher),
+                    p_cell(run, teacher, sft_teacher, metrics), MISSING]
+        rows[2] += [cell(run, student, metrics), MISSING, MISSING, MISSING]
         for row, method in zip(rows[3:], run.methods()):
             std_kd = run.find("std_kd", acceleration, method=method, arch=student_arch)
             sft_kd = run.find("sft_kd", acceleration, method=method, arch=student_arch)
-            row += [_cell(run, std_kd, metrics, marker=SIGNIFICANT_VS_STUDENT, against=student),
-                    _cell(run, sft_kd, metrics, marker=SIGNIFICANT, against=std_kd),
-                    _p_cell(run, std_kd, sft_kd, metrics), _p_cell(run, student, std_kd, metrics)]
+            row += [cell(run, std_kd, metrics, marker=SIGNIFICANT_VS_STUDENT, against=student),
+                    cell(run, sft_kd, metrics, marker=SIGNIFICANT, against=std_kd),
+                    p_cell(run, std_kd, sft_kd, metrics), p_cell(run, student, std_kd, metrics)]
     notes = [
-        *_common_notes(run),
+        *common_notes(run),
         f"Student {student_arch or MISSING}; the Teacher row's SFT-KD-Recon column is the student-friendly teacher.",
-        _significance_note("SFT-KD-Recon differs from Std-KD (SFT teacher from teacher)"),
+        significance_note("SFT-KD-Recon differs from Std-KD (SFT teacher from teacher)"),
         f"{SIGNIFICANT_VS_STUDENT}: Std-KD differs from the student trained without KD, same test.",
     ]
     return Table(title=title, headers=headers, rows=rows, notes=notes)
@@ -205,9 +112,9 @@ def _setup_cells(run: RunData | None, role: str, acceleration: float, method: st
     reference_role = SETUP_REFERENCES.get(role)
     reference = _setup_record(run, reference_role, acceleration, method) if reference_role else None
     cells = [MISSING if record is None else record.arch or MISSING]
-    cells += [_cell(run, record, metrics, marker=SIGNIFICANT, against=reference) for metrics in SETUP_METRICS]
+    cells += [cell(run, record, metrics, marker=SIGNIFICANT, against=reference) for metrics in SETUP_METRICS]
     all_metrics = [metric for metrics in SETUP_METRICS for metric in metrics]
-    return SetupCells(cells, _p_cell(run, reference, record, all_metrics) if reference_role else MISSING)
+    return SetupCells(cells, p_cell(run, reference, record, all_metrics) if reference_role else MISSING)
 
 
 def table2(run: RunData) -> Table:
@@ -225,16 +132,16 @@ def table2(run: RunData) -> Table:
     headers = ["Acceleration", "Method", "Model"]
     for setup in setups:
         headers += [f"{SETUP_NAMES[setup]} arch",
-                    *(f"{SETUP_NAMES[setup]} {_pair_label(metrics)}" for metrics in SETUP_METRICS)]
+                    *(f"{SETUP_NAMES[setup]} {pair_label(metrics)}" for metrics in SETUP_METRICS)]
     all_metrics = tuple(metric for metrics in SETUP_METRICS for metric in metrics)
-    headers += [f"{SETUP_NAMES[setup]} p {_pair_label(all_metrics)}" for setup in setups]
+    headers += [f"{SETUP_NAMES[setup]} p {pair_label(all_metrics)}" for setup in setups]
     row_specs = [("Teacher", "teacher", None), ("SF Teacher", "sft_teacher", None), ("Student", "student", None)]
     for method in methods:
         row_specs += [("KD", "std_kd", method), ("SFT-KD", "sft_kd", method)]
     rows = []
     for acceleration in accelerations:
         for label, role, method in row_specs:
-            row = [_acceleration_label(acceleration), method_label(method) if method else MISSING, label]
+            row = [acceleration_text(acceleration), method_label(method) if method else MISSING, label]
             p_values = []
             for setup_run in setups.values():
                 setup_cells = _setup_cells(setup_run, role, acceleration, method)
@@ -243,7 +150,7 @@ def table2(run: RunData) -> Table:
             rows.append(row + p_values)
     feature, image = setups["feature"], setups["image"]
     notes = [
-        *_common_notes(run),
+        *common_notes(run),
         f"{SETUP_NAMES['feature']}: SFT in the feature domain (the paper's SFT column), residual CNNs "
         f"(teacher {feature.teacher_arch if feature else 'rcnn25'}, student "
         f"{feature.primary_student if feature else 'rcnn15'}; rcnnL = L convolutions) without intermediate "
@@ -252,7 +159,7 @@ def table2(run: RunData) -> Table:
         f"{image.teacher_arch if image else MISSING}, student {image.primary_student if image else MISSING}), "
         "L1 losses as in Table 1 (the paper's Table 2 header says 'image domain with MSE loss', but its numbers "
         "are Table 1's).",
-        _significance_note("SFT-KD differs from KD (SF Teacher from Teacher) within the setup") + " The p columns "
+        significance_note("SFT-KD differs from KD (SF Teacher from Teacher) within the setup") + " The p columns "
         "give those p-values per metric.",
     ]
     if feature is None:
@@ -283,14 +190,14 @@ def table5(run: RunData) -> Table:
             sft_kd = run.find("sft_kd", acceleration, method=method, arch=student_arch)
             for metric in ABLATION_METRICS:
                 rows.append([
-                    _acceleration_label(acceleration), method_label(method), METRICS.get(metric).label,
-                    _cell(run, teacher, (metric,)), _cell(run, student, (metric,)), _cell(run, std_kd, (metric,)),
-                    _cell(run, random_init, (metric,)),
-                    _cell(run, sft_kd, (metric,), marker=SIGNIFICANT, against=random_init),
-                    _p_cell(run, random_init, sft_kd, (metric,)),
+                    acceleration_text(acceleration), method_label(method), METRICS.get(metric).label,
+                    cell(run, teacher, (metric,)), cell(run, student, (metric,)), cell(run, std_kd, (metric,)),
+                    cell(run, random_init, (metric,)),
+                    cell(run, sft_kd, (metric,), marker=SIGNIFICANT, against=random_init),
+                    p_cell(run, random_init, sft_kd, (metric,)),
                 ])
-    notes = [*_common_notes(run), f"Student {student_arch or MISSING}.",
-             _significance_note("the SFT-initialised student differs from the randomly initialised one")]
+    notes = [*common_notes(run), f"Student {student_arch or MISSING}.",
+             significance_note("the SFT-initialised student differs from the randomly initialised one")]
     if not any(record.role == "sft_kd_random" for record in run.records):
         notes.append("This run has no SFT-KD-Recon (random) stages: run `compress` with the random-initialisation "
                      "ablation (kd.random_init = true).")
@@ -316,11 +223,11 @@ def _delta_cell(run: RunData, record: ModelRecord | None, precision: str) -> str
     """A precision file's PSNR/SSIM change against the fp32 export and that same file's latency
     (``Δ -0.031 dB / -0.0004, 4.210 ms``), from ``benchmark.json``; ``MISSING`` where not benchmarked or not
     known."""
-    entry = run.benchmark.entry(record.name, precision) if run.benchmark is not None and record is not None else None
+    entry = run.benchmark.timing(record.name, precision) if run.benchmark is not None and record is not None else None
     if entry is None or entry.delta_psnr is None:
         return MISSING
     ssim = MISSING if entry.delta_ssim is None else f"{entry.delta_ssim:+.4f}"
-    latency = "" if entry.latency_ms is None else f", {entry.latency_ms:.3f} ms"
+    latency = "" if entry.ort_ms_median is None else f", {entry.ort_ms_median:.3f} ms"
     return f"Δ {entry.delta_psnr:+.3f} dB / {ssim}{latency}"
 
 
@@ -333,14 +240,14 @@ def table8(run: RunData) -> Table:
                "SFT-KD-Recon PSNR/SSIM", "SFT-KD-Recon HFN/VIF"]
     rows = []
     for acceleration in run.accelerations():
-        label = _acceleration_label(acceleration)
+        label = acceleration_text(acceleration)
         teacher = run.find("teacher", acceleration)
         for precision in _precisions(run):
             fp32 = precision == "fp32"
             rows.append([label, f"Teacher ({run.teacher_arch or MISSING})", MISSING, precision,
                          *_size_columns(run, teacher, run.teacher_arch, precision),
-                         _cell(run, teacher, quality, with_std=False) if fp32 else _delta_cell(run, teacher, precision),
-                         _cell(run, teacher, detail, with_std=False) if fp32 else MISSING,
+                         cell(run, teacher, quality, with_std=False) if fp32 else _delta_cell(run, teacher, precision),
+                         cell(run, teacher, detail, with_std=False) if fp32 else MISSING,
                          MISSING, MISSING, MISSING, MISSING])
         for arch in run.student_archs():
             student = run.find("student", acceleration, arch=arch)
@@ -349,18 +256,18 @@ def table8(run: RunData) -> Table:
                 std_kd = run.find("std_kd", acceleration, method=method, arch=arch) if method else None
                 sft_kd = run.find("sft_kd", acceleration, method=method, arch=arch) if method else None
                 for precision in _precisions(run):
-                    cells = ([_cell(run, student, quality, with_std=False),
-                              _cell(run, student, detail, with_std=False),
-                              _cell(run, std_kd, quality, with_std=False), _cell(run, std_kd, detail, with_std=False),
-                              _cell(run, sft_kd, quality, with_std=False, marker=SIGNIFICANT, against=std_kd),
-                              _cell(run, sft_kd, detail, with_std=False, marker=SIGNIFICANT, against=std_kd)]
+                    cells = ([cell(run, student, quality, with_std=False),
+                              cell(run, student, detail, with_std=False),
+                              cell(run, std_kd, quality, with_std=False), cell(run, std_kd, detail, with_std=False),
+                              cell(run, sft_kd, quality, with_std=False, marker=SIGNIFICANT, against=std_kd),
+                              cell(run, sft_kd, detail, with_std=False, marker=SIGNIFICANT, against=std_kd)]
                              if precision == "fp32" else
                              [_delta_cell(run, student, precision), MISSING, _delta_cell(run, std_kd, precision),
                               MISSING, _delta_cell(run, sft_kd, precision), MISSING])
                     rows.append([label, f"Student ({arch})", method_label(method) if method else MISSING, precision,
                                  *_size_columns(run, sized, arch, precision), *cells])
-    notes = [*_common_notes(run), "Compression = 1 - parameters / teacher parameters.",
-             _significance_note("SFT-KD-Recon differs from Std-KD")]
+    notes = [*common_notes(run), "Compression = 1 - parameters / teacher parameters.",
+             significance_note("SFT-KD-Recon differs from Std-KD")]
     if run.benchmark is None:
         notes.append("Latency: no benchmark.json in the run directory (run `compress benchmark`).")
     else:
@@ -399,8 +306,9 @@ def warm_start(run: RunData) -> Table:
     """Fig. 7's numbers: per acceleration, the warm-started SFT teacher against the one trained from scratch.
 
     Columns: initialisation (weights file or ``random``), epochs run, best validation L1 and its epoch, epochs to
-    converge (first epoch within :data:`~evaluate.rundir.CONVERGENCE_TOLERANCE` of the curve's minimum), wall
-    seconds to that epoch and in all, PSNR/SSIM. A run without a warm start gets no rows and a note on how to get one.
+    converge (first epoch within :data:`~compressor.evaluate.run_data.CONVERGENCE_TOLERANCE` of the curve's
+    minimum), wall seconds to that epoch and in all, PSNR/SSIM. A run without a warm start gets no rows and a note
+    on how to get one.
     """
     headers = ["Acceleration", "Curve", "Initialisation", "Epochs", "Best val L1", "Best epoch",
                "Epochs to converge", "Seconds to converge", "Total seconds", "PSNR/SSIM"]
@@ -417,10 +325,10 @@ def warm_start(run: RunData) -> Table:
             else:
                 timing = [str(settled.epochs), f"{settled.best_val_loss:.5g}", str(settled.best_epoch),
                           str(settled.epoch), f"{settled.seconds:.1f}", f"{settled.total_seconds:.1f}"]
-            rows.append([_acceleration_label(acceleration), curve.label, curve.record.init_teacher or "random",
-                         *timing, _cell(run, curve.record, ("psnr", "ssim"))])
+            rows.append([acceleration_text(acceleration), curve.label, curve.record.init_teacher or "random",
+                         *timing, cell(run, curve.record, ("psnr", "ssim"))])
     notes = [
-        *_common_notes(run),
+        *common_notes(run),
         f"Epochs to converge: the first epoch whose validation L1 is at most (1 + {CONVERGENCE_TOLERANCE:g}) × "
         "that curve's minimum; seconds: the epochs' wall seconds from history.json, summed up to that epoch "
         "(total: all epochs).",
@@ -451,7 +359,7 @@ def headline(run: RunData) -> Table:
                 std_kd = run.find("std_kd", acceleration, method=method, arch=arch) if method else None
                 sft_kd = run.find("sft_kd", acceleration, method=method, arch=arch) if method else None
                 rows.append([
-                    _acceleration_label(acceleration), arch, method_label(method) if method else MISSING,
+                    acceleration_text(acceleration), arch, method_label(method) if method else MISSING,
                     MISSING if teacher_psnr is None else f"{teacher_psnr:.2f}",
                     _gap_text(teacher_psnr, run, student), _gap_text(teacher_psnr, run, std_kd),
                     _gap_text(teacher_psnr, run, sft_kd),
@@ -482,9 +390,9 @@ def run_summary(run: RunData) -> Table:
             label = role + (f" {method_label(record.method)}" if record.method else "")
             compression = MISSING if record.compression is None else f"{record.compression:.1%}"
             parameters = MISSING if not record.arch or record.parameters is None else f"{record.parameters:,}"
-            rows.append([_acceleration_label(acceleration), label, record.arch or MISSING, parameters, compression,
-                         _cell(run, record, ["psnr"]), _cell(run, record, ["ssim"])])
-    return Table(title="Run summary: every model", headers=headers, rows=rows, notes=_common_notes(run))
+            rows.append([acceleration_text(acceleration), label, record.arch or MISSING, parameters, compression,
+                         cell(run, record, ["psnr"]), cell(run, record, ["ssim"])])
+    return Table(title="Run summary: every model", headers=headers, rows=rows, notes=common_notes(run))
 
 
 TABLE_BUILDERS: dict[str, Callable[[RunData], Table]] = {
@@ -497,33 +405,3 @@ TABLE_BUILDERS: dict[str, Callable[[RunData], Table]] = {
     "warm_start": warm_start,
     "headline": headline,
 }
-
-_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
-
-
-def _latex_escape(text: str) -> str:
-    return "".join(_LATEX_SPECIAL.get(character, character) for character in text)
-
-
-def render(table: Table, fmt: str) -> str:
-    """Render as ``github`` (Markdown), ``latex`` (a ``table`` float with caption) or ``csv`` (headers and rows)."""
-    if fmt not in FORMATS:
-        raise InputError(f"unknown table format {fmt!r}; valid formats: {', '.join(FORMATS)}")
-    if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(table.headers)
-        writer.writerows(table.rows)
-        return buffer.getvalue()
-    # Cells are preformatted text: numeric parsing would reformat p-values and strip trailing zeros.
-    body = tabulate(table.rows, headers=table.headers, tablefmt=fmt, disable_numparse=True)
-    if fmt == "github":
-        notes = "".join(f"- {note}\n" for note in table.notes)
-        return f"### {table.title}\n\n{body}\n\n{notes}"
-    if not table.rows:
-        # tabulate derives the column spec from the rows: without rows it would write an empty (invalid) one.
-        body = body.replace("\\begin{tabular}{}", f"\\begin{{tabular}}{{{'l' * len(table.headers)}}}", 1)
-    notes = "".join(f"\\par {_latex_escape(note)}\n" for note in table.notes)
-    return (f"\\begin{{table}}[ht]\n\\centering\n\\caption{{{_latex_escape(table.title)}}}\n{body}\n"
-            f"{{\\footnotesize\n{notes}}}\n\\end{{table}}\n")

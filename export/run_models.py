@@ -93,7 +93,8 @@ def load_stage(stage_dir: str | Path, record: ModelResult | None = None) -> RunM
     loaded = load_stage_model(stage_dir)
     stage = loaded.record
     return RunModel(name=record.name if record else stage.name, role=stage.role.value, model=loaded.model,
-                    stage=stage, mask=_run_mask(stage_dir.parent.parent, stage, stage_dir), stage_dir=stage_dir,
+                    stage=stage, mask=_run_mask(rundir.RunLayout.of_stage(stage_dir).root, stage, stage_dir),
+                    stage_dir=stage_dir,
                     psnr=_summary_mean(record, "psnr"), ssim=_summary_mean(record, "ssim"))
 
 
@@ -155,7 +156,7 @@ def run_training_kspace(run_model: RunModel, count: int) -> np.ndarray | None:
     from compressor.data import build_splits
 
     try:
-        config = rundir.read_config(run_model.stage_dir.parent.parent)
+        config = rundir.read_config(rundir.RunLayout.of_stage(run_model.stage_dir).root)
         data = replace(config.data, max_train_slices=min(count, config.data.max_train_slices or count),
                        max_eval_slices=1)
         splits = build_splits(data, run_model.stage.acceleration, log=lambda _: None,

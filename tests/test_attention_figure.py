@@ -27,7 +27,7 @@ from compressor.evaluate.attention import (
     kd_attention_residues,
 )
 from compressor.evaluate.report import FIGURE_BUILDERS
-from compressor.evaluate.rundir import load_run
+from compressor.evaluate.run_data import load_run
 from compressor.models import FeatureRecorder, ModelOptions, build_model
 from compressor.physics import undersample
 
@@ -38,7 +38,7 @@ CHANNELS = 4
 
 def tiny_model(arch: str, seed: int):
     torch.manual_seed(seed)
-    options = ModelOptions(block_padding=PADDING, channels=CHANNELS)
+    options = ModelOptions(block_padding=PADDING, width=CHANNELS)
     return build_model(arch, options).eval()
 
 

@@ -49,7 +49,7 @@ from compressor.masks import make_mask
 from compressor.models import ModelOptions, build_model
 
 SIZE = (16, 20)
-TINY = ModelOptions(channels=8)
+TINY = ModelOptions(width=8)
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,7 @@ def _blocks_and_fidelities(model: onnx.ModelProto) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize(("formulation", "channels"), [("lines", 1), ("lines", 2), ("dft", 1)])
 def test_the_df_nodes_are_exactly_one_df_per_cascade(tmp_path, mask, formulation, channels):
-    model = build_model("d2c3", ModelOptions(channels=8, image_channels=channels)).eval()
+    model = build_model("d2c3", ModelOptions(width=8, image_channels=channels)).eval()
     exported = onnx.load(str(export_for_timing(model, mask, formulation, tmp_path)))
     parts = _blocks_and_fidelities(exported)
     cascades = {part for part, _ in parts if part.startswith("df ")}
@@ -311,9 +311,10 @@ def test_results_written_before_precisions_still_make_their_report(tmp_path):
 
 
 def test_table8_and_the_figure_pair_each_int8_files_latency_with_its_own_quality(tmp_path):
-    from evaluate.figures import psnr_vs_latency, trade_off_points
-    from evaluate.rundir import load_run
-    from evaluate.tables import MISSING, table8
+    from compressor.evaluate.figures import psnr_vs_latency, trade_off_points
+    from compressor.evaluate.run_data import load_run
+    from compressor.evaluate.table_text import MISSING
+    from compressor.evaluate.tables import table8
 
     run = shutil.copytree(RESULTS / "quick-at", tmp_path / "quick-at")
     benchmark = json.loads((run / "benchmark.json").read_text())

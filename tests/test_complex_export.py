@@ -45,8 +45,8 @@ from compressor.training.checkpoint import save_weights
 from tests.test_exported_file import save_with_properties
 
 SIZE = (16, 12)
-COMPLEX = ModelOptions(channels=8, image_channels=2)
-REAL = ModelOptions(channels=8)
+COMPLEX = ModelOptions(width=8, image_channels=2)
+REAL = ModelOptions(width=8)
 
 
 def tiny_model(options: ModelOptions = COMPLEX, seed: int = 0):

@@ -54,7 +54,7 @@ def test_a_two_channel_models_output_keeps_every_measured_sample_for_any_binary_
     """λ → ∞ on the complex image: the model's output has exactly the measured k-space where the mask (random points,
     not lines) sampled, with no real part taken, and one more DF changes nothing."""
     torch.manual_seed(0)
-    model = build_model("d3c2", ModelOptions(channels=8, image_channels=2)).eval()
+    model = build_model("d3c2", ModelOptions(width=8, image_channels=2)).eval()
     rng = np.random.default_rng(0)
     mask = torch.from_numpy((rng.random((12, 10)) < 0.4).astype(np.float32))[None, None]
     image = rng.standard_normal((2, 12, 10)) + 1j * rng.standard_normal((2, 12, 10))

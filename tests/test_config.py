@@ -140,3 +140,25 @@ def test_a_stage_key_holds_the_resolved_weight_however_it_was_given():
 
     assert kd_keys() == kd_keys(**{"kd.weight": 200.0, "kd.method_weights": {}})  # quick sets CC 200
     assert kd_keys() != kd_keys(**{"kd.method_weights": {}})
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('extends = "smoke"\ndata = 5\n', "[data] must be a table of keys (a [data] section), got 5"),
+    ("data = 5\n", "[data] must be a table of keys (a [data] section), got 5"),
+    ('[data]\nimage_size = "48"\n', "[data] image_size must be int, got '48'"),
+    ('extends = "smoke"\n[train]\nbatch_size = 0\n', "[train] batch_size must be >= 1, got 0"),
+])
+def test_a_bad_preset_file_is_one_line_naming_the_file(tmp_path, text, expected):
+    from click.testing import CliRunner
+
+    from compressor.cli import main
+
+    path = tmp_path / "f.toml"
+    path.write_text(text)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["--preset", str(path), "--out", str(out), "--no-progress", "--no-deploy"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines == [f"Error: {path}: {expected}"]
+    assert not out.exists()

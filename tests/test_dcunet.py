@@ -27,7 +27,7 @@ def unet_parameters(c: int) -> int:
 def test_parameter_count():
     assert unet_parameters(32) == 320 + 9_248 + 18_496 + 36_928 + 27_680 + 9_248 + 289 == 102_209
     assert build_model("dcunet5").num_parameters() == 5 * 102_209 == 511_045
-    assert build_model("dcunet2", ModelOptions(channels=8)).num_parameters() == 2 * unet_parameters(8)
+    assert build_model("dcunet2", ModelOptions(width=8)).num_parameters() == 2 * unet_parameters(8)
     assert build_model("dcunet5", ModelOptions(dc_lambda=2.0, dc_learnable=True)).num_parameters() == 511_050
     assert build_model("dcunet5", ModelOptions(block_form="residual")).num_parameters() == 511_045
 
@@ -42,7 +42,7 @@ def _inputs(size=(16, 16), batch=2):
 @pytest.mark.parametrize("size", [(16, 16), (15, 18), (17, 13)])
 @pytest.mark.parametrize("block_form", ["plain", "residual"])
 def test_forward_shapes(size, block_form):
-    model = build_model("dcunet3", ModelOptions(block_form=block_form, channels=8))
+    model = build_model("dcunet3", ModelOptions(block_form=block_form, width=8))
     x_u, kspace, mask = _inputs(size)
     run = model.run_cascades(x_u, kspace, mask)
     assert run.image.shape == x_u.shape
@@ -51,7 +51,7 @@ def test_forward_shapes(size, block_form):
 
 
 def test_odd_sizes_without_block_padding():
-    model = build_model("dcunet1", ModelOptions(block_padding=0, channels=8))
+    model = build_model("dcunet1", ModelOptions(block_padding=0, width=8))
     x_u, kspace, mask = _inputs((15, 17))
     with FeatureRecorder(model, ["cascades.0.block.relu5"]) as recorder:
         assert model(x_u, kspace, mask).shape == x_u.shape
@@ -59,7 +59,7 @@ def test_odd_sizes_without_block_padding():
 
 
 def test_data_fidelity_follows_each_block():
-    model = build_model("dcunet2", ModelOptions(channels=8))
+    model = build_model("dcunet2", ModelOptions(width=8))
     x_u, kspace, mask = _inputs((16, 18))
     run = model.run_cascades(x_u, kspace, mask)
     for block_output, output in zip(run.block_outputs, run.cascade_outputs):
@@ -69,15 +69,15 @@ def test_data_fidelity_follows_each_block():
 
 
 def test_residual_block_adds_its_input_and_plain_does_not():
-    plain = build_model("dcunet1", ModelOptions(block_form="plain", channels=8))
-    residual = build_model("dcunet1", ModelOptions(block_form="residual", channels=8))
+    plain = build_model("dcunet1", ModelOptions(block_form="plain", width=8))
+    residual = build_model("dcunet1", ModelOptions(block_form="residual", width=8))
     residual.load_state_dict(plain.state_dict())
     image = torch.rand(1, 1, 15, 18)
     assert torch.allclose(residual.cascades[0].block(image), image + plain.cascades[0].block(image))
 
 
 def test_run_from_a_middle_cascade_equals_the_full_forward():
-    model = build_model("dcunet4", ModelOptions(channels=8))
+    model = build_model("dcunet4", ModelOptions(width=8))
     x_u, kspace, mask = _inputs((15, 18))
     full = model.run_cascades(x_u, kspace, mask)
     tail = model.run_cascades(full.cascade_outputs[1], kspace, mask, start=2)
@@ -85,7 +85,7 @@ def test_run_from_a_middle_cascade_equals_the_full_forward():
 
 
 def test_d3c5_student_branch_starts_from_a_dcunet_cascade_output():
-    teacher, student = build_model("dcunet5", ModelOptions(channels=8)), build_model("d3c5")
+    teacher, student = build_model("dcunet5", ModelOptions(width=8)), build_model("d3c5")
     x_u, kspace, mask = _inputs()
     teacher_run = teacher.run_cascades(x_u, kspace, mask)
     branch = student.run_cascades(teacher_run.cascade_outputs[1], kspace, mask, start=2)
@@ -118,7 +118,7 @@ def test_paired_layer_is_relu5_with_d3c5s_channels_and_size():
 @pytest.mark.parametrize("size", [(16, 16), (15, 18)])
 @pytest.mark.parametrize("method", ["at", "fitnets", "sp", "pkt", "nst", "ft", "cc", "fsp"])
 def test_every_feature_kd_loss_pairs_dcunet5_with_d3c5(method, size):
-    teacher, student = build_model("dcunet5", ModelOptions(channels=32)), build_model("d3c5")
+    teacher, student = build_model("dcunet5", ModelOptions(width=32)), build_model("d3c5")
     loss = build_kd_loss(method, channels=(32, 32), n_cascades=5)
     x_u, kspace, mask = _inputs(size)
 

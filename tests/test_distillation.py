@@ -9,28 +9,28 @@ import torch.nn.functional as F
 from compressor.errors import InputError
 from compressor.kd import build_kd_loss
 from compressor.models import build_model
-from compressor.training.objectives import Distillation, Phase, TeacherFeatureCache, record_features
+from compressor.training.objectives import Distillation, TeacherFeatureCache, TrainingPhase, record_features
 from compressor.training.pipeline import REFERENCE_KD_EPOCHS, kd_phases
 from tests.test_sft import make_batch
 
 
 def test_joint_schedule_is_one_phase_of_l1_plus_kd():
-    assert kd_phases(build_kd_loss("at"), "joint", 40) == [Phase("joint", 40)]
+    assert kd_phases(build_kd_loss("at"), "joint", 40) == [TrainingPhase("joint", 40)]
 
 
 def test_fsp_gets_its_initialisation_phase_scaled_to_the_stage():
     phases = kd_phases(build_kd_loss("fsp"), "joint", REFERENCE_KD_EPOCHS // 2)
-    assert phases == [Phase("feature", 15, rec_weight=0.0), Phase("joint", 105)]
+    assert phases == [TrainingPhase("feature", 15, rec_weight=0.0), TrainingPhase("joint", 105)]
 
 
 def test_factor_transfer_pretrains_its_paraphraser_first():
     phases = kd_phases(build_kd_loss("ft"), "joint", REFERENCE_KD_EPOCHS)
-    assert phases[0] == Phase("paraphraser", 30, pretraining=True) and phases[-1] == Phase("joint", 240)
+    assert phases[0] == TrainingPhase("paraphraser", 30, pretraining=True) and phases[-1] == TrainingPhase("joint", 240)
 
 
 def test_authors_two_phase_schedule():
     phases = kd_phases(build_kd_loss("at", mode="authors"), "two-phase", 10, feature_epochs=4)
-    assert phases == [Phase("feature", 4, rec_weight=0.0), Phase("finetune", 10, kd_weight=0.0)]
+    assert phases == [TrainingPhase("feature", 4, rec_weight=0.0), TrainingPhase("finetune", 10, kd_weight=0.0)]
     with pytest.raises(InputError, match="two-phase"):
         kd_phases(build_kd_loss("at"), "cyclic", 10)
 
@@ -55,7 +55,7 @@ def test_loss_is_l1_plus_weighted_kd_and_never_trains_the_teacher():
 def test_feature_phase_drops_the_reconstruction_term():
     objective = _objective()
     batch = make_batch()
-    objective.start_phase(Phase("feature", 1, rec_weight=0.0))
+    objective.start_phase(TrainingPhase("feature", 1, rec_weight=0.0))
     loss = objective.loss(batch)
     assert loss.total.item() == pytest.approx(loss.logged["at"], rel=1e-5)
     assert "kd_to_l1" not in loss.logged
@@ -63,7 +63,7 @@ def test_feature_phase_drops_the_reconstruction_term():
 
 def test_paraphraser_phase_trains_only_the_kd_loss_modules():
     objective = _objective("ft")
-    objective.start_phase(Phase("paraphraser", 1, pretraining=True))
+    objective.start_phase(TrainingPhase("paraphraser", 1, pretraining=True))
     trainable = {id(p) for p in objective.trainable()}
     assert trainable == {id(p) for p in objective.kd_loss.pretrain_parameters()}
     assert not trainable & {id(p) for p in objective.output_model.parameters()}

@@ -30,7 +30,7 @@ from compressor.training import loop
 from compressor.training.distributed import DistributedContext, rank_batches
 from compressor.training.factories import kd_phases
 from compressor.training.loop import TrainSettings, train_stage
-from compressor.training.objectives import Distillation, Phase, Supervised
+from compressor.training.objectives import Distillation, Supervised, TrainingPhase
 from compressor.training.preflight import check_batches
 from compressor.training.stages import model_options
 
@@ -68,11 +68,11 @@ def _train(kind: str, batch_size: int, context: DistributedContext, stage_dir: P
     torch.manual_seed(0)
     student = build_model("d3c5", options)
     if kind == "supervised":
-        objective, phases = Supervised(student), [Phase("train", epochs)]
+        objective, phases = Supervised(student), [TrainingPhase("train", epochs)]
     else:
         torch.manual_seed(1)
         teacher = build_model("d5c5", options)
-        loss = build_kd_loss("at", mode="paper", channels=(student.channels, teacher.channels), n_cascades=5)
+        loss = build_kd_loss("at", mode="paper", channels=(student.width, teacher.width), n_cascades=5)
         objective, phases = Distillation(student, teacher, loss, 1000.0), kd_phases(loss, "joint", epochs)
     settings = TrainSettings(batch_size=batch_size, lr=1e-3, lr_step=40, lr_gamma=0.1, seed=0,
                              device=torch.device("cpu"), progress=False, distributed=context)

@@ -43,7 +43,7 @@ from compressor.physics import (
 from compressor.training.checkpoint import save_weights
 
 SIZE = (16, 16)
-TINY = ModelOptions(channels=8)
+TINY = ModelOptions(width=8)
 
 
 def tiny_model(arch: str = "d2c2", seed: int = 0, options: ModelOptions = TINY):

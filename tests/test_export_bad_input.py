@@ -16,6 +16,7 @@ from compressor.export.targets import export as export_driver
 from compressor.training.checkpoint import save_weights
 from tests.test_bad_input_matrix import files_under, one_line_error
 from tests.test_export import tiny_model, write_run
+from tests.test_run_directory import another_process_holding_the_lock
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +67,7 @@ def test_a_folder_where_another_precision_would_go_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("option, value, expected", [
-    ("--image-size", "0", "Invalid value for '--image-size': 0 is not in the range x>=8"),
+    ("--image-size", "0", "Invalid value for '--image-size': 0 is smaller than the smallest image size, 8"),
     ("--mask-seed", "-1", "Invalid value for '--mask-seed': -1 is not in the range x>=0"),
 ])
 def test_a_bare_weights_mask_that_cannot_be_made_is_refused(tmp_path, option, value, expected):
@@ -74,3 +75,11 @@ def test_a_bare_weights_mask_that_cannot_be_made_is_refused(tmp_path, option, va
     line = refused(tmp_path, ["--arch", "d2c5", "--weights", str(weights), option, value,
                               "--out", str(tmp_path / "x.onnx")])
     assert expected in line
+
+
+@pytest.mark.parametrize("source", ["--run", "--stage"])
+def test_a_run_another_process_is_training_in_is_refused(tmp_path, run, source):
+    (stage,) = (run / "stages").iterdir()
+    with another_process_holding_the_lock(run) as holder:
+        line = refused(tmp_path, [source, str(run if source == "--run" else stage)])
+    assert str(run) in line and f"PID {holder.pid}" in line and "still changing" in line

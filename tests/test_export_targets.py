@@ -156,7 +156,7 @@ def test_export_run_writes_each_target_and_lists_every_file_in_exports_json(tmp_
     assert sorted(p.name for p in exports.iterdir()) == ["exports.json", "sft_kd_at_d2c2@4x.copy.onnx",
                                                          "sft_kd_at_d2c2@4x.onnx"]
     listed = json.loads((exports / "exports.json").read_text())
-    assert listed == json.loads(json.dumps([result.summary() for result in results]))
+    assert listed == json.loads(json.dumps([result.entry().to_json() for result in results]))
     assert all(set(row) == SUMMARY_KEYS for row in listed)
     assert [row["file"] for row in listed] == [str(exports / "sft_kd_at_d2c2@4x.onnx"),
                                                str(exports / "sft_kd_at_d2c2@4x.copy.onnx")]

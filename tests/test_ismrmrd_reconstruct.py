@@ -70,7 +70,7 @@ def models(tmp_path_factory, mask) -> dict[str, object]:
                                                     ("dft", 2, "dft", complex_validation),
                                                     ("real", 1, "lines", real_validation)]:
         torch.manual_seed(0)
-        model = build_model("d2c2", ModelOptions(channels=8, image_channels=channels)).eval()
+        model = build_model("d2c2", ModelOptions(width=8, image_channels=channels)).eval()
         paths[name] = export_model(model, folder / f"{name}.onnx", mask=mask, validation_kspace=validation,
                                    formulation=formulation).path
     return paths

@@ -108,3 +108,22 @@ def test_swapping_the_fourier_operator_keeps_the_output():
     model.fourier = MatmulDFT(20, 20)
     assert torch.allclose(model(x_u, kspace, mask), reference, atol=1e-5)
     assert "fourier" not in "".join(model.state_dict())
+
+
+def test_the_width_keeps_its_json_key_channels_so_old_stage_records_and_exports_still_load():
+    import json
+    from pathlib import Path
+
+    import onnx
+
+    fixture = Path(__file__).parent / "fixtures" / "exports_v1" / "student_d2c5@4x.onnx"
+    metadata = {p.key: p.value for p in onnx.load(str(fixture), load_external_data=False).metadata_props}
+    written = json.loads(metadata["model_options"])  # what every stage.json and export before the rename holds
+    assert ModelOptions.from_dict(written) == ModelOptions(width=32)
+    assert json.dumps(ModelOptions().to_dict()) == metadata["model_options"]  # same keys, same order
+    old_stage = {"block_form": "residual", "block_padding": 5, "dc_lambda": None, "dc_learnable": False,
+                 "channels": 8}  # a stage.json from before image channels existed
+    assert ModelOptions.from_dict(old_stage) == ModelOptions(block_form="residual", width=8)
+    assert build_model("d2c2", ModelOptions.from_dict(old_stage)).width == 8
+    with pytest.raises(InputError, match="model options: unknown key 'depth'; known keys: block_form"):
+        ModelOptions.from_dict({"depth": 3}, "stage.json")

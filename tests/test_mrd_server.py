@@ -72,7 +72,7 @@ def coil_images(slices: int = SLICES, coils: int = COILS, size: tuple[int, int] 
 def tiny_export(path: Path, image_channels: int) -> Path:
     """A tiny d2c2 exported for :data:`SIZE` with :func:`line_mask`, validated on two slices."""
     torch.manual_seed(0)
-    model = build_model("d2c2", ModelOptions(channels=8, image_channels=image_channels)).eval()
+    model = build_model("d2c2", ModelOptions(width=8, image_channels=image_channels)).eval()
     images = coil_images(2, 1, seed=5, phase=image_channels == 2)[:, 0]
     export_model(model, path, mask=line_mask(), validation_kspace=simulated_kspace(images, line_mask().values))
     return path

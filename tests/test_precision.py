@@ -30,7 +30,7 @@ from compressor.models import ModelOptions
 from compressor.training.checkpoint import save_weights
 from tests.test_export import SIZE, TINY, tiny_model
 
-COMPLEX = ModelOptions(channels=8, image_channels=2)
+COMPLEX = ModelOptions(width=8, image_channels=2)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ def mask():
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory, mask):
     torch.manual_seed(0)
-    model = build_model("d2c2", ModelOptions(channels=8)).eval()
+    model = build_model("d2c2", ModelOptions(width=8)).eval()
     path = tmp_path_factory.mktemp("model") / "tiny.onnx"
     export_model(model, path, mask=mask, validation_kspace=phantom_kspace(mask, 1))
     return path

@@ -24,8 +24,9 @@ from compressor.errors import InputError
 from compressor.evaluate.figures import TradeOffPoint, pareto_front
 from compressor.evaluate.metrics import hfn, slice_metrics, ssim
 from compressor.evaluate.report import build_report
-from compressor.evaluate.rundir import load_run
-from compressor.evaluate.tables import FORMATS, MISSING, TABLE_BUILDERS, render, table1, table3, table5, table8
+from compressor.evaluate.run_data import load_run
+from compressor.evaluate.table_text import FORMATS, MISSING, render
+from compressor.evaluate.tables import TABLE_BUILDERS, table1, table3, table5, table8
 
 SIZE = 48
 VOLUMES = ("vol_a",) * 4 + ("vol_b",) * 4

@@ -25,8 +25,9 @@ from compressor.errors import InputError
 from compressor.evaluate.figures import warm_start_curves
 from compressor.evaluate.metrics import slice_metrics
 from compressor.evaluate.report import build_report
-from compressor.evaluate.rundir import HistoryEntry, convergence, load_run
-from compressor.evaluate.tables import MISSING, render, run_summary, table1, table2, warm_start
+from compressor.evaluate.run_data import HistoryEntry, convergence, load_run
+from compressor.evaluate.table_text import MISSING, render
+from compressor.evaluate.tables import run_summary, table1, table2, warm_start
 from tests.test_report import SLICE_INDEX, VOLUMES, synthetic_targets, write_json, write_reconstructions
 
 WEIGHTS = "pretrained/cardiac_d5c5.safetensors"

@@ -9,6 +9,8 @@ import pickle
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -124,11 +126,11 @@ def test_new_config_fields_follow_the_rule():
     assert "task" not in kept and "sr_interpolation" not in kept and "acceleration" not in kept
     assert kept["mask_seed"] == 0  # a format-1 field at its default stays
     assert "image_channels" not in rundir.key_fields("data", {**data, "image_channels": 1}, task,
-                                                      {**rundir._section_defaults("data"), "image_channels": 1})
+                                                      {**rundir.section_defaults("data"), "image_channels": 1})
     assert rundir.key_fields("data", {**data, "task": "sr"}, "sr")["sr_interpolation"] == "bicubic"
     train = asdict(quick().train)
     assert set(rundir.key_fields("train", {**train, "precision": "fp32"}, task,
-                                 {**rundir._section_defaults("train"), "precision": "fp32"})) == {
+                                 {**rundir.section_defaults("train"), "precision": "fp32"})) == {
         "batch_size", "lr", "lr_step", "lr_gamma", "seed", "amp"}
 
 
@@ -159,19 +161,26 @@ def test_roles_carry_one_label():
 
 
 # -- the lock ---------------------------------------------------------------------------------------------------------
-def test_a_second_process_is_refused_while_a_run_holds_the_directory(tmp_path):
+@contextmanager
+def another_process_holding_the_lock(run: Path) -> Iterator[subprocess.Popen]:
+    """A second process holding ``run``'s lock while the block runs (killed after it)."""
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from compressor.rundir import run_lock\n"
-         "with run_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(30)", str(tmp_path)],
+         "with run_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(30)", str(run)],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(InputError) as error, rundir.run_lock(tmp_path):
-            pass
-        assert f"PID {holder.pid}" in str(error.value) and str(tmp_path) in str(error.value)
+        yield holder
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_second_process_is_refused_while_a_run_holds_the_directory(tmp_path):
+    with another_process_holding_the_lock(tmp_path) as holder:
+        with pytest.raises(InputError) as error, rundir.run_lock(tmp_path):
+            pass
+        assert f"PID {holder.pid}" in str(error.value) and str(tmp_path) in str(error.value)
     with rundir.run_lock(tmp_path), rundir.run_lock(tmp_path):  # free again, and re-entrant
         pass
 
@@ -180,6 +189,159 @@ def test_a_lock_on_a_new_directory_leaves_nothing_when_nothing_was_written(tmp_p
     with rundir.run_lock(tmp_path / "new"):
         pass
     assert not (tmp_path / "new").exists()
+
+
+def _lock_refusal(result) -> str:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("kind", ["symlink", "dangling symlink", "hard link", "foreign file"])
+def test_the_lock_never_writes_into_a_file_it_did_not_create(tmp_path, kind):
+    from click.testing import CliRunner
+
+    from compressor.cli import main
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("x" * 380)
+    run = tmp_path / "run"
+    run.mkdir()
+    lock = run / rundir.LOCK_FILE
+    if kind == "symlink":
+        lock.symlink_to(victim)
+    elif kind == "dangling symlink":
+        lock.symlink_to(tmp_path / "created-through-the-link")
+    elif kind == "hard link":
+        os.link(victim, lock)
+    else:
+        lock.write_text("these 380 bytes are somebody's data\n")
+    foreign = lock.read_bytes() if kind == "foreign file" else None
+    result = CliRunner().invoke(main, ["--preset", "smoke", "--teacher", "d3c5", "--student", "d2c5", "--method",
+                                       "at", "--no-deploy", "--no-progress", "--out", str(run)])
+    line = _lock_refusal(result)
+    assert rundir.LOCK_FILE in line and "not a lock file of this tool" in line
+    assert victim.read_text() == "x" * 380 and not (tmp_path / "created-through-the-link").exists()
+    assert sorted(p.name for p in run.iterdir()) == [rundir.LOCK_FILE]  # nothing trained, nothing written
+    if foreign is not None:
+        assert lock.read_bytes() == foreign
+
+
+def test_a_lock_file_left_by_an_earlier_run_is_taken_over(tmp_path):
+    (tmp_path / rundir.LOCK_FILE).write_text("12345\n")
+    with rundir.run_lock(tmp_path):
+        assert (tmp_path / rundir.LOCK_FILE).read_text() == f"{os.getpid()}\n"
+    assert (tmp_path / rundir.LOCK_FILE).read_text() == ""
+
+
+def test_report_refuses_a_run_that_is_still_training(tmp_path):
+    from click.testing import CliRunner
+
+    from compressor.cli import main
+
+    run = shutil.copytree(RESULTS / "quick-at", tmp_path / "quick-at")
+    with another_process_holding_the_lock(run) as holder:
+        with pytest.raises(InputError) as error:
+            rundir.refuse_if_training(run)
+        assert f"PID {holder.pid}" in str(error.value) and "still changing" in str(error.value)
+        line = _lock_refusal(CliRunner().invoke(main, ["report", str(run)]))
+        assert str(run) in line and f"PID {holder.pid}" in line
+        assert not (run / rundir.REPORT_FOLDER).exists()
+    rundir.refuse_if_training(run)  # free again
+    with rundir.run_lock(run):
+        rundir.refuse_if_training(run)  # this process's own run reads its directory
+
+
+def test_report_refuses_a_report_path_that_is_a_file_before_any_work(tmp_path):
+    from click.testing import CliRunner
+
+    from compressor.cli import main
+
+    run = shutil.copytree(RESULTS / "quick-at", tmp_path / "quick-at")
+    (run / rundir.REPORT_FOLDER).write_text("not a folder")
+    before = sorted(p.name for p in run.iterdir())
+    line = _lock_refusal(CliRunner().invoke(main, ["report", str(run)]))
+    assert str(run / rundir.REPORT_FOLDER) in line and "is a file" in line
+    assert sorted(p.name for p in run.iterdir()) == before
+    assert (run / rundir.REPORT_FOLDER).read_text() == "not a folder"
+
+
+# -- the deployment records -------------------------------------------------------------------------------------------
+def test_benchmark_json_round_trips_and_older_files_are_read():
+    raw = json.loads((RESULTS / "quick-all" / "benchmark.json").read_text())
+    record = rundir.read_benchmark(RESULTS / "quick-all")
+    assert json.loads(json.dumps(record.to_json())) == raw  # every key and value as export/benchmark writes them
+    assert record.precisions() == ("fp32",) and record.latency_ms("d5c5") == next(
+        m["ort_ms_median"] for m in raw["models"] if m["arch"] == "d5c5")
+    older = rundir.read_benchmark(RESULTS / "quick-at")  # no precision, image_channels or cpu keys yet
+    assert older.cpu is None and {m.precision for m in older.models} == {"fp32"}
+    assert {m.image_channels for m in older.models} == {1}
+    assert rundir.read_benchmark(RESULTS / "quick-sr") is None
+
+
+def test_benchmark_json_written_through_the_record(tmp_path):
+    record = rundir.BenchmarkRecord(provider="CPUExecutionProvider", threads=2, image_size=(16, 16), iterations=30,
+                                    warmup=5, models=(rundir.ModelTiming(name="teacher/d2c2@4x", arch="d2c2",
+                                                                         ort_ms_median=1.5, parameters=10),))
+    json_path, csv_path = rundir.write_benchmark(tmp_path, record)
+    assert (json_path.name, csv_path.name) == (rundir.BENCHMARK_FILE, "benchmark.csv")
+    assert rundir.read_benchmark(tmp_path) == record
+    assert csv_path.read_text().splitlines()[0].split(",")[:3] == ["name", "arch", "role"]
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"models": [{"arch": 3}]}, "models[0]"),
+    ({"models": [{"arch": "d2c5", "ort_ms_median": "fast"}]}, "models[0].ort_ms_median"),
+    ({"threads": "two"}, "threads"),
+])
+def test_a_malformed_benchmark_json_is_one_line_naming_the_key(tmp_path, change, key):
+    (tmp_path / rundir.BENCHMARK_FILE).write_text(json.dumps({"provider": "CPUExecutionProvider", "models": [],
+                                                              **change}))
+    with pytest.raises(InputError) as error:
+        rundir.read_benchmark(tmp_path)
+    assert f"{rundir.BENCHMARK_FILE} [{key}]" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_exports_json_round_trips(tmp_path):
+    for run in ("quick-all", "quick-at"):
+        raw = json.loads((RESULTS / run / "exports.json").read_text())
+        record = rundir.ExportsRecord.from_json(raw, RESULTS / run / "exports.json")
+        expected = raw if run == "quick-all" else [{"image_channels": 1, "precision": "fp32", **e} for e in raw]
+        assert json.loads(json.dumps(record.to_json())) == expected
+    check = rundir.PrecisionCheckEntry(delta_psnr_db=-0.02, delta_ssim=-0.001, psnr_fp32_db=31.0, slices=5,
+                                       max_psnr_loss_db=0.5, line_deviation=1e-6, line_deviation_fp32=1e-7,
+                                       reference_parity=None, reference_note="no QLinearConv in onnx.reference")
+    entry = rundir.ExportEntry(file="exports/a.int8.onnx", architecture="d2c5", parameters=3045, image_channels=1,
+                               formulation="masked", provider="CPUExecutionProvider", max_abs_error=0.01,
+                               relative_error=0.001, tolerance=None, reference_evaluator_error=None,
+                               validation_slices=5, seconds=1.0, precision="int8", precision_check=check)
+    rundir.write_exports(tmp_path, rundir.ExportsRecord((entry,)))
+    assert rundir.read_exports(tmp_path) == rundir.ExportsRecord((entry,))
+    assert rundir.read_exports(tmp_path / "elsewhere") is None
+
+
+def test_a_training_checkpoint_round_trips_and_a_foreign_one_is_one_line(tmp_path):
+    checkpoint = rundir.TrainingCheckpoint(phase=1, history=[{"epoch": 1}], best_val=0.5, best_epoch=1,
+                                           models={"model": {}}, optimizer={"state": {}}, scheduler={})
+    path = tmp_path / rundir.CHECKPOINT_FILE
+    assert rundir.TrainingCheckpoint.from_state(checkpoint.to_state(), path) == checkpoint
+    assert set(checkpoint.to_state()) == {"phase", "history", "best_val", "best_epoch", "models", "optimizer",
+                                          "scheduler"}
+    with pytest.raises(InputError) as error:
+        rundir.TrainingCheckpoint.from_state({"epoch": 1}, path)
+    assert str(path) in str(error.value) and "retrain the stage" in str(error.value)
+
+
+def test_the_layout_names_every_file():
+    layout = rundir.RunLayout.of_stage(Path("/runs/a") / rundir.STAGES_FOLDER / "teacher-d5c5-0123")
+    assert layout.root == Path("/runs/a") and layout.exports_file == Path("/runs/a/exports/exports.json")
+    assert layout.report == Path("/runs/a/report") and layout.benchmark == Path("/runs/a/benchmark.json")
+    assert layout.mask(4.0) == Path("/runs/a/masks/mask_4x.npy")
+    assert rundir.best_weights_file() == "best.safetensors" and rundir.weights_file(rundir.LAST_WEIGHTS) == (
+        "last.safetensors")
+    assert rundir.best_weights_file(rundir.STUDENT_BRANCHES_PART) == "best_student_branches.safetensors"
 
 
 # -- hostile checkpoints ----------------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ def exports(tmp_path_factory, mask) -> dict[int, Path]:
     folder = tmp_path_factory.mktemp("exports")
     paths = {}
     for channels in (1, 2):
-        model = build_model("d2c2", ModelOptions(channels=8, image_channels=channels)).eval()
+        model = build_model("d2c2", ModelOptions(width=8, image_channels=channels)).eval()
         paths[channels] = export_model(model, folder / f"tiny{channels}.onnx", mask=mask,
                                        validation_kspace=phantom_kspace(mask, 1, image_channels=channels)).path
     return paths

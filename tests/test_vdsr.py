@@ -36,8 +36,8 @@ def test_parameter_counts_by_hand():
 
 
 def test_rcnn_width_follows_the_channels_option_and_vdsr_keeps_64():
-    assert build_model("rcnn15", ModelOptions(channels=8)).num_parameters() == 80 + 13 * 584 + 73
-    assert build_model("vdsr4", ModelOptions(channels=8)).num_parameters() == 75_073
+    assert build_model("rcnn15", ModelOptions(width=8)).num_parameters() == 80 + 13 * 584 + 73
+    assert build_model("vdsr4", ModelOptions(width=8)).num_parameters() == 75_073
 
 
 def _convs_per_block(model) -> list[int]:

@@ -12,8 +12,8 @@ from pathlib import Path
 import click
 
 from compressor.cli.common import OneLineErrors, UserError, handles_input_errors, require_writable
-from compressor.config import BlockForm, KDMode, KDSchedule, Phase, Task, values
 from compressor.masks import MASKS
+from compressor.vocabulary import BlockForm, ImagePhase, KDMode, KDSchedule, Task, values
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 110}
 
@@ -57,7 +57,7 @@ def _names(text: str | None) -> list[str] | None:
 @click.option("--block-form", type=click.Choice(values(BlockForm)), help="DC-CNN block form.")
 @click.option("--channels", "image_channels", type=click.IntRange(1, 2),
               help="Image channels: 1, the paper's real image; 2, the complex image (real, imag) for data with phase.")
-@click.option("--phase", type=click.Choice(values(Phase)),
+@click.option("--phase", type=click.Choice(values(ImagePhase)),
               help="Embedded data only: 'synthetic' multiplies the MNI magnitude by a smooth seeded phase "
                    "(a simulation of phase-carrying data).")
 @click.option("--kd-weight", type=float,
@@ -237,6 +237,7 @@ def _train_deploy_report(config, out: Path, progress: bool, deploy: bool, log, s
                          targets: Sequence[str]) -> None:
     from compressor.evaluate.metrics import slice_metrics
     from compressor.evaluate.report import build_report
+    from compressor.rundir import RunLayout
     from compressor.training.pipeline import Pipeline
 
     pipeline = Pipeline(config, out, score=slice_metrics, log=log, progress=progress, distributed=context)
@@ -265,8 +266,9 @@ def _train_deploy_report(config, out: Path, progress: bool, deploy: bool, log, s
     for name in shown:
         if name in report.tables:
             click.echo("\n" + report.tables[name])
-    click.echo(f"\nNumbers are on the validation split (best-validation-L1 weights); report in {out / 'report'}; "
-               f"total {time.perf_counter() - started:.0f} s (training {result.seconds:.0f} s).")
+    click.echo("\nNumbers are on the validation split (best-validation-L1 weights); "
+               f"report in {RunLayout(out).report}; total {time.perf_counter() - started:.0f} s "
+               f"(training {result.seconds:.0f} s).")
 
 
 def deploy_run(out: Path, log, targets: Sequence[str] = ("onnx-fp32",)) -> None:
@@ -318,13 +320,16 @@ def models_command(names: tuple[str, ...], block_form: str, image_channels: int)
 def report_command(run_dir: Path, fmt: str, figures: bool, split: str, ssim_convention: str) -> None:
     """Rebuild every table and figure of a run directory without retraining."""
     from compressor.evaluate.report import build_report
+    from compressor.rundir import RunLayout, refuse_if_training
 
+    refuse_if_training(run_dir)  # a run still training is changing what the report would read
+    require_writable(RunLayout(run_dir).report)
     report = build_report(run_dir, fmt=fmt, figures=figures, split=split, ssim_convention=ssim_convention)
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
     for text in report.tables.values():
         click.echo(text + "\n")
-    click.echo(f"{len(report.files)} files written under {run_dir / 'report'} in {report.seconds:.1f} s")
+    click.echo(f"{len(report.files)} files written under {RunLayout(run_dir).report} in {report.seconds:.1f} s")
 
 
 def _register_export_commands() -> None:

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from compressor.cli.common import OneLineCommand, UserError, handles_input_errors, require_writable
-from compressor.config import MIN_IMAGE_SIZE
-from compressor.rundir import BENCHMARK_FILE, EXPORTS_FOLDER
+from compressor.rundir import BENCHMARK_FILE, EXPORTS_FOLDER, RunLayout, refuse_if_training
 
 if TYPE_CHECKING:
     import numpy as np
@@ -77,13 +76,29 @@ def _file_destination(out: Path | None, default: Path, target: str, count: int) 
     return out if count == 1 else out.with_name(output_name(out.name.removesuffix(".onnx"), target))
 
 
+def _image_size(size: int) -> int:
+    """``--image-size`` of bare weights, refused below the smallest image size training takes."""
+    from compressor.data.section import MIN_IMAGE_SIZE
+
+    if size < MIN_IMAGE_SIZE:
+        raise click.BadParameter(f"{size} is smaller than the smallest image size, {MIN_IMAGE_SIZE}",
+                                 param_hint="'--image-size'")
+    return size
+
+
 def _run_destination(out: Path | None, run_dir: Path | None, stage_dir: Path | None, file_name: str, target: str,
                      count: int) -> Path:
     """Where a run model's ``target`` file goes: ``--out`` (a folder with ``--run``, the file with ``--stage``), else
     the run's exports folder."""
     if stage_dir is not None:
-        return _file_destination(out, stage_dir.parent.parent / EXPORTS_FOLDER / file_name, target, count)
+        return _file_destination(out, RunLayout.of_stage(stage_dir).exports / file_name, target, count)
     return (out or run_dir / EXPORTS_FOLDER) / file_name
+
+
+def _refuse_a_run_in_training(run_dir: Path | None, stage_dir: Path | None) -> None:
+    """Refuse, in one line, to export from a run another process is training in (its files still change)."""
+    if run_dir is not None or stage_dir is not None:
+        refuse_if_training(run_dir if run_dir is not None else RunLayout.of_stage(stage_dir).root)
 
 
 def _check_outputs(out: Path | None, triton_repo: Path | None, folder: bool) -> None:
@@ -286,7 +301,7 @@ def _report_export(result: ExportResult) -> None:
 @click.option("--arch", help="Architecture of a bare weights file, e.g. d3c5 (with --weights).")
 @click.option("--weights", type=click.Path(path_type=Path, dir_okay=False), help="A bare .safetensors state dict.")
 @click.option("--acceleration", type=float, default=4.0, help="Acceleration of the bare weights' training mask.")
-@click.option("--image-size", type=click.IntRange(min=MIN_IMAGE_SIZE), default=240,
+@click.option("--image-size", type=int, default=240, callback=lambda _, __, size: _image_size(size),
               help="Square image size of the bare weights' training data.")
 @click.option("--mask", "mask_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Training mask .npy of the bare weights (default: a generated --mask-type mask).")
@@ -366,6 +381,7 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
     if names and run_dir is None:
         raise UserError("--model names models of a run; add --run DIR")
     _check_outputs(out, triton_repo, folder=run_dir is not None)
+    _refuse_a_run_in_training(run_dir, stage_dir)
     targets = _export_targets(target, precision)
     _refuse_unused_options(triton_repo, targets)
     precision_options = _precision_options(calibration_slices, calibration_method, max_psnr_loss, qat_threshold,
@@ -387,7 +403,7 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
             from compressor.models import ModelOptions, build_model
             from compressor.training.checkpoint import load_weights
 
-            options = ModelOptions(block_form=block_form, block_padding=block_padding, channels=width,
+            options = ModelOptions(block_form=block_form, block_padding=block_padding, width=width,
                                    image_channels=image_channels)
             model = load_weights(weights, build_model(arch, options)).eval()
             mask = _bare_mask(acceleration, image_size, mask_path, mask_centred, mask_type, mask_seed)

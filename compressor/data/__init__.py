@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-from compressor.config import DataConfig, Task, values
 from compressor.data.dataset import (
     NormalisedInput,
     SliceDataset,
@@ -31,8 +30,10 @@ from compressor.data.readers import (
     open_volume,
 )
 from compressor.data.sample import Sample
+from compressor.data.section import MNI_SOURCE, DataConfig
 from compressor.errors import InputError
 from compressor.masks import SamplingMask, acceleration_label, load_mask, make_mask
+from compressor.vocabulary import Task, values
 
 __all__ = [
     "DataSplits",
@@ -50,7 +51,6 @@ __all__ = [
     "write_project_volume",
 ]
 
-MNI_SOURCE = "mni"
 TASKS = values(Task)
 
 

@@ -36,7 +36,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from compressor.config import Phase
 from compressor.data.phase import with_synthetic_phase
 from compressor.data.readers import SliceData, VolumeReader
 from compressor.data.sample import Sample
@@ -53,6 +52,7 @@ from compressor.physics import (
     undersample,
 )
 from compressor.physics.degradation import INTERPOLATIONS, check_scale, degrade
+from compressor.vocabulary import ImagePhase
 
 __all__ = ["NormalisedInput", "SliceDataset", "SuperResolutionDataset", "centre_crop_or_pad", "no_measurement_mask",
            "normalise_kspace"]
@@ -198,7 +198,7 @@ class SliceDataset(Dataset):
         """The 2-channel item: the complex target and its undersampled k-space, normalised (module docstring)."""
         if data.kspace is None:
             image = centre_crop_or_pad(data.target, self.mask.shape)
-            if self.phase == Phase.SYNTHETIC:
+            if self.phase == ImagePhase.SYNTHETIC:
                 image = with_synthetic_phase(image, reader.name, slice_index)
             target = torch.from_numpy(np.ascontiguousarray(image, dtype=np.complex64))
             kspace = apply_mask(fft2(torch.view_as_real(target)), self._mask_tensor)

@@ -54,11 +54,9 @@ class AttentionTransferLoss(DistillationLoss):
 
     Reduction: mean over the selected cascades (every cascade by default, in both modes).
 
-    Default weights: paper 1000, authors 1. RepDistiller's published 1000 (``-b 1000`` for ``attention``) gives a
-    weighted-AT / L1 ratio of 0.09 (paper) and 760 (authors) in ``base.CALIBRATION``, and 0.15 (paper) in the first
-    Std-KD epoch of the ``quick`` preset (120 × 120, residual blocks, a trained teacher): paper mode keeps the
-    published weight, which is balanced on the data the tool trains on by default (a ×10 weight, 1e4, left the
-    Std-KD student 0.6 dB below the student trained alone there); authors mode needs ×10⁻³ (ratio 0.8).
+    Default weights: paper 1000, authors 1: RepDistiller's published 1000 (``-b 1000`` for ``attention``), kept in paper
+    mode and ×10⁻³ in authors mode by the rule of :class:`~compressor.kd.base.DistillationLoss` (ratios measured:
+    ``benchmarks/results/kd_weight_calibration.md``).
     """
 
     name = "at"

@@ -39,11 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressor.config import KDMode, values
 from compressor.errors import InputError
 from compressor.models.base import CascadeModel, ReconOutput
 from compressor.models.features import FeatureRecorder
 from compressor.registry import Registry
+from compressor.vocabulary import KDMode, values
 
 TAPS = ("first", "middle", "last", "block_output", "output")
 HIDDEN_TAPS = ("first", "middle", "last")

@@ -60,10 +60,10 @@ class CorrelationCongruenceLoss(DistillationLoss):
 
     Reduction: mean over the selected cascades.
 
-    Default weights: paper 2e4, authors 0.02. RepDistiller's published 0.02 (``-b 0.02`` for ``correlation``) was
-    tuned for its ``Correlation``, the simplified authors-mode formula (on embeddings), not the paper's kernel form:
-    on the embedded data (``base.CALIBRATION``) it gives a weighted-CC / L1 ratio of 0.2 in authors mode (kept)
-    and 1.2e-6 in paper mode, which ×10⁶ brings to 1.2.
+    Default weights: paper 2e4, authors 0.02: RepDistiller's published 0.02 (``-b 0.02`` for ``correlation``), tuned for
+    its ``Correlation``, the simplified authors-mode formula (on embeddings), not the paper's kernel form: kept in
+    authors mode and ×10⁶ in paper mode, by the rule of :class:`~compressor.kd.base.DistillationLoss` (ratios measured:
+    ``benchmarks/results/kd_weight_calibration.md``).
     """
 
     name = "cc"

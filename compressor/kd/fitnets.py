@@ -45,9 +45,9 @@ class FitNetsLoss(DistillationLoss):
 
     Reduction: mean over the selected cascades.
 
-    Default weights: paper 1, authors 0.1. RepDistiller's published 100 (``-b 100`` for ``hint``) gives a
-    weighted-FitNets / L1 ratio of 160 (paper) and 360 (authors) on the embedded data (``base.CALIBRATION``):
-    ×10⁻² and ×10⁻³ bring them to 1.6 and 0.4.
+    Default weights: paper 1, authors 0.1: RepDistiller's published 100 (``-b 100`` for ``hint``) ×10⁻² and ×10⁻³, by
+    the rule of :class:`~compressor.kd.base.DistillationLoss` (ratios measured:
+    ``benchmarks/results/kd_weight_calibration.md``).
     """
 
     name = "fitnets"

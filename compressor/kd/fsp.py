@@ -47,9 +47,9 @@ class FSPLoss(DistillationLoss):
 
     Reduction: mean over the selected cascades (paper) or over consecutive pairs of them (authors).
 
-    Default weights: paper 50, authors 0.5. RepDistiller's published 50 (``-b 50`` for ``fsp``) gives a
-    weighted-FSP / L1 ratio of 3.2 (paper, kept) and 77 (authors) on the embedded data (``base.CALIBRATION``):
-    ×10⁻² brings the latter to 0.8.
+    Default weights: paper 50, authors 0.5: RepDistiller's published 50 (``-b 50`` for ``fsp``), kept in paper mode and
+    ×10⁻² in authors mode, by the rule of :class:`~compressor.kd.base.DistillationLoss` (ratios measured:
+    ``benchmarks/results/kd_weight_calibration.md``).
     Initialisation phase: 30 epochs, RepDistiller's ``--init_epochs`` default for its FSP stage 1.
     """
 

@@ -68,9 +68,10 @@ class FactorTransferLoss(DistillationLoss):
 
     Reduction: mean over the selected cascades.
 
-    Default weight 200: RepDistiller (Tian et al. 2020) ``train_student.py`` defaults (``-b 200`` for
-    ``factor``); weighted-FT / L1 ratio 8.9 on the embedded data (``base.CALIBRATION``). Pre-training phase:
-    30 epochs, RepDistiller's ``--init_epochs`` default for its paraphraser.
+    Default weight 200: RepDistiller (Tian et al. 2020) ``train_student.py`` defaults (``-b 200`` for ``factor``), kept
+    by the rule of :class:`~compressor.kd.base.DistillationLoss` (ratios measured:
+    ``benchmarks/results/kd_weight_calibration.md``). Pre-training phase: 30 epochs, RepDistiller's ``--init_epochs``
+    default for its paraphraser.
     """
 
     name = "ft"

@@ -35,8 +35,8 @@ class NeuronSelectivityLoss(DistillationLoss):
 
     Reduction: mean over the selected cascades.
 
-    Default weight 0.5. RepDistiller's published 50 (``-b 50`` for ``nst``) gives a weighted-NST / L1 ratio of 130
-    on the embedded data (``base.CALIBRATION``): ×10⁻² brings it to 1.3.
+    Default weight 0.5: RepDistiller's published 50 (``-b 50`` for ``nst``) ×10⁻², by the rule of
+    :class:`~compressor.kd.base.DistillationLoss` (ratios measured: ``benchmarks/results/kd_weight_calibration.md``).
     """
 
     name = "nst"

@@ -33,8 +33,9 @@ class ProbabilisticTransferLoss(DistillationLoss):
 
     Reduction: mean over the selected cascades.
 
-    Default weight 30000: RepDistiller (Tian et al. 2020) ``train_student.py`` defaults (``-b 30000`` for
-    ``pkt``); weighted-PKT / L1 ratio 7.8 on the embedded data (``base.CALIBRATION``).
+    Default weight 30000: RepDistiller (Tian et al. 2020) ``train_student.py`` defaults (``-b 30000`` for ``pkt``), kept
+    by the rule of :class:`~compressor.kd.base.DistillationLoss` (ratios measured:
+    ``benchmarks/results/kd_weight_calibration.md``).
     """
 
     name = "pkt"

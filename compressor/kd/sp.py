@@ -35,9 +35,9 @@ class SimilarityPreservingLoss(DistillationLoss):
 
     Reduction: mean over the selected cascades.
 
-    Default weights: paper 300, authors 30. RepDistiller's published 3000 (``-b 3000`` for ``similarity``, whose
-    ``Similarity`` loss is this formula) gives a weighted-SP / L1 ratio of 20 (paper) and 280 (authors) on the
-    embedded data (``base.CALIBRATION``): ×10⁻¹ and ×10⁻² bring them to 2 and 2.8.
+    Default weights: paper 300, authors 30: RepDistiller's published 3000 (``-b 3000`` for ``similarity``, whose
+    ``Similarity`` loss is this formula) ×10⁻¹ and ×10⁻², by the rule of :class:`~compressor.kd.base.DistillationLoss`
+    (ratios measured: ``benchmarks/results/kd_weight_calibration.md``).
     """
 
     name = "sp"

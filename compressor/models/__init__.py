@@ -11,8 +11,10 @@ student). :func:`build_model` turns a name plus :class:`ModelOptions` into a
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
 
 from compressor.errors import InputError
 from compressor.models.base import Cascade, CascadeModel, ReconOutput
@@ -35,7 +37,8 @@ class ModelOptions:
         block_padding: zero padding added around each block's input and cropped from its output (authors: 5).
         dc_lambda: ``None`` = λ → ∞ (paper); a float = finite DF weight.
         dc_learnable: learn λ (one extra parameter per cascade).
-        channels: hidden channels (paper: 32).
+        width: hidden channels of every block (paper: 32); ``channels`` in the JSON form (:meth:`to_dict`), the key
+            every ``stage.json``, stage key and exported file holds.
         image_channels: the image's channels: 1, the paper's real image; 2, the complex image as real and imaginary
             parts (DC-CNNs only; the other families stay real-valued).
     """
@@ -44,7 +47,7 @@ class ModelOptions:
     block_padding: int = 5
     dc_lambda: float | None = None
     dc_learnable: bool = False
-    channels: int = 32
+    width: int = 32
     image_channels: int = 1
 
     def __post_init__(self) -> None:
@@ -53,8 +56,25 @@ class ModelOptions:
         if self.image_channels not in IMAGE_CHANNELS:
             raise InputError(f"image channels must be 1 (real) or 2 (complex), got {self.image_channels}")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: the field names in field order, except ``width``, written ``channels``."""
+        return {_JSON_KEYS.get(name, name): value for name, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], source: str | Path | None = None) -> ModelOptions:
+        """The options of a JSON form (:meth:`to_dict`; ``source`` names its file in errors)."""
+        names = {json_key: name for name, json_key in _JSON_KEYS.items()}
+        known = {spec.name for spec in fields(cls)}
+        values = {names.get(key, key): value for key, value in raw.items()}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InputError(f"model options: unknown key {unknown[0]!r}; known keys: "
+                             f"{', '.join(_JSON_KEYS.get(name, name) for name in sorted(known))}", source)
+        return cls(**values)
+
+
+_JSON_KEYS = {"width": "channels"}
+"""Fields whose JSON key is another name: ``width`` was ``channels`` when every committed run was written."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +103,7 @@ def _check_dccnn(match: re.Match) -> str | None:
 
 
 def _build_dccnn(match: re.Match, options: ModelOptions) -> CascadeModel:
-    return DCCNN(int(match["n"]), int(match["m"]), channels=options.channels, block_form=options.block_form,
+    return DCCNN(int(match["n"]), int(match["m"]), width=options.width, block_form=options.block_form,
                  block_padding=options.block_padding, dc_lambda=options.dc_lambda, dc_learnable=options.dc_learnable,
                  image_channels=options.image_channels)
 
@@ -99,7 +119,7 @@ def _check_dcunet(match: re.Match) -> str | None:
 
 
 def _build_dcunet(match: re.Match, options: ModelOptions) -> CascadeModel:
-    return DCUNet(int(match["m"]), channels=options.channels, block_form=options.block_form,
+    return DCUNet(int(match["m"]), width=options.width, block_form=options.block_form,
                   block_padding=options.block_padding, dc_lambda=options.dc_lambda, dc_learnable=options.dc_learnable)
 
 
@@ -129,8 +149,8 @@ def _check_rcnn(match: re.Match) -> str | None:
 
 
 def _build_rcnn(match: re.Match, options: ModelOptions) -> CascadeModel:
-    # No DF and no block padding in the feature-domain network: only ``channels`` applies.
-    return ResidualCNN(int(match["l"]), channels=options.channels)
+    # No DF and no block padding in the feature-domain network: only ``width`` applies.
+    return ResidualCNN(int(match["l"]), width=options.width)
 
 
 ARCHITECTURES.register("rcnn")(ArchitectureFamily(

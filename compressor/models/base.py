@@ -64,13 +64,13 @@ def data_fidelity_cascades(blocks: list[nn.Module], dc_lambda: float | None = No
 class CascadeModel(nn.Module):
     """A chain of :class:`Cascade` modules sharing one Fourier operator (``self.fourier``, swappable).
 
-    Subclasses set ``arch`` (the name it was built from) and ``channels`` (the channel count of every
+    Subclasses set ``arch`` (the name it was built from) and ``width`` (the hidden width: the channel count of every
     :meth:`distillation_layer` activation, which sizes the KD losses' adapters); ``image_channels`` is the channel
     count of the images they take and return (1: real, the default; 2: complex as real and imaginary parts).
     """
 
     arch: str
-    channels: int
+    width: int
     image_channels: int = 1
 
     def __init__(self, cascades: list[Cascade], fourier: FourierOperator | None = None):

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressor.config import BlockForm, values
 from compressor.models.base import CascadeModel, data_fidelity_cascades
 from compressor.physics.fft import IMAGE_CHANNELS, FourierOperator
+from compressor.vocabulary import BlockForm, values
 
 BLOCK_FORMS = values(BlockForm)
 
@@ -34,11 +34,11 @@ def is_residual(block_form: str) -> bool:
 class CNNBlock(nn.Module):
     """``n_layers`` 3×3 convs with ReLU between them; layers named ``conv1..convN`` and ``relu1..relu(N-1)``.
 
-    Input and output ``(B, in_channels, H, W)``; the hidden activations ``relu k`` are ``(B, channels, H + 2p, W + 2p)``
+    Input and output ``(B, in_channels, H, W)``; the hidden activations ``relu k`` are ``(B, width, H + 2p, W + 2p)``
     where ``p = block_padding``.
     """
 
-    def __init__(self, n_layers: int, channels: int = 32, residual: bool = False, block_padding: int = 5,
+    def __init__(self, n_layers: int, width: int = 32, residual: bool = False, block_padding: int = 5,
                  in_channels: int = 1):
         super().__init__()
         if n_layers < 2:
@@ -46,7 +46,7 @@ class CNNBlock(nn.Module):
         self.n_layers = n_layers
         self.residual = residual
         self.block_padding = block_padding
-        widths = [in_channels] + [channels] * (n_layers - 1) + [in_channels]
+        widths = [in_channels] + [width] * (n_layers - 1) + [in_channels]
         for k in range(1, n_layers + 1):
             self.add_module(f"conv{k}", nn.Conv2d(widths[k - 1], widths[k], kernel_size=3, padding=1))
             if k < n_layers:
@@ -79,16 +79,16 @@ class DCCNN(CascadeModel):
         image_channels: 1 (the paper's real image) or 2 (the complex image as real and imaginary channels).
     """
 
-    def __init__(self, n_layers: int, n_cascades: int, channels: int = 32, block_form: str = "plain",
+    def __init__(self, n_layers: int, n_cascades: int, width: int = 32, block_form: str = "plain",
                  block_padding: int = 5, dc_lambda: float | None = None, dc_learnable: bool = False,
                  fourier: FourierOperator | None = None, image_channels: int = 1):
         if image_channels not in IMAGE_CHANNELS:
             raise ValueError(f"image_channels must be 1 or 2, got {image_channels}")
         residual = is_residual(block_form)
-        blocks = [CNNBlock(n_layers, channels, residual, block_padding, image_channels) for _ in range(n_cascades)]
+        blocks = [CNNBlock(n_layers, width, residual, block_padding, image_channels) for _ in range(n_cascades)]
         super().__init__(data_fidelity_cascades(blocks, dc_lambda, dc_learnable), fourier)
         self.arch = f"d{n_layers}c{n_cascades}"
         self.n_layers = n_layers
-        self.channels = channels
+        self.width = width
         self.block_form = block_form
         self.image_channels = image_channels

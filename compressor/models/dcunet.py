@@ -1,6 +1,6 @@
 """DC-UNet (Sun et al. 2019) as the heterogeneous teacher of Table 6: ``dcunetM`` = M cascades of U-Net block + DF.
 
-Each block is a two-level U-Net (``c`` = ``ModelOptions.channels``, paper-size default 32), all convs 3×3 with
+Each block is a two-level U-Net (``c`` = ``ModelOptions.width``, paper-size default 32), all convs 3×3 with
 padding 1:
 
 ====================  ==========================  ===================================
@@ -60,14 +60,14 @@ class UNetBlock(nn.Module):
     """Two-level U-Net ``(B, 1, H, W) -> (B, 1, H, W)``; layer names and shapes in the module docstring.
 
     Args:
-        channels: ``c``, the full-resolution width (the bottleneck has ``2c``).
+        width: ``c``, the full-resolution width (the bottleneck has ``2c``).
         residual: return ``image + U-Net(image)`` instead of ``U-Net(image)``.
         block_padding: zero padding added on every side before the U-Net and cropped after it.
     """
 
-    def __init__(self, channels: int = 32, residual: bool = False, block_padding: int = 5):
+    def __init__(self, width: int = 32, residual: bool = False, block_padding: int = 5):
         super().__init__()
-        c = channels
+        c = width
         self.residual = residual
         self.block_padding = block_padding
         self.conv1, self.relu1 = _conv(1, c), nn.ReLU()
@@ -102,21 +102,21 @@ class DCUNet(CascadeModel):
 
     Args:
         n_cascades: cascades (``M``, ≥ 1).
-        channels: the U-Nets' full-resolution width ``c``.
+        width: the U-Nets' full-resolution width ``c``.
         block_form: ``"plain"`` or ``"residual"``.
         block_padding: zero padding around each block's input (authors' DC-CNN: 5).
         dc_lambda: ``None`` for the paper's ``λ → ∞``; a float for a finite DF weight.
         dc_learnable: learn ``λ`` (adds one parameter per cascade).
     """
 
-    def __init__(self, n_cascades: int, channels: int = 32, block_form: str = "plain", block_padding: int = 5,
+    def __init__(self, n_cascades: int, width: int = 32, block_form: str = "plain", block_padding: int = 5,
                  dc_lambda: float | None = None, dc_learnable: bool = False,
                  fourier: FourierOperator | None = None):
         residual = is_residual(block_form)
-        blocks = [UNetBlock(channels, residual, block_padding) for _ in range(n_cascades)]
+        blocks = [UNetBlock(width, residual, block_padding) for _ in range(n_cascades)]
         super().__init__(data_fidelity_cascades(blocks, dc_lambda, dc_learnable), fourier)
         self.arch = f"dcunet{n_cascades}"
-        self.channels = channels
+        self.width = width
         self.block_form = block_form
 
     def distillation_layer(self, cascade: int) -> str:

@@ -8,9 +8,7 @@ The network is ``L`` 3×3 convs (padding 1, no block padding): ``conv(1→C)``, 
 ``conv(C→1)``, a ReLU after every conv but the last, and a global residual ``output = input + net(input)``.
 With ``block_skips`` (``rcnnL``) every block that maps features to features is a ResNet unit: an identity skip
 around it, added before its last ReLU (``relu(f + F(f))``), as the ResNet blocks SFT was designed for ("each block
-output is in the residual feature domain", paper §1); VDSR has none (a plain chain, as Kim et al.). The skips
-matter: a plain 25-conv chain with the default initialisation learned nothing on the quick preset in 40 epochs
-(validation L1 flat at the zero-filled level from epoch 5).
+output is in the residual feature domain", paper §1); VDSR has none (a plain chain, as Kim et al.).
 
 **Block split.** The ``L`` convs are cut, in order, into ``K`` consecutive blocks of ``⌊L/K⌋`` convs, the first
 ``L mod K`` blocks taking one more (:func:`split_layers`; ``L ≥ K``). Block 0 maps the 1-channel input image to
@@ -102,7 +100,7 @@ class FeatureChainBlock(nn.Module):
 
 
 class FeatureChainModel(CascadeModel):
-    """A CNN of ``n_layers`` convs with ``channels`` hidden channels and a global residual, cut into ``n_blocks``
+    """A CNN of ``n_layers`` convs of ``width`` hidden channels and a global residual, cut into ``n_blocks``
     cascades (no DF), with identity skips around the middle blocks if ``block_skips``; see the module docstring
     for the block split, the carried input and the hidden layers.
 
@@ -110,9 +108,9 @@ class FeatureChainModel(CascadeModel):
     ignored. Parameters: ``10C + (L − 2)(9C² + C) + (9C + 1)`` (skips have none).
     """
 
-    def __init__(self, n_layers: int, n_blocks: int, channels: int, block_skips: bool = False):
+    def __init__(self, n_layers: int, n_blocks: int, width: int, block_skips: bool = False):
         sizes = split_layers(n_layers, n_blocks)
-        widths = [1] + [channels] * (n_layers - 1) + [1]
+        widths = [1] + [width] * (n_layers - 1) + [1]
         blocks, start = [], 0
         for b, size in enumerate(sizes):
             first, last = b == 0, b == n_blocks - 1
@@ -121,16 +119,15 @@ class FeatureChainModel(CascadeModel):
             start += size
         super().__init__([Cascade(block, None) for block in blocks])
         self.n_layers = n_layers
-        self.channels = channels
+        self.width = width
         he_initialise(self)
 
 
 def he_initialise(model: nn.Module) -> None:
     """He et al. 2015 normal initialisation of every conv (fan-in, ReLU gain), zero biases: VDSR's own choice.
 
-    PyTorch's default conv initialisation shrinks activations by about √6 per ReLU layer; through a deep chain the
-    residual branch then starts at ~0 and does not recover: vdsr12 with it kept its validation L1 equal to the
-    bicubic input's (0.0258) on the quick preset. He initialisation keeps the activation scale through depth.
+    PyTorch's default conv initialisation shrinks activations by about √6 per ReLU layer, so through a deep chain the
+    residual branch starts at ~0; He initialisation keeps the activation scale through depth.
     """
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
@@ -139,10 +136,10 @@ def he_initialise(model: nn.Module) -> None:
 
 
 class ResidualCNN(FeatureChainModel):
-    """``rcnnL``: the feature-domain SFT ablation network, ``L`` convs of ``channels`` (paper: 32) in
+    """``rcnnL``: the feature-domain SFT ablation network, ``L`` convs of ``width`` channels (paper: 32) in
     :data:`RCNN_BLOCKS` = 5 blocks (rcnn25: 5 × 5 convs, 213,313 parameters; rcnn15: 5 × 3, 120,833), blocks 1-3
     ResNet units (identity skips), with the global residual to the zero-filled input."""
 
-    def __init__(self, n_layers: int, channels: int = 32):
-        super().__init__(n_layers, RCNN_BLOCKS, channels, block_skips=True)
+    def __init__(self, n_layers: int, width: int = 32):
+        super().__init__(n_layers, RCNN_BLOCKS, width, block_skips=True)
         self.arch = f"rcnn{n_layers}"

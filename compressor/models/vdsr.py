@@ -20,15 +20,15 @@ from __future__ import annotations
 
 from compressor.models.feature_chain import FeatureChainModel
 
-VDSR_CHANNELS = 64
+VDSR_WIDTH = 64
 VDSR_BLOCKS = 4
 
 
 class VDSR(FeatureChainModel):
-    """``vdsrN`` (``N ≥`` :data:`VDSR_BLOCKS`): ``N`` convs of :data:`VDSR_CHANNELS`, cut into :data:`VDSR_BLOCKS`
+    """``vdsrN`` (``N ≥`` :data:`VDSR_BLOCKS`): ``N`` convs of :data:`VDSR_WIDTH` channels, cut into :data:`VDSR_BLOCKS`
     cascades. Parameters: ``640 + (N − 2) · 36,928 + 577``. ``forward(image, kspace, mask)`` ignores ``kspace``
     and ``mask``."""
 
     def __init__(self, n_layers: int):
-        super().__init__(n_layers, VDSR_BLOCKS, VDSR_CHANNELS)
+        super().__init__(n_layers, VDSR_BLOCKS, VDSR_WIDTH)
         self.arch = f"vdsr{n_layers}"

@@ -72,12 +72,13 @@ class LoadedStage:
     record: StageRecord
 
 
-def load_stage_model(stage_dir: Path, weights: str = "best") -> LoadedStage:
-    """Rebuild the stage's output model from ``stage.json`` and load ``<weights>.safetensors`` (eval mode)."""
+def load_stage_model(stage_dir: Path, weights: str = rundir.BEST_WEIGHTS) -> LoadedStage:
+    """Rebuild the stage's output model from ``stage.json`` and load ``<weights>.safetensors`` (eval mode;
+    ``weights``: :data:`~compressor.rundir.BEST_WEIGHTS` or :data:`~compressor.rundir.LAST_WEIGHTS`)."""
     stage_dir = Path(stage_dir)
     record = rundir.read_stage(stage_dir)
     if not record.complete:
         raise InputError(f"stage did not finish training ({rundir.STAGE_FILE} says complete=false)", stage_dir)
-    model = build_model(record.arch, ModelOptions(**record.model_options))
-    load_weights(stage_dir / f"{weights}.safetensors", model)
+    model = build_model(record.arch, ModelOptions.from_dict(record.model_options, stage_dir / rundir.STAGE_FILE))
+    load_weights(stage_dir / rundir.weights_file(weights), model)
     return LoadedStage(model.eval(), record)

@@ -31,7 +31,14 @@ from tqdm.auto import tqdm
 from compressor.data.sample import Sample
 from compressor.data.transforms import centre_crop
 from compressor.io import save_json
-from compressor.rundir import CHECKPOINT_FILE, HISTORY_FILE
+from compressor.rundir import (
+    CHECKPOINT_FILE,
+    HISTORY_FILE,
+    LAST_WEIGHTS_FILE,
+    OUTPUT_MODEL_PART,
+    TrainingCheckpoint,
+    best_weights_file,
+)
 from compressor.training.checkpoint import load_state, save_state, save_weights
 from compressor.training.distributed import (
     SINGLE_PROCESS,
@@ -40,9 +47,7 @@ from compressor.training.distributed import (
     rank_batches,
     validation_batches,
 )
-from compressor.training.objectives import Objective, Phase, reconstruct
-
-CHECKPOINT = CHECKPOINT_FILE
+from compressor.training.objectives import Objective, TrainingPhase, reconstruct
 
 
 @dataclass(frozen=True)
@@ -161,13 +166,56 @@ class TrainedModules(nn.Module):
         return DistributedDataParallel(self, device_ids=ids, find_unused_parameters=unused)
 
 
-def _optimizer(objective: Objective, phase: Phase, settings: TrainSettings):
+def _optimizer(objective: Objective, phase: TrainingPhase, settings: TrainSettings):
     optimizer = torch.optim.Adam(objective.trainable(), lr=settings.lr)
     step = settings.lr_step or 10**9
     return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=settings.lr_gamma)
 
 
-def train_stage(objective: Objective, phases: Sequence[Phase], train_data: Dataset, val_data: Dataset,
+def _train_epoch(objective: Objective, wrapped: DistributedDataParallel | None, optimizer: torch.optim.Optimizer,
+                 train_data: Dataset, settings: TrainSettings, epoch: int) -> dict[str, float]:
+    """One epoch of optimiser steps; the mean per batch of the loss (``"loss"``) and of each logged term, in that
+    order (under several processes, the means of the global batches, summed over ranks)."""
+    context = settings.distributed
+    objective.train_mode()
+    sums: dict[str, float] = {}
+    batches = 0
+    for batch, weight in _train_batches(train_data, settings, epoch):
+        batch = to_device(batch, settings.device)
+        if wrapped is None:
+            with autocast(settings):
+                terms = objective.loss(batch)
+            total, logged = terms.total, terms.logged
+        else:  # this rank's share of the global batch's mean loss (module docstring of .distributed)
+            with autocast(settings):
+                total = wrapped(batch) * weight
+            logged = {name: value * weight for name, value in wrapped.module.logged.items()}
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        sums["loss"] = sums.get("loss", 0.0) + total.item()
+        for name, value in logged.items():
+            sums[name] = sums.get(name, 0.0) + value
+        batches += 1
+    if context.distributed:  # global-batch means: the sum over ranks of the weighted terms / world
+        names = sorted(sums)
+        sums = dict(zip(names, (v / context.world_size for v in context.all_reduce_sum([sums[n] for n in names]))))
+    return {name: value / batches for name, value in sums.items()}
+
+
+def _write_epoch(stage_dir: Path, models: dict[str, nn.Module], improved: bool, history: list[dict],
+                 checkpoint: TrainingCheckpoint) -> None:
+    """An epoch's files in the commit order of the module docstring: ``last`` weights, ``best`` weights of every
+    part (if ``improved``), ``history.json``, then ``checkpoint.pt``."""
+    save_weights(stage_dir / LAST_WEIGHTS_FILE, models[OUTPUT_MODEL_PART])
+    if improved:
+        for name, module in models.items():
+            save_weights(stage_dir / best_weights_file(name), module)
+    save_json(stage_dir / HISTORY_FILE, history)
+    save_state(stage_dir / CHECKPOINT_FILE, checkpoint.to_state())
+
+
+def train_stage(objective: Objective, phases: Sequence[TrainingPhase], train_data: Dataset, val_data: Dataset,
                 settings: TrainSettings, stage_dir: Path, label: str,
                 log: Callable[[str], None] = print) -> TrainResult:
     """Train ``objective`` through ``phases``, writing weights, history and resume state into ``stage_dir``
@@ -177,15 +225,16 @@ def train_stage(objective: Objective, phases: Sequence[Phase], train_data: Datas
     writes = context.is_main
     if writes:
         stage_dir.mkdir(parents=True, exist_ok=True)
-    models = {"model": objective.output_model, **objective.saved_models()}
-    state = load_state(stage_dir / CHECKPOINT) if (stage_dir / CHECKPOINT).is_file() else None
-    history: list[dict] = list(state["history"]) if state else []
-    best_val = float(state["best_val"]) if state else math.inf
-    best_epoch = int(state["best_epoch"]) if state else -1
+    models = {OUTPUT_MODEL_PART: objective.output_model, **objective.saved_models()}
+    path = stage_dir / CHECKPOINT_FILE
+    state = TrainingCheckpoint.from_state(load_state(path), path) if path.is_file() else None
+    history: list[dict] = list(state.history) if state else []
+    best_val = state.best_val if state else math.inf
+    best_epoch = state.best_epoch if state else -1
     resumed_from = len(history)
     if state:
         for name, module in models.items():
-            module.load_state_dict(state["models"][name])
+            module.load_state_dict(state.models[name])
         log(f"{label}: resuming after epoch {resumed_from} of {sum(p.epochs for p in phases)}")
     total_epochs = sum(p.epochs for p in phases)
     started = time.perf_counter()
@@ -199,61 +248,29 @@ def train_stage(objective: Objective, phases: Sequence[Phase], train_data: Datas
             continue
         objective.start_phase(phase)
         optimizer, scheduler = _optimizer(objective, phase, settings)
-        if state and state["phase"] == phase_index:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
+        if state and state.phase == phase_index:
+            optimizer.load_state_dict(state.optimizer)
+            scheduler.load_state_dict(state.scheduler)
         # One DDP wrapper per phase: its synchronised parameters are the phase's trainable ones.
         wrapped = TrainedModules(objective).wrap(context) if context.distributed else None
         for epoch in range(max(resumed_from, phase_start), global_epoch):
             tick = time.perf_counter()
-            objective.train_mode()
-            sums: dict[str, float] = {}
-            batches = 0
-            for batch, weight in _train_batches(train_data, settings, epoch):
-                batch = to_device(batch, settings.device)
-                if wrapped is None:
-                    with autocast(settings):
-                        terms = objective.loss(batch)
-                    total, logged = terms.total, terms.logged
-                else:  # this rank's share of the global batch's mean loss (module docstring of .distributed)
-                    with autocast(settings):
-                        total = wrapped(batch) * weight
-                    logged = {name: value * weight for name, value in wrapped.module.logged.items()}
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                optimizer.step()
-                sums["loss"] = sums.get("loss", 0.0) + total.item()
-                for name, value in logged.items():
-                    sums[name] = sums.get(name, 0.0) + value
-                batches += 1
+            means = _train_epoch(objective, wrapped, optimizer, train_data, settings, epoch)
             scheduler.step()
-            if context.distributed:  # global-batch means: the sum over ranks of the weighted terms / world
-                names = sorted(sums)
-                sums = dict(zip(names, (v / context.world_size for v in context.all_reduce_sum(
-                    [sums[n] for n in names]))))
             val = validation_l1(objective, val_data, settings)
-            record = {"epoch": epoch + 1, "phase": phase.name, "train_loss": sums.pop("loss") / batches,
-                      "val_loss": val, "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - tick,
-                      "terms": {k: v / batches for k, v in sums.items()}}
+            record = {"epoch": epoch + 1, "phase": phase.name, "train_loss": means.pop("loss"), "val_loss": val,
+                      "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - tick, "terms": means}
             history.append(record)
             improved = val < best_val
             if improved:
                 best_val, best_epoch = val, epoch + 1
             bar.set_postfix(loss=f"{record['train_loss']:.4g}", val=f"{val:.4g}", phase=phase.name)
             bar.update(1)
-            if not writes:
-                continue
-            save_weights(stage_dir / "last.safetensors", objective.output_model)
-            if improved:
-                for name, module in models.items():
-                    save_weights(stage_dir / ("best.safetensors" if name == "model" else f"best_{name}.safetensors"),
-                                 module)
-            save_json(stage_dir / HISTORY_FILE, history)
-            save_state(stage_dir / CHECKPOINT, {
-                "phase": phase_index, "history": history, "best_val": best_val, "best_epoch": best_epoch,
-                "models": {name: module.state_dict() for name, module in models.items()},
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            })
+            if writes:
+                _write_epoch(stage_dir, models, improved, history, TrainingCheckpoint(
+                    phase=phase_index, history=history, best_val=best_val, best_epoch=best_epoch,
+                    models={name: module.state_dict() for name, module in models.items()},
+                    optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict()))
     bar.close()
     context.barrier()  # on every rank, the stage's files are now written (rank 0 wrote them)
     return TrainResult(best_epoch, best_val, history, time.perf_counter() - started, resumed_from)

@@ -17,6 +17,7 @@ from compressor.data.sample import Sample
 from compressor.data.transforms import centre_crop
 from compressor.kd import CascadeFeatures, CompositeLoss, DistillationLoss, record_cascade_features
 from compressor.models import CascadeModel
+from compressor.rundir import KD_LOSS_PART, STUDENT_BRANCHES_PART
 
 
 @dataclass
@@ -28,7 +29,7 @@ class BatchLoss:
 
 
 @dataclass(frozen=True)
-class Phase:
+class TrainingPhase:
     """A run of epochs with one optimizer. ``rec_weight``/``kd_weight`` scale the distillation objective's two
     terms (ignored by the other objectives); ``pretraining`` trains only a KD loss's own modules."""
 
@@ -42,7 +43,7 @@ class Phase:
 class Objective(Protocol):
     output_model: CascadeModel
 
-    def start_phase(self, phase: Phase) -> None: ...
+    def start_phase(self, phase: TrainingPhase) -> None: ...
 
     def trainable(self) -> list[nn.Parameter]: ...
 
@@ -94,7 +95,7 @@ class Supervised:
         self.loss_name = loss
         self.rec_loss = reconstruction_loss(loss, scored_size)
 
-    def start_phase(self, phase: Phase) -> None:
+    def start_phase(self, phase: TrainingPhase) -> None:
         """One phase only: nothing to switch."""
 
     def trainable(self) -> list[nn.Parameter]:
@@ -142,14 +143,14 @@ class StudentFriendlyTeacher:
         self.weights = weights
         self.rec_loss = reconstruction_loss(loss, scored_size)
 
-    def start_phase(self, phase: Phase) -> None:
+    def start_phase(self, phase: TrainingPhase) -> None:
         """One phase only: nothing to switch."""
 
     def trainable(self) -> list[nn.Parameter]:
         return list(self.output_model.parameters()) + list(self.student_branches.parameters())
 
     def saved_models(self) -> dict[str, nn.Module]:
-        return {"student_branches": self.student_branches}
+        return {STUDENT_BRANCHES_PART: self.student_branches}
 
     def train_mode(self) -> None:
         self.output_model.train()
@@ -199,8 +200,8 @@ class TeacherFeatureCache:
     augmentation), so its features are a function of the slice alone; recomputing them costs a teacher forward
     pass per batch, a third of a Std-KD step. Each slice is computed on its own (a batch of one) the first time it
     is seen, so the cache's contents depend neither on how epochs are shuffled nor on the epoch a run resumed from.
-    A batch of one runs other oneDNN kernels than a batch of four: cached features differ from batched ones by
-    float rounding only (at most 4e-7 on the quick preset's d5c5 taps).
+    A batch of one may run other kernels than a larger batch: cached features differ from batched ones by float
+    rounding only.
 
     All or nothing: when the first slice's taps times ``slices`` exceed ``budget_bytes``, nothing is cached and
     the teacher runs on every batch. Slices are keyed by ``(volume, slice_index)`` (volume names are unique within a
@@ -261,13 +262,13 @@ class Distillation:
         self.loss_name = loss
         self.rec_loss = reconstruction_loss(loss, scored_size)
         self.pretraining = False
-        self.composite = self._composite(Phase("joint", 1))
+        self.composite = self._composite(TrainingPhase("joint", 1))
 
-    def _composite(self, phase: Phase) -> CompositeLoss:
+    def _composite(self, phase: TrainingPhase) -> CompositeLoss:
         return CompositeLoss({self.loss_name: (phase.rec_weight, self.rec_loss),
                               self.kd_loss.name: (self.kd_weight * phase.kd_weight, self.kd_loss)})
 
-    def start_phase(self, phase: Phase) -> None:
+    def start_phase(self, phase: TrainingPhase) -> None:
         self.composite = self._composite(phase)
         self.pretraining = phase.pretraining
 
@@ -277,7 +278,7 @@ class Distillation:
         return list(self.output_model.parameters()) + list(self.kd_loss.trainable_parameters())
 
     def saved_models(self) -> dict[str, nn.Module]:
-        return {"kd_loss": self.kd_loss} if any(True for _ in self.kd_loss.parameters()) else {}
+        return {KD_LOSS_PART: self.kd_loss} if any(True for _ in self.kd_loss.parameters()) else {}
 
     def train_mode(self) -> None:
         self.output_model.train()

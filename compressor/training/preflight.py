@@ -19,13 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from compressor.config import KDMode, Phase, RunConfig
+from compressor.config import RunConfig
 from compressor.data import build_splits
 from compressor.errors import InputError
 from compressor.kd import DistillationLoss, build_kd_loss, tap_module_paths
 from compressor.models import CascadeModel, build_model
 from compressor.training.factories import kd_phases
 from compressor.training.stages import model_options, plan_run
+from compressor.vocabulary import ImagePhase, KDMode
 
 
 def check_run(config: RunConfig, log: Callable[[str], None] = print, world_size: int = 1) -> None:
@@ -35,7 +36,7 @@ def check_run(config: RunConfig, log: Callable[[str], None] = print, world_size:
     weights), builds its models and KD losses on the CPU, and reads each data slice once. ``world_size``: the
     processes that will train (``torchrun``; ``train.batch_size`` is then the per-rank batch).
     """
-    if config.data.phase != Phase.NONE and config.model.image_channels != 2:
+    if config.data.phase != ImagePhase.NONE and config.model.image_channels != 2:
         raise InputError(f"[data] phase {config.data.phase!r} makes complex images, which real-valued (1-channel) "
                          "models cannot take: add --channels 2")
     plan = plan_run(config, world_size=world_size)
@@ -63,7 +64,7 @@ def check_pair(config: RunConfig, teacher: CascadeModel, student: CascadeModel, 
                          f"(compression {1 - student_size / teacher_size:.1%}); a student must be smaller")
     kd = config.kd
     try:
-        loss = build_kd_loss(method, mode=kd.mode, channels=(student.channels, teacher.channels),
+        loss = build_kd_loss(method, mode=kd.mode, channels=(student.width, teacher.width),
                              n_cascades=teacher.n_cascades)
         kd_phases(loss, kd.schedule, config.train.epochs_kd, kd.feature_epochs)
     except InputError as error:

@@ -127,7 +127,7 @@ def resolve_init_weights(location: str) -> Path:
     """A ``.safetensors`` file, or a stage directory holding ``best.safetensors``."""
     path = Path(location).expanduser()
     if path.is_dir():
-        path = path / "best.safetensors"
+        path = path / rundir.BEST_WEIGHTS_FILE
     if not path.is_file():
         raise InputError("no such weights file (give a .safetensors file or a stage directory of another run)", path)
     return path

@@ -54,14 +54,12 @@ from __future__ import annotations
 
 import ast
 import copy
-import csv
-import io
 import math
 import re
 import statistics
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +81,6 @@ from compressor.export.runtimes.registry import AUTO, choose_runtime, require_on
 from compressor.export.runtimes.session import graph_feed
 from compressor.export.runtimes.timing import interleaved_timings, timed
 from compressor.export.targets.export import export_model, phantom_kspace, resolve_formulation, trace_graph
-from compressor.io import atomic_path, save_json
 from compressor.masks import SamplingMask
 from compressor.models import ModelOptions, build_model, parse_architecture
 from compressor.models.base import CascadeModel
@@ -138,49 +135,6 @@ class _Entry:
 
 
 @dataclass
-class ModelBenchmark:
-    """One row of the table (JSON keys of ``benchmark.json``; times in ms per slice at batch 1).
-
-    The ``ort_*``, ``torch_*``, ``df_share`` and ``parity`` fields are the row's model's (of ``image_channels``);
-    ``*_1ch``/``*_2ch`` are the real-image and complex-image graphs of the same architecture, and
-    ``complex_latency_ratio`` is ``ort_2ch_ms_median / ort_1ch_ms_median`` (``None`` where the family is real-only;
-    fp32 rows only). ``precision`` is the file's (results written before precisions existed read as fp32);
-    ``file_bytes`` its size; ``speedup_vs_fp32`` the fp32 file's median latency over this one's (same loop);
-    ``delta_psnr``/``delta_ssim`` from :class:`PrecisionFile`.
-    """
-
-    name: str
-    arch: str
-    role: str
-    parameters: int
-    compression: float
-    formulation: str
-    ort_ms_median: float
-    ort_ms_p90: float
-    torch_ms_median: float
-    torch_ms_p90: float
-    speedup: float
-    ort_throughput_b16: float
-    torch_throughput_b16: float
-    df_share: float
-    parity_max_abs_error: float
-    image_channels: int = 1
-    ort_1ch_ms_median: float | None = None
-    df_share_1ch: float | None = None
-    ort_2ch_ms_median: float | None = None
-    df_share_2ch: float | None = None
-    complex_latency_ratio: float | None = None
-    torch_cuda_ms_median: float | None = None
-    psnr: float | None = None
-    ssim: float | None = None
-    precision: str = "fp32"
-    file_bytes: int | None = None
-    speedup_vs_fp32: float | None = None
-    delta_psnr: float | None = None
-    delta_ssim: float | None = None
-
-
-@dataclass
 class BenchmarkResult:
     """The whole benchmark; :meth:`to_json` is the ``benchmark.json`` schema."""
 
@@ -190,14 +144,18 @@ class BenchmarkResult:
     iterations: int
     warmup: int
     steady_malloc: bool
-    models: list[ModelBenchmark] = field(default_factory=list)
+    models: list[rundir.ModelTiming] = field(default_factory=list)
     cpu: dict[str, Any] = field(default_factory=lambda: cpu_features().to_json())
 
+    def record(self) -> rundir.BenchmarkRecord:
+        return rundir.BenchmarkRecord(
+            provider=self.provider, threads=self.threads, image_size=tuple(self.image_size),
+            iterations=self.iterations, warmup=self.warmup, torch_version=torch.__version__,
+            onnxruntime_version=ort.__version__, glibc_malloc_keeps_freed_memory=self.steady_malloc, cpu=self.cpu,
+            models=tuple(self.models))
+
     def to_json(self) -> dict[str, Any]:
-        return {"provider": self.provider, "threads": self.threads, "image_size": list(self.image_size),
-                "iterations": self.iterations, "warmup": self.warmup, "torch_version": torch.__version__,
-                "onnxruntime_version": ort.__version__, "glibc_malloc_keeps_freed_memory": self.steady_malloc,
-                "cpu": self.cpu, "models": [asdict(m) for m in self.models]}
+        return self.record().to_json()
 
 
 def export_for_timing(model: CascadeModel, mask: SamplingMask, formulation: str, folder: Path) -> Path:
@@ -488,7 +446,7 @@ def time_architecture(models: Mapping[str, ModelFiles], mask: SamplingMask, kspa
     The fp32 graph is traced with the DF formulation of the precision files (:func:`shared_formulation`; ``"auto"``
     without any), and every precision file's nodes must match each cascade's DF in it
     (:func:`require_matched_data_fidelity`). Returns ``{model name: {precision: the timing fields of its
-    ModelBenchmark row}}``; the fp32 fields are the same for every model."""
+    ModelTiming row}}``; the fp32 fields are the same for every model."""
     first = next(iter(models.values())).model
     others = [precision for precision in dict.fromkeys(precisions) if precision != "fp32"]
     given = [item.files[precision] for item in models.values() for precision in others if precision in item.files]
@@ -551,7 +509,7 @@ def benchmark_architecture(model: CascadeModel, mask: SamplingMask, kspace: np.n
                            runtime: OnnxRuntimeProvider, threads: int,
                            iterations: int, warmup: int, folder: Path, precisions: Sequence[str] = ("fp32",),
                            files: Mapping[str, PrecisionFile] | None = None) -> dict[str, dict[str, Any]]:
-    """:func:`time_architecture` of one model: ``{precision: the timing fields of its ModelBenchmark row}``."""
+    """:func:`time_architecture` of one model: ``{precision: the timing fields of its ModelTiming row}``."""
     return time_architecture({"model": ModelFiles(model, files or {})}, mask, kspace, runtime, threads, iterations,
                              warmup, folder, precisions)["model"]
 
@@ -620,7 +578,7 @@ def benchmark_models(
                 for entry in group:
                     parameters = entry.model.num_parameters()
                     for precision, timing in timings[entry.name].items():
-                        result.models.append(ModelBenchmark(
+                        result.models.append(rundir.ModelTiming(
                             name=entry.name, arch=arch, role=entry.role, parameters=parameters,
                             compression=1.0 - parameters / teacher_parameters, **timing,
                             **_quality_fields(entry.trained, precision)))
@@ -679,18 +637,8 @@ def format_table(result: BenchmarkResult, tablefmt: str = "github") -> str:
 
 
 def write_benchmark(result: BenchmarkResult, json_path: Path, csv_path: Path | None = None) -> list[Path]:
-    """Write ``benchmark.json`` (the schema of :meth:`BenchmarkResult.to_json`) and optionally a CSV of the rows."""
-    written = [save_json(json_path, result.to_json())]
-    if csv_path is not None:
-        buffer = io.StringIO()
-        columns = list(asdict(result.models[0])) if result.models else []
-        writer = csv.DictWriter(buffer, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(asdict(model) for model in result.models)
-        with atomic_path(csv_path) as temporary:
-            temporary.write_text(buffer.getvalue())
-        written.append(csv_path)
-    return written
+    """Write ``benchmark.json`` (:class:`~compressor.rundir.BenchmarkRecord`) and optionally a CSV of the rows."""
+    return rundir.write_benchmark_files(json_path, result.record(), csv_path)
 
 
 def run_precision_files(run_dir: Path, file_name: str, precisions: Sequence[str]) -> dict[str, PrecisionFile]:
@@ -729,8 +677,8 @@ def benchmark_run(run_dir: str | Path, archs: Sequence[str] | None = None, *, th
                                                                                           precisions))
                for m in same_mask}
     archs = list(archs) if archs is not None else [teacher, *DEFAULT_STUDENTS]
-    options = ModelOptions(**run_models[0].stage.model_options)
+    options = ModelOptions.from_dict(run_models[0].stage.model_options)
     result = benchmark_models(archs, mask.shape, mask, threads, iterations, warmup, trained, teacher, options,
                               provider, log, precisions)
-    write_benchmark(result, run_dir / rundir.BENCHMARK_FILE, (run_dir / rundir.BENCHMARK_FILE).with_suffix(".csv"))
+    rundir.write_benchmark(run_dir, result.record())
     return result

@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -34,6 +33,7 @@ from compressor.export.runtimes.session import ExportedModel, graph_feed
 from compressor.models.base import CascadeModel
 from compressor.physics import apply_mask, normalise_kspace
 from compressor.physics.normalisation import NormalisedInput
+from compressor.rundir import PrecisionCheckEntry
 
 RELATIVE_TOLERANCE = 1e-4
 VALIDATION_BATCH = 8
@@ -358,10 +358,11 @@ class PrecisionCheck:
     reference_parity: float | None
     reference_note: str = ""
 
-    def to_json(self) -> dict[str, Any]:
-        return {**self.quality.to_json(), "max_psnr_loss_db": self.bound, "line_deviation": self.line_deviation,
-                "line_deviation_fp32": self.line_deviation_fp32, "reference_parity": self.reference_parity,
-                "reference_note": self.reference_note}
+    def entry(self) -> PrecisionCheckEntry:
+        """What ``exports.json`` records of it (:class:`compressor.rundir.PrecisionCheckEntry`)."""
+        return PrecisionCheckEntry(**self.quality.to_json(), max_psnr_loss_db=self.bound,
+                                   line_deviation=self.line_deviation, line_deviation_fp32=self.line_deviation_fp32,
+                                   reference_parity=self.reference_parity, reference_note=self.reference_note)
 
 
 class QualityLossError(ExportValidationError):

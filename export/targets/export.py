@@ -13,13 +13,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 import torch
 
 import compressor
+from compressor import rundir
 from compressor.errors import InputError
 from compressor.export.exported_file import ExporterRecord, ExportMetadata, ModelOrigin, Precision
 from compressor.export.graph.scanner_graph import FORMULATIONS, ScannerGraph, exportable_formulations
@@ -46,7 +46,6 @@ from compressor.export.runtimes.base import Runtime
 from compressor.export.runtimes.registry import AUTO, choose_runtime
 from compressor.export.runtimes.session import ExportedModel, open_exported
 from compressor.export.targets.registry import DEFAULT_TARGET, EXPORT_TARGETS, ExportRequest
-from compressor.io import save_json
 from compressor.masks import SamplingMask
 from compressor.models.base import CascadeModel
 
@@ -89,17 +88,15 @@ class ExportResult:
     precision: Precision = Precision.FP32
     precision_check: PrecisionCheck | None = None
 
-    def summary(self) -> dict[str, Any]:
-        """A JSON-ready record of the export (one entry of ``exports.json``)."""
-        return {"file": str(self.path), "architecture": self.metadata.architecture,
-                "parameters": self.metadata.parameters, "image_channels": self.metadata.image_channels,
-                "formulation": self.formulation, "provider": self.runtime.name,
-                "max_abs_error": self.max_abs_error, "relative_error": self.relative_error,
-                "tolerance": _finite(self.tolerance),
-                "reference_evaluator_error": _finite(self.reference_evaluator_error),
-                "validation_slices": self.validation_slices, "seconds": self.seconds,
-                "precision": self.precision.value,
-                **({"precision_check": self.precision_check.to_json()} if self.precision_check else {})}
+    def entry(self) -> rundir.ExportEntry:
+        """What ``exports.json`` records of the export (:class:`compressor.rundir.ExportEntry`)."""
+        return rundir.ExportEntry(
+            file=str(self.path), architecture=self.metadata.architecture, parameters=self.metadata.parameters,
+            image_channels=self.metadata.image_channels, formulation=self.formulation, provider=self.runtime.name,
+            max_abs_error=self.max_abs_error, relative_error=self.relative_error, tolerance=_finite(self.tolerance),
+            reference_evaluator_error=_finite(self.reference_evaluator_error),
+            validation_slices=self.validation_slices, seconds=self.seconds, precision=self.precision.value,
+            precision_check=self.precision_check.entry() if self.precision_check else None)
 
 
 def _finite(value: float) -> float | None:
@@ -345,5 +342,5 @@ def export_run(run_dir: str | Path, names: list[str] | None = None, *, formulati
                                       target=target, precision_options=precision_options)
             log(f"exported {run_model.name} -> {result.path} ({result.formulation}, {describe_validation(result)})")
             results.append(result)
-    save_json(run_dir / EXPORTS_FOLDER / "exports.json", [r.summary() for r in results])
+    rundir.write_exports(run_dir, rundir.ExportsRecord(tuple(result.entry() for result in results)))
     return results

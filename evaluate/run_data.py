@@ -25,15 +25,17 @@ from compressor.evaluate.metrics import METRICS, SSIM_CONVENTIONS, slice_metrics
 from compressor.evaluate.stats import ALPHA, Comparison, Summary, summarise, wilcoxon_test
 from compressor.io import load_json
 from compressor.rundir import (
-    BENCHMARK_FILE,
     HISTORY_FILE,
     KD_ROLES,
-    RESULTS_FILE,
     SETUPS,
     STUDENT_ROLES,
+    BenchmarkRecord,
     ModelResult,
-    RunRecord,
+    RunLayout,
+    read_benchmark,
+    read_results,
 )
+from compressor.rundir.parsing import number
 
 RECONSTRUCTION_DATASETS = ("reconstruction", "target", "zero_filled", "volume", "slice_index")
 CONVERGENCE_TOLERANCE = 0.02  # converged: validation loss within 2 % of the curve's minimum
@@ -137,54 +139,6 @@ def convergence(history: list[HistoryEntry], tolerance: float = CONVERGENCE_TOLE
                        total_seconds=float(seconds.sum()))
 
 
-class BenchmarkEntry(NamedTuple):
-    """One row of ``benchmark.json``: a model in one precision, ONNX Runtime latency per slice (median and 90th
-    percentile, ms) and, for a precision other than fp32, its PSNR/SSIM change against the fp32 export (results
-    written before precisions existed are fp32)."""
-
-    arch: str
-    role: str
-    parameters: int | None
-    latency_ms: float | None
-    latency_p90_ms: float | None
-    name: str = ""
-    precision: str = "fp32"
-    delta_psnr: float | None = None
-    delta_ssim: float | None = None
-
-
-class Benchmark(NamedTuple):
-    """``benchmark.json``: how latency was measured and one entry per exported model."""
-
-    provider: str
-    threads: int | None
-    entries: tuple[BenchmarkEntry, ...]
-
-    def latency_ms(self, arch: str | None, precision: str = "fp32") -> float | None:
-        """Median latency of the first entry with this architecture and precision (all roles of an arch run the same
-        graph)."""
-        for entry in self.entries:
-            if entry.arch == arch and entry.precision == precision and entry.latency_ms is not None:
-                return entry.latency_ms
-        return None
-
-    def precisions(self) -> tuple[str, ...]:
-        """The precisions benchmarked, fp32 first, then in the file's order."""
-        return tuple(dict.fromkeys(["fp32", *(entry.precision for entry in self.entries)]))
-
-    def entry(self, name: str, precision: str) -> BenchmarkEntry | None:
-        """The row of the model called ``name`` (``results.json``'s name) in ``precision``, if benchmarked."""
-        return next((e for e in self.entries if e.name == name and e.precision == precision), None)
-
-
-def _optional_number(value: Any, path: Path, key: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"expected a number or null, got {value!r}", path, key)
-    return float(value)
-
-
 def _reported_summaries(result: ModelResult) -> dict[str, Summary]:
     reported = {}
     for metric in ("psnr", "ssim"):
@@ -205,39 +159,6 @@ def _model_record(run_dir: Path, result: ModelResult) -> ModelRecord:
         compression=result.compression, reported=_reported_summaries(result), stage_dir=resolved(result.stage_dir),
         metrics_file=resolved(result.metrics_file), reconstructions_file=resolved(result.reconstructions_file),
         setup=result.setup, init_teacher=result.init_teacher,
-    )
-
-
-def _load_benchmark(path: Path) -> Benchmark | None:
-    if not path.is_file():
-        return None
-    raw = load_json(path)
-    if not isinstance(raw, dict) or not isinstance(raw.get("models"), list):
-        raise InputError("expected an object with a 'models' list", path)
-    entries = []
-    for index, model in enumerate(raw["models"]):
-        key = f"models[{index}]"
-        if not isinstance(model, dict) or not isinstance(model.get("arch"), str):
-            raise InputError("expected an object with an 'arch' string", path, key)
-        parameters = _optional_number(model.get("parameters"), path, f"{key}.parameters")
-        entries.append(
-            BenchmarkEntry(
-                arch=model["arch"],
-                role=str(model.get("role", "")),
-                parameters=None if parameters is None else int(parameters),
-                latency_ms=_optional_number(model.get("ort_ms_median"), path, f"{key}.ort_ms_median"),
-                latency_p90_ms=_optional_number(model.get("ort_ms_p90"), path, f"{key}.ort_ms_p90"),
-                name=str(model.get("name", "")),
-                precision=str(model.get("precision", "fp32")),
-                delta_psnr=_optional_number(model.get("delta_psnr"), path, f"{key}.delta_psnr"),
-                delta_ssim=_optional_number(model.get("delta_ssim"), path, f"{key}.delta_ssim"),
-            )
-        )
-    threads = _optional_number(raw.get("threads"), path, "threads")
-    return Benchmark(
-        provider=str(raw.get("provider", "unknown")),
-        threads=None if threads is None else int(threads),
-        entries=tuple(entries),
     )
 
 
@@ -292,7 +213,7 @@ class RunData:
     teacher_arch: str | None
     records: tuple[ModelRecord, ...]
     all_records: tuple[ModelRecord, ...]
-    benchmark: Benchmark | None
+    benchmark: BenchmarkRecord | None
     ssim_convention: str = "standard"
     task: str = "reconstruction"
     sr_interpolation: str | None = None
@@ -441,7 +362,7 @@ class RunData:
         for index, epoch in enumerate(raw):
             if not isinstance(epoch, dict) or "epoch" not in epoch:
                 raise InputError("expected an object with 'epoch'", path, f"[{index}]")
-            values = [_optional_number(epoch.get(key), path, f"[{index}].{key}")
+            values = [number(epoch.get(key), path, f"[{index}].{key}")
                       for key in ("train_loss", "val_loss", "seconds")]
             train_loss, val_loss, seconds = (math.nan if value is None else value for value in values)
             entries.append(HistoryEntry(epoch=int(epoch["epoch"]), train_loss=train_loss, val_loss=val_loss,
@@ -466,26 +387,23 @@ def load_run(run_dir: Path, split: str | None = None, ssim_convention: str = "st
         InputError: the directory has no ``results.json``, or it does not follow the schema.
     """
     run_dir = Path(run_dir)
-    path = run_dir / RESULTS_FILE
-    if not path.is_file():
-        raise InputError(f"not a run directory: no {RESULTS_FILE}", run_dir)
+    run = read_results(run_dir)
     if ssim_convention not in SSIM_CONVENTIONS:
         raise InputError(f"unknown SSIM convention {ssim_convention!r}; valid: {', '.join(SSIM_CONVENTIONS)}")
-    run = RunRecord.from_json(load_json(path), path)
     default_split = run.split
     records = [_model_record(run_dir, result) for result in run.models]
     chosen = split or default_split
     selected = tuple(record for record in records if record.split == chosen)
     if records and not selected:
         present = ", ".join(sorted({record.split for record in records}))
-        raise InputError(f"no models for split {chosen!r}; splits present: {present}", path)
+        raise InputError(f"no models for split {chosen!r}; splits present: {present}", RunLayout(run_dir).results)
     return RunData(
         run_dir=run_dir,
         split=chosen,
         teacher_arch=run.teacher,
         records=_setup_records(selected, "image"),
         all_records=selected,
-        benchmark=_load_benchmark(run_dir / BENCHMARK_FILE),
+        benchmark=read_benchmark(run_dir),
         ssim_convention=ssim_convention,
         task=run.task,
         sr_interpolation=run.sr_interpolation,

@@ -1,0 +1,70 @@
+"""The ``[data]`` section of a run's configuration, :class:`DataConfig`: where slices come from and how they are
+undersampled. It lives with the data it describes, below :mod:`compressor.config` (which composes the sections and
+loads them from TOML); every field is checked there against its annotation (:mod:`compressor.field_checks`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from compressor.data.readers import VOLUME_SOURCES, FastMRIReader
+from compressor.field_checks import Above, AtLeast, Between, Count, OneOf
+from compressor.masks import MASKS
+from compressor.physics.degradation import INTERPOLATIONS
+from compressor.vocabulary import ImagePhase, Task
+
+MNI_SOURCE = "mni"
+"""The embedded MNI ICBM152 T1 template (:mod:`compressor.data.embedded`), the default source."""
+
+MIN_IMAGE_SIZE = 8
+"""The smallest square image a run accepts: a generated mask needs lines outside its fully sampled centre band."""
+
+
+def data_source_names() -> list[str]:
+    """Every ``data.source``: :data:`MNI_SOURCE` and the volume readers' sources."""
+    return [MNI_SOURCE, *VOLUME_SOURCES.names()]
+
+
+@dataclass
+class DataConfig:
+    """Where slices come from and how they are undersampled.
+
+    ``source``: ``mni`` (embedded MNI ICBM152 T1 template), ``project`` (this tool's HDF5 layout), ``fastmri``
+    (single-coil HDF5), ``nifti`` (MRBrainS/ACDC volumes), ``authors`` (the SFT-KD-Recon repository's HDF5
+    layout). For file sources, ``train``/``validation``/``test`` name a file or a folder of files.
+
+    ``task``: ``reconstruction`` (undersampled k-space → image, the paper's main task) or ``sr`` (super-resolution,
+    Appendix B: the input is the image degraded by k-space truncation for scale ``s`` and interpolated back with
+    ``sr_interpolation``, see :mod:`compressor.physics.degradation`); for ``sr`` each ``acceleration`` is the
+    integer scale ``s`` (Table 9's "4x") and no mask is used.
+
+    ``image_size``: the side of the square images that are scored (losses and metrics). Images-only sources are
+    centre-cropped/padded to it; sources with measured k-space keep the grid their phase-encode lines were measured on
+    (k-space cannot be cropped along them), and losses and metrics take its ``image_size`` centre crop.
+
+    ``phase``: ``synthetic`` multiplies the embedded MNI magnitude images by a smooth, seeded synthetic phase
+    (:mod:`compressor.data.phase`); file sources carry their own phase (or none) and refuse it.
+    """
+
+    task: Annotated[str, OneOf.enum("task", Task)] = "reconstruction"
+    sr_interpolation: Annotated[str, OneOf.fixed("SR interpolation", INTERPOLATIONS)] = "bicubic"
+    source: Annotated[str, OneOf("data source", data_source_names, ignore_case=True)] = MNI_SOURCE
+    train: str | None = None
+    validation: str | None = None
+    test: str | None = None
+    image_size: Annotated[int, AtLeast(MIN_IMAGE_SIZE)] = 240
+    downsample: Count = 1
+    # Reconstruction: the undersampling factor R (1 leaves nothing to reconstruct); sr: the integer scale s.
+    acceleration: list[Annotated[float, Above(1)]] = field(default_factory=lambda: [4.0])
+    mask_type: Annotated[str, OneOf("mask type", MASKS.names, ignore_case=True)] = "random"
+    mask_seed: int = 0
+    center_fraction: Annotated[float, Between(0, 1, strict=True)] | None = None
+    mask_file: str | None = None
+    mask_centred: bool = False
+    max_train_slices: Count | None = None
+    max_eval_slices: Count | None = None
+    fastmri_target_key: Annotated[str, OneOf.fixed("fastMRI target key",
+                                                   FastMRIReader.RECONSTRUCTION_KEYS)] = "reconstruction_esc"
+    cache_dir: str | None = None
+    phase: Annotated[str, OneOf.enum("phase", ImagePhase)] = "none"
