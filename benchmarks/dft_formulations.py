@@ -25,9 +25,10 @@ from compressor.export.benchmark.run import (
     MIN_ITERATIONS,
     TorchEager,
     export_for_timing,
-    interleaved_timings,
 )
-from compressor.export.runtimes.runtime import CPU, create_session, graph_feed
+from compressor.export.runtimes.registry import onnxruntime_cpu
+from compressor.export.runtimes.session import graph_feed
+from compressor.export.runtimes.timing import interleaved_timings
 from compressor.export.targets.export import phantom_kspace
 from compressor.masks import SamplingMask
 from compressor.models import build_model
@@ -63,8 +64,8 @@ def compare_formulations(arch: str, mask: SamplingMask, formulations: Sequence[s
         eager = TorchEager(model, kspace, mask.values)
         reference = eager()[:, 0].numpy()
         with tempfile.TemporaryDirectory() as folder:
-            sessions = {name: create_session(export_for_timing(model, mask, name, Path(folder)), CPU,
-                                             threads) for name in formulations}
+            sessions = {name: onnxruntime_cpu().session(export_for_timing(model, mask, name, Path(folder)), threads)
+                        for name in formulations}
             errors = {name: float(np.max(np.abs(session.run(["image"], feed)[0] - reference)))
                       for name, session in sessions.items()}
             calls: dict[str, Callable[[], Any]] = {name: (lambda s=session: s.run(None, feed))
@@ -129,8 +130,8 @@ def dft_accuracy(size: int, threads: int = 1, repeats: int = 20) -> DftAccuracy:
     image = rng.standard_normal((size, size))
     expected = np.fft.fft2(image, norm="ortho")
     scale = np.max(np.abs(expected))
-    dft_session = create_session(_dft_op_model(size), CPU, threads)
-    matmul_session = create_session(_matmul_dft_model(size), CPU, threads)
+    dft_session = onnxruntime_cpu().session(_dft_op_model(size), threads)
+    matmul_session = onnxruntime_cpu().session(_matmul_dft_model(size), threads)
     dft_feed = {"x": np.stack([image, np.zeros_like(image)], axis=-1)[None].astype(np.float32)}
     matmul_feed = {"xr": image.astype(np.float32), "xi": np.zeros((size, size), np.float32)}
     dft_out = dft_session.run(None, dft_feed)[0][0]

@@ -49,7 +49,7 @@ import numpy as np
 from tabulate import tabulate
 
 from compressor.export.runtimes.cpu import cpu_features
-from compressor.export.runtimes.runtime import ExportedModel, open_exported
+from compressor.export.runtimes.session import ExportedModel, open_exported
 from compressor.export.scanner.ismrmrd_images import scan_images
 from compressor.export.scanner.mrd_client import ScanReply, stream_scan
 from compressor.export.scanner.raw_input import read_raw_input
@@ -235,7 +235,7 @@ def run(model_path: Path, threads: int | None, provider: str, slices: int, coils
         "model": {"file": model_path.name, "architecture": metadata.architecture,
                   "image_size": list(metadata.image_size), "image_channels": metadata.image_channels,
                   "formulation": metadata.formulation},
-        "settings": {"threads": threads, "provider": model.provider, "slices_per_scan": slices, "coils": coils,
+        "settings": {"threads": threads, "provider": model.runtime.name, "slices_per_scan": slices, "coils": coils,
                      "repeats": repeats, "readout_oversampling": 2, "clients": list(CLIENTS)},
         "rows": [asdict(row) for row in rows],
         "served_vs_offline": agreements,

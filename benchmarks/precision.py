@@ -10,8 +10,8 @@ latency, throughput, the speed relative to the fp32 file and ΔPSNR/ΔSSIM again
   operator (``QuantizeLinear``/``DequantizeLinear``, ``Conv``/``QLinearConv``, layout ``Reorder*``/``Transpose``, and
   the DF's nodes gathered under ``DF``), which explains the INT8 figure;
 * OpenVINO (``--openvino``, optional: ``pip install openvino``): the same fp32 and INT8 files on the tool's OpenVINO
-  backend (``--provider openvino``, :class:`compressor.export.runtimes.runtime.OpenVINORuntime`), interleaved with
-  ONNX Runtime
+  backend (``--provider openvino``, :class:`compressor.export.runtimes.openvino_runtime.OpenVINORuntime`),
+  interleaved with ONNX Runtime
   on the same slice, with the largest output difference between the two and the speed ratio (OpenVINO's median over
   ONNX Runtime's: above 1 means OpenVINO is slower). The backend pins fp32 inference precision
   (``INFERENCE_PRECISION_HINT=f32``): by default OpenVINO would run bf16 on CPUs that have it, which changes the
@@ -51,24 +51,18 @@ from compressor.export.benchmark.run import (
     data_fidelity_scopes,
     df_share,
     export_for_timing,
-    interleaved_timings,
     parse_precisions,
     profile_graph,
     run_precision_files,
     time_by_op_type,
     timing_file,
 )
+from compressor.export.exported_file import read_exported_metadata
 from compressor.export.run_models import RunModel, load_run_models
 from compressor.export.runtimes.cpu import cpu_features
-from compressor.export.runtimes.runtime import (
-    CPU,
-    OPENVINO,
-    ExportMetadata,
-    create_session,
-    graph_feed,
-    openvino_cpu_usable,
-    runtime_label,
-)
+from compressor.export.runtimes.registry import RUNTIMES, onnxruntime_cpu
+from compressor.export.runtimes.session import graph_feed
+from compressor.export.runtimes.timing import interleaved_timings
 from compressor.export.targets.export import phantom_kspace, resolve_formulation
 from compressor.io import atomic_path, save_json
 from compressor.masks import SamplingMask, make_mask
@@ -136,8 +130,8 @@ def accounting_rows(subject: Subject, files: Mapping[str, PrecisionFile], thread
                     folder: Path) -> list[dict[str, Any]]:
     """One row per precision of ``files`` (:func:`benchmark_architecture`, all precisions in one loop)."""
     kspace = phantom_kspace(subject.mask, count=1, image_channels=subject.model.image_channels)
-    timings = benchmark_architecture(subject.model, subject.mask, kspace, CPU, threads, iterations, warmup, folder,
-                                     list(files), files)
+    timings = benchmark_architecture(subject.model, subject.mask, kspace, onnxruntime_cpu(), threads, iterations,
+                                     warmup, folder, list(files), files)
     size = "x".join(str(n) for n in subject.mask.shape)
     rows = []
     for precision, timing in timings.items():
@@ -159,7 +153,7 @@ def profile_summary(files: Mapping[str, PrecisionFile], feed: Mapping[str, np.nd
     fp32_scopes = data_fidelity_scopes(onnx.load(str(files["fp32"].path)))
     summary = {}
     for precision, file in files.items():
-        times = profile_graph(file.path, CPU, threads, feed, warmup=warmup, scopes=fp32_scopes)
+        times = profile_graph(file.path, onnxruntime_cpu(), threads, feed, warmup=warmup, scopes=fp32_scopes)
         op_counts: dict[str, int] = {}
         for node in onnx.load(str(file.path)).graph.node:
             op_counts[node.op_type] = op_counts.get(node.op_type, 0) + 1
@@ -173,22 +167,23 @@ def profile_summary(files: Mapping[str, PrecisionFile], feed: Mapping[str, np.nd
 
 def openvino_comparison(files: Mapping[str, PrecisionFile], feed: Mapping[str, np.ndarray], threads: int,
                         iterations: int, warmup: int) -> dict[str, Any]:
-    """The same files on ONNX Runtime and on the tool's OpenVINO backend (:class:`~compressor.export.runtimes.runtime.
-    OpenVINORuntime`, f32 inference precision), interleaved in one loop: per precision both medians,
+    """The same files on ONNX Runtime and on the tool's OpenVINO backend (:class:`~compressor.export.runtimes.
+    openvino_runtime.OpenVINORuntime`, f32 inference precision), interleaved in one loop: per precision both medians,
     ``openvino / onnxruntime`` and the largest output difference between the two."""
-    sessions = {(runtime, precision): create_session(file.path, runtime, threads)
-                for precision, file in files.items() for runtime in (CPU, OPENVINO)}
+    cpu, openvino = onnxruntime_cpu(), RUNTIMES.get("openvino")
+    sessions = {(runtime.name, precision): runtime.session(file.path, threads)
+                for precision, file in files.items() for runtime in (cpu, openvino)}
     differences = {}
     for precision in files:
-        reference, candidate = (sessions[runtime, precision].run(None, feed) for runtime in (CPU, OPENVINO))
+        reference, candidate = (sessions[runtime.name, precision].run(None, feed) for runtime in (cpu, openvino))
         differences[precision] = max(float(np.max(np.abs(a - b))) for a, b in zip(candidate, reference, strict=True))
     timings = interleaved_timings({f"{runtime}/{precision}": (lambda session=session: session.run(None, feed))
                                    for (runtime, precision), session in sessions.items()}, iterations, warmup)
-    return {"runtime": runtime_label(OPENVINO), "threads": threads, "by_precision": {
-        precision: {"onnxruntime_ms_median": timings[f"{CPU}/{precision}"].median,
-                    "openvino_ms_median": timings[f"{OPENVINO}/{precision}"].median,
-                    "openvino_over_onnxruntime": timings[f"{OPENVINO}/{precision}"].median
-                    / timings[f"{CPU}/{precision}"].median,
+    return {"runtime": openvino.label, "threads": threads, "by_precision": {
+        precision: {"onnxruntime_ms_median": timings[f"{cpu.name}/{precision}"].median,
+                    "openvino_ms_median": timings[f"{openvino.name}/{precision}"].median,
+                    "openvino_over_onnxruntime": timings[f"{openvino.name}/{precision}"].median
+                    / timings[f"{cpu.name}/{precision}"].median,
                     "max_abs_output_difference": differences[precision]} for precision in files}}
 
 
@@ -209,10 +204,10 @@ def target_checks(rows: Sequence[Mapping[str, Any]], cpu: Mapping[str, Any]) -> 
 def int8_layers_kept_fp32(file: PrecisionFile) -> list[dict[str, Any]]:
     """The convolutions the INT8 file's sensitivity analysis kept in fp32, with why (its metadata's
     ``quantization.layers``)."""
-    properties = {entry.key: entry.value for entry in onnx.load(str(file.path)).metadata_props}
-    layers = ExportMetadata.from_properties(properties, file.path).extras.get("quantization", {}).get("layers", [])
-    return [{"layer": layer["layer"], "psnr_loss_alone_db": layer["psnr_loss_alone_db"],
-             "reason": layer.get("kept_fp32_because", "")} for layer in layers if not layer["int8"]]
+    quantization = read_exported_metadata(file.path).quantization
+    layers = quantization.layers if quantization is not None else ()
+    return [{"layer": layer.layer, "psnr_loss_alone_db": layer.psnr_loss_alone_db, "reason": layer.reason}
+            for layer in layers if not layer.int8]
 
 
 def openvino_verdict(comparisons: Mapping[str, Any]) -> str:
@@ -305,7 +300,7 @@ def markdown(report: Mapping[str, Any]) -> str:
 @click.option("--out", type=click.Path(path_type=Path), default=RESULTS / "precision.json", show_default=True)
 def main(run_dir: Path | None, archs: str, sizes: str, precisions: str, iterations: int, warmup: int,
          threads: int | None, with_openvino: bool, out: Path) -> None:
-    if with_openvino and not openvino_cpu_usable():
+    if with_openvino and not RUNTIMES.get("openvino").usable():
         raise click.UsageError("--openvino needs OpenVINO with its CPU device: pip install openvino")
     chosen = parse_precisions(precisions)
     if "fp32" not in chosen:

@@ -3,13 +3,13 @@ ONNX Runtime sessions, a reconstruct tool and latency benchmarks.
 
 Modules: :mod:`compressor.export.graph.scanner_graph` (the exportable DF formulations and the scanner graph),
 :mod:`compressor.export.targets.registry` (export targets, one class each: fp32, INT8 and fp16 ONNX),
-:mod:`compressor.export.precision.quantize` (INT8 quantization with its per-layer sensitivity analysis, fp16
-conversion),
+:mod:`compressor.export.precision` (INT8 quantization with its per-layer sensitivity analysis, fp16
+conversion), :mod:`compressor.export.exported_file` (what an exported file holds: its inputs, outputs and metadata),
 :mod:`compressor.export.runtimes.cpu` (the CPU and the instruction sets every figure names),
-:mod:`compressor.export.targets.export` (trace, metadata, the export driver shared by every target),
+:mod:`compressor.export.targets.export` (the export driver shared by every target),
 :mod:`compressor.export.graph.validate` (checker, parity against PyTorch, second runtime),
-:mod:`compressor.export.runtimes.runtime`
-(providers, sessions, metadata; ONNX Runtime and NumPy only), :mod:`compressor.export.run_models` (a run's trained
+:mod:`compressor.export.runtimes`
+(ONNX Runtime's providers, OpenVINO, sessions; no PyTorch), :mod:`compressor.export.run_models` (a run's trained
 models, masks and validation slices), :mod:`compressor.export.scanner.reconstruct` (k-space files in, HDF5
 reconstructions
 out), :mod:`compressor.export.scanner.raw_input` and :mod:`compressor.export.scanner.ismrmrd_images` (ISMRMRD raw

@@ -43,7 +43,7 @@ from compressor.export.benchmark.run import (
     time_by_op_type,
     timing_file,
 )
-from compressor.export.runtimes.runtime import CPU, graph_feed
+from compressor.export.runtimes import RUNTIMES, graph_feed
 from compressor.export.targets.export import export_model, phantom_kspace
 from compressor.masks import make_mask
 from compressor.models import ModelOptions, build_model
@@ -164,7 +164,8 @@ def test_a_graph_without_df_scopes_is_refused():
 def test_the_profile_of_a_tiny_export_attributes_every_cascades_df(tmp_path, mask):
     model = build_model("d2c2", TINY).eval()
     path = export_for_timing(model, mask, "lines", tmp_path)
-    times = profile_graph(path, CPU, 1, graph_feed(phantom_kspace(mask, count=1), mask.values), runs=3, warmup=1)
+    times = profile_graph(path, RUNTIMES.get("cpu"), 1, graph_feed(phantom_kspace(mask, count=1), mask.values),
+                          runs=3, warmup=1)
     assert {node.scope for node in times} >= {"cascades.0.data_fidelity", "cascades.1.data_fidelity"}
     assert all(node.source is not None for node in times if node.op_type in ("Conv", "MatMul", "Sub"))
     assert 0 < df_share(times) < 1

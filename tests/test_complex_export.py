@@ -23,13 +23,13 @@ from compressor.data.coils import virtual_coil
 from compressor.data.project_h5 import write_project_volume
 from compressor.errors import InputError
 from compressor.export.benchmark.run import benchmark_models
+from compressor.export.exported_file import ExportMetadata, graph_outputs, metadata_properties
 from compressor.export.graph.scanner_graph import ChannelSumConv, ScannerGraph
 from compressor.export.graph.validate import pytorch_reference
 from compressor.export.run_models import run_validation_kspace, simulated_kspace
-from compressor.export.runtimes.runtime import ExportMetadata, graph_outputs, open_exported
+from compressor.export.runtimes import open_exported
 from compressor.export.scanner.scanner_input import imaginary_energy_fraction
 from compressor.export.targets.export import export_model, phantom_kspace
-from compressor.export.targets.registry import save_with_metadata
 from compressor.masks import SamplingMask
 from compressor.models import ModelOptions, build_model
 from compressor.physics import (
@@ -42,6 +42,7 @@ from compressor.physics import (
     zero_filled,
 )
 from compressor.training.checkpoint import save_weights
+from tests.test_exported_file import save_with_properties
 
 SIZE = (16, 12)
 COMPLEX = ModelOptions(width=8, image_channels=2)
@@ -252,14 +253,14 @@ def test_a_file_without_image_channels_metadata_is_a_real_image_model(tmp_path, 
     result = export_model(tiny_model(REAL), tmp_path / "real.onnx", mask=mask,
                           validation_kspace=simulated_kspace(np.abs(complex_images(1)), mask.values))
     proto = onnx.load(str(result.path))
-    properties = {entry.key: entry.value for entry in proto.metadata_props if entry.key != "image_channels"}
-    save_with_metadata(proto, tmp_path / "old.onnx", properties)
+    properties = {key: value for key, value in metadata_properties(proto).items() if key != "image_channels"}
+    save_with_properties(proto, tmp_path / "old.onnx", properties)
     old = open_exported(tmp_path / "old.onnx", "cpu")
-    assert old.metadata.image_channels == 1 and "image_channels" not in old.metadata.extras
+    assert old.metadata.image_channels == 1 and old.metadata.to_properties()["image_channels"] == "1"
     image, _ = old.run(simulated_kspace(np.abs(complex_images(2)), mask.values), mask.values)
     assert image.dtype == np.float32
     assert ExportMetadata.from_properties(old.metadata.to_properties()).image_channels == 1
-    save_with_metadata(proto, tmp_path / "odd.onnx", {**properties, "image_channels": "3"})
+    save_with_properties(proto, tmp_path / "odd.onnx", {**properties, "image_channels": "3"})
     with pytest.raises(InputError, match="image_channels 3"):
         open_exported(tmp_path / "odd.onnx", "cpu")
 

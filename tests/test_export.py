@@ -22,17 +22,11 @@ from compressor.data.dataset import normalise_kspace
 from compressor.data.project_h5 import write_project_volume
 from compressor.errors import InputError
 from compressor.export.benchmark.run import benchmark_models, benchmark_run, write_benchmark
+from compressor.export.exported_file import ExportMetadata, ModelOrigin, decode_mask, encode_mask
 from compressor.export.graph.scanner_graph import ChannelSumConv, ScannerGraph
 from compressor.export.graph.validate import AtolError, ExportValidationError, pytorch_reference
-from compressor.export.runtimes.runtime import (
-    CPU,
-    ExportMetadata,
-    choose_provider,
-    decode_mask,
-    encode_mask,
-    node_providers,
-    open_exported,
-)
+from compressor.export.runtimes import RUNTIMES, choose_runtime, open_exported
+from compressor.export.runtimes.onnxruntime_provider import CPU
 from compressor.export.targets.export import export_model, phantom_kspace, resolve_formulation, simulated_kspace
 from compressor.io import save_json
 from compressor.masks import SamplingMask, make_mask
@@ -79,7 +73,7 @@ def exported(tmp_path_factory, mask):
     path = tmp_path_factory.mktemp("export") / "tiny.onnx"
     model = tiny_model()
     result = export_model(model, path, mask=mask, validation_kspace=phantom_kspace(mask, 1), config_key="abc123",
-                          extras={"role": "sft_kd"})
+                          origin=ModelOrigin(role="sft_kd"))
     return model, result
 
 
@@ -164,7 +158,7 @@ def test_resolve_formulation_prefers_lines_for_line_masks():
 
 def test_export_passes_validation_well_inside_the_tolerance(exported):
     _, result = exported
-    assert result.path.is_file() and result.formulation == "lines" and result.provider == CPU
+    assert result.path.is_file() and result.formulation == "lines" and result.runtime.name == CPU
     assert result.max_abs_error < 1e-5 < result.tolerance == pytest.approx(1e-4 * result.max_abs_error
                                                                            / result.relative_error)
     assert result.reference_evaluator_error < 1e-5
@@ -191,7 +185,7 @@ def test_metadata_round_trip(exported, mask):
     assert metadata.image_size == SIZE and metadata.acceleration == 4.0
     assert metadata.mask_digest == mask.digest() and np.array_equal(metadata.mask, mask.values)
     assert (metadata.formulation, metadata.line_axis, metadata.config_key) == ("lines", -1, "abc123")
-    assert metadata.model_options == TINY.to_dict() and metadata.extras["role"] == "sft_kd"
+    assert metadata.model_options == TINY.to_dict() and metadata.origin.role == "sft_kd"
     properties = json.loads(json.dumps(metadata.to_properties()))
     assert ExportMetadata.from_properties(properties).to_properties() == metadata.to_properties()
     assert {"normalisation", "kspace_convention", "tool_version"} <= set(properties)
@@ -293,7 +287,7 @@ def test_export_command_exports_a_named_model_of_a_run(tmp_path):
     assert result.exit_code == 0, result.output
     exported_model = open_exported(tmp_path / "exports" / "sft_kd_at_d2c2@4x.onnx", "cpu")
     metadata = exported_model.metadata
-    assert (metadata.config_key, metadata.extras["name"], metadata.mask_digest) == ("0123456789ab",
+    assert (metadata.config_key, metadata.origin.name, metadata.mask_digest) == ("0123456789ab",
                                                                                  "sft_kd/at/d2c2@4x", mask.digest())
     kspace = simulated_kspace(random_images(2, seed=9), mask.values)
     np.testing.assert_allclose(exported_model.run(kspace, mask.values)[0],
@@ -314,12 +308,12 @@ def test_benchmark_of_a_run_lists_its_trained_models_with_their_metrics(tmp_path
 
 def test_auto_provider_really_runs_and_every_node_ran_on_it(exported, mask):
     _, result = exported
-    chosen = choose_provider("auto")
-    assert open_exported(result.path, "auto").session.get_providers()[0] == chosen
+    chosen = choose_runtime("auto")
+    assert open_exported(result.path, "auto").session.get_providers()[0] == chosen.name
     kspace = phantom_kspace(mask, 1)
-    providers = node_providers(result.path, CPU, {"kspace_real": kspace.real.astype(np.float32),
-                                                  "kspace_imag": kspace.imag.astype(np.float32),
-                                                  "mask": mask.values})
+    providers = RUNTIMES.get("cpu").node_providers(result.path, {"kspace_real": kspace.real.astype(np.float32),
+                                                                 "kspace_imag": kspace.imag.astype(np.float32),
+                                                                 "mask": mask.values})
     assert providers and set(providers.values()) == {CPU}
 
 
@@ -362,7 +356,7 @@ def test_export_command_with_bare_weights_validates_on_a_data_file(tmp_path):
                                                  "--validation", str(volume)])
     assert result.exit_code == 0, result.output
     assert out.is_file() and "validated on 3 slices" in result.output
-    assert open_exported(out, "cpu").metadata.extras["weights"] == "w.safetensors"
+    assert open_exported(out, "cpu").metadata.origin.weights == "w.safetensors"
 
 
 def test_export_command_rejects_ambiguous_sources(tmp_path):

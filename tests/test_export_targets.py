@@ -18,9 +18,10 @@ from onnx import numpy_helper
 from compressor.cli.export_commands import benchmark_command, export_command, reconstruct_command
 from compressor.errors import InputError
 from compressor.export.graph.validate import AtolError, ExportValidationError
-from compressor.export.runtimes.runtime import EXECUTION_PROVIDERS, open_exported, provider_choices
+from compressor.export.runtimes import RUNTIMES, open_exported, runtime_choices
 from compressor.export.targets.export import ExportResult, export_model, export_run, phantom_kspace
-from compressor.export.targets.registry import DEFAULT_TARGET, EXPORT_TARGETS, ExportRequest, ExportTarget, OnnxFp32
+from compressor.export.targets.onnx_file import OnnxFp32
+from compressor.export.targets.registry import DEFAULT_TARGET, EXPORT_TARGETS, ExportRequest, ExportTarget
 from compressor.training.checkpoint import save_weights
 from tests.test_export import SIZE, tiny_model, write_run
 
@@ -100,9 +101,9 @@ def test_formulation_and_provider_choices_come_from_their_registries():
 
     assert option_choices(export_command, "formulation") == ["auto", *exportable_formulations()]
     assert set(exportable_formulations()) == {"lines", "dft"} < set(FORMULATIONS.names())
-    assert provider_choices() == ["auto", *EXECUTION_PROVIDERS.names()] and "cpu" in EXECUTION_PROVIDERS
+    assert runtime_choices() == ["auto", *RUNTIMES.names()] and "cpu" in RUNTIMES
     for command in (export_command, reconstruct_command, benchmark_command):
-        assert option_choices(command, "provider") == provider_choices()
+        assert option_choices(command, "provider") == runtime_choices()
 
 
 def test_an_unknown_target_is_an_input_error_naming_the_valid_ones(tmp_path, mask):
@@ -155,7 +156,7 @@ def test_export_run_writes_each_target_and_lists_every_file_in_exports_json(tmp_
     assert sorted(p.name for p in exports.iterdir()) == ["exports.json", "sft_kd_at_d2c2@4x.copy.onnx",
                                                          "sft_kd_at_d2c2@4x.onnx"]
     listed = json.loads((exports / "exports.json").read_text())
-    assert listed == json.loads(json.dumps([result.summary() for result in results]))
+    assert listed == json.loads(json.dumps([result.entry().to_json() for result in results]))
     assert all(set(row) == SUMMARY_KEYS for row in listed)
     assert [row["file"] for row in listed] == [str(exports / "sft_kd_at_d2c2@4x.onnx"),
                                                str(exports / "sft_kd_at_d2c2@4x.copy.onnx")]

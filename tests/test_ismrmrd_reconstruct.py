@@ -18,7 +18,7 @@ from compressor.data.mrd_header import EncodingGeometry
 from compressor.data.mrd_raw import SliceAssembler
 from compressor.data.mrd_readout import SliceKey, readout_from_ismrmrd
 from compressor.data.project_h5 import write_project_volume
-from compressor.export.runtimes.runtime import open_exported
+from compressor.export.runtimes import open_exported
 from compressor.export.scanner.ismrmrd_images import image_header, ismrmrd_image
 from compressor.export.scanner.raw_input import prepare_slice
 from compressor.export.scanner.reconstruct import reconstruct_file

@@ -199,7 +199,7 @@ def test_on_openvino_two_clients_at_once_get_the_images_of_onnx_runtime(model_pa
     """``--provider openvino``: one compiled model behind concurrent calls (a pool of infer requests)."""
     with ReconstructionServer(model_path, "127.0.0.1", 0, provider="openvino", threads=1,
                               idle_timeout=TIMEOUT) as running:
-        assert running.model.provider == "OpenVINO-CPU"
+        assert running.model.runtime.name == "OpenVINO-CPU"
         assert_clients_at_once_get_their_own_images(running, scans, expected)
 
 

@@ -16,18 +16,10 @@ from click.testing import CliRunner
 
 from compressor.cli.export_commands import benchmark_command, reconstruct_command
 from compressor.errors import InputError
-from compressor.export.precision.quantize import PrecisionOptions
-from compressor.export.runtimes.runtime import (
-    CPU,
-    EXECUTION_PROVIDERS,
-    OPENVINO,
-    OpenVINORuntime,
-    choose_provider,
-    create_session,
-    graph_feed,
-    open_exported,
-    provider_choices,
-)
+from compressor.export.exported_file import Precision
+from compressor.export.precision.options import PrecisionOptions
+from compressor.export.runtimes import RUNTIMES, choose_runtime, graph_feed, open_exported, runtime_choices
+from compressor.export.runtimes.openvino_runtime import OPENVINO, OpenVINORuntime
 from compressor.export.targets.export import export_model, phantom_kspace
 from tests.test_export import SIZE, tiny_model
 
@@ -48,15 +40,15 @@ def fp32_file(tmp_path_factory, mask):
 
 
 def test_openvino_is_a_registered_provider_that_auto_never_picks():
-    assert "openvino" in provider_choices() and EXECUTION_PROVIDERS.get("openvino").name == OPENVINO
-    assert choose_provider("openvino") == OPENVINO
-    assert choose_provider("auto") != OPENVINO  # its fp32 is slower than ONNX Runtime's on the CPUs measured
+    assert "openvino" in runtime_choices() and RUNTIMES.get("openvino").name == OPENVINO
+    assert choose_runtime("openvino").name == OPENVINO
+    assert choose_runtime("auto").name != OPENVINO  # its fp32 is slower than ONNX Runtime's on the CPUs measured
 
 
 def test_openvino_gives_onnx_runtimes_image_to_fp32_rounding(fp32_file, mask):
     kspace = phantom_kspace(mask, 3)
     on_ort, on_openvino = (open_exported(fp32_file, provider) for provider in ("cpu", "openvino"))
-    assert on_openvino.provider == OPENVINO and on_openvino.runtime.startswith("OpenVINO ")
+    assert on_openvino.runtime.name == OPENVINO and on_openvino.runtime.label.startswith("OpenVINO ")
     assert on_openvino.metadata.to_properties() == on_ort.metadata.to_properties()
     image, scale = on_openvino.run(kspace, mask.values)
     reference_image, reference_scale = on_ort.run(kspace, mask.values)
@@ -67,9 +59,10 @@ def test_openvino_gives_onnx_runtimes_image_to_fp32_rounding(fp32_file, mask):
 
 def test_concurrent_calls_from_threads_each_get_their_own_answer(fp32_file, mask):
     """The streaming server calls one session from several threads: every call must return its own slice's image."""
-    session = create_session(fp32_file, OPENVINO, threads=1)
+    session = RUNTIMES.get("openvino").session(fp32_file, threads=1)
     slices = phantom_kspace(mask, 4)
-    expected = [create_session(fp32_file, CPU).run(["image"], graph_feed(k[None], mask.values))[0] for k in slices]
+    expected = [RUNTIMES.get("cpu").session(fp32_file).run(["image"], graph_feed(k[None], mask.values))[0]
+                for k in slices]
     results: dict[int, list[np.ndarray]] = {index: [] for index in range(len(slices))}
 
     def reconstruct(index: int) -> None:
@@ -91,25 +84,26 @@ def test_an_export_validates_on_openvino_the_same_way(tmp_path, mask, precision)
     """fp32 against PyTorch at the usual tolerance; INT8 in image terms against the fp32 export, with the sampled
     lines at fp32 rounding (the DF stays fp32 on OpenVINO too)."""
     result = export_model(tiny_model(), tmp_path / f"tiny.{precision}.onnx", mask=mask,
-                          validation_kspace=phantom_kspace(mask, 2), target=f"onnx-{precision}", provider="openvino",
+                          validation_kspace=phantom_kspace(mask, 2), target=Precision(precision).target,
+                          provider="openvino",
                           precision_options=PrecisionOptions(max_psnr_loss=10.0))
-    assert result.provider == OPENVINO
+    assert result.runtime.name == OPENVINO
     if precision == "fp32":
         assert result.relative_error <= result.tolerance
     else:
         check = result.precision_check
         assert check.line_deviation <= 1e-5 and check.quality.psnr_loss <= 10.0
         # the layer choice was measured on the runtime that validated it, and the file says so
-        assert result.metadata.extras["precision_quality"]["measured_on"].startswith("OpenVINO ")
+        assert result.metadata.quality.measured_on.startswith("OpenVINO ")
 
 
 def test_the_int8_speed_check_times_openvino_too(tmp_path, mask):
     result = export_model(tiny_model(), tmp_path / "tiny.int8.onnx", mask=mask,
                           validation_kspace=phantom_kspace(mask, 2), target="onnx-int8",
                           precision_options=PrecisionOptions(max_psnr_loss=10.0))
-    speed = result.metadata.extras["int8_speed"]
-    assert speed["openvino_int8_median_ms"] > 0
-    assert speed["openvino_speedup"] == pytest.approx(speed["fp32_median_ms"] / speed["openvino_int8_median_ms"])
+    speed = result.metadata.int8_speed
+    assert speed.openvino_int8_median_ms > 0
+    assert speed.openvino_speedup == pytest.approx(speed.fp32_median_ms / speed.openvino_int8_median_ms)
 
 
 def test_a_corrupt_file_is_a_one_line_input_error_naming_it(tmp_path):
@@ -135,7 +129,7 @@ def test_with_threads_per_call_as_many_calls_run_at_once_as_cores_allow(fp32_fil
     import os
 
     cores = os.cpu_count() or 1
-    streams = {threads: create_session(fp32_file, OPENVINO, threads)._compiled.get_property("NUM_STREAMS")
+    streams = {threads: RUNTIMES.get("openvino").session(fp32_file, threads)._compiled.get_property("NUM_STREAMS")
                for threads in (None, 1)}
     assert streams == {None: 1, 1: cores}
 

@@ -16,17 +16,14 @@ from onnx import TensorProto
 
 from compressor.cli.export_commands import export_command
 from compressor.export.benchmark.run import data_fidelity_scopes
+from compressor.export.exported_file import ExportMetadata, Precision, QatRecord
 from compressor.export.graph.validate import ExportValidationError, QualityLossError
-from compressor.export.precision.quantize import (
-    ConvLayer,
-    PrecisionOptions,
-    activations_between,
-    choose_convolutions,
-    conv_layers,
-    int8_settings,
-)
+from compressor.export.precision.layers import ConvLayer, activations_between, conv_layers
+from compressor.export.precision.options import PrecisionOptions
+from compressor.export.precision.quantizer import int8_settings
+from compressor.export.precision.sensitivity import choose_convolutions
+from compressor.export.runtimes import open_exported
 from compressor.export.runtimes.cpu import parse_cpuinfo
-from compressor.export.runtimes.runtime import ExportMetadata, open_exported
 from compressor.export.targets.export import export_model, phantom_kspace
 from compressor.export.targets.registry import EXPORT_TARGETS, precision_choices, precision_targets
 from compressor.models import ModelOptions
@@ -47,7 +44,7 @@ def export(tmp_path, mask, precision: str, model=None, **options):
     model = model if model is not None else tiny_model()
     return export_model(model, tmp_path / f"tiny.{precision}.onnx", mask=mask,
                         validation_kspace=phantom_kspace(mask, 2, model.image_channels),
-                        target=f"onnx-{precision}", precision_options=PrecisionOptions(**options))
+                        target=Precision(precision).target, precision_options=PrecisionOptions(**options))
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +63,8 @@ def fp16_result(tmp_path_factory, mask):
 def test_precisions_are_targets_registered_in_one_line_each():
     assert precision_choices() == ["fp16", "fp32", "int8"]  # the registry's (sorted) order
     assert precision_targets("fp32, int8,fp32") == ["onnx-fp32", "onnx-int8"]
-    names = {precision: EXPORT_TARGETS.get(f"onnx-{precision}")().output_name("m") for precision in precision_choices()}
+    names = {precision: EXPORT_TARGETS.get(Precision(precision).target)().output_name("m")
+             for precision in precision_choices()}
     assert names == {"fp32": "m.onnx", "int8": "m.int8.onnx", "fp16": "m.fp16.onnx"}
 
 
@@ -157,7 +155,7 @@ def test_two_int8_convolutions_meet_without_a_requantization(tmp_path, mask):
                    and getattr(producer.get(node.input[0]), "op_type", "") == "DequantizeLinear"]
     assert requantized == []
     assert sum(node.op_type == "Relu" for node in graph.graph.node) == 2  # only those before the fp32 last conv
-    assert len(open_exported(result.path, "cpu").metadata.extras["quantization"]["int8_nodes"]) == 4
+    assert len(open_exported(result.path, "cpu").metadata.quantization.int8_nodes) == 4
     options = onnxruntime.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     onnxruntime.InferenceSession(str(result.path), options, providers=["CPUExecutionProvider"])
@@ -173,34 +171,38 @@ def test_int8_export_of_a_tiny_model_takes_seconds_and_records_how_it_was_made(i
     result = int8_result
     assert result.seconds < 30
     assert result.path.name == "tiny.int8.onnx" and result.precision == "int8"
-    extras = open_exported(result.path, "cpu").metadata.extras
-    quantization = extras["quantization"]
-    assert extras["precision"] == "int8" and quantization["format"] == "QDQ" and quantization["per_channel"]
-    assert quantization["calibration"] == {"method": "minmax", "slices": 2, "source": "the validation slices"}
+    metadata = open_exported(result.path, "cpu").metadata
+    quantization = metadata.quantization
+    assert metadata.precision is Precision.INT8 and quantization.settings.quant_format == "QDQ"
+    assert quantization.settings.per_channel
+    assert quantization.calibration.to_json() == {"method": "minmax", "slices": 2, "source": "the validation slices"}
     # A bound of 10 dB takes every convolution INT8 may take: of the 6 Conv nodes, each cascade's first. Both halves
     # of the block's last convolution (8->1 as grouped conv + channel sum) stay fp32 and say why.
-    assert len(quantization["int8_nodes"]) == 2
-    kept = {layer["layer"].split(", ")[-1]: layer for layer in quantization["layers"] if not layer["int8"]}
-    assert "grouped half" in kept["grouped)"]["kept_fp32_because"]
-    assert "only fp32 nodes read its output" in kept["channel sum)"]["kept_fp32_because"]
-    assert {layer["layer"] for layer in quantization["layers"]} >= {"cascade 2 conv 1 (1->8)"}
-    assert set(extras["int8_speed"]) >= {"speedup", "pays", "cpu"} and extras["cpu"]["instruction_sets"] is not None
+    assert len(quantization.int8_nodes) == 2
+    kept = {layer.layer.split(", ")[-1]: layer for layer in quantization.layers if not layer.int8}
+    assert "grouped half" in kept["grouped)"].reason
+    assert "only fp32 nodes read its output" in kept["channel sum)"].reason
+    assert {layer.layer for layer in quantization.layers} >= {"cascade 2 conv 1 (1->8)"}
+    assert set(metadata.int8_speed.to_json()) >= {"speedup", "pays", "cpu"}
+    assert metadata.cpu.instruction_sets is not None
     check = result.precision_check
     assert check.quality.psnr_loss <= 10.0 and check.reference_parity is not None and check.reference_parity < 5e-2
-    assert quantization["qat"] == {"threshold_db": 0.1, "max_steps": 100, "run": False}  # PTQ lost < 0.1 dB
+    assert quantization.qat == QatRecord(0.1, 100, None)  # PTQ lost < 0.1 dB
+    assert quantization.qat.to_json() == {"threshold_db": 0.1, "max_steps": 100, "run": False}
+    assert all(layer.reason for layer in quantization.layers)  # a reason for every layer, INT8 ones included
 
 
 def test_qat_fake_quantizes_weights_as_onnx_runtime_quantizes_them(int8_result):
     from onnx import numpy_helper
 
-    from compressor.export.precision.quantize import _FakeQuantizedWeight
+    from compressor.export.precision.qat import _FakeQuantizedWeight
 
     model, result = tiny_model(), int8_result
     initializers = {init.name: numpy_helper.to_array(init) for init in onnx.load(str(result.path)).graph.initializer}
     name = "cascades.0.block.conv1.weight"
     scale = initializers[f"{name}_scale"][:, None, None, None]
     onnx_runtime = initializers[f"{name}_quantized"].astype(np.float32) * scale
-    levels = 64 if open_exported(result.path, "cpu").metadata.extras["quantization"]["reduce_range"] else 127
+    levels = 64 if open_exported(result.path, "cpu").metadata.quantization.settings.reduce_range else 127
     fake = _FakeQuantizedWeight(levels)(model.cascades[0].block.conv1.weight.detach()).numpy()
     assert np.abs(initializers[f"{name}_quantized"]).max() == levels  # symmetric, the largest weight at the edge
     np.testing.assert_allclose(fake, onnx_runtime, rtol=0, atol=1e-7)
@@ -209,7 +211,7 @@ def test_qat_fake_quantizes_weights_as_onnx_runtime_quantizes_them(int8_result):
 def test_qat_input_ranges_are_the_global_min_max_of_the_training_batches_as_minmax_calibration_takes_them():
     import torch
 
-    from compressor.export.precision.quantize import _FakeQuantizedInput
+    from compressor.export.precision.qat import _FakeQuantizedInput
 
     hook, conv = _FakeQuantizedInput(), torch.nn.Conv2d(1, 1, 1).train()
     for batch in ([-1.0, 2.0], [-3.0, 0.5], [0.2, 1.0]):
@@ -226,11 +228,11 @@ def test_qat_input_ranges_are_the_global_min_max_of_the_training_batches_as_minm
 
 def test_a_quantization_aware_fine_tuning_is_tried_when_ptq_loses_more_than_the_threshold(tmp_path, mask):
     result = export(tmp_path, mask, "int8", max_psnr_loss=10.0, qat_threshold=-1.0, qat_steps=12)
-    qat = open_exported(result.path, "cpu").metadata.extras["quantization"]["qat"]
-    assert qat["steps"] == 12 and qat["threshold_db"] == -1.0
-    figures = [qat["l1_to_fp32_first"], qat["l1_to_fp32_last"], qat["qat_all_convolutions_psnr_loss_db"]]
+    qat = open_exported(result.path, "cpu").metadata.quantization.qat
+    assert qat.run.steps == 12 and qat.threshold_db == -1.0
+    figures = [qat.run.l1_first, qat.run.l1_last, qat.run.qat_psnr_loss]
     assert np.isfinite(figures).all()
-    assert qat["used"] is False  # PTQ already quantized every convolution: nothing to gain
+    assert qat.run.used is False  # PTQ already quantized every convolution: nothing to gain
 
 
 def test_the_qdq_graph_keeps_the_df_fp32_and_the_sampled_lines_exact(tmp_path, mask):
@@ -276,9 +278,9 @@ def test_fp16_inputs_and_outputs_stay_float32_and_only_the_blocks_are_fp16(fp16_
     dft_matrices = {name for node in graph.node if node.op_type == "MatMul" for name in node.input if name in types}
     assert dft_matrices and {types[name] for name in dft_matrices} == {TensorProto.FLOAT}  # the DF stays fp32
     assert result.precision_check.quality.psnr_loss < 0.05 and result.precision_check.line_deviation < 1e-5
-    extras = open_exported(result.path, "cpu").metadata.extras
-    assert "rounding only" in extras["fp16"]["cpu_note"]
-    assert extras["precision_quality"]["delta_psnr_db"] == pytest.approx(-result.precision_check.quality.psnr_loss)
+    metadata = open_exported(result.path, "cpu").metadata
+    assert "rounding only" in metadata.fp16.cpu_note
+    assert metadata.quality.delta_psnr_db == pytest.approx(-result.precision_check.quality.psnr_loss)
 
 
 # --- metadata and the CLI --------------------------------------------------------------------------------------
@@ -286,8 +288,9 @@ def test_fp16_inputs_and_outputs_stay_float32_and_only_the_blocks_are_fp16(fp16_
 def test_precision_metadata_round_trips(fp16_result):
     metadata = open_exported(fp16_result.path, "cpu").metadata
     again = ExportMetadata.from_properties(metadata.to_properties())
-    assert again.extras == metadata.extras and again.extras["precision"] == "fp16"
-    assert again.extras["fp16"]["fp16_nodes"] == metadata.extras["fp16"]["fp16_nodes"]
+    assert again == metadata and again.precision is Precision.FP16
+    assert (again.fp16, again.quality, again.origin) == (metadata.fp16, metadata.quality, metadata.origin)
+    assert again.fp16.fp16_nodes == metadata.fp16.fp16_nodes
 
 
 def test_compress_export_precision_writes_one_file_per_precision(tmp_path):
@@ -299,9 +302,9 @@ def test_compress_export_precision_writes_one_file_per_precision(tmp_path):
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.parent.iterdir()) == ["tiny.int8.onnx", "tiny.onnx"]
     assert "INT8 convolutions:" in result.output and "on this CPU" in result.output
-    extras = open_exported(out.with_name("tiny.int8.onnx"), "cpu").metadata.extras
-    assert extras["quantization"]["calibration"]["slices"] == 3
-    assert extras["quantization"]["calibration"]["source"].startswith("Shepp-Logan phantoms")
+    calibration = open_exported(out.with_name("tiny.int8.onnx"), "cpu").metadata.quantization.calibration
+    assert calibration.slices == 3
+    assert calibration.source.startswith("Shepp-Logan phantoms")
 
 
 def test_an_unknown_precision_is_a_one_line_error(tmp_path):
@@ -332,8 +335,8 @@ def test_a_run_exports_each_precision_measured_on_its_validation_slices(tmp_path
     listed = json.loads((tmp_path / "exports" / "exports.json").read_text())
     assert [row["precision"] for row in listed] == ["fp32", "fp16"] and "precision_check" not in listed[0]
     assert listed[1]["precision_check"]["slices"] == 5 and listed[1]["tolerance"] is None  # the run's 5 targets
-    extras = open_exported(results[1].path, "cpu").metadata.extras
-    assert extras["name"] == "sft_kd/at/d2c2@4x" and extras["precision"] == "fp16"
+    metadata = open_exported(results[1].path, "cpu").metadata
+    assert metadata.origin.name == "sft_kd/at/d2c2@4x" and metadata.precision is Precision.FP16
 
 
 def test_precision_and_target_are_one_choice(tmp_path):

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from compressor.cli.export_commands import reconstruct_command
 from compressor.data.project_h5 import write_project_volume
 from compressor.errors import InputError
-from compressor.export.runtimes.runtime import open_exported
+from compressor.export.runtimes import open_exported
 from compressor.export.scanner.input_formats import infer_source, input_format, read_input, source_names
 from compressor.export.scanner.scanner_input import (
     COMPLEX_IMAGE_THRESHOLD,

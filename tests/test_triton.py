@@ -20,8 +20,9 @@ from tritonclient.grpc import model_config_pb2
 
 from compressor.cli.export_commands import export_command
 from compressor.errors import InputError
+from compressor.export.exported_file import read_exported_metadata
 from compressor.export.run_models import simulated_kspace
-from compressor.export.runtimes.runtime import CPU, ExportMetadata, create_session, open_exported
+from compressor.export.runtimes import RUNTIMES, open_exported
 from compressor.export.targets.export import export_model, phantom_kspace
 from compressor.export.triton.repository import (
     Keyword,
@@ -164,14 +165,14 @@ def test_the_repository_model_reconstructs_a_batch_like_the_export_with_its_trai
     assert [value.name for value in proto.graph.input] == ["kspace_real", "kspace_imag"]  # no mask input
     (folded_mask,) = [t for t in proto.graph.initializer if t.name == "mask"]
     np.testing.assert_array_equal(onnx.numpy_helper.to_array(folded_mask), mask.values)
-    metadata = ExportMetadata.from_properties({p.key: p.value for p in proto.metadata_props}, model_file)
+    metadata = read_exported_metadata(model_file)
     assert (metadata.mask_digest, metadata.image_channels) == (mask.digest(), channels)
 
     rng = np.random.default_rng(5)
     images = rng.standard_normal((3, *SIZE)) + (1j * rng.standard_normal((3, *SIZE)) if channels == 2 else 0)
     kspace = simulated_kspace(images, mask.values)
     expected = open_exported(exports[channels], "cpu").run_outputs(kspace, mask.values)
-    session = create_session(model_file, CPU)
+    session = RUNTIMES.get("cpu").session(model_file)
     got = session.run(list(OUTPUTS[channels]), {"kspace_real": kspace.real.astype(np.float32),
                                                 "kspace_imag": kspace.imag.astype(np.float32)})
     for name, value in zip(OUTPUTS[channels], got, strict=True):

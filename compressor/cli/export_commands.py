@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from compressor.cli.common import OneLineCommand, UserError, handles_input_errors, require_writable
-from compressor.rundir import BENCHMARK_FILE, EXPORTS_FOLDER, RunLayout
+from compressor.rundir import BENCHMARK_FILE, EXPORTS_FOLDER, RunLayout, refuse_if_training
 
 if TYPE_CHECKING:
     import numpy as np
@@ -47,8 +47,8 @@ class RegistryChoice(click.Choice):
 
 def _precision_options(calibration_slices: int, calibration_method: str, max_psnr_loss: float | None,
                        qat_threshold: float, qat_steps: int) -> Any:
-    """The :class:`~compressor.export.precision.quantize.PrecisionOptions` of the command's options."""
-    from compressor.export.precision.quantize import PrecisionOptions
+    """The :class:`~compressor.export.precision.options.PrecisionOptions` of the command's options."""
+    from compressor.export.precision.options import PrecisionOptions
 
     return PrecisionOptions(calibration_slices, calibration_method, max_psnr_loss, qat_threshold, qat_steps)
 
@@ -76,10 +76,60 @@ def _file_destination(out: Path | None, default: Path, target: str, count: int) 
     return out if count == 1 else out.with_name(output_name(out.name.removesuffix(".onnx"), target))
 
 
+def _image_size(size: int) -> int:
+    """``--image-size`` of bare weights, refused below the smallest image size training takes."""
+    from compressor.data.section import MIN_IMAGE_SIZE
+
+    if size < MIN_IMAGE_SIZE:
+        raise click.BadParameter(f"{size} is smaller than the smallest image size, {MIN_IMAGE_SIZE}",
+                                 param_hint="'--image-size'")
+    return size
+
+
+def _run_destination(out: Path | None, run_dir: Path | None, stage_dir: Path | None, file_name: str, target: str,
+                     count: int) -> Path:
+    """Where a run model's ``target`` file goes: ``--out`` (a folder with ``--run``, the file with ``--stage``), else
+    the run's exports folder."""
+    if stage_dir is not None:
+        return _file_destination(out, RunLayout.of_stage(stage_dir).exports / file_name, target, count)
+    return (out or run_dir / EXPORTS_FOLDER) / file_name
+
+
+def _refuse_a_run_in_training(run_dir: Path | None, stage_dir: Path | None) -> None:
+    """Refuse, in one line, to export from a run another process is training in (its files still change)."""
+    if run_dir is not None or stage_dir is not None:
+        refuse_if_training(run_dir if run_dir is not None else RunLayout.of_stage(stage_dir).root)
+
+
+def _check_outputs(out: Path | None, triton_repo: Path | None, folder: bool) -> None:
+    """Refuse, before any work, an unwritable ``--out`` or ``--triton-repo``, or an existing ``--out`` of the other
+    kind: a file where ``--run`` writes into a folder (``folder``), a folder where ``--stage``/``--weights`` write one
+    file."""
+    for path in (out, triton_repo):
+        if path is not None:
+            require_writable(path)
+    if out is None:
+        return
+    if folder and out.exists() and not out.is_dir():
+        raise UserError(f"{out}: is a file; with --run, --out is the folder the exports are written to")
+    if not folder and out.is_dir():
+        raise UserError(f"{out}: is a folder; with --stage or --weights, --out is the .onnx file to write")
+
+
+def _refuse_unwritable(destinations: dict[Any, Path]) -> dict[Any, Path]:
+    """``destinations`` (the files an export will write), each checked before any work: not an existing folder,
+    and its folder writable (:func:`~compressor.cli.common.require_writable`)."""
+    for destination in destinations.values():
+        if destination.is_dir():
+            raise UserError(f"{destination}: is a folder, where the export would write its file")
+        require_writable(destination)
+    return destinations
+
+
 def _bare_calibration(path: Path | None, source: str | None, mask: SamplingMask, acceleration: float | None,
                       image_channels: int, count: int) -> Any:
     """INT8 calibration slices of bare weights: ``count`` slices of the ``--validation`` file, else phantoms."""
-    from compressor.export.precision.quantize import CalibrationSlices
+    from compressor.export.precision.options import CalibrationSlices
     from compressor.export.targets.export import phantom_kspace
 
     kspace = _validation_kspace(path, source, mask, acceleration, image_channels, count)
@@ -90,15 +140,15 @@ def _bare_calibration(path: Path | None, source: str | None, mask: SamplingMask,
 
 
 def _calibration_methods() -> list[str]:
-    from compressor.export.precision.quantize import CALIBRATION_METHODS
+    from compressor.export.precision.options import CALIBRATION_METHODS
 
     return list(CALIBRATION_METHODS)
 
 
 def _providers() -> list[str]:
-    from compressor.export.runtimes.runtime import provider_choices
+    from compressor.export.runtimes.registry import runtime_choices
 
-    return provider_choices()
+    return runtime_choices()
 
 
 def _formulations() -> list[str]:
@@ -202,12 +252,13 @@ def _given(names: Sequence[str]) -> list[str]:
 def _refuse_unused_options(triton_repo: Path | None, targets: Sequence[str]) -> None:
     """Refuse options that would do nothing: the Triton ones without ``--triton-repo``, the INT8 ones without an
     int8 file among the ``targets``."""
+    from compressor.export.exported_file import Precision
     from compressor.export.targets.registry import EXPORT_TARGETS
 
     unused = _given(TRITON_OPTIONS) if triton_repo is None else []
     if unused:
         raise UserError(f"{', '.join(unused)}: only for the Triton repository; add --triton-repo DIR")
-    unused = [] if any(EXPORT_TARGETS.get(t).precision == "int8" for t in targets) else _given(INT8_OPTIONS)
+    unused = [] if any(EXPORT_TARGETS.get(t).precision is Precision.INT8 for t in targets) else _given(INT8_OPTIONS)
     if unused:
         raise UserError(f"{', '.join(unused)}: only for INT8 files; add int8 to --precision (e.g. fp32,int8)")
 
@@ -229,13 +280,14 @@ def _report_export(result: ExportResult) -> None:
         from compressor.export.targets.export import precision_lines
 
         click.echo(f"{result.path}: {result.metadata.architecture} {result.precision}, DF formulation "
-                   f"{result.formulation}; validated with {result.provider} in {result.seconds:.1f} s")
+                   f"{result.formulation}; validated with {result.runtime.name} in {result.seconds:.1f} s")
         for line in precision_lines(result):
             click.echo(f"  {line}")
         return
     click.echo(f"{result.path}: {result.metadata.architecture}, {result.metadata.parameters} parameters, "
                f"DF formulation {result.formulation}; validated on {result.validation_slices} slices with "
-               f"{result.provider}: max abs error {result.max_abs_error:.2e} (relative {result.relative_error:.2e}, "
+               f"{result.runtime.name}: max abs error {result.max_abs_error:.2e} (relative "
+               f"{result.relative_error:.2e}, "
                f"tolerance {result.tolerance:.2e}); onnx.reference max abs error "
                f"{result.reference_evaluator_error:.2e}; {result.seconds:.1f} s")
 
@@ -249,13 +301,15 @@ def _report_export(result: ExportResult) -> None:
 @click.option("--arch", help="Architecture of a bare weights file, e.g. d3c5 (with --weights).")
 @click.option("--weights", type=click.Path(path_type=Path, dir_okay=False), help="A bare .safetensors state dict.")
 @click.option("--acceleration", type=float, default=4.0, help="Acceleration of the bare weights' training mask.")
-@click.option("--image-size", type=int, default=240, help="Square image size of the bare weights' training data.")
+@click.option("--image-size", type=int, default=240, callback=lambda _, __, size: _image_size(size),
+              help="Square image size of the bare weights' training data.")
 @click.option("--mask", "mask_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Training mask .npy of the bare weights (default: a generated --mask-type mask).")
 @click.option("--mask-centred/--mask-uncentred", default=None, help="Whether --mask has DC at (H//2, W//2).")
 @click.option("--mask-type", type=click.Choice(["random", "equispaced"]), default="random",
               help="Generated mask type for bare weights.")
-@click.option("--mask-seed", type=int, default=0, help="Seed of the generated mask for bare weights.")
+@click.option("--mask-seed", type=click.IntRange(min=0), default=0,
+              help="Seed of the generated mask for bare weights.")
 @click.option("--block-form", type=click.Choice(["plain", "residual"]), default="plain",
               help="Block form of the bare weights' model.")
 @click.option("--block-padding", type=int, default=5, help="Block padding of the bare weights' model.")
@@ -326,13 +380,13 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
         raise UserError("give exactly one of --run, --stage or --weights (with --arch)")
     if names and run_dir is None:
         raise UserError("--model names models of a run; add --run DIR")
-    for path in (out, triton_repo):
-        if path is not None:
-            require_writable(path)
+    _check_outputs(out, triton_repo, folder=run_dir is not None)
+    _refuse_a_run_in_training(run_dir, stage_dir)
     targets = _export_targets(target, precision)
     _refuse_unused_options(triton_repo, targets)
     precision_options = _precision_options(calibration_slices, calibration_method, max_psnr_loss, qat_threshold,
                                            qat_steps)
+    from compressor.export.exported_file import ModelOrigin
     from compressor.export.graph.validate import ExportValidationError
     from compressor.export.run_models import load_run_models, load_stage
     from compressor.export.targets.export import export_model, export_run_model, output_name, phantom_kspace
@@ -344,6 +398,8 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
         if weights is not None:
             if arch is None:
                 raise UserError("--weights needs --arch (e.g. --arch d3c5)")
+            destinations = _refuse_unwritable({t: _file_destination(
+                out, weights.with_name(output_name(weights.stem, t)), t, len(targets)) for t in targets})
             from compressor.models import ModelOptions, build_model
             from compressor.training.checkpoint import load_weights
 
@@ -359,11 +415,10 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
                 check_planned_entries(_planned_triton_entries(weights.stem, model, mask, None, targets), triton_repo)
             calibration = _bare_calibration(validation_path, source, mask, acceleration, image_channels,
                                             calibration_slices)
-            results = [export_model(model, _file_destination(out, weights.with_name(output_name(weights.stem, t)), t,
-                                                             len(targets)),
-                                    mask=mask, validation_kspace=kspace, acceleration=acceleration,
-                                    extras={"weights": weights.name}, formulation=formulation, provider=provider,
-                                    target=t, calibration=calibration, precision_options=precision_options)
+            results = [export_model(model, destinations[t], mask=mask, validation_kspace=kspace,
+                                    acceleration=acceleration, origin=ModelOrigin(weights=weights.name),
+                                    formulation=formulation, provider=provider, target=t, calibration=calibration,
+                                    precision_options=precision_options)
                        for t in targets]
             for result in results:
                 _report_export(result)
@@ -373,17 +428,15 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
         if triton_repo is not None:
             check_planned_entries([entry for m in run_models for entry in _planned_triton_entries(
                 m.name, m.model, m.mask, m.stage.key, targets)], triton_repo)
+        destinations = _refuse_unwritable({(run_model.name, export_target): _run_destination(
+            out, run_dir, stage_dir, output_name(Path(run_model.file_name).stem, export_target), export_target,
+            len(targets)) for run_model in run_models for export_target in targets})
         exports = []
         for run_model in run_models:
             kspace = _validation_kspace(validation_path, source, run_model.mask, run_model.stage.acceleration,
                                         run_model.model.image_channels)
             for export_target in targets:
-                file_name = output_name(Path(run_model.file_name).stem, export_target)
-                if stage_dir is not None:
-                    destination = _file_destination(out, RunLayout.of_stage(stage_dir).exports / file_name,
-                                                    export_target, len(targets))
-                else:
-                    destination = (out or run_dir / EXPORTS_FOLDER) / file_name
+                destination = destinations[run_model.name, export_target]
                 result = export_run_model(run_model, destination, formulation=formulation, provider=provider,
                                           validation_kspace=kspace, target=export_target,
                                           precision_options=precision_options)

@@ -54,12 +54,10 @@ from __future__ import annotations
 
 import ast
 import copy
-import json
 import math
 import re
 import statistics
 import tempfile
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -72,28 +70,17 @@ import torch
 
 from compressor import rundir
 from compressor.errors import InputError
+from compressor.export.exported_file import Precision, graph_outputs, read_exported_metadata
 from compressor.export.graph.scanner_graph import DATA_FIDELITY_SCOPE, ScannerGraph
 from compressor.export.graph.validate import pytorch_reference
-from compressor.export.precision.quantize import PrecisionOptions, precision_of
+from compressor.export.precision.options import PrecisionOptions
 from compressor.export.run_models import EXPORTS_FOLDER
 from compressor.export.runtimes.cpu import cpu_features
-from compressor.export.runtimes.runtime import (
-    ExportMetadata,
-    choose_provider,
-    create_session,
-    graph_feed,
-    graph_outputs,
-    require_onnxruntime,
-    session_options,
-)
-from compressor.export.targets.export import (
-    export_model,
-    output_name,
-    phantom_kspace,
-    resolve_formulation,
-    trace_graph,
-)
-from compressor.export.targets.registry import EXPORT_TARGETS, precision_target, precision_targets, save_with_metadata
+from compressor.export.runtimes.onnxruntime_provider import OnnxRuntimeProvider
+from compressor.export.runtimes.registry import AUTO, choose_runtime, require_onnxruntime
+from compressor.export.runtimes.session import graph_feed
+from compressor.export.runtimes.timing import interleaved_timings, timed
+from compressor.export.targets.export import export_model, phantom_kspace, resolve_formulation, trace_graph
 from compressor.masks import SamplingMask
 from compressor.models import ModelOptions, build_model, parse_architecture
 from compressor.models.base import CascadeModel
@@ -171,44 +158,14 @@ class BenchmarkResult:
         return self.record().to_json()
 
 
-@dataclass(frozen=True)
-class Timing:
-    """Median and 90th percentile of a list of durations, in ms."""
-
-    median: float
-    p90: float
-
-    @classmethod
-    def of(cls, seconds: Sequence[float]) -> Timing:
-        ms = np.asarray(seconds) * 1e3
-        return cls(float(np.median(ms)), float(np.percentile(ms, 90)))
-
-
-def timed(call: Callable[[], Any]) -> float:
-    """Wall seconds of one ``call()``."""
-    started = time.perf_counter()
-    call()
-    return time.perf_counter() - started
-
-
-def interleaved_timings(calls: Mapping[str, Callable[[], Any]], iterations: int, warmup: int) -> dict[str, Timing]:
-    """Time the ``calls`` in turn, one call of each per iteration; the first ``warmup`` iterations are dropped."""
-    samples: dict[str, list[float]] = {name: [] for name in calls}
-    for iteration in range(warmup + iterations):
-        for name, call in calls.items():
-            seconds = timed(call)
-            if iteration >= warmup:
-                samples[name].append(seconds)
-    return {name: Timing.of(values) for name, values in samples.items()}
-
-
 def export_for_timing(model: CascadeModel, mask: SamplingMask, formulation: str, folder: Path) -> Path:
     """Export ``model`` with ``formulation`` (a name of :data:`~compressor.export.graph.scanner_graph.FORMULATIONS`),
     unvalidated."""
     line_axis = resolve_formulation(formulation, mask).line_axis
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{getattr(model, 'arch', 'model')}_{model.image_channels}ch_{formulation}.onnx"
-    save_with_metadata(trace_graph(ScannerGraph(model, mask.shape, formulation, line_axis)), path, {})
+    onnx.save_model(trace_graph(ScannerGraph(model, mask.shape, formulation, line_axis)), str(path),
+                    save_as_external_data=False)
     return path
 
 
@@ -394,23 +351,18 @@ def time_by_op_type(times: Sequence[NodeTime]) -> dict[str, float]:
     return dict(sorted(shares.items(), key=lambda item: -item[1]))
 
 
-def profile_graph(path: Path, provider: str, threads: int, feed: Mapping[str, np.ndarray], runs: int = PROFILE_RUNS,
-                  warmup: int = 5, scopes: Mapping[str, str] | None = None) -> list[NodeTime]:
+def profile_graph(path: Path, runtime: OnnxRuntimeProvider, threads: int, feed: Mapping[str, np.ndarray],
+                  runs: int = PROFILE_RUNS, warmup: int = 5, scopes: Mapping[str, str] | None = None) -> list[NodeTime]:
     """Run the exported graph ``path`` ``warmup + runs`` times on ``feed`` in a profiling session and return its
     per-node kernel times over the last ``runs`` (:func:`profile_node_times`; ``scopes`` as there)."""
-    with tempfile.TemporaryDirectory() as folder:
-        options = session_options(provider, threads, profile_prefix=str(Path(folder) / "profile"))
-        session = ort.InferenceSession(str(path), options, providers=[provider])
-        for _ in range(warmup + runs):
-            session.run(None, dict(feed))
-        events = json.loads(Path(session.end_profiling()).read_text())
+    events = runtime.profile(path, feed, warmup + runs, threads)
     return profile_node_times(events, onnx.load(str(path)), warmup, scopes)
 
 
 def parse_precisions(text: str) -> list[str]:
     """``"fp32,int8"`` -> ``["fp32", "int8"]``, validated as ``compress export --precision`` is
-    (:func:`~compressor.export.targets.registry.precision_targets`: an unknown name is an :class:`InputError`)."""
-    return [EXPORT_TARGETS.get(target).precision for target in precision_targets(text)]
+    (:meth:`~compressor.export.exported_file.Precision.parse`: an unknown name is an :class:`InputError`)."""
+    return [precision.value for precision in Precision.parse(text)]
 
 
 def require_matched_data_fidelity(path: Path, scopes: Mapping[str, str], cascades: int, formulation: str) -> None:
@@ -426,8 +378,7 @@ def require_matched_data_fidelity(path: Path, scopes: Mapping[str, str], cascade
 
 def file_formulation(path: Path) -> str:
     """The DF formulation (``"lines"``, ``"dft"``) an exported file's metadata records."""
-    properties = {entry.key: entry.value for entry in onnx.load(str(path)).metadata_props}
-    return ExportMetadata.from_properties(properties, path).formulation
+    return read_exported_metadata(path).formulation
 
 
 def shared_formulation(files: Sequence[PrecisionFile]) -> str:
@@ -446,11 +397,10 @@ def shared_formulation(files: Sequence[PrecisionFile]) -> str:
 def read_precision_file(path: Path) -> PrecisionFile:
     """The precision and the quality against fp32 that an exported file's metadata records (files written before
     precisions existed: fp32)."""
-    properties = {entry.key: entry.value for entry in onnx.load(str(path)).metadata_props}
-    extras = ExportMetadata.from_properties(properties, path).extras
-    precision = precision_of(extras)
-    quality = {} if precision == "fp32" else extras.get("precision_quality") or {}
-    return PrecisionFile(precision, Path(path), quality.get("delta_psnr_db"), quality.get("delta_ssim"))
+    metadata = read_exported_metadata(path)
+    quality = None if metadata.precision is Precision.FP32 else metadata.quality
+    return PrecisionFile(metadata.precision.value, Path(path), quality.delta_psnr_db if quality else None,
+                         quality.delta_ssim if quality else None)
 
 
 PHANTOM_SLICES = 8
@@ -469,7 +419,7 @@ def timing_file(model: CascadeModel, mask: SamplingMask, precision: str, folder:
     path = folder / f"{getattr(model, 'arch', 'model')}_{model.image_channels}ch.{precision}.onnx"
     kspace = phantom_kspace(mask, count=PHANTOM_SLICES, image_channels=model.image_channels)
     export_model(model, path, mask=mask, validation_kspace=kspace, formulation=formulation, provider="cpu",
-                 target=precision_target(precision),
+                 target=Precision(precision).target,
                  precision_options=PrecisionOptions(max_psnr_loss=math.inf, qat_steps=0))
     return PrecisionFile(precision, path)
 
@@ -483,7 +433,8 @@ class ModelFiles:
     files: Mapping[str, PrecisionFile] = field(default_factory=dict)
 
 
-def time_architecture(models: Mapping[str, ModelFiles], mask: SamplingMask, kspace: np.ndarray, provider: str,
+def time_architecture(models: Mapping[str, ModelFiles], mask: SamplingMask, kspace: np.ndarray,
+                      runtime: OnnxRuntimeProvider,
                       threads: int, iterations: int, warmup: int, folder: Path,
                       precisions: Sequence[str] = ("fp32",)) -> dict[str, dict[str, dict[str, Any]]]:
     """Time the ``models`` of one architecture and image-channel count in one interleaved loop: the first model's
@@ -518,12 +469,12 @@ def time_architecture(models: Mapping[str, ModelFiles], mask: SamplingMask, kspa
             require_matched_data_fidelity(made.path, fp32_scopes, cascades, formulation)
             graphs[f"{precision}/{index}"] = made.path
             owners[f"{precision}/{index}"] = (name, precision)
-    sessions = {key: create_session(path, provider, threads) for key, path in graphs.items()}
+    sessions = {key: runtime.session(path, threads) for key, path in graphs.items()}
     single = graph_feed(kspace[:1], mask.values)
     calls: dict[str, Callable[[], Any]] = {"torch": TorchEager(first, kspace[:1], mask.values)}
     calls.update({key: (lambda session=session: session.run(None, single)) for key, session in sessions.items()})
     timings = interleaved_timings(calls, iterations, warmup)
-    shares = {key: df_share(profile_graph(path, provider, threads, single, warmup=warmup,
+    shares = {key: df_share(profile_graph(path, runtime, threads, single, warmup=warmup,
                                           scopes=None if key.startswith("fp32/") else fp32_scopes))
               for key, path in graphs.items()}
     batch_feed = graph_feed(np.repeat(kspace[:1], THROUGHPUT_BATCH, axis=0), mask.values)
@@ -554,11 +505,12 @@ def time_architecture(models: Mapping[str, ModelFiles], mask: SamplingMask, kspa
     return rows
 
 
-def benchmark_architecture(model: CascadeModel, mask: SamplingMask, kspace: np.ndarray, provider: str, threads: int,
+def benchmark_architecture(model: CascadeModel, mask: SamplingMask, kspace: np.ndarray,
+                           runtime: OnnxRuntimeProvider, threads: int,
                            iterations: int, warmup: int, folder: Path, precisions: Sequence[str] = ("fp32",),
                            files: Mapping[str, PrecisionFile] | None = None) -> dict[str, dict[str, Any]]:
     """:func:`time_architecture` of one model: ``{precision: the timing fields of its ModelTiming row}``."""
-    return time_architecture({"model": ModelFiles(model, files or {})}, mask, kspace, provider, threads, iterations,
+    return time_architecture({"model": ModelFiles(model, files or {})}, mask, kspace, runtime, threads, iterations,
                              warmup, folder, precisions)["model"]
 
 
@@ -572,7 +524,7 @@ def benchmark_models(
     trained: Mapping[str, TrainedModel] | None = None,
     teacher: str = "d5c5",
     options: ModelOptions | None = None,
-    provider: str = "auto",
+    provider: str = AUTO,
     log: Callable[[str], None] = print,
     precisions: Sequence[str] = ("fp32",),
 ) -> BenchmarkResult:
@@ -599,9 +551,8 @@ def benchmark_models(
         raise ValueError(f"at least {MIN_ITERATIONS} timed iterations are needed, got {iterations}")
     trained = dict(trained or {})
     options = options or ModelOptions()
-    provider = choose_provider(provider)
-    require_onnxruntime(provider, "the benchmark (ONNX Runtime against PyTorch, its DF share from ONNX Runtime's "
-                                  "profiler; OpenVINO is compared on the same files by "
+    runtime = require_onnxruntime(choose_runtime(provider), "the benchmark (ONNX Runtime against PyTorch, its DF "
+                                  "share from ONNX Runtime's profiler; OpenVINO is compared on the same files by "
                                   "`python -m benchmarks.precision --openvino`)")
     previous_threads = torch.get_num_threads()
     threads = threads or previous_threads
@@ -613,17 +564,17 @@ def benchmark_models(
     entries += [_Entry(arch, "teacher" if arch == teacher else "student", build_model(arch, options).eval(), None)
                 for arch in dict.fromkeys(a.strip().lower() for a in archs) if arch not in trained_archs]
     entries.sort(key=lambda entry: (-entry.model.num_parameters(), entry.name))
-    result = BenchmarkResult(provider, threads, mask.shape, iterations, warmup, keep_freed_memory())
+    result = BenchmarkResult(runtime.name, threads, mask.shape, iterations, warmup, keep_freed_memory())
     try:
         with tempfile.TemporaryDirectory() as folder:
             for index, (arch, channels) in enumerate(dict.fromkeys((e.model.arch, e.model.image_channels)
                                                                    for e in entries)):
                 group = [e for e in entries if (e.model.arch, e.model.image_channels) == (arch, channels)]
-                log(f"benchmarking {arch} ({channels}-channel images; {provider}, {threads} threads)")
+                log(f"benchmarking {arch} ({channels}-channel images; {runtime.name}, {threads} threads)")
                 timings = time_architecture(
                     {entry.name: ModelFiles(copy.deepcopy(entry.model).cpu().eval(),
                                             entry.trained.files if entry.trained else {}) for entry in group},
-                    mask, kspace, provider, threads, iterations, warmup, Path(folder) / f"group_{index}", precisions)
+                    mask, kspace, runtime, threads, iterations, warmup, Path(folder) / f"group_{index}", precisions)
                 for entry in group:
                     parameters = entry.model.num_parameters()
                     for precision, timing in timings[entry.name].items():
@@ -697,7 +648,7 @@ def run_precision_files(run_dir: Path, file_name: str, precisions: Sequence[str]
     for precision in precisions:
         if precision == "fp32":
             continue
-        path = run_dir / EXPORTS_FOLDER / output_name(Path(file_name).stem, precision_target(precision))
+        path = run_dir / EXPORTS_FOLDER / Precision(precision).file_name(Path(file_name).stem)
         if not path.is_file():
             raise InputError(f"no {precision} export to benchmark; write it with `compress export --run {run_dir} "
                              f"--precision {precision}`", path)
@@ -706,7 +657,7 @@ def run_precision_files(run_dir: Path, file_name: str, precisions: Sequence[str]
 
 
 def benchmark_run(run_dir: str | Path, archs: Sequence[str] | None = None, *, threads: int | None = None,
-                  iterations: int = MIN_ITERATIONS, warmup: int = 5, provider: str = "auto",
+                  iterations: int = MIN_ITERATIONS, warmup: int = 5, provider: str = AUTO,
                   log: Callable[[str], None] = print, precisions: Sequence[str] = ("fp32",)) -> BenchmarkResult:
     """Benchmark a run directory's trained models plus ``archs`` (default: the run's teacher and
     :data:`DEFAULT_STUDENTS`) and write ``<run>/benchmark.json`` and ``benchmark.csv``. Called at the end of

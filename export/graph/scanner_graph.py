@@ -17,9 +17,9 @@ Graph inputs and outputs (``B`` dynamic, ``H x W`` fixed at export):
   complex reconstruction's parts and its magnitude, in normalised units;
 * ``scale``: ``(B,)`` float32, that divisor, so ``image * scale[:, None, None]`` is in the input's units.
 
-The names come from one place, :func:`compressor.export.runtimes.runtime.graph_outputs`, and the exported metadata
+The names come from one place, :func:`compressor.export.exported_file.graph_outputs`, and the exported metadata
 records
-``image_channels``; :meth:`compressor.export.runtimes.runtime.ExportedModel.run` returns the image as a real or
+``image_channels``; :meth:`compressor.export.runtimes.session.ExportedModel.run` returns the image as a real or
 complex array.
 
 DF formulations (registered in :data:`FORMULATIONS`; all exact to float32 rounding; a test proves them equal to the
@@ -44,8 +44,8 @@ training DF on ``torch.fft``):
     ONNX Runtime for sizes that are not powers of two; no CUDA kernel).
 
 The CNN blocks run as trained except that their last convolution (one or two output channels) is computed as a
-grouped convolution plus a channel sum (:class:`ChannelSumConv`), the same function but ~20 % less ONNX Runtime time for
-d3c5 at 240x240.
+grouped convolution plus a channel sum (:class:`ChannelSumConv`): the same function, cheaper in ONNX Runtime's
+channel-blocked CPU layout.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressor.export.runtimes.runtime import graph_outputs
+from compressor.export.exported_file import graph_outputs
 from compressor.masks import LINE_AXES
 from compressor.models.base import CascadeModel
 from compressor.physics import (
@@ -113,7 +113,7 @@ class ChannelSumConv(nn.Module):
     ``(B, C_in, H, W) -> (B, C_out, H, W)``, the same function to float32 rounding (a test and every export's
     validation check it). Why: ONNX Runtime's CPU convolutions use a channel-blocked layout (NCHWc) that pads output
     channels to the block size (16 with AVX-512), so the blocks' last conv (32 -> 1 or 2) costs as much as a 32 -> 16
-    one, about a third of d3c5's run time; the grouped form does ``C_out``/16 of that work. The channel sum is a 1x1
+    one; the grouped form does ``C_out``/16 of that work. The channel sum is a 1x1
     convolution with 0/1 weights (carrying the bias), which reads the blocked layout directly (faster than
     ``ReduceSum``, which needs it reordered first).
     """
@@ -197,7 +197,7 @@ class LineDataFidelity(nn.Module):
 
 def graph_output_tensors(image: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The graph's outputs from the normalised reconstruction ``(B, C, H, W)`` and the scale ``(B, 1)``, in the order
-    of :func:`compressor.export.runtimes.runtime.graph_outputs` ``(C).names``: ``C = 1``: ``image (B, H, W), scale
+    of :func:`compressor.export.exported_file.graph_outputs` ``(C).names``: ``C = 1``: ``image (B, H, W), scale
     (B,)``;
     ``C = 2``: ``image_real, image_imag, magnitude (B, H, W), scale (B,)``."""
     if image.shape[1] == 1:
@@ -242,7 +242,7 @@ class ScannerGraph(nn.Module):
     @property
     def output_names(self) -> tuple[str, ...]:
         """The names of :meth:`forward`'s outputs, in order
-        (:func:`compressor.export.runtimes.runtime.graph_outputs`)."""
+        (:func:`compressor.export.exported_file.graph_outputs`)."""
         return graph_outputs(self.image_channels).names
 
     def forward(self, kspace_real: torch.Tensor, kspace_imag: torch.Tensor,

@@ -21,10 +21,10 @@ import onnx
 import torch
 
 from compressor.errors import InputError
+from compressor.export.exported_file import INPUT_NAMES
 from compressor.export.graph.scanner_graph import FORMULATIONS, ScannerGraph
 from compressor.export.graph.validate import QualitySlices
 from compressor.export.run_models import simulated_kspace
-from compressor.export.runtimes.runtime import INPUT_NAMES
 from compressor.masks import SamplingMask, line_axis
 
 OPSET = 18
@@ -71,7 +71,7 @@ def quiet_exporter() -> Iterator[None]:
 
 
 def trace_graph(graph: ScannerGraph, opset: int = OPSET) -> onnx.ModelProto:
-    """Export ``graph`` with the dynamo exporter: inputs/outputs named as in :mod:`~compressor.export.runtimes.runtime`
+    """Export ``graph`` with the dynamo exporter: inputs/outputs named as in :mod:`~compressor.export.exported_file`
     (the outputs by the model's image channels), batch dynamic."""
     height, width = graph.image_size
     generator = torch.Generator().manual_seed(0)

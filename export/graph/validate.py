@@ -3,8 +3,8 @@
 Checks, all run and collected before anything is reported (one summary error listing every failure):
 
 1. ``onnx.checker.check_model`` (full check, with shape inference);
-2. the graph declares exactly the inputs and outputs of :mod:`compressor.export.runtimes.runtime` (names, dynamic
-batch);
+2. the graph declares exactly the inputs and outputs of :mod:`compressor.export.exported_file` (names, dynamic
+   batch);
 3. the chosen runtime (an ONNX Runtime provider, every node run by it as read from a profile; or OpenVINO, which
    compiles the whole graph for its CPU device or refuses it);
 4. that runtime's outputs against the PyTorch model, as trained (``torch.fft`` DF), on real validation slices;
@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -27,18 +26,14 @@ import torch
 from onnx.reference import ReferenceEvaluator
 
 from compressor.errors import first_line
+from compressor.export.exported_file import INPUT_NAMES, QualityRecord, graph_outputs
 from compressor.export.graph.scanner_graph import graph_output_tensors
-from compressor.export.runtimes.runtime import (
-    INPUT_NAMES,
-    ExportedModel,
-    Session,
-    graph_feed,
-    graph_outputs,
-    node_providers,
-)
+from compressor.export.runtimes.base import Session
+from compressor.export.runtimes.session import ExportedModel, graph_feed
 from compressor.models.base import CascadeModel
 from compressor.physics import apply_mask, normalise_kspace
 from compressor.physics.normalisation import NormalisedInput
+from compressor.rundir import PrecisionCheckEntry
 
 RELATIVE_TOLERANCE = 1e-4
 VALIDATION_BATCH = 8
@@ -125,7 +120,7 @@ def pytorch_reference(model: CascadeModel, kspace: np.ndarray, mask: np.ndarray)
         mask: ``(H, W)`` 0/1, uncentred.
 
     Returns:
-        The graph's outputs by name (:func:`~compressor.export.runtimes.runtime.graph_outputs` of the model's image
+        The graph's outputs by name (:func:`~compressor.export.exported_file.graph_outputs` of the model's image
         channels),
         as training defines them (:func:`compressor.physics.normalisation.normalise_kspace`): e.g. ``{"image":
         (S, H, W) normalised, "scale": (S,)}`` for a 1-channel model.
@@ -172,7 +167,7 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
 
 def check_declared_io(model: onnx.ModelProto, image_channels: int = 1) -> list[ExportValidationError]:
     """The graph's inputs and outputs must be :data:`INPUT_NAMES` and the outputs of ``image_channels``
-    (:func:`~compressor.export.runtimes.runtime.graph_outputs`), batch axis symbolic."""
+    (:func:`~compressor.export.exported_file.graph_outputs`), batch axis symbolic."""
     failures: list[ExportValidationError] = []
     inputs = tuple(value.name for value in model.graph.input)
     outputs = tuple(value.name for value in model.graph.output)
@@ -192,17 +187,17 @@ def check_file(path: Path, exported: ExportedModel, feed: dict[str, np.ndarray],
                report: ValidationReport) -> onnx.ModelProto:
     """The checks every exported file gets, whatever its precision, added to ``report``: ``onnx.checker`` (full), the
     declared inputs and outputs (:func:`check_declared_io`), and every node of a run on ``feed`` on the chosen
-    provider (:func:`~compressor.export.runtimes.runtime.node_providers`). Returns the loaded graph."""
+    runtime (:meth:`~compressor.export.runtimes.base.Runtime.node_providers`). Returns the loaded graph."""
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         report.failures.append(OutputMatchError(f"onnx.checker: {first_line(error)}"))
     proto = onnx.load(str(path))
     report.failures += check_declared_io(proto, exported.metadata.image_channels)
-    report.node_providers = node_providers(path, exported.provider, feed)
-    strays = sorted({provider for provider in report.node_providers.values() if provider != exported.provider})
+    report.node_providers = exported.runtime.node_providers(path, feed)
+    strays = exported.runtime.stray_providers(report.node_providers)
     if strays:
-        report.failures.append(OutputMatchError(f"nodes ran on {strays}, not only on {exported.provider}"))
+        report.failures.append(OutputMatchError(f"nodes ran on {strays}, not only on {exported.runtime.name}"))
     return proto
 
 
@@ -212,7 +207,7 @@ def validate_export(path: Path, exported: ExportedModel, model: CascadeModel, ks
 
     Args:
         path: the ONNX file.
-        exported: that file opened with the chosen provider (:func:`compressor.export.runtimes.runtime.open_exported`).
+        exported: that file opened with the chosen provider (:func:`compressor.export.runtimes.session.open_exported`).
         model: the PyTorch model as trained, CPU, eval mode.
         kspace: validation k-space ``(S, H, W)`` complex, uncentred, undersampled with ``mask``.
         mask: ``(H, W)`` 0/1, uncentred.
@@ -226,8 +221,8 @@ def validate_export(path: Path, exported: ExportedModel, model: CascadeModel, ks
     batches = [exported.run_outputs(kspace[start:start + VALIDATION_BATCH], mask)
                for start in range(0, len(kspace), VALIDATION_BATCH)]
     comparisons, failures = compare_outputs(
-        reference, {name: np.concatenate([batch[name] for batch in batches]) for name in names}, exported.runtime,
-        relative_tolerance)
+        reference, {name: np.concatenate([batch[name] for batch in batches]) for name in names},
+        exported.runtime.label, relative_tolerance)
     report.comparisons += comparisons
     report.failures += failures
 
@@ -282,10 +277,15 @@ class ImageQuality:
         return {"delta_psnr_db": -self.psnr_loss, "delta_ssim": -self.ssim_loss, "psnr_fp32_db": self.psnr_fp32,
                 "slices": self.slices}
 
+    def record(self, measured_on: str, source: str) -> QualityRecord:
+        """What a precision file records of it (its ``precision_quality``): measured against the fp32 export by the
+        runtime labelled ``measured_on`` on slices of ``source``."""
+        return QualityRecord(**self.to_json(), reference="fp32 export", measured_on=measured_on, source=source)
+
 
 def batched_outputs(run: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]], kspace: np.ndarray,
                     mask: np.ndarray) -> dict[str, np.ndarray]:
-    """Every named output of ``run(kspace chunk, mask)`` (e.g. :meth:`~compressor.export.runtimes.runtime.ExportedModel.
+    """Every named output of ``run(kspace chunk, mask)`` (e.g. :meth:`~compressor.export.runtimes.session.ExportedModel.
     run_outputs`) over ``kspace`` ``(S, H, W)``, in chunks of :data:`VALIDATION_BATCH` slices."""
     batches = [run(kspace[start:start + VALIDATION_BATCH], mask) for start in range(0, len(kspace), VALIDATION_BATCH)]
     return {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]}
@@ -321,7 +321,7 @@ def sampled_line_deviation(outputs: dict[str, np.ndarray], kspace: np.ndarray, m
     ``-k`` is sampled too (there ``F(Re(P z)) = F(z)`` for a real ``z``), so those points are compared.
 
     Args:
-        outputs: the graph's named outputs for ``kspace`` (:func:`~compressor.export.runtimes.runtime.graph_outputs`).
+        outputs: the graph's named outputs for ``kspace`` (:func:`~compressor.export.exported_file.graph_outputs`).
         kspace: ``(S, H, W)`` complex, uncentred, undersampled with ``mask``.
         mask: ``(H, W)`` 0/1, uncentred.
     """
@@ -358,10 +358,11 @@ class PrecisionCheck:
     reference_parity: float | None
     reference_note: str = ""
 
-    def to_json(self) -> dict[str, Any]:
-        return {**self.quality.to_json(), "max_psnr_loss_db": self.bound, "line_deviation": self.line_deviation,
-                "line_deviation_fp32": self.line_deviation_fp32, "reference_parity": self.reference_parity,
-                "reference_note": self.reference_note}
+    def entry(self) -> PrecisionCheckEntry:
+        """What ``exports.json`` records of it (:class:`compressor.rundir.PrecisionCheckEntry`)."""
+        return PrecisionCheckEntry(**self.quality.to_json(), max_psnr_loss_db=self.bound,
+                                   line_deviation=self.line_deviation, line_deviation_fp32=self.line_deviation_fp32,
+                                   reference_parity=self.reference_parity, reference_note=self.reference_note)
 
 
 class QualityLossError(ExportValidationError):
@@ -371,7 +372,7 @@ class QualityLossError(ExportValidationError):
 def session_outputs(session: Session, image_channels: int
                     ) -> Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]:
     """``(kspace (B, H, W) complex, mask (H, W)) ->`` the graph's named outputs, run by ``session`` (like
-    :meth:`~compressor.export.runtimes.runtime.ExportedModel.run_outputs`, for a graph without an
+    :meth:`~compressor.export.runtimes.session.ExportedModel.run_outputs`, for a graph without an
     :class:`ExportedModel`)."""
     names = list(graph_outputs(image_channels).names)
     return lambda kspace, mask: dict(zip(names, session.run(names, graph_feed(kspace, mask)), strict=True))
@@ -411,15 +412,13 @@ def validate_precision(path: Path, exported: ExportedModel, fp32_graph: onnx.Mod
     The report's comparisons are the file's outputs against the fp32 export's (both on the chosen runtime), for the
     record.
     """
-    from compressor.export.runtimes.runtime import create_session
-
     report = ValidationReport()
     feed = graph_feed(kspace[:1], mask)
     proto = check_file(path, exported, feed, report)
     channels = exported.metadata.image_channels
     names = exported.metadata.outputs.names
 
-    fp32 = session_outputs(create_session(fp32_graph.SerializeToString(), exported.provider), channels)
+    fp32 = session_outputs(exported.runtime.session(fp32_graph.SerializeToString()), channels)
     quality = image_quality(magnitudes(batched_outputs(exported.run_outputs, quality_slices.kspace, mask), channels),
                             magnitudes(batched_outputs(fp32, quality_slices.kspace, mask), channels),
                             quality_slices.images)
@@ -429,7 +428,7 @@ def validate_precision(path: Path, exported: ExportedModel, fp32_graph: onnx.Mod
             f"{quality.psnr_loss - max_psnr_loss:.3f} dB (on {quality.slices} slices of {quality_slices.source})"))
 
     candidate, reference = batched_outputs(exported.run_outputs, kspace, mask), batched_outputs(fp32, kspace, mask)
-    comparisons, _ = compare_outputs(reference, candidate, exported.runtime, float("inf"))
+    comparisons, _ = compare_outputs(reference, candidate, exported.runtime.label, float("inf"))
     report.comparisons += comparisons
     deviation = sampled_line_deviation(candidate, kspace, mask, channels)
     if deviation > LINE_TOLERANCE:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from compressor.export.exported_file import CpuRecord
+
 PROC_CPUINFO = Path("/proc/cpuinfo")
 
 INSTRUCTION_SETS = {
@@ -69,9 +71,12 @@ class CpuFeatures:
         """One line for reports: ``"<model> (AVX2, AVX-512, AVX-512-VNNI)"``."""
         return f"{self.model} ({', '.join(self.instruction_sets) or 'no AVX2'})"
 
+    def record(self) -> CpuRecord:
+        """What an INT8 file records of the CPU it was made on."""
+        return CpuRecord(self.model, self.machine, self.instruction_sets, self.int8_dot_product)
+
     def to_json(self) -> dict[str, Any]:
-        return {"model": self.model, "machine": self.machine, "instruction_sets": list(self.instruction_sets),
-                "int8_dot_product": self.int8_dot_product}
+        return self.record().to_json()
 
 
 def parse_cpuinfo(text: str, machine: str) -> CpuFeatures:

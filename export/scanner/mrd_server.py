@@ -36,7 +36,7 @@ Threads and batching:
   reconstructs and sends, so a slow client only slows itself; at most ``max_connections`` at once (a further one is
   told the server is busy and closed);
 * one session shared by every connection (ONNX Runtime's ``InferenceSession.run`` is thread-safe; OpenVINO's
-  :class:`~compressor.export.runtimes.runtime.OpenVINOSession` gives each call its own infer request, with
+  :class:`~compressor.export.runtimes.openvino_runtime.OpenVINOSession` gives each call its own infer request, with
   ``cores // threads`` streams; one copy of the weights). ``threads`` intra-op threads per run, and at most
   ``max(1, cores // threads)`` runs at once (a semaphore in
   :class:`~compressor.export.scanner.mrd_stream.SliceReconstructor`): with the default ``threads`` = all cores, runs
@@ -76,7 +76,7 @@ from compressor.data.mrd_header import EncodingGeometry
 from compressor.data.mrd_raw import AssembledSlice, SliceAssembler, skipped_summary
 from compressor.data.mrd_readout import readout_from_ismrmrd
 from compressor.errors import InputError
-from compressor.export.runtimes.runtime import ExportedModel, open_exported
+from compressor.export.runtimes.session import ExportedModel, open_exported
 from compressor.export.scanner.mrd_protocol import (
     MAX_MESSAGE_BYTES,
     ClientDisconnectedError,
@@ -204,7 +204,7 @@ class ReconstructionServer:
         host, port = self.address
         self.log.info("serving %s (%s, %d channel(s), %dx%d) on %s:%d with %s, %s intra-op thread(s), %d run(s) at "
                       "once", self.model.path.name, metadata.architecture, metadata.image_channels,
-                      *metadata.image_size, host, port, self.model.provider, self.model.threads or "all",
+                      *metadata.image_size, host, port, self.model.runtime.name, self.model.threads or "all",
                       self.reconstructor.parallel_runs)
         try:
             self._serving.set()

@@ -44,7 +44,7 @@ from compressor.data.mrd_header import EncodingGeometry
 from compressor.data.mrd_raw import AssembledSlice, SliceAssembler, skipped_summary
 from compressor.data.mrd_v2 import encoding_geometry, readout_from_mrd
 from compressor.errors import InputError, first_line
-from compressor.export.runtimes.runtime import ExportedModel, open_exported
+from compressor.export.runtimes.session import ExportedModel, open_exported
 from compressor.export.scanner.ismrmrd_images import slice_image
 from compressor.export.scanner.raw_input import check_grid, prepare_slice
 from compressor.export.scanner.reconstruct import reconstruct_slices

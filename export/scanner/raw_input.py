@@ -32,7 +32,7 @@ from compressor.data.ismrmrd_file import RawScan, read_ismrmrd_file
 from compressor.data.mrd_header import EncodingGeometry
 from compressor.data.mrd_raw import AssembledSlice, skipped_summary
 from compressor.errors import InputError
-from compressor.export.runtimes.runtime import ExportMetadata
+from compressor.export.exported_file import ExportMetadata
 from compressor.export.scanner.scanner_input import MULTI_COIL_MESSAGE, ScannerInput
 
 DFT_HINT = "export the model with `compress export --formulation dft`, whose data fidelity takes any 2-D mask"

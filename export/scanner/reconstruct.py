@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 
 from compressor.errors import InputError
-from compressor.export.runtimes.runtime import ExportedModel, open_exported
+from compressor.export.runtimes.session import ExportedModel, open_exported
 from compressor.export.scanner.input_formats import infer_source, input_format
 from compressor.export.scanner.ismrmrd_images import scan_images, write_ismrmrd_images
 from compressor.export.scanner.scanner_input import InputRequest, ScannerInput, check_mask, check_phase, choose_mask
@@ -50,7 +50,7 @@ class ReconstructionResult:
 def reconstruct_slices(model: ExportedModel, kspace: np.ndarray, mask: np.ndarray, batch_size: int = 8,
                        on_batch: Callable[[int], None] | None = None) -> np.ndarray:
     """Reconstruct ``(S, H, W)`` k-space in batches; returns ``(S, H, W)`` in the input's units: float32 for a
-    1-channel model, complex64 for a 2-channel one (:meth:`~compressor.export.runtimes.runtime.ExportedModel.run`)."""
+    1-channel model, complex64 for a 2-channel one (:meth:`~compressor.export.runtimes.session.ExportedModel.run`)."""
     outputs = []
     for start in range(0, len(kspace), batch_size):
         image, scale = model.run(kspace[start:start + batch_size], mask)
@@ -115,7 +115,7 @@ def output_attributes(model: ExportedModel, model_path: Path, input_path: Path, 
     attrs = {
         **{f"model_{key}": value for key, value in model.metadata.to_properties().items() if key != "mask"},
         "model_file": str(model_path), "input_file": str(input_path), "source": source,
-        "provider": model.provider, "mask": str(mask_path) if mask_path else "the model's training mask",
+        "provider": model.runtime.name, "mask": str(mask_path) if mask_path else "the model's training mask",
         "kspace": "measured" if scanner_input.measured else "simulated from the images (y = M F x)",
         "imaginary_energy_fraction": f"{fraction:.3g}",
         "took_real_part": str(takes_real_part),
@@ -195,6 +195,6 @@ def reconstruct_file(
     write_images = image_writer(ismrmrd_out, scanner_input, reconstruction)
     write_outputs(out_path, reconstruction, attrs, write_images)
     written = write_previews(previews, reconstruction) if previews is not None else []
-    return ReconstructionResult(out_path, len(reconstruction), model.provider, time.perf_counter() - started,
+    return ReconstructionResult(out_path, len(reconstruction), model.runtime.name, time.perf_counter() - started,
                                 fraction, written, ismrmrd_out if write_images is not None else None,
                                 scanner_input.notes)

@@ -29,7 +29,7 @@ from compressor.masks import is_whole_lines, load_mask
 
 if TYPE_CHECKING:
     from compressor.data.ismrmrd_file import RawScan
-    from compressor.export.runtimes.runtime import ExportMetadata
+    from compressor.export.exported_file import ExportMetadata
 
 COMPLEX_IMAGE_THRESHOLD = 0.01
 ACCELERATION_TOLERANCE = 0.1

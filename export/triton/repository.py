@@ -49,7 +49,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,18 +59,18 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper
 
 from compressor.errors import InputError, first_line
-from compressor.export.graph.validate import ExportValidationError, compare_outputs
-from compressor.export.precision.quantize import precision_of
-from compressor.export.runtimes.runtime import (
-    CPU,
+from compressor.export.exported_file import (
     INPUT_NAMES,
-    ExecutionProvider,
-    ExportMetadata,
-    choose_provider,
-    create_session,
-    graph_feed,
-    runtime_named,
+    Precision,
+    metadata_of,
+    metadata_properties,
+    read_exported_metadata,
+    set_metadata,
 )
+from compressor.export.graph.validate import ExportValidationError, compare_outputs
+from compressor.export.runtimes.base import Runtime
+from compressor.export.runtimes.registry import choose_runtime, onnxruntime_cpu
+from compressor.export.runtimes.session import graph_feed
 from compressor.io import atomic_path
 
 BACKEND = "onnxruntime"
@@ -79,7 +79,7 @@ CONFIG_FILE = "config.pbtxt"
 VERSION = "1"
 MASK_INPUT = INPUT_NAMES[2]
 FOLDED_INPUTS = INPUT_NAMES[:2]
-FULL_PRECISION = "fp32"
+FULL_PRECISION = Precision.FP32
 INSTANCE_KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 """``--triton-instance`` choices and the ``instance_group`` kind each writes."""
 TRITON_TYPES = {
@@ -258,9 +258,7 @@ def fold_mask(proto: onnx.ModelProto, mask: np.ndarray) -> onnx.ModelProto:
     dtype = helper.tensor_dtype_to_np_dtype(graph_mask.type.tensor_type.elem_type)
     folded.graph.input.remove(graph_mask)
     folded.graph.initializer.append(numpy_helper.from_array(np.asarray(mask, dtype=dtype), MASK_INPUT))
-    for entry in folded.metadata_props:
-        if entry.key == "inputs":
-            entry.value = json.dumps([value.name for value in folded.graph.input])
+    set_metadata(folded, replace(metadata_of(proto), inputs=tuple(value.name for value in folded.graph.input)))
     return folded
 
 
@@ -312,7 +310,7 @@ def sample_kspace(mask: np.ndarray, count: int = TEST_BATCH, seed: int = 0) -> n
     return (kspace * (np.asarray(mask) != 0)).astype(np.complex64)
 
 
-def check_folded(original: onnx.ModelProto, folded: onnx.ModelProto, mask: np.ndarray, provider: str,
+def check_folded(original: onnx.ModelProto, folded: onnx.ModelProto, mask: np.ndarray, runtime: Runtime,
                  source: Path) -> tuple[float, float]:
     """Run both graphs with ONNX Runtime on :func:`sample_kspace`: the original fed ``mask``, the folded one without.
 
@@ -324,11 +322,11 @@ def check_folded(original: onnx.ModelProto, folded: onnx.ModelProto, mask: np.nd
              for value in original.graph.input}
     feed = {name: array.astype(types[name]) for name, array in graph_feed(sample_kspace(mask), mask).items()}
     names = [value.name for value in original.graph.output]
-    sessions = [create_session(graph.SerializeToString(), provider) for graph in (original, folded)]
+    sessions = [runtime.session(graph.SerializeToString()) for graph in (original, folded)]
     reference = dict(zip(names, sessions[0].run(names, feed), strict=True))
     candidate = dict(zip(names, sessions[1].run(names, {name: feed[name] for name in FOLDED_INPUTS}), strict=True))
     relative = FOLD_RELATIVE_TOLERANCE * max(float(np.finfo(value.dtype).eps) for value in reference.values())
-    comparisons, failures = compare_outputs(reference, candidate, f"mask folded ({provider})", relative)
+    comparisons, failures = compare_outputs(reference, candidate, f"mask folded ({runtime.name})", relative)
     if failures:
         raise ExportValidationError(f"{source.name}: the model with its mask folded in differs from the export: "
                                     f"{'; '.join(map(str, failures))}", failures)
@@ -341,14 +339,14 @@ class _PreparedEntry:
 
     name: str
     source: Path
-    precision: str
+    precision: Precision
     model_bytes: bytes
     config_text: str
     max_abs_difference: float
     tolerance: float
 
 
-def _prepare(source: TritonSource, options: TritonOptions, provider: str) -> _PreparedEntry:
+def _prepare(source: TritonSource, options: TritonOptions, runtime: Runtime) -> _PreparedEntry:
     """Fold, check and describe one export (nothing written)."""
     path = Path(source.path)
     if not path.is_file():
@@ -357,12 +355,11 @@ def _prepare(source: TritonSource, options: TritonOptions, provider: str) -> _Pr
         proto = onnx.load(str(path))
     except (OSError, DecodeError) as error:
         raise InputError(f"not a loadable ONNX model ({first_line(error)})", path) from None
-    properties = {entry.key: entry.value for entry in proto.metadata_props}
-    metadata = ExportMetadata.from_properties(properties, path)
+    metadata = metadata_of(proto, path)
     if [value.name for value in proto.graph.input] != list(INPUT_NAMES):
         raise InputError(f"inputs {[value.name for value in proto.graph.input]}, expected {list(INPUT_NAMES)}: "
                          "only a file of 'compress export' is served", path)
-    precision = precision_of(metadata.extras)
+    precision = metadata.precision
     name = triton_model_name(source.name, precision)
     try:
         folded = fold_mask(proto, metadata.mask)
@@ -372,7 +369,7 @@ def _prepare(source: TritonSource, options: TritonOptions, provider: str) -> _Pr
         onnx.checker.check_model(folded, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         raise InputError(f"the model with its mask folded in fails onnx.checker ({first_line(error)})", path) from None
-    difference, tolerance = check_folded(proto, folded, metadata.mask, provider, path)
+    difference, tolerance = check_folded(proto, folded, metadata.mask, runtime, path)
     config = model_config(name, tensor_configs(folded.graph.input, path), tensor_configs(folded.graph.output, path),
                           options)
     return _PreparedEntry(name, path, precision, folded.SerializeToString(), to_text_format(config) + "\n",
@@ -394,10 +391,10 @@ def _difference(folder: Path, entry: _PreparedEntry) -> str | None:
     if existing == entry.model_bytes:
         return None
     try:
-        theirs = {e.key: e.value for e in onnx.load_from_string(existing).metadata_props}
+        theirs = metadata_properties(onnx.load_from_string(existing))
     except DecodeError:  # an unreadable file is simply another model
         theirs = {}
-    ours = {e.key: e.value for e in onnx.load_from_string(entry.model_bytes).metadata_props}
+    ours = metadata_properties(onnx.load_from_string(entry.model_bytes))
     keys = sorted(key for key in set(theirs) | set(ours) if theirs.get(key) != ours.get(key))
     detail = f"metadata differs in {', '.join(keys)}" if keys else "same metadata, other graph or weights"
     return (f"holds another model: {VERSION}/{MODEL_FILE} is sha256 {_digest(existing)}, this export's "
@@ -413,7 +410,7 @@ class PlannedEntry:
         name: as :attr:`TritonSource.name` (the ``results.json`` name, or the weights file stem).
         precision: the file's precision (``"fp32"``, ``"int8"``, ``"fp16"``).
         architecture, mask_digest, config_key, image_channels: what its metadata will record
-            (:class:`~compressor.export.runtimes.runtime.ExportMetadata`; ``config_key`` ``None`` for bare weights).
+            (:class:`~compressor.export.exported_file.ExportMetadata`; ``config_key`` ``None`` for bare weights).
     """
 
     name: str
@@ -439,11 +436,10 @@ def _planned_difference(folder: Path, planned: PlannedEntry) -> str | None:
     if not existing.is_file():
         return f"exists without {VERSION}/{MODEL_FILE}: not a model entry written by this tool"
     try:
-        metadata = ExportMetadata.from_properties({e.key: e.value for e in onnx.load(str(existing)).metadata_props},
-                                                  existing)
+        metadata = read_exported_metadata(existing)
     except (OSError, DecodeError, InputError) as error:
         return f"holds a model this tool cannot read as its export ({first_line(error)})"
-    theirs = {"architecture": metadata.architecture, "precision": precision_of(metadata.extras),
+    theirs = {"architecture": metadata.architecture, "precision": metadata.precision,
               "mask_digest": metadata.mask_digest, "config_key": metadata.config_key,
               "image_channels": metadata.image_channels}
     ours = {key: getattr(planned, key) for key in theirs}
@@ -519,9 +515,9 @@ def write_triton_repository(sources: Sequence[TritonSource], repository: str | P
     repository = Path(repository)
     if repository.exists() and not repository.is_dir():
         raise InputError("the Triton model repository is a file, not a folder", repository)
-    chosen = choose_provider(provider)
-    if not isinstance(runtime_named(chosen), ExecutionProvider):
-        chosen = CPU  # Triton's onnxruntime backend serves the folded model: check it on ONNX Runtime
+    chosen = choose_runtime(provider)
+    if not chosen.is_onnxruntime:
+        chosen = onnxruntime_cpu()  # Triton's onnxruntime backend serves the folded model: check it on ONNX Runtime
     entries = [_prepare(source, options, chosen) for source in sources]
     by_name: dict[str, Path] = {}
     for entry in entries:
