@@ -18,7 +18,8 @@ from click.testing import CliRunner
 
 from benchmarks import onnx_latency
 from compressor import rundir
-from compressor.cli.export_commands import export_command, reconstruct_command
+from compressor.cli.export_command import export_command
+from compressor.cli.reconstruct_command import reconstruct_command
 from compressor.data.coils import virtual_coil
 from compressor.data.project_h5 import write_project_volume
 from compressor.errors import InputError

@@ -15,7 +15,9 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-from compressor.cli.export_commands import benchmark_command, export_command, reconstruct_command
+from compressor.cli.benchmark_command import benchmark_command
+from compressor.cli.export_command import export_command
+from compressor.cli.reconstruct_command import reconstruct_command
 from compressor.errors import InputError
 from compressor.export.graph.validate import AtolError, ExportValidationError
 from compressor.export.runtimes import RUNTIMES, open_exported, runtime_choices

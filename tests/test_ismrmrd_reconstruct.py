@@ -12,7 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from compressor.cli.export_commands import reconstruct_command
+from compressor.cli.reconstruct_command import reconstruct_command
 from compressor.data.coils import virtual_coil
 from compressor.data.mrd_header import EncodingGeometry
 from compressor.data.mrd_raw import SliceAssembler

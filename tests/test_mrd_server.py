@@ -27,7 +27,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from compressor.cli.export_commands import serve_command
+from compressor.cli.serve_command import serve_command
 from compressor.errors import InputError
 from compressor.export.run_models import simulated_kspace
 from compressor.export.scanner.mrd_client import stream_scan

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from compressor.cli.export_commands import reconstruct_command
+from compressor.cli.reconstruct_command import reconstruct_command
 from compressor.data.mrd_header import EncodingGeometry
 from compressor.data.mrd_readout import readout_from_ismrmrd
 from compressor.data.mrd_v2 import encoding_geometry, readout_from_mrd

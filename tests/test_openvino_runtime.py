@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from compressor.cli.export_commands import benchmark_command, reconstruct_command
+from compressor.cli.benchmark_command import benchmark_command
+from compressor.cli.reconstruct_command import reconstruct_command
 from compressor.errors import InputError
 from compressor.export.exported_file import Precision
 from compressor.export.precision.options import PrecisionOptions

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto
 
-from compressor.cli.export_commands import export_command
+from compressor.cli.export_command import export_command
 from compressor.export.benchmark.run import data_fidelity_scopes
 from compressor.export.exported_file import ExportMetadata, Precision, QatRecord
 from compressor.export.graph.validate import ExportValidationError, QualityLossError

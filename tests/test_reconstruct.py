@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from compressor.cli.export_commands import reconstruct_command
+from compressor.cli.reconstruct_command import reconstruct_command
 from compressor.data.project_h5 import write_project_volume
 from compressor.errors import InputError
 from compressor.export.runtimes import open_exported
@@ -204,7 +204,7 @@ def test_onnx_model_not_exported_by_this_tool_is_refused(tmp_path, model_path, m
 # --- the input formats ------------------------------------------------------------------------------------------
 
 def test_the_source_choices_come_from_one_list_of_input_formats():
-    from compressor.cli.export_commands import export_command
+    from compressor.cli.export_command import export_command
     from compressor.data.volume import VOLUME_SOURCES
 
     assert source_names() == ["npy", *VOLUME_SOURCES.names(), "ismrmrd", "mrd"]

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from compressor.cli.export_commands import export_command
+from compressor.cli.export_command import export_command
 from compressor.errors import InputError
 from compressor.export.exported_file import read_exported_metadata
 from compressor.export.run_models import simulated_kspace

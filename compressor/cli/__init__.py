@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from compressor.cli.common import OneLineErrors, UserError, handles_input_errors, require_writable
+from compressor.cli.common import OneLineErrors, UserError, comma_separated, handles_input_errors, require_writable
 from compressor.masks import MASKS
 from compressor.vocabulary import BlockForm, ImagePhase, KDMode, KDSchedule, Task, values
 
@@ -25,10 +25,6 @@ def _floats(text: str | None) -> list[float] | None:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _names(text: str | None) -> list[str] | None:
-    return None if text is None else [x.strip().lower() for x in text.split(",") if x.strip()]
 
 
 @click.group(cls=OneLineErrors, invoke_without_command=True, context_settings=CONTEXT)
@@ -133,9 +129,9 @@ def _overrides(o: dict) -> dict[str, object]:
         teacher, student = teacher or SR_MODELS[0], student or SR_MODELS[1]
     return {
         "data.task": o["task"], "model.init_teacher": o["init_teacher"], "sft.feature_ablation": o["feature_sft"],
-        "model.teacher": teacher, "model.student": _names(student), "model.block_form": o["block_form"],
+        "model.teacher": teacher, "model.student": comma_separated(student), "model.block_form": o["block_form"],
         "model.image_channels": o["image_channels"], "data.phase": o["phase"],
-        "kd.method": _names(o["method"]), "kd.weight": o["kd_weight"], "kd.schedule": o["kd_schedule"],
+        "kd.method": comma_separated(o["method"]), "kd.weight": o["kd_weight"], "kd.schedule": o["kd_schedule"],
         "kd.mode": o["kd_mode"], "kd.random_init": o["random_init"],
         "data.source": o["source"],
         # In-plane downsampling is an option of the embedded MNI data only: file sources keep their resolution.
@@ -332,14 +328,17 @@ def report_command(run_dir: Path, fmt: str, figures: bool, split: str, ssim_conv
     click.echo(f"{len(report.files)} files written under {RunLayout(run_dir).report} in {report.seconds:.1f} s")
 
 
-def _register_export_commands() -> None:
-    from compressor.cli.export_commands import COMMANDS
+def _register_subcommands() -> None:
+    from compressor.cli.benchmark_command import benchmark_command
+    from compressor.cli.export_command import export_command
+    from compressor.cli.reconstruct_command import reconstruct_command
+    from compressor.cli.serve_command import serve_command
 
-    for command in COMMANDS:
+    for command in (export_command, reconstruct_command, benchmark_command, serve_command):
         main.add_command(command)
 
 
-_register_export_commands()
+_register_subcommands()
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -78,3 +78,11 @@ def require_writable(path: Path) -> None:
             pass
     except OSError as error:
         raise UserError(f"cannot write {path}: the folder {folder} is not writable ({error.strerror})") from None
+
+
+def comma_separated(text: str | None, lower: bool = False) -> list[str] | None:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]`` (lower-cased with ``lower``, for names the registries hold in lower case);
+    ``None`` stays ``None`` (the option was not given)."""
+    if text is None:
+        return None
+    return [name.strip().lower() if lower else name.strip() for name in text.split(",") if name.strip()]

@@ -1,21 +1,27 @@
-"""``compress export``, ``compress reconstruct`` and ``compress benchmark``: thin commands over
-:mod:`compressor.export`.
-
-Each command imports torch/onnxruntime only when it runs, passes explicit arguments to one library function and
-prints its result. Bad input exits with
-code 2 and a one-line message; an export that fails validation exits with code 1 and says by how much.
-"""
+"""``compress export``: a run's models, one stage or bare weights to validated ONNX files of each precision (and a
+Triton repository). Bad input exits with code 2 and one line; an export that fails validation exits with code 1 and
+says by how much."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from compressor.cli.common import OneLineCommand, UserError, handles_input_errors, require_writable
-from compressor.rundir import BENCHMARK_FILE, EXPORTS_FOLDER, RunLayout, refuse_if_training
+from compressor.cli.choices import (
+    CALIBRATION_METHODS,
+    FORMULATIONS,
+    PROVIDERS,
+    SHOW_DEFAULTS,
+    SOURCES,
+    TARGETS,
+    TRITON_INSTANCES,
+    given_options,
+)
+from compressor.cli.common import OneLineCommand, UserError, comma_separated, handles_input_errors, require_writable
+from compressor.rundir import EXPORTS_FOLDER, RunLayout, refuse_if_training
 
 if TYPE_CHECKING:
     import numpy as np
@@ -23,27 +29,6 @@ if TYPE_CHECKING:
     from compressor.export.targets.export import ExportResult
     from compressor.export.triton.repository import TritonOptions
     from compressor.masks import SamplingMask
-
-SHOW_DEFAULTS = {"show_default": True}
-
-
-class RegistryChoice(click.Choice):
-    """A :class:`click.Choice` whose choices are read from a registry each time they are needed (help, parsing):
-    a name registered in one line is a choice at once, and building the CLI imports neither torch nor ONNX Runtime.
-    """
-
-    def __init__(self, names: Callable[[], Sequence[str]]):
-        self._names = names
-        super().__init__(())
-
-    @property
-    def choices(self) -> tuple[str, ...]:
-        return tuple(self._names())
-
-    @choices.setter
-    def choices(self, _: Any) -> None:  # click.Choice.__init__ assigns it; the registry is the source
-        pass
-
 
 def _precision_options(calibration_slices: int, calibration_method: str, max_psnr_loss: float | None,
                        qat_threshold: float, qat_steps: int) -> Any:
@@ -139,62 +124,6 @@ def _bare_calibration(path: Path | None, source: str | None, mask: SamplingMask,
     return CalibrationSlices(kspace, f"the --validation file {path.name}")
 
 
-def _calibration_methods() -> list[str]:
-    from compressor.export.precision.options import CALIBRATION_METHODS
-
-    return list(CALIBRATION_METHODS)
-
-
-def _providers() -> list[str]:
-    from compressor.export.runtimes.registry import runtime_choices
-
-    return runtime_choices()
-
-
-def _formulations() -> list[str]:
-    from compressor.export.graph.scanner_graph import exportable_formulations
-
-    return ["auto", *exportable_formulations()]
-
-
-def _targets() -> list[str]:
-    from compressor.export.targets.registry import EXPORT_TARGETS
-
-    return EXPORT_TARGETS.names()
-
-
-def _triton_instances() -> list[str]:
-    from compressor.export.triton.repository import INSTANCE_KINDS
-
-    return list(INSTANCE_KINDS)
-
-
-def _sources() -> list[str]:
-    from compressor.export.scanner.input_formats import source_names
-
-    return source_names(without_model=True)
-
-
-def _reconstruct_sources() -> list[str]:
-    from compressor.export.scanner.input_formats import source_names
-
-    return source_names()  # raw scans and streams too: reconstruct only
-
-
-SOURCES = RegistryChoice(_sources)
-RECONSTRUCT_SOURCES = RegistryChoice(_reconstruct_sources)
-CALIBRATION_METHODS = RegistryChoice(_calibration_methods)
-PROVIDERS = RegistryChoice(_providers)
-PROVIDER_HELP = "Runtime: an ONNX Runtime execution provider, or openvino (OpenVINO's CPU runtime)."
-FORMULATIONS = RegistryChoice(_formulations)
-TARGETS = RegistryChoice(_targets)
-TRITON_INSTANCES = RegistryChoice(_triton_instances)
-
-
-def _names(text: str | None) -> list[str] | None:
-    return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
-
-
 def _validation_kspace(path: Path | None, source: str | None, mask: SamplingMask, acceleration: float | None,
                        image_channels: int, count: int = 8) -> np.ndarray | None:
     """Up to ``count`` evenly spaced slices of a data file as validation k-space (read as the model of
@@ -240,25 +169,17 @@ TRITON_OPTIONS = ("triton_instance", "triton_max_batch", "triton_threads")
 INT8_OPTIONS = ("calibration_slices", "calibration_method", "qat_threshold", "qat_steps")
 
 
-def _given(names: Sequence[str]) -> list[str]:
-    """The options among ``names`` (parameter names) given on the command line or by environment, as ``--flags``."""
-    from click.core import ParameterSource
-
-    context = click.get_current_context()
-    return [f"--{name.replace('_', '-')}" for name in names
-            if context.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]
-
-
 def _refuse_unused_options(triton_repo: Path | None, targets: Sequence[str]) -> None:
     """Refuse options that would do nothing: the Triton ones without ``--triton-repo``, the INT8 ones without an
     int8 file among the ``targets``."""
     from compressor.export.exported_file import Precision
     from compressor.export.targets.registry import EXPORT_TARGETS
 
-    unused = _given(TRITON_OPTIONS) if triton_repo is None else []
+    unused = given_options(TRITON_OPTIONS) if triton_repo is None else []
     if unused:
         raise UserError(f"{', '.join(unused)}: only for the Triton repository; add --triton-repo DIR")
-    unused = [] if any(EXPORT_TARGETS.get(t).precision is Precision.INT8 for t in targets) else _given(INT8_OPTIONS)
+    int8 = any(EXPORT_TARGETS.get(t).precision is Precision.INT8 for t in targets)
+    unused = [] if int8 else given_options(INT8_OPTIONS)
     if unused:
         raise UserError(f"{', '.join(unused)}: only for INT8 files; add int8 to --precision (e.g. fp32,int8)")
 
@@ -424,7 +345,8 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
                 _report_export(result)
             _write_triton(triton_repo, [(weights.stem, result.path) for result in results], triton, provider)
             return
-        run_models = [load_stage(stage_dir)] if stage_dir is not None else load_run_models(run_dir, _names(names))
+        chosen = comma_separated(names)
+        run_models = [load_stage(stage_dir)] if stage_dir is not None else load_run_models(run_dir, chosen)
         if triton_repo is not None:
             check_planned_entries([entry for m in run_models for entry in _planned_triton_entries(
                 m.name, m.model, m.mask, m.stage.key, targets)], triton_repo)
@@ -447,188 +369,3 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
         raise click.ClickException(str(error)) from None
 
 
-@click.command("reconstruct", cls=OneLineCommand, context_settings=SHOW_DEFAULTS)
-@click.argument("model_path", metavar="MODEL.onnx", type=click.Path(path_type=Path, dir_okay=False))
-@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
-              help="Output HDF5: dataset 'reconstruction' (S, H, W) in the input's units, float32 (1-channel model) "
-                   "or complex64 (2-channel model, with 'magnitude' float32). Required, except with --source mrd: "
-                   "the output MRD v2 stream, standard output without --out.")
-@click.option("--source", type=RECONSTRUCT_SOURCES,
-              help="Input kind (default from the file name: .npy k-space, .nii/.nii.gz NIfTI, .h5 project HDF5, "
-                   "or ismrmrd if it holds /dataset/xml and /dataset/data; ismrmrd: an ISMRMRD raw scan, Cartesian "
-                   "2-D; mrd: an MRD v2 binary stream, INPUT '-' for "
-                   "standard input, images out as an MRD v2 stream).")
-@click.option("--ismrmrd-out", type=click.Path(path_type=Path, dir_okay=False),
-              help="With --source ismrmrd: also write ISMRMRD magnitude images (float32, images_0) whose headers "
-                   "carry the acquisitions' slice, position, orientation, field of view and measurement_uid.")
-@click.option("--mask", "mask_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="Mask .npy (H, W) or line pattern (W,) (default: the model's training mask).")
-@click.option("--mask-centred/--mask-uncentred", default=False, help="Whether --mask has DC at (H//2, W//2).")
-@click.option("--centred/--uncentred", default=False, help="Whether .npy k-space has DC at (H//2, W//2).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, help="Slices per ONNX Runtime call.")
-@click.option("--previews", type=click.Path(path_type=Path, file_okay=False), help="Folder for one PNG per slice.")
-@click.option("--take-real-part", is_flag=True, default=False,
-              help="1-channel models: reconstruct k-space of a complex-valued image anyway (its real part, as the "
-                   "paper does). 2-channel models reconstruct the complex image.")
-@click.option("--provider", type=PROVIDERS, default="auto", help=PROVIDER_HELP)
-@click.option("--threads", type=click.IntRange(min=1), help="Inference threads (default: all cores).")
-@click.option("--progress/--no-progress", default=True, help="Progress bar.")
-@handles_input_errors
-def reconstruct_command(model_path: Path, input_path: Path, out: Path, source: str | None, ismrmrd_out: Path | None,
-                        mask_path: Path | None, mask_centred: bool, centred: bool, batch_size: int,
-                        previews: Path | None, take_real_part: bool, provider: str, threads: int | None,
-                        progress: bool) -> None:
-    """Reconstruct every slice of INPUT with an exported model (scanner side: ONNX Runtime only).
-
-    INPUT: undersampled k-space (.npy, complex (S, H, W) or (H, W); multi-coil (S, coils, H, W) with a 2-channel
-    model), or a project/fastMRI/authors HDF5 or NIfTI volume (stored k-space is masked, images have their
-    measurement simulated with the mask), or an ISMRMRD raw scan (--source ismrmrd), or an MRD v2 stream
-    (--source mrd: a stdin-to-stdout filter with INPUT '-' and no --out). Example: compress reconstruct
-    d3c5.onnx scan.npy --out scan.h5
-    """
-    from compressor.export.scanner.input_formats import input_format
-
-    if source is not None and input_format(source).streamed:
-        not_for_streams = [option for option, value in {"--ismrmrd-out": ismrmrd_out, "--mask": mask_path,
-                                                        "--previews": previews}.items() if value is not None]
-        # options with defaults: refused only when given explicitly
-        not_for_streams += _given(("centred", "mask_centred", "batch_size", "progress"))
-        _reconstruct_mrd_stream(model_path, input_path, out, take_real_part, provider, threads, not_for_streams)
-        return
-    if out is None:
-        raise UserError("--out is required (only --source mrd writes its images to standard output without it)")
-    if str(input_path) == "-":
-        raise UserError("INPUT '-' (standard input) is for MRD v2 streams only: add --source mrd")
-    from compressor.export.scanner.reconstruct import reconstruct_file
-
-    for path in (out, previews, ismrmrd_out):
-        if path is not None:
-            require_writable(path)
-    result = reconstruct_file(model_path, input_path, out, source=source, mask_path=mask_path,
-                              mask_centred=mask_centred, kspace_centred=centred, batch_size=batch_size,
-                              previews=previews, take_real_part=take_real_part, provider=provider, threads=threads,
-                              progress=progress, ismrmrd_out=ismrmrd_out)
-    click.echo(f"{result.path}: {result.slices} slices reconstructed with {result.provider} in "
-               f"{result.seconds:.1f} s" + (f"; {len(result.previews)} previews in {previews}" if previews else "")
-               + (f"; ISMRMRD images in {result.ismrmrd_images}" if result.ismrmrd_images else ""))
-    for note in result.notes:
-        click.echo(f"note: {note}")
-
-
-def _reconstruct_mrd_stream(model_path: Path, input_path: Path, out: Path | None, take_real_part: bool, provider: str,
-                            threads: int | None, not_for_streams: Sequence[str]) -> None:
-    """``reconstruct --source mrd``: an MRD v2 stream (a file, or standard input for ``-``) to an MRD v2 stream of
-    images (``--out``, or standard output); the summary goes to standard error, which a filter's output is not.
-    ``not_for_streams``: the options given that a stream does not use (refused)."""
-    if not_for_streams:
-        raise UserError(f"{', '.join(not_for_streams)} cannot be used with --source mrd (the stream is reconstructed "
-                        "slice by slice as it arrives, into MRD v2 images on the model's training mask)")
-    if out is not None:
-        require_writable(out)
-    import sys
-
-    from compressor.export.scanner.mrd_stream import reconstruct_mrd
-
-    result = reconstruct_mrd(model_path, input_path, out, stdin=sys.stdin.buffer, stdout=sys.stdout.buffer,
-                             take_real_part=take_real_part, provider=provider, threads=threads)
-    click.echo(f"{out or 'standard output'}: {result.images} MRD v2 images in {result.seconds:.1f} s"
-               + (f"; not image data: {result.set_aside}" if result.set_aside else ""), err=True)
-
-
-@click.command("benchmark", cls=OneLineCommand, context_settings=SHOW_DEFAULTS)
-@click.option("--run", "run_dir", type=click.Path(path_type=Path, file_okay=False),
-              help="Run directory: include its trained models (with PSNR/SSIM) and use its mask.")
-@click.option("--archs", help="Architectures to time (default: the teacher and d2c5,d3c5,d4c5).")
-@click.option("--teacher", default="d5c5", help="Teacher architecture (compression reference) without --run.")
-@click.option("--image-size", type=int, default=240, help="Square image size without --run.")
-@click.option("--acceleration", type=float, default=4.0, help="Acceleration of the generated mask without --run.")
-@click.option("--mask-type", type=click.Choice(["random", "equispaced"]), default="random",
-              help="Generated mask type without --run.")
-@click.option("--threads", type=click.IntRange(min=1), help="Threads for ONNX Runtime and PyTorch alike "
-              "(default: PyTorch's count).")
-@click.option("--iterations", type=click.IntRange(min=30), default=30, help="Timed iterations after warm-up.")
-@click.option("--warmup", type=click.IntRange(min=0), default=5, help="Warm-up iterations (not timed).")
-@click.option("--provider", type=PROVIDERS, default="auto",
-              help="ONNX Runtime execution provider (OpenVINO: python -m benchmarks.precision --openvino).")
-@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="Output JSON (default <run>/benchmark.json, else ./benchmark.json); a CSV is written beside it.")
-@click.option("--precision", "precisions", default="fp32",
-              help="Comma-separated precisions to time, one row each (fp32, int8, fp16): with --run the run's "
-                   "exports (compress export --precision), else files made from the random weights for timing.")
-@handles_input_errors
-def benchmark_command(run_dir: Path | None, archs: str | None, teacher: str, image_size: int, acceleration: float,
-                      mask_type: str, threads: int | None, iterations: int, warmup: int, provider: str,
-                      json_path: Path | None, precisions: str) -> None:
-    """Latency of ONNX Runtime (with DF) vs PyTorch eager across model sizes and precisions: the paper's Table 8."""
-    from compressor.export.benchmark.run import (
-        DEFAULT_STUDENTS,
-        benchmark_models,
-        benchmark_run,
-        format_table,
-        parse_precisions,
-        write_benchmark,
-    )
-
-    chosen = parse_precisions(precisions)
-    log = lambda message: click.echo(message, err=True)  # noqa: E731
-    if run_dir is not None:
-        result = benchmark_run(run_dir, _names(archs), threads=threads, iterations=iterations, warmup=warmup,
-                               provider=provider, log=log, precisions=chosen)
-        written = [run_dir / BENCHMARK_FILE, (run_dir / BENCHMARK_FILE).with_suffix(".csv")]
-        if json_path is not None:
-            written = write_benchmark(result, json_path, json_path.with_suffix(".csv"))
-    else:
-        from compressor.masks import make_mask
-
-        mask = make_mask(mask_type, acceleration, (image_size, image_size))
-        result = benchmark_models(_names(archs) or [teacher, *DEFAULT_STUDENTS], mask.shape, mask, threads,
-                                  iterations, warmup, teacher=teacher, provider=provider, log=log,
-                                  precisions=chosen)
-        json_path = json_path or Path(BENCHMARK_FILE)
-        written = write_benchmark(result, json_path, json_path.with_suffix(".csv"))
-    click.echo(format_table(result))
-    click.echo(f"\nwritten: {', '.join(str(p) for p in written)}")
-
-
-
-@click.command("serve", cls=OneLineCommand, context_settings=SHOW_DEFAULTS)
-@click.argument("model_path", metavar="MODEL.onnx", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0: every interface).")
-@click.option("--port", type=click.IntRange(0, 65535), default=9002,
-              help="TCP port (9002 as python-ismrmrd-server's; 0 picks a free one, named in the log).")
-@click.option("--provider", type=PROVIDERS, default="auto", help=PROVIDER_HELP)
-@click.option("--threads", type=click.IntRange(min=1),
-              help="Inference threads per slice (default: all cores, slices take turns; 1: one slice per "
-                   "core at once, for many concurrent scans).")
-@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=300.0,
-              help="Seconds a connection may stay silent before it is closed.")
-@click.option("--max-connections", type=click.IntRange(min=1), default=16, help="Scans served at once.")
-@click.option("--take-real-part", is_flag=True, default=False,
-              help="1-channel models: reconstruct the real part of complex-valued images instead of refusing them.")
-@click.option("--log", "log_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="Log file, appended to (default: standard error). The server writes nothing else.")
-@click.option("--verbose", is_flag=True, default=False, help="Also log every slice's latency.")
-@handles_input_errors
-def serve_command(model_path: Path, host: str, port: int, provider: str, threads: int | None, idle_timeout: float,
-                  max_connections: int, take_real_part: bool, log_path: Path | None, verbose: bool) -> None:
-    """Serve an exported model over the MRD streaming protocol (Siemens FIRE / OpenRecon, python-ismrmrd-server's
-    clients): per connection config, XML header, acquisitions, close in; one ISMRMRD image per slice out, sent as
-    soon as the slice's lines have arrived, then close. Ctrl-C stops it. Example: compress serve d3c5.onnx --port 9002
-    --log serve.log
-    """
-    import signal
-
-    from compressor.export.scanner.mrd_server import ReconstructionServer, server_logger
-
-    if log_path is not None:
-        require_writable(log_path)
-    server = ReconstructionServer(model_path, host, port, provider=provider, threads=threads,
-                                  idle_timeout=idle_timeout, max_connections=max_connections,
-                                  take_real_part=take_real_part)
-    server_logger(log_path, verbose)  # the server's logger, set up once the model has opened and the port is bound
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a service manager's stop is a Ctrl-C too
-    server.serve_forever()
-
-
-COMMANDS = [export_command, reconstruct_command, benchmark_command, serve_command]
