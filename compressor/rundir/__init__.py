@@ -20,6 +20,8 @@ Layout (format 2; a format-1 directory is still read, see *Versions*)::
         history.json               [{"epoch", "train_loss", "val_loss", "lr", "seconds", "terms"}] (HISTORY_FILE)
         best.safetensors, best_<part>.safetensors, last.safetensors   weights, tensors only (best_weights_file)
         checkpoint.pt              resume state, TrainingCheckpoint: plain tensors and numbers (CHECKPOINT_FILE)
+        tensorboard/               TensorBoard event files of the training, one epoch per step (TENSORBOARD_FOLDER;
+                                   train.tensorboard, on by default; compressor.training.watch)
         reconstructions_<split>.h5 datasets reconstruction, target, zero_filled (S, H, W) float32, scale (S,),
                                    volume (S,) bytes, slice_index (S,); normalised units; the images are what
                                    the metrics score: the image_size centre of the grid, the real image of
@@ -80,6 +82,7 @@ from compressor.rundir.layout import (
     STAGE_FILE,
     STAGES_FOLDER,
     STUDENT_BRANCHES_PART,
+    TENSORBOARD_FOLDER,
     WEIGHTS_SUFFIX,
     RunLayout,
     acceleration_label,
@@ -139,7 +142,7 @@ __all__ = [
     "NOT_DETERMINANTS",
     "ONLY_FOR_TASK", "OUTPUT_MODEL_PART", "READABLE_FORMATS", "REPORT_FOLDER", "RESULTS_FILE", "ROLES", "ROLE_LABELS",
     "SELECTION_FIELDS", "SETUPS", "STAGES_FOLDER", "STAGE_DEFAULTS", "STAGE_FILE", "STAGE_ROLES",
-    "STUDENT_BRANCHES_PART", "STUDENT_ROLES", "TASKS", "WEIGHTS_SUFFIX",
+    "STUDENT_BRANCHES_PART", "STUDENT_ROLES", "TASKS", "TENSORBOARD_FOLDER", "WEIGHTS_SUFFIX",
     "BenchmarkRecord", "CoilCompressionRecord", "ExportEntry", "ExportsRecord", "MaskRecord", "MetricSummary",
     "ModelResult", "ModelTiming", "PrecisionCheckEntry", "ProcessesRecord", "Role", "RunLayout", "RunRecord", "Setup",
     "StageRecord", "TrainingCheckpoint",
