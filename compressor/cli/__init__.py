@@ -273,7 +273,7 @@ def _train_deploy_report(config, out: Path, progress: bool, deploy: bool, log, s
 def deploy_run(out: Path, log, targets: Sequence[str] = ("onnx-fp32",)) -> None:
     """Export every trained model of the run to ONNX through each of ``targets`` (one validated file per precision)
     and benchmark latency."""
-    from compressor.export.benchmark.run import benchmark_run, format_table
+    from compressor.export.benchmark import benchmark_run, format_table
     from compressor.export.targets.export import export_run
 
     export_run(out, log=log, targets=targets)

@@ -26,8 +26,8 @@ from compressor.rundir import EXPORTS_FOLDER, RunLayout, refuse_if_training
 if TYPE_CHECKING:
     import numpy as np
 
+    from compressor.export.serving import TritonOptions
     from compressor.export.targets.export import ExportResult
-    from compressor.export.triton.repository import TritonOptions
     from compressor.masks import SamplingMask
 
 def _precision_options(calibration_slices: int, calibration_method: str, max_psnr_loss: float | None,
@@ -156,9 +156,9 @@ def _write_triton(repository: Path | None, exports: list[tuple[str, Path]], opti
     """Serve the validated ``(name, ONNX file)`` exports from the Triton model repository ``--triton-repo``."""
     if repository is None:
         return
-    from compressor.export.triton.repository import TritonSource, write_triton_repository
+    from compressor.export.serving import ServedExport, write_triton_repository
 
-    for entry in write_triton_repository([TritonSource(name, path) for name, path in exports], repository, options,
+    for entry in write_triton_repository([ServedExport(name, path) for name, path in exports], repository, options,
                                          provider):
         click.echo(f"{entry.folder}: Triton model {entry.name} ({entry.action}) from {entry.source.name}, mask "
                    f"folded in: max abs difference to the export {entry.max_abs_difference:.1e} <= "
@@ -186,11 +186,11 @@ def _refuse_unused_options(triton_repo: Path | None, targets: Sequence[str]) -> 
 
 def _planned_triton_entries(name: str, model: Any, mask: SamplingMask, config_key: str | None,
                             targets: Sequence[str]) -> list[Any]:
-    """The Triton entries ``targets`` of the model ``name`` will make (:class:`~compressor.export.triton.repository.
-    PlannedEntry`), for :func:`~compressor.export.triton.repository.check_planned_entries` before anything is
+    """The Triton entries ``targets`` of the model ``name`` will make (:class:`~compressor.export.serving.
+    PlannedEntry`), for :func:`~compressor.export.serving.check_planned_entries` before anything is
     exported."""
+    from compressor.export.serving import PlannedEntry
     from compressor.export.targets.registry import EXPORT_TARGETS
-    from compressor.export.triton.repository import PlannedEntry
 
     return [PlannedEntry(name, EXPORT_TARGETS.get(t).precision, model.arch, mask.digest(), config_key,
                          model.image_channels) for t in targets]
@@ -310,8 +310,8 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
     from compressor.export.exported_file import ModelOrigin
     from compressor.export.graph.validate import ExportValidationError
     from compressor.export.run_models import load_run_models, load_stage
+    from compressor.export.serving import TritonOptions, check_planned_entries
     from compressor.export.targets.export import export_model, export_run_model, output_name, phantom_kspace
-    from compressor.export.triton.repository import TritonOptions, check_planned_entries
 
     triton = TritonOptions(max_batch_size=triton_max_batch, instance_kind=triton_instance,
                            intra_op_threads=triton_threads)

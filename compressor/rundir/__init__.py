@@ -35,8 +35,10 @@ Modules: :mod:`~compressor.rundir.layout` (names and :class:`RunLayout`, the pat
 :mod:`~compressor.rundir.benchmark` and :mod:`~compressor.rundir.exports` (what deployment writes),
 :mod:`~compressor.rundir.stage_keys` (the stage-key rule), :mod:`~compressor.rundir.lock` (one run at a time; readers
 refuse a run in progress), :mod:`~compressor.rundir.merge` (several runs in one directory),
-:mod:`~compressor.rundir.parsing` (one-line errors for malformed values). A new file of the run directory gets its
-name in ``layout``, a record with ``to_json``/``from_json`` and a read and a write function beside it.
+:mod:`~compressor.rundir.version` (the format version). Every value is read with :mod:`compressor.json_record` (one-line
+errors naming the file and the key). A new file of the run directory gets its name in ``layout``, a record with
+``to_json``/``from_json`` (a :class:`~compressor.json_record.JsonRecord` where its keys are its fields) and a read and
+a write function beside it.
 
 Roles (:class:`Role`, each with its report label): ``zero_filled``, ``teacher``, ``student``, ``std_kd``,
 ``sft_teacher``, ``sft_kd``, ``sft_kd_random`` (Table 5), ``sft_teacher_scratch`` (Fig. 7's from-scratch
@@ -95,7 +97,6 @@ from compressor.rundir.layout import (
 )
 from compressor.rundir.lock import refuse_if_training, run_lock
 from compressor.rundir.merge import SELECTION_FIELDS, config_differences, merge_results
-from compressor.rundir.parsing import FORMAT_VERSION, READABLE_FORMATS
 from compressor.rundir.results import (
     CoilCompressionRecord,
     MaskRecord,
@@ -134,6 +135,7 @@ from compressor.rundir.stage_keys import (
     section_defaults,
     stage_determinants,
 )
+from compressor.rundir.version import FORMAT_VERSION, READABLE_FORMATS
 
 __all__ = [
     "BENCHMARK_FILE", "BENCHMARK_TABLE_FILE", "BEST_WEIGHTS", "BEST_WEIGHTS_FILE", "CHECKPOINT_FILE",
