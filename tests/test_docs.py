@@ -7,6 +7,9 @@
   ``# illustrative``) or made only of commands run here or by CI: ``compress`` commands at smoke scale (a training
   command with ``--preset smoke --no-deploy`` added, in a fresh folder; then every subcommand as written, in that
   folder, against the smoke run it made) and the steps of CI's own command line (``.ci/run``), which CI runs.
+* Every option the documentation names exists: in a command (illustrative ones too), an option of that command
+  (``compress``, a subcommand, ``python -m compressor`` under torchrun, a benchmark script); in prose, an option of
+  one of them (or of the few other programs named in :data:`OTHER_PROGRAMS_OPTIONS`).
 * The README stays within 16,384 bytes, keeps its two commands, and its relative links resolve.
 """
 
@@ -22,10 +25,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 from markdown.extensions.toc import slugify
 
+from benchmarks import mrd_server, onnx_latency, phase_cost, precision, training_throughput
 from compressor.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +45,16 @@ RUN_COMMAND = ("python3 -m venv .venv && . .venv/bin/activate && { command -v nv
                "compress --teacher d5c5 --student d3c5 --method at")
 """The README's first command, unchanged since issue 14 (its install steps are CI's)."""
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<language>[^`\s]*)")
+OPTION = re.compile(r"(?<![\w-])--[a-z0-9][a-z0-9-]*")
+OTHER_PROGRAMS_OPTIONS = {
+    "--logdir",  # tensorboard
+    "--standalone", "--nnodes", "--node-rank", "--nproc-per-node", "--rdzv-backend", "--rdzv-endpoint",  # torchrun
+    "--strict",  # mkdocs build
+}
+BENCHMARKS = {module.__name__: module.main for module in (mrd_server, onnx_latency, phase_cost, precision,
+                                                          training_throughput)}
+"""The benchmark scripts' commands, by the module ``python -m`` runs."""
+"""Options of programs other than ``compress`` and the benchmark scripts that the documentation names in prose."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +139,37 @@ TRAINING = [step for step in DOCUMENTED if is_training(compress_arguments(step))
 SUBCOMMANDS = [step for step in DOCUMENTED if step not in TRAINING]
 
 
+def option_names(command: click.Command) -> set[str]:
+    """Every option spelling ``command`` accepts (``--help`` included)."""
+    names = {"--help"}
+    for parameter in command.params:
+        names.update(name for name in (*parameter.opts, *parameter.secondary_opts) if name.startswith("--"))
+    return names
+
+
+def every_option_name() -> set[str]:
+    commands = [main, *main.commands.values(), *BENCHMARKS.values()]
+    return set().union(*map(option_names, commands)) | OTHER_PROGRAMS_OPTIONS
+
+
+def command_and_arguments(step: str) -> tuple[click.Command, list[str]] | None:
+    """The click command a documented step runs (``compress``, ``python -m compressor`` under ``torchrun``, a
+    benchmark script) and its arguments, or ``None`` for another program."""
+    words = shlex.split(step.split(" < ")[0].split(" > ")[0])
+    arguments = compress_arguments(step)
+    if arguments is None and "-m" in words and words.index("-m") + 1 < len(words):
+        module = words[words.index("-m") + 1]
+        if module == "compressor":
+            arguments = words[words.index("-m") + 2:]
+        elif module in BENCHMARKS:
+            return BENCHMARKS[module], words[words.index("-m") + 2:]
+    if arguments is None:
+        return None
+    if arguments and arguments[0] in main.commands:
+        return main.commands[arguments[0]], arguments[1:]
+    return main, arguments
+
+
 @contextmanager
 def working_directory(path: Path) -> Iterator[None]:
     previous = Path.cwd()
@@ -190,6 +236,24 @@ def test_every_fenced_block_names_its_language() -> None:
 def test_documented_subcommand_runs_on_the_smoke_run(step: str, smoke_folder: Path) -> None:
     with working_directory(smoke_folder):
         run_compress(compress_arguments(step), DOCUMENTED[step])
+
+
+def test_every_option_the_documentation_names_exists() -> None:
+    """Options in commands (illustrative ones too) belong to their command; options in prose to some command."""
+    unknown, known = [], every_option_name()
+    for block in shell_blocks():
+        for command in block.commands():
+            for step in command.split(" && "):
+                found = command_and_arguments(step.strip())
+                if found is not None:
+                    valid = option_names(found[0])
+                    unknown += [f"{block.where}: {name}" for word in found[1]
+                                if (name := word.split("=")[0]).startswith("--") and name not in valid]
+    for path in MARKDOWN_FILES:
+        prose = re.sub(r"^[ \t]*(`{3,}|~{3,}).*?^[ \t]*\1[ \t]*$", "", path.read_text(), flags=re.MULTILINE | re.DOTALL)
+        unknown += [f"{path.relative_to(ROOT)}: {name}" for span in re.findall(r"`([^`\n]+)`", prose)
+                    for name in OPTION.findall(span) if name not in known]
+    assert not unknown, "options that no command has:\n" + "\n".join(unknown)
 
 
 def test_readme_is_short_and_keeps_its_two_commands() -> None:

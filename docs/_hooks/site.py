@@ -86,7 +86,7 @@ def configuration_reference() -> str:
                      _accepts(hints[field.name]),
                      *(_value(values[section][field.name]) for values in presets.values())]
             rows.append("| " + " | ".join(cells) + " |")
-        parts.append(f"## `[{section}]`\n\n{_docstring_text(cls.__doc__ or '')}\n\n" + "\n".join(rows) + "\n")
+        parts.append(f"### `[{section}]`\n\n{_docstring_text(cls.__doc__ or '')}\n\n" + "\n".join(rows) + "\n")
     return "\n".join(parts)
 
 
