@@ -17,9 +17,11 @@ fp32 export's results name, a Triton model's name), compared case-insensitively.
   none, are an error listing the served models and what the scan needs.
 
 **Fit** (:func:`misfit`): the model's image grid is the scan's (readout after oversampling removal x phase-encode
-lines); a multi-coil scan needs a 2-channel model (coil compression gives a complex virtual coil); every line of
-the model's mask was acquired (once the first slice is complete), or at least lies within the header's
-``kspace_encoding_step_1`` limits (before). Acquired lines outside the mask are zeroed and counted later, as ever.
+lines); a multi-coil scan needs a 2-channel model (coil compression gives a complex virtual coil); once the first
+slice is complete, every line of the model's mask was acquired. A model chosen before that (the only one that fits,
+or one named) is held to its lines by every slice's checks
+(:func:`~compressor.export.scanner.raw_input.prepare_slice`, which lists the missing lines): a scan lacking lines the
+model was trained with is never reconstructed. Acquired lines outside the mask are zeroed and counted.
 
 Every error is a :class:`SelectionError` (an :class:`~compressor.errors.InputError`): one line, sent to the client as
 ``ERROR <reason>``.
@@ -91,11 +93,8 @@ class ScanDescription:
         """What the scan needs of a model, in words."""
         height, width = self.geometry.image_shape
         parts = [f"image grid {height}x{width}"]
-        if self.acquired_lines is None:
-            parts.append(f"lines within kspace_encode_step_1 {self.geometry.step1_minimum}.."
-                         f"{self.geometry.step1_maximum}")
-        else:
-            parts.append(f"lines among the {int(self.acquired_lines.sum())} acquired")
+        if self.acquired_lines is not None:
+            parts.append(f"a mask within its {int(self.acquired_lines.sum())} acquired lines")
         if self.coils is not None:
             parts.append(f"{self.coils} coil{'s' if self.coils != 1 else ''}"
                          + (" (a 2-channel model)" if self.coils > 1 else ""))
@@ -108,13 +107,15 @@ class Selection:
 
     Attributes:
         model: the model to run; ``None`` while several fit and the acquired lines are not known.
-        reason: why, in words (for the log and ``ImageComment``).
+        reason: why, in words (for the log).
         candidates: the models still in the running when ``model`` is ``None`` (else just ``model``).
+        label: why, in a few words (for ``ImageComment``, at most 64 characters).
     """
 
     model: ModelProfile | None
     reason: str
     candidates: tuple[ModelProfile, ...]
+    label: str = ""
 
 
 def misfit(profile: ModelProfile, scan: ScanDescription) -> str | None:
@@ -129,12 +130,6 @@ def misfit(profile: ModelProfile, scan: ScanDescription) -> str | None:
             counters = sorted(step1_of_columns(missing, scan.geometry))
             return f"its mask samples {missing.size} lines the scan did not acquire (kspace_encode_step_1 " \
                    f"{', '.join(map(str, counters))})"
-        return None
-    counters = step1_of_columns(np.flatnonzero(profile.lines), scan.geometry)
-    outside = [counter for counter in counters
-               if not scan.geometry.step1_minimum <= counter <= scan.geometry.step1_maximum]
-    if outside:
-        return f"its mask samples lines outside the header's kspace_encode_step_1 limits ({len(outside)} of them)"
     return None
 
 
@@ -160,14 +155,15 @@ def select_model(models: Sequence[ModelProfile], request: StreamRequest, scan: S
             if why is not None:
                 raise SelectionError(f"{where} names {name!r}, which cannot reconstruct this scan: {why}; "
                                      f"{_listing(models, scan)}")
-            return Selection(chosen, f"named by {where}", (chosen,))
+            return Selection(chosen, f"named by {where}", (chosen,), f"named by {where}")
         asked_text = f"{where} {name!r} is generic" if name.casefold() in GENERIC_NAMES \
             else f"{where} {name!r} names no served model"
     else:
         asked_text = "no model named"
     fitting = tuple(model for model in models if misfit(model, scan) is None)
     if len(fitting) == 1:
-        return Selection(fitting[0], f"the only served model that fits the scan ({asked_text})", fitting)
+        return Selection(fitting[0], f"the only served model that fits the scan ({asked_text})", fitting,
+                         "the only served model that fits")
     if not fitting:
         raise SelectionError(f"no served model fits this scan ({asked_text}): {_listing(models, scan)}")
     if scan.acquired_lines is None:
@@ -175,6 +171,6 @@ def select_model(models: Sequence[ModelProfile], request: StreamRequest, scan: S
     preferred = _named(fitting, default) if default is not None else None
     if preferred is not None:
         return Selection(preferred, f"the default model (--default-model) among {len(fitting)} that fit the scan "
-                                    f"({asked_text})", fitting)
+                                    f"({asked_text})", fitting, "the default model among those that fit")
     raise SelectionError(f"{len(fitting)} served models fit this scan ({asked_text}): "
                          f"{', '.join(model.name for model in fitting)}; {NAME_HINT}")

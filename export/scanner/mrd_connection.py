@@ -208,7 +208,7 @@ class Connection:
         self.served = next(served for served in self.context.models if served.profile is chosen)
         metadata = self.served.metadata
         image_format = self.context.image_format
-        self.styles = (ImageStyle(image_format, self.bits, model_labels(chosen.name, metadata, self.selection.reason)),
+        self.styles = (ImageStyle(image_format, self.bits, model_labels(chosen.name, metadata, self.selection.label)),
                        ImageStyle(image_format, self.bits, zero_filled_labels(chosen.name)))
         self.context.log.info("%s: model %s (%s, %s): %s", self.source, chosen.name, metadata.architecture,
                               metadata.precision.value, self.selection.reason)
