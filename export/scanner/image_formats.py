@@ -18,7 +18,11 @@ goes through one :class:`ImageFormat` of :data:`IMAGE_FORMATS`, chosen by name (
 **Window.** Each image carries the window that shows its whole range, computed as python-ismrmrd-server's examples
 do for the stored pixels (centre ``(max + 1) / 2``, width ``max + 1`` with ``max = 2^BitsStored - 1``; ``max |x|``
 for the float formats) and expressed, as DICOM defines Window Center/Width (PS3.3 C.11.2.1.2), in the units *after*
-the rescale (stored value x ``RescaleSlope``), which is what a viewer applies it to once it has applied the slope.
+the rescale (stored value x ``RescaleSlope``), which is what a viewer applies it to once it has applied the slope
+(Siemens' own phase images, slope 2 and intercept -4096, window in rescaled units, follow the same rule). The width
+is then about the image's maximum in its own units; DICOM's linear window asks for a width of at least 1, which
+holds for noise-prewhitened scans (SNR units, the case of FIRE streams, which carry their noise scans) and any
+reconstruction whose maximum is above 1.
 
 **Layout.** ISMRMRD image data are ``(channels, z, y, x)`` with ``x`` the readout; the tool's image is ``(H, W)`` =
 (readout, phase-encode), so ``data[0, 0] = image.T`` ``(W, H)``.
