@@ -77,7 +77,7 @@ class ServingContext:
     limits: ServerLimits
     budget: ByteBudget
     stats: ServerStats
-    log: logging.Logger
+    log: logging.Logger | logging.LoggerAdapter
     save_data: Path | None = None
     save_cap: int = 0
 

@@ -65,7 +65,7 @@ from compressor.export.scanner.mrd_protocol import (
 )
 from compressor.export.scanner.served_models import ServedModel, open_served_models
 from compressor.export.scanner.server_limits import ServerLimits
-from compressor.export.scanner.server_log import LOGGER_NAME, WARNINGS_LOGGER, RateLimit
+from compressor.export.scanner.server_log import LOGGER_NAME, LimitedLog, RateLimit
 from compressor.export.scanner.server_stats import ServerStats
 from compressor.export.scanner.slice_reconstruction import SliceReconstructor
 from compressor.export.scanner.stream_recorder import DEFAULT_SAVE_CAP_MIB
@@ -138,7 +138,7 @@ class ReconstructionServer:
             or models opened already.
         host, port: where to listen; port 0 picks a free port (:attr:`address` tells which).
         options: everything else (:class:`ServeOptions`).
-        log: the logger every line goes to (default ``compressor.serve``).
+        log: the logger every line goes to (default ``compressor.serve``), through the server's rate limit.
 
     A port in use, a model that cannot be opened, or an option out of range raises :class:`InputError`.
     """
@@ -147,8 +147,8 @@ class ReconstructionServer:
                  port: int = 9002, options: ServeOptions | None = None, log: logging.Logger | None = None):
         options = options if options is not None else ServeOptions()
         self.options, self.limits = options, options.limits
-        self.log = log or logging.getLogger(LOGGER_NAME)
         self.rate_limit = RateLimit()
+        self.log = LimitedLog(log or logging.getLogger(LOGGER_NAME), self.rate_limit)
         models = [models] if isinstance(models, str | Path) else list(models)
         served = models if models and isinstance(models[0], ServedModel) \
             else open_served_models(models, options.provider, options.threads, options.default_model)
@@ -192,8 +192,6 @@ class ReconstructionServer:
     def serve_forever(self, poll_interval: float = 0.2) -> None:
         """Accept connections until :meth:`shutdown` (from another thread) or Ctrl-C (``KeyboardInterrupt``, the normal
         way to stop: not re-raised); then end every connection and close (:meth:`close`)."""
-        for name in (LOGGER_NAME, WARNINGS_LOGGER):
-            logging.getLogger(name).addFilter(self.rate_limit)
         self._log_start()
         try:
             self._serving.set()
@@ -253,8 +251,6 @@ class ReconstructionServer:
         outcomes = self.stats.snapshot()[1]
         summary = ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items())) or "none"
         self.log.info("server stopped: %d slice(s) reconstructed; connections: %s", self.stats.slices_sent, summary)
-        for name in (LOGGER_NAME, WARNINGS_LOGGER):
-            logging.getLogger(name).removeFilter(self.rate_limit)
 
     def __enter__(self) -> ReconstructionServer:
         return self.start()

@@ -1,6 +1,7 @@
 """The server's log: one line per event, rate-limited, and the only thing the server writes (:func:`server_logger`).
 
-**Rate limit** (:class:`RateLimit`, a filter the server puts on its logger and on the warnings' logger): at most
+**Rate limit** (:class:`RateLimit`; the server logs through :class:`LimitedLog`, warnings through
+:class:`LimitFilter`): at most
 :data:`LINES_PER_WINDOW` lines of one kind (one format string, e.g. every "connected" line) per
 :data:`WINDOW_SECONDS`; the rest are counted, and the next line of that kind after the window,
 or the summary at shutdown (:meth:`RateLimit.summaries`), says how many were suppressed. So a flood of connections or
@@ -26,37 +27,69 @@ LINES_PER_WINDOW = 20
 WINDOW_SECONDS = 60.0
 
 
-class RateLimit(logging.Filter):
-    """Let at most ``lines`` records of one kind (logger and format string) through per ``window`` seconds
-    (thread-safe)."""
+class RateLimit:
+    """At most ``lines`` lines of one kind (a format string) per ``window`` seconds (thread-safe)."""
 
     def __init__(self, lines: int = LINES_PER_WINDOW, window: float = WINDOW_SECONDS):
-        super().__init__()
         self.lines, self.window = lines, window
-        self._kinds: dict[tuple[str, str], list[float]] = {}
+        self._kinds: dict[str, list[float]] = {}
         self._lock = threading.Lock()
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        key = (record.name, str(record.msg))
+    def admit(self, kind: str) -> int | None:
+        """``None`` when a line of ``kind`` is to be suppressed, else how many were suppressed in the window that
+        just ended (to say so on this line)."""
         now = time.monotonic()
         with self._lock:
-            start, passed, suppressed = self._kinds.get(key, (now, 0, 0))
+            start, passed, suppressed = self._kinds.get(kind, (now, 0, 0))
+            ended = 0
             if now - start >= self.window:
-                if suppressed:
-                    record.msg = f"{record.msg} [{int(suppressed)} more like this suppressed in {self.window:g} s]"
-                start, passed, suppressed = now, 0, 0
+                start, passed, ended, suppressed = now, 0, int(suppressed), 0
             keep = passed < self.lines
-            self._kinds[key] = [start, passed + keep, suppressed + (not keep)]
-        return keep
+            self._kinds[kind] = [start, passed + keep, suppressed + (not keep)]
+        return ended if keep else None
 
     def summaries(self) -> list[str]:
         """One line per kind with lines suppressed in its current window (and clears them)."""
         with self._lock:
-            lines = [f"{int(suppressed)} log lines like {message!r} suppressed"
-                     for (_, message), (_, _, suppressed) in self._kinds.items() if suppressed]
+            lines = [f"{int(suppressed)} log lines like {kind!r} suppressed"
+                     for kind, (_, _, suppressed) in self._kinds.items() if suppressed]
             for state in self._kinds.values():
                 state[2] = 0
         return lines
+
+    def note(self, message: str, ended: int) -> str:
+        """``message`` saying that ``ended`` lines like it were suppressed (unchanged for 0)."""
+        return f"{message} [{ended} more like this suppressed in {self.window:g} s]" if ended else message
+
+
+class LimitedLog(logging.LoggerAdapter):
+    """A logger whose lines pass through a :class:`RateLimit` (one per server: servers in one process do not share
+    their counts)."""
+
+    def __init__(self, logger: logging.Logger, limit: RateLimit):
+        super().__init__(logger, {})
+        self.limit = limit
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: object) -> None:
+        if not self.isEnabledFor(level):
+            return
+        ended = self.limit.admit(str(msg))
+        if ended is not None:
+            self.logger.log(level, self.limit.note(str(msg), ended), *args, **kwargs)
+
+
+class LimitFilter(logging.Filter):
+    """A :class:`RateLimit` as a logging filter (Python warnings, which do not pass through :class:`LimitedLog`)."""
+
+    def __init__(self, limit: RateLimit):
+        super().__init__()
+        self.limit = limit
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ended = self.limit.admit(str(record.msg))
+        if ended:
+            record.msg = self.limit.note(str(record.msg), ended)
+        return ended is not None
 
 
 def check_log_path(path: Path) -> None:
@@ -76,8 +109,8 @@ def check_log_path(path: Path) -> None:
 
 def server_logger(path: Path | None, verbose: bool = False) -> logging.Logger:
     """The server's logger (``compressor.serve``) writing one line per event to ``path`` (appended; checked with
-    :func:`check_log_path`) or to standard error; Python warnings go there too. ``verbose`` adds every slice's
-    latency (debug level). The server adds its :class:`RateLimit` to both loggers while it runs."""
+    :func:`check_log_path`) or to standard error; Python warnings go there too, through a :class:`RateLimit` of their
+    own. ``verbose`` adds every slice's latency (debug level). The server logs through :class:`LimitedLog`."""
     if path is not None:
         check_log_path(path)
     log = logging.getLogger(LOGGER_NAME)
@@ -87,6 +120,7 @@ def server_logger(path: Path | None, verbose: bool = False) -> logging.Logger:
         logger = logging.getLogger(name)
         logger.handlers = [handler]
         logger.propagate = False
+    logging.getLogger(WARNINGS_LOGGER).filters = [LimitFilter(RateLimit())]
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.captureWarnings(True)
     return log

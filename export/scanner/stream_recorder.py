@@ -60,7 +60,8 @@ class StreamRecorder:
         source: names the connection in that line.
     """
 
-    def __init__(self, folder: Path, connection: int, cap: int, log: logging.Logger, source: str):
+    def __init__(self, folder: Path, connection: int, cap: int, log: logging.Logger | logging.LoggerAdapter,
+                 source: str):
         self.folder, self.cap, self.log, self.source = Path(folder), cap, log, source
         self.name = f"MRD_input_{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}_{connection}.h5"
         self.recorded = 0
