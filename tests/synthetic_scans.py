@@ -16,6 +16,7 @@ orthonormal FFT, so oversampling removal recovers the image's k-space exactly.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,9 +187,9 @@ def synthetic_scan(images: np.ndarray, *, oversampling: int = 2, acquired_lines:
         for noise in _noise(covariance, noise_scans, encoded_x, rng):
             acquisitions.append(_acquisition(noise, [ismrmrd.ACQ_IS_NOISE_MEASUREMENT],
                                              **stamp({"center_sample": encoded_x // 2})))
-    kept = slice(asymmetric_echo, encoded_x)
+    loops = _Loops(slices, averages, contrasts, repetitions, centred_lines, counters,
+                   slice(asymmetric_echo, encoded_x), reverse_odd_lines)
     expected: dict[SliceKey, np.ndarray] = {}
-    last = len(centred_lines) - 1
     for repetition in range(repetitions):
         measured = [images * (repetition + 1) * contrast_weighting((height, width), contrast)
                     for contrast in range(contrasts)]
@@ -200,20 +201,43 @@ def synthetic_scan(images: np.ndarray, *, oversampling: int = 2, acquired_lines:
             geometry = {"position": slice_position(slice_index, slices), "read_dir": (1.0, 0.0, 0.0),
                         "phase_dir": (0.0, 1.0, 0.0), "slice_dir": (0.0, 0.0, 1.0),
                         "center_sample": encoded_x // 2 - asymmetric_echo}
-            for average in range(averages):
-                for number, (column, counter) in enumerate(zip(centred_lines, counters, strict=True)):
-                    for contrast in range(contrasts):
-                        data = kspace[contrast][slice_index, :, kept, column]
-                        flags = _line_flags(number, len(centred_lines), slice_index, slices, average, averages)
-                        if reverse_odd_lines and number % 2 == 1:
-                            data, flags = data[:, ::-1], [*flags, ismrmrd.ACQ_IS_REVERSE]
-                        if (repetition, slice_index, average, number, contrast) == \
-                                (repetitions - 1, slices - 1, averages - 1, last, contrasts - 1):
-                            flags.append(ismrmrd.ACQ_LAST_IN_MEASUREMENT)
-                        idx = ismrmrd.EncodingCounters(kspace_encode_step_1=int(counter), average=average,
-                                                       slice=slice_index, contrast=contrast, repetition=repetition)
-                        acquisitions.append(_acquisition(data, flags, **stamp({**geometry, "idx": idx})))
+            for data, flags, idx in loops.readouts(kspace, slice_index, repetition):
+                acquisitions.append(_acquisition(data, flags, **stamp({**geometry, "idx": idx})))
     return SyntheticScan(xml, acquisitions, expected, lines, covariance)
+
+
+@dataclass(frozen=True)
+class _Loops:
+    """The acquisition loops of :func:`synthetic_scan` inside one slice of one repetition: per average, per acquired
+    line (centred columns and their counters), per contrast."""
+
+    slices: int
+    averages: int
+    contrasts: int
+    repetitions: int
+    centred_lines: np.ndarray
+    counters: np.ndarray
+    kept: slice
+    reverse_odd_lines: bool
+
+    def readouts(self, kspace: list[np.ndarray], slice_index: int,
+                 repetition: int) -> Iterator[tuple[np.ndarray, list[int], ismrmrd.EncodingCounters]]:
+        """``(data (coils, samples), flags, counters)`` of each readout, from the contrasts' centred k-space."""
+        last = (self.repetitions - 1, self.slices - 1, self.averages - 1, len(self.centred_lines) - 1,
+                self.contrasts - 1)
+        for average in range(self.averages):
+            for number, (column, counter) in enumerate(zip(self.centred_lines, self.counters, strict=True)):
+                for contrast in range(self.contrasts):
+                    data = kspace[contrast][slice_index, :, self.kept, column]
+                    flags = _line_flags(number, len(self.centred_lines), slice_index, self.slices, average,
+                                        self.averages)
+                    if self.reverse_odd_lines and number % 2 == 1:
+                        data, flags = data[:, ::-1], [*flags, ismrmrd.ACQ_IS_REVERSE]
+                    if (repetition, slice_index, average, number, contrast) == last:
+                        flags.append(ismrmrd.ACQ_LAST_IN_MEASUREMENT)
+                    yield data, flags, ismrmrd.EncodingCounters(
+                        kspace_encode_step_1=int(counter), average=average, slice=slice_index, contrast=contrast,
+                        repetition=repetition)
 
 
 def _noise(covariance: np.ndarray, count: int, samples: int, rng: np.random.Generator) -> list[np.ndarray]:
