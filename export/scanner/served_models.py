@@ -12,9 +12,10 @@ An fp32 export also answers to its results name (the metadata's ``origin.name``,
 name selects the fp32 file, never a reduced-precision one. Two served models answering to one name (case-insensitive)
 are refused at start-up, naming both, as is a folder with no exported model.
 
-**Sessions.** Every model's session is opened once, at start-up, with the server's runtime and threads, and shared by
-all connections (one copy of the weights per model; :mod:`compressor.export.scanner.mrd_server` on threading). Each
-session's resident memory (the rise of the process's RSS when it opened) is logged at start-up;
+**Sessions.** Every model's session is opened once, at start-up, with the server's runtime and threads, run once
+(:func:`warm_up`: the runtime's first-run allocations are not a scan's first slice's), and shared by all connections
+(one copy of the weights per model; :mod:`compressor.export.scanner.mrd_server` on threading). Each session's
+resident memory (the rise of the process's RSS while it opened and ran once) is logged at start-up;
 ``benchmarks/mrd_server.py`` records it for the benchmark's model.
 """
 
@@ -139,7 +140,17 @@ def open_served_models(paths: Sequence[Path], provider: str = "auto", threads: i
     for item, profile in zip(files, profiles, strict=True):
         before = resident_bytes()
         model = open_exported(item.path, provider, threads)
+        warm_up(model)
         after = resident_bytes()
         grown = after - before if before is not None and after is not None else None
         served.append(ServedModel(profile, model, item.origin, grown))
     return served
+
+
+def warm_up(model: ExportedModel) -> None:
+    """Run ``model`` once on a slice of seeded noise under its mask: the runtime's first-run allocations happen at
+    start-up, not on a scan's first slice (and count in the session's resident memory)."""
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((1, *model.metadata.image_size)) + 1j * rng.standard_normal(
+        (1, *model.metadata.image_size))
+    model.run((noise * model.metadata.mask).astype(np.complex64), model.metadata.mask)
