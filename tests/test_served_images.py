@@ -125,7 +125,7 @@ def to_dicom(image: ismrmrd.Image, protocol: str) -> pydicom.Dataset:
     dataset.SamplesPerPixel, dataset.PhotometricInterpretation, dataset.PixelRepresentation = 1, "MONOCHROME2", 0
     dataset.PixelData = pixels.tobytes()
     dataset.SeriesNumber, dataset.InstanceNumber = image.image_series_index, image.image_index
-    dataset.SeriesDescription = protocol + meta["SequenceDescriptionAdditional"]
+    dataset.SeriesDescription = protocol + meta["SeriesDescriptionAdditional"]  # mrd2dicom.py's name for it
     dataset.ImageComments = "_".join(meta["ImageComment"])  # the DICOM keyword (mrd2dicom.py sets "ImageComment")
     dataset.ImageOrientationPatient = [float(value) for value in (*meta["ImageRowDir"], *meta["ImageColumnDir"])]
     dataset.RescaleSlope, dataset.RescaleIntercept = meta["RescaleSlope"], meta["RescaleIntercept"]
@@ -149,6 +149,7 @@ def test_served_images_become_dicom_a_viewer_shows(tmp_path):
     for image in reply.images:
         meta = ismrmrd.Meta.deserialize(image.attribute_string)
         assert meta["DataRole"] == "Image" and meta["Keep_image_geometry"] == "1"
+        assert meta["SequenceDescriptionAdditional"] == meta["SeriesDescriptionAdditional"] == "_SFTKD"
         assert meta["ImageProcessingHistory"] == ["FIRE", "PYTHON", "SFTKD"]
         assert meta["ImageRowDir"] == [f"{value:.18f}" for value in np.float32(OBLIQUE_READ)]
         path = tmp_path / f"{image.image_series_index:02d}_{to_dicom(image, 'T2_tse').SeriesDescription}.dcm"

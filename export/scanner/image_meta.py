@@ -10,8 +10,10 @@ python-ismrmrd-server's ``mrd2dicom.py`` read it.
 * ``ImageRowDir``, ``ImageColumnDir``: the header's ``read_dir`` and ``phase_dir``, each component with 18 decimals
   (python-ismrmrd-server's format). A row of the image runs along ``x`` = the readout, a column along ``y`` = the
   phase-encode direction, so DICOM's ImageOrientationPatient is ``ImageRowDir + ImageColumnDir``;
-* ``SequenceDescriptionAdditional``: appended to the series description by the scanner (and by ``mrd2dicom.py``,
-  which also builds file names from it); ``Keep_image_geometry`` ``1`` (the scanner keeps the image's geometry);
+* ``SequenceDescriptionAdditional``: appended to the series description by FIRE; ``SeriesDescriptionAdditional``, the
+  same text under the name python-ismrmrd-server's ``mrd2dicom.py`` reads (it appends it to the protocol name and
+  builds file names from the result), so that the network's and the comparison series are told apart there too;
+  ``Keep_image_geometry`` ``1`` (the scanner keeps the image's geometry);
 * ``ImageComment``: a list of at least two strings (``mrd2dicom.py`` joins a list with ``_``; one string would be
   split into characters): the model, its precision, its export's validated ΔPSNR and why it was chosen
   (:func:`model_labels`), or what a comparison image is (:func:`zero_filled_labels`).
@@ -106,6 +108,7 @@ def meta_attributes(pixels: ImagePixels, header: ismrmrd.ImageHeader,
         "ImageRowDir": [DIRECTION_FORMAT.format(value) for value in header.read_dir],
         "ImageColumnDir": [DIRECTION_FORMAT.format(value) for value in header.phase_dir],
         "SequenceDescriptionAdditional": labels.series_suffix,
+        "SeriesDescriptionAdditional": labels.series_suffix,
         "Keep_image_geometry": "1",
         "ImageComment": list(labels.comment),
     }
