@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import struct
 from pathlib import Path
 
 import ismrmrd
@@ -46,6 +47,7 @@ from tests.test_mrd_server import (
     line_mask,
     meta_without_reason,
     offline_images,
+    raw_exchange,
     serving,
 )
 
@@ -256,3 +258,19 @@ def test_a_stream_over_the_cap_is_not_saved_and_a_refused_one_is(run, scan, tmp_
         assert (reply.texts == []) is (files == 0)
     assert any("not recording the stream: the stream passed the 0.00390625 MiB cap (--save-data-cap); nothing "
                "saved" in record.getMessage() for record in caplog.records)
+
+
+def test_waveforms_are_counted_and_recorded(run, scan, tmp_path):
+    model_path = run / "exports" / f"{STEM}.onnx"
+    waveform = ismrmrd.Waveform.from_array(np.arange(12, dtype=np.uint32).reshape(2, 6))
+    waveform.waveform_id = 1
+    payload = (struct.pack("<HI", 3, len(scan.xml)) + scan.xml.encode() + struct.pack("<H", 1026) + waveform.to_bytes()
+               + b"".join(struct.pack("<H", 1008) + a.to_bytes() for a in scan.acquisitions) + struct.pack("<H", 4))
+    options = ServeOptions(provider="cpu", threads=1, save_data=tmp_path, limits=ServerLimits(idle_timeout=TIMEOUT))
+    with ReconstructionServer(model_path, "127.0.0.1", 0, options) as server:
+        reply = raw_exchange(server.address, payload)
+    assert len(reply) == 4 and reply[-1] == "<close>"
+    (saved,) = saved_files(tmp_path)
+    with ismrmrd.Dataset(str(saved), "dataset", create_if_needed=False) as dataset:
+        assert dataset.number_of_waveforms() == 1 and dataset.number_of_acquisitions() == len(scan.acquisitions)
+        np.testing.assert_array_equal(dataset.read_waveform(0).data, waveform.data)

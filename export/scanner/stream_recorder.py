@@ -36,7 +36,7 @@ import ismrmrd
 import numpy as np
 
 from compressor.data.mrd_limits import MIB
-from compressor.export.scanner.mrd_protocol import ConfigMessage, HeaderMessage
+from compressor.export.scanner.mrd_protocol import ACQUISITION_HEADER_BYTES, ConfigMessage, HeaderMessage
 
 GROUP = "dataset"
 DEFAULT_SAVE_CAP_MIB = 2048
@@ -45,8 +45,13 @@ FLUSH_BYTES = 4 * MIB
 TEXT_TYPE = h5py.special_dtype(vlen=bytes)
 
 
-def _head_row(head: object, dtype: np.dtype) -> np.ndarray:
-    return np.frombuffer(bytes(head), dtype=dtype)[0]
+def _row(dtype: np.dtype, header_dtype: np.dtype, head: object, **vectors: np.ndarray) -> np.void:
+    """One row of an ``ismrmrd.hdf5`` table: ``head`` (a ctypes header) and the variable-length ``vectors``."""
+    row = np.zeros(1, dtype)[0]
+    row["head"] = np.frombuffer(bytes(head), dtype=header_dtype)[0]
+    for name, values in vectors.items():
+        row[name] = values
+    return row
 
 
 class StreamRecorder:
@@ -103,25 +108,22 @@ class StreamRecorder:
     def acquisition(self, acquisition: ismrmrd.Acquisition) -> None:
         if self._file is None or self._dropped:
             return
-        row = np.zeros(1, ismrmrd.hdf5.acquisition_dtype)[0]
-        row["head"] = _head_row(acquisition.getHead(), ismrmrd.hdf5.acquisition_header_dtype)
-        row["traj"] = np.ascontiguousarray(acquisition.traj, np.float32).ravel()
-        row["data"] = np.ascontiguousarray(acquisition.data, np.complex64).view(np.float32).ravel()
-        size = 340 + acquisition.traj.nbytes + acquisition.data.nbytes
-        self._rows.append(row)
+        self._rows.append(_row(ismrmrd.hdf5.acquisition_dtype, ismrmrd.hdf5.acquisition_header_dtype,
+                               acquisition.getHead(), traj=np.ascontiguousarray(acquisition.traj, np.float32).ravel(),
+                               data=np.ascontiguousarray(acquisition.data, np.complex64).view(np.float32).ravel()))
+        size = ACQUISITION_HEADER_BYTES + acquisition.traj.nbytes + acquisition.data.nbytes
         self._pending += size
         self._count(size)
         if len(self._rows) >= FLUSH_ROWS or self._pending >= FLUSH_BYTES:
             self._flush()
 
     def waveform(self, waveform: ismrmrd.Waveform) -> None:
-        if self._file is None or self._dropped:
-            return
-        row = np.zeros(1, ismrmrd.hdf5.waveform_dtype)[0]
-        row["head"] = _head_row(waveform.getHead(), ismrmrd.hdf5.waveform_header_dtype)
-        row["data"] = np.ascontiguousarray(waveform.data, np.uint32).ravel()
-        self._count(waveform.data.nbytes)
-        self._append("waveforms", [row], ismrmrd.hdf5.waveform_dtype)
+        if self._file is not None and not self._dropped:
+            self._count(waveform.data.nbytes)
+            self._append("waveforms", [_row(ismrmrd.hdf5.waveform_dtype, ismrmrd.hdf5.waveform_header_dtype,
+                                            waveform.getHead(), data=np.ascontiguousarray(waveform.data,
+                                                                                          np.uint32).ravel())],
+                         ismrmrd.hdf5.waveform_dtype)
 
     def finish(self) -> Path | None:
         """Complete the file and rename it into place; its path, or ``None`` when nothing is saved."""
