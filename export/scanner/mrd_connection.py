@@ -47,7 +47,7 @@ from compressor.errors import InputError
 from compressor.export.scanner.image_formats import ImageFormat, bits_stored
 from compressor.export.scanner.image_meta import model_labels, zero_filled_labels
 from compressor.export.scanner.ismrmrd_images import ImageStyle, SeriesNumbering, slice_image
-from compressor.export.scanner.model_selection import ScanDescription, Selection, SelectionError, select_model
+from compressor.export.scanner.model_selection import ScanDescription, Selection, select_model
 from compressor.export.scanner.mrd_protocol import (
     ConfigMessage,
     HeaderMessage,
@@ -215,11 +215,9 @@ class Connection:
 
     def _deliver(self, assembled: AssembledSlice, received: float) -> None:
         """Reconstruct one slice, send its image (and comparison image), record its timing."""
-        if self.served is None:
-            scan = ScanDescription(self.geometry, self.coils, assembled.acquired_lines)
-            self._select(scan, self.selection.candidates)
-            if self.served is None:  # select_model decides once the lines are known; this cannot wait again
-                raise SelectionError("no model could be chosen for this scan", self.source)
+        if self.served is None:  # several fit the header: the first slice's lines decide (or raise)
+            self._select(ScanDescription(self.geometry, self.coils, assembled.acquired_lines),
+                         self.selection.candidates)
         started = time.perf_counter()
         reconstructor = self.context.reconstructors[self.served.name]
         result = reconstructor.reconstruct(assembled, self.geometry, self.source, self.request.zero_filled)
