@@ -118,6 +118,40 @@ def test_a_run_serves_each_export_by_stem_and_its_results_name_selects_fp32(run,
     assert any(f"model {STEM}.int8 (d2c2, int8): named by parameters.customconfig" in line for line in logged)
 
 
+@pytest.fixture(scope="module")
+def two_masks(run, tmp_path_factory) -> Path:
+    """A folder serving the run's fp32 model and a model trained for one more line (column 2)."""
+    import torch
+
+    from compressor.masks import SamplingMask
+
+    folder = tmp_path_factory.mktemp("two_masks")
+    (folder / f"{STEM}.onnx").write_bytes((run / "exports" / f"{STEM}.onnx").read_bytes())
+    values = line_mask().values.copy()
+    values[:, 2] = 1
+    mask = SamplingMask(values, acceleration=values.shape[1] / 6)
+    torch.manual_seed(1)
+    model = build_model("d2c2", ModelOptions(width=8, image_channels=2)).eval()
+    export_model(model, folder / "six_lines.onnx", mask=mask,
+                 validation_kspace=simulated_kspace(coil_images(2, 1, seed=5)[:, 0], values))
+    return folder
+
+
+def test_the_first_slice_lines_choose_among_models_that_fit_the_header(two_masks, scan, expected, caplog):
+    wider = acquired_lines()
+    wider[2] = True
+    both = synthetic_scan(coil_images(seed=3), acquired_lines=wider)
+    with caplog.at_level(logging.INFO, logger="compressor.serve"), serving(two_masks) as server:
+        reply = stream_scan(server.address, scan.xml, scan.acquisitions, config="openrecon", timeout=TIMEOUT)
+        refused = stream_scan(server.address, both.xml, both.acquisitions, config="openrecon", timeout=TIMEOUT)
+    assert_same_images(reply.images, expected)  # the 5-line model: the other needs line 2, not acquired
+    assert comment(reply.images[0])[0] == STEM and comment(reply.images[0])[3] == "the only served model that fits"
+    logged = [record.getMessage() for record in caplog.records]
+    assert any(f"2 fit the header; waiting for the first slice's lines: {STEM}, six_lines" in line for line in logged)
+    assert refused.images == [] and f"2 served models fit this scan (the config message 'openrecon' is generic): " \
+        f"{STEM}, six_lines" in refused.texts[0]
+
+
 def test_default_model_chooses_among_those_that_fit(run, scan):
     options = ServeOptions(provider="cpu", threads=1, default_model=f"{STEM}.INT8")
     with ReconstructionServer(run, "127.0.0.1", 0, options) as server:
