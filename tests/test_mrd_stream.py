@@ -226,6 +226,8 @@ def test_misused_options_are_one_line_errors(model_path, scan, tmp_path):
         ([str(model_path), "-", "--source", "mrd", "--no-progress", "--mask-uncentred"],
          "--mask-centred, --progress cannot be used"),
         ([str(model_path), "-", "--source", "mrd", "--uncentred"], "--centred cannot be used"),
+        ([str(model_path), str(raw), "--source", "ismrmrd", "--out", str(tmp_path / "o.h5"), "--image-format",
+          "float32"], "--image-format is for the images of --ismrmrd-out and --source mrd"),
     ]
     for args, message in cases:
         result = invoke(*args, stdin=b"")

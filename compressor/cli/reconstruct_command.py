@@ -68,6 +68,9 @@ def reconstruct_command(model_path: Path, input_path: Path, out: Path, source: s
         raise UserError("--out is required (only --source mrd writes its images to standard output without it)")
     if str(input_path) == "-":
         raise UserError("INPUT '-' (standard input) is for MRD v2 streams only: add --source mrd")
+    if ismrmrd_out is None and given_options(("image_format",)):
+        raise UserError("--image-format is for the images of --ismrmrd-out and --source mrd; the HDF5 output keeps "
+                        "the reconstruction as it is")
     from compressor.export.scanner.reconstruct import reconstruct_file
 
     for path in (out, previews, ismrmrd_out):
