@@ -111,6 +111,7 @@ def measured(name: str, server: ReconstructionServer, good, attack: Callable[[],
     with open("/proc/self/clear_refs", "w") as refs:  # VmHWM := VmRSS: the peak of this case alone
         refs.write("5")
     result = attack()
+    assert wait_for(lambda: server.active_connections == 0)  # every slot free again: the hostile ones are over
     scan, expected = good
     reply = stream_scan(server.address, scan.xml, scan.acquisitions, timeout=TIMEOUT)
     assert reply.texts == [] and reply.closed, reply.texts
