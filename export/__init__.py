@@ -15,7 +15,7 @@ reconstructions
 out), :mod:`compressor.export.scanner.raw_input` and :mod:`compressor.export.scanner.ismrmrd_images` (ISMRMRD raw
 scans in,
 ISMRMRD images out), :mod:`compressor.export.scanner.mrd_server` (``compress serve``, the MRD streaming server) and
-:mod:`compressor.export.scanner.mrd_stream` (one slice through the model; MRD v2 streams),
+:mod:`compressor.export.scanner.mrd_stream` (MRD v2 streams),
 :mod:`compressor.export.serving`
 (serving repositories of the validated exports, a seam of their own after the export targets: Triton Inference
 Server's), :mod:`compressor.export.benchmark` (ORT vs PyTorch latency and precision tables).

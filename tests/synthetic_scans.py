@@ -2,8 +2,9 @@ r"""Synthetic ISMRMRD scans with a known answer, for tests and benchmarks of the
 
 :func:`synthetic_scan` turns coil images into what a Cartesian 2-D scanner sends: an ISMRMRD XML header and
 ``ismrmrd.Acquisition`` readouts in scanner order (noise scans first, then per repetition, per slice, per average the
-acquired phase-encode lines), with the usual flags and a per-slice geometry, plus the k-space
-:class:`~compressor.data.mrd_raw.SliceAssembler` must give back (the oracle).
+acquired phase-encode lines, each line once per contrast, as a multi-echo sequence reads its echoes), with the usual
+flags and a per-slice geometry, plus the k-space :class:`~compressor.data.mrd_raw.SliceAssembler` must give back (the
+oracle). With several contrasts, every contrast of a slice is open at once and completes at its last line.
 
 Conventions (those of :mod:`compressor.data.mrd_raw`): images are ``(H, W)`` = (readout, phase-encode); a line's
 ``kspace_encode_step_1`` is its centred column shifted by the header's centre line: ``column - W // 2 + center``
@@ -15,6 +16,7 @@ orthonormal FFT, so oversampling removal recovers the image's k-space exactly.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,9 +71,10 @@ class SyntheticScan:
 def encoding_header(encoded_matrix: tuple[int, int, int], recon_matrix: tuple[int, int, int],
                     encoded_fov_mm: tuple[float, float, float], recon_fov_mm: tuple[float, float, float],
                     step1: tuple[int, int, int], *, average_maximum: int = 0, slice_maximum: int = 0,
-                    repetition_maximum: int = 0, coils: int = 1) -> str:
+                    repetition_maximum: int = 0, contrast_maximum: int = 0, coils: int = 1,
+                    bits_stored: int | None = None) -> str:
     """An ISMRMRD XML header with one Cartesian encoding space; ``step1`` is ``(minimum, maximum, center)`` of
-    ``kspace_encoding_step_1``."""
+    ``kspace_encoding_step_1``; ``bits_stored`` adds ``userParameterLong`` ``BitsStored``."""
     xsd = ismrmrd.xsd
 
     def space(matrix, fov):
@@ -84,13 +87,16 @@ def encoding_header(encoded_matrix: tuple[int, int, int], recon_matrix: tuple[in
         kspace_encoding_step_2=xsd.limitType(minimum=0, maximum=0, center=0),
         average=xsd.limitType(minimum=0, maximum=average_maximum, center=0),
         slice=xsd.limitType(minimum=0, maximum=slice_maximum, center=0),
+        contrast=xsd.limitType(minimum=0, maximum=contrast_maximum, center=0),
         repetition=xsd.limitType(minimum=0, maximum=repetition_maximum, center=0))
+    parameters = None if bits_stored is None else xsd.userParametersType(
+        userParameterLong=[xsd.userParameterLongType(name="BitsStored", value=bits_stored)])
     header = xsd.ismrmrdHeader(
         experimentalConditions=xsd.experimentalConditionsType(H1resonanceFrequency_Hz=63_650_000),
         acquisitionSystemInformation=xsd.acquisitionSystemInformationType(receiverChannels=coils),
         encoding=[xsd.encodingType(encodedSpace=space(encoded_matrix, encoded_fov_mm),
                                    reconSpace=space(recon_matrix, recon_fov_mm), encodingLimits=limits,
-                                   trajectory=xsd.trajectoryType.CARTESIAN)])
+                                   trajectory=xsd.trajectoryType.CARTESIAN)], userParameters=parameters)
     return ismrmrd.xsd.ToXML(header)
 
 
@@ -109,6 +115,12 @@ def _oversampled_kspace(images: np.ndarray, oversampling: int) -> np.ndarray:
     return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(padded, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
 
 
+def contrast_weighting(shape: tuple[int, int], contrast: int) -> np.ndarray:
+    """``(H, W)`` weights of contrast ``contrast`` (1 for contrast 0): a ramp along the readout, so that contrasts
+    differ in content, not only in scale (16-bit images are scaled to their maximum)."""
+    return 1.0 + contrast * np.linspace(0.0, 1.0, shape[0])[:, None] * np.ones(shape[1])
+
+
 def _acquisition(data: np.ndarray, flags: list[int], **header) -> ismrmrd.Acquisition:
     acquisition = ismrmrd.Acquisition.from_array(np.ascontiguousarray(data, dtype=np.complex64), **header)
     for flag in flags:
@@ -117,11 +129,11 @@ def _acquisition(data: np.ndarray, flags: list[int], **header) -> ismrmrd.Acquis
 
 
 def synthetic_scan(images: np.ndarray, *, oversampling: int = 2, acquired_lines: np.ndarray | None = None,
-                   averages: int = 1, repetitions: int = 1, noise_scans: int = 0,
+                   averages: int = 1, repetitions: int = 1, contrasts: int = 1, noise_scans: int = 0,
                    noise_covariance: np.ndarray | None = None, reverse_odd_lines: bool = False,
                    asymmetric_echo: int = 0, step1_center: int | None = None,
                    field_of_view_mm: tuple[float, float] = (200.0, 180.0), measurement_uid: int = 1234,
-                   seed: int = 0) -> SyntheticScan:
+                   bits_stored: int | None = None, seed: int = 0) -> SyntheticScan:
     """A Cartesian 2-D multi-slice scan of ``images`` (module docstring for the conventions).
 
     Args:
@@ -130,6 +142,8 @@ def synthetic_scan(images: np.ndarray, *, oversampling: int = 2, acquired_lines:
         oversampling: integer readout oversampling (the encoded readout has ``H * oversampling`` samples).
         acquired_lines: ``(W,)`` bool, **uncentred** (like the tool's masks): the lines measured; default all.
         averages: each line is measured this many times (identically: the mean is the line).
+        contrasts: each line is measured once per contrast (echo) in a row; contrast ``c`` measures the images times
+            :func:`contrast_weighting` (``c``).
         noise_scans: noise readouts (``H * oversampling`` samples each) sent first, drawn with ``noise_covariance``
             (``(coils, coils)`` Hermitian positive definite; default identity), complex Gaussian, seeded by ``seed``.
         reverse_odd_lines: every second readout of a slice is sent reversed with ``ACQ_IS_REVERSE``.
@@ -138,6 +152,7 @@ def synthetic_scan(images: np.ndarray, *, oversampling: int = 2, acquired_lines:
             every line's counter is ``centred column - W // 2 + step1_center`` and must be >= 0.
         field_of_view_mm: ``(readout, phase-encode)`` field of view of the ``(H, W)`` image grid.
         measurement_uid: stamped on every acquisition.
+        bits_stored: the header's ``userParameterLong`` ``BitsStored`` (``None``: absent).
     """
     images = np.asarray(images)
     slices, coils, height, width = images.shape
@@ -154,7 +169,8 @@ def synthetic_scan(images: np.ndarray, *, oversampling: int = 2, acquired_lines:
         (field_of_view_mm[0] * oversampling, field_of_view_mm[1], thickness),
         (field_of_view_mm[0], field_of_view_mm[1], thickness),
         (int(counters.min()), int(counters.max()), center),
-        average_maximum=averages - 1, slice_maximum=slices - 1, repetition_maximum=repetitions - 1, coils=coils)
+        average_maximum=averages - 1, slice_maximum=slices - 1, repetition_maximum=repetitions - 1,
+        contrast_maximum=contrasts - 1, coils=coils, bits_stored=bits_stored)
     rng = np.random.default_rng(seed)
     acquisitions: list[ismrmrd.Acquisition] = []
     common = {"measurement_uid": measurement_uid, "sample_time_us": DWELL_TIME_US,
@@ -171,29 +187,57 @@ def synthetic_scan(images: np.ndarray, *, oversampling: int = 2, acquired_lines:
         for noise in _noise(covariance, noise_scans, encoded_x, rng):
             acquisitions.append(_acquisition(noise, [ismrmrd.ACQ_IS_NOISE_MEASUREMENT],
                                              **stamp({"center_sample": encoded_x // 2})))
-    kept = slice(asymmetric_echo, encoded_x)
+    loops = _Loops(slices, averages, contrasts, repetitions, centred_lines, counters,
+                   slice(asymmetric_echo, encoded_x), reverse_odd_lines)
     expected: dict[SliceKey, np.ndarray] = {}
     for repetition in range(repetitions):
-        kspace = _oversampled_kspace(images * (repetition + 1), oversampling)  # (S, coils, Nx, W) centred
+        measured = [images * (repetition + 1) * contrast_weighting((height, width), contrast)
+                    for contrast in range(contrasts)]
+        kspace = [_oversampled_kspace(item, oversampling) for item in measured]  # (S, coils, Nx, W) centred
         for slice_index in range(slices):
-            key = SliceKey(slice_index, 0, 0, repetition, 0)
-            expected[key] = _expected(images[slice_index] * (repetition + 1), lines, asymmetric_echo, oversampling)
+            for contrast in range(contrasts):
+                expected[SliceKey(slice_index, contrast, 0, repetition, 0)] = _expected(
+                    measured[contrast][slice_index], lines, asymmetric_echo, oversampling)
             geometry = {"position": slice_position(slice_index, slices), "read_dir": (1.0, 0.0, 0.0),
                         "phase_dir": (0.0, 1.0, 0.0), "slice_dir": (0.0, 0.0, 1.0),
                         "center_sample": encoded_x // 2 - asymmetric_echo}
-            for average in range(averages):
-                for number, (column, counter) in enumerate(zip(centred_lines, counters, strict=True)):
-                    data = kspace[slice_index, :, kept, column]
-                    flags = _line_flags(number, len(centred_lines), slice_index, slices, average, averages)
-                    if reverse_odd_lines and number % 2 == 1:
-                        data, flags = data[:, ::-1], [*flags, ismrmrd.ACQ_IS_REVERSE]
-                    if repetition == repetitions - 1 and slice_index == slices - 1 and average == averages - 1 \
-                            and number == len(centred_lines) - 1:
-                        flags.append(ismrmrd.ACQ_LAST_IN_MEASUREMENT)
-                    idx = ismrmrd.EncodingCounters(kspace_encode_step_1=int(counter), average=average,
-                                                   slice=slice_index, repetition=repetition)
-                    acquisitions.append(_acquisition(data, flags, **stamp({**geometry, "idx": idx})))
+            for data, flags, idx in loops.readouts(kspace, slice_index, repetition):
+                acquisitions.append(_acquisition(data, flags, **stamp({**geometry, "idx": idx})))
     return SyntheticScan(xml, acquisitions, expected, lines, covariance)
+
+
+@dataclass(frozen=True)
+class _Loops:
+    """The acquisition loops of :func:`synthetic_scan` inside one slice of one repetition: per average, per acquired
+    line (centred columns and their counters), per contrast."""
+
+    slices: int
+    averages: int
+    contrasts: int
+    repetitions: int
+    centred_lines: np.ndarray
+    counters: np.ndarray
+    kept: slice
+    reverse_odd_lines: bool
+
+    def readouts(self, kspace: list[np.ndarray], slice_index: int,
+                 repetition: int) -> Iterator[tuple[np.ndarray, list[int], ismrmrd.EncodingCounters]]:
+        """``(data (coils, samples), flags, counters)`` of each readout, from the contrasts' centred k-space."""
+        last = (self.repetitions - 1, self.slices - 1, self.averages - 1, len(self.centred_lines) - 1,
+                self.contrasts - 1)
+        for average in range(self.averages):
+            for number, (column, counter) in enumerate(zip(self.centred_lines, self.counters, strict=True)):
+                for contrast in range(self.contrasts):
+                    data = kspace[contrast][slice_index, :, self.kept, column]
+                    flags = _line_flags(number, len(self.centred_lines), slice_index, self.slices, average,
+                                        self.averages)
+                    if self.reverse_odd_lines and number % 2 == 1:
+                        data, flags = data[:, ::-1], [*flags, ismrmrd.ACQ_IS_REVERSE]
+                    if (repetition, slice_index, average, number, contrast) == last:
+                        flags.append(ismrmrd.ACQ_LAST_IN_MEASUREMENT)
+                    yield data, flags, ismrmrd.EncodingCounters(
+                        kspace_encode_step_1=int(counter), average=average, slice=slice_index, contrast=contrast,
+                        repetition=repetition)
 
 
 def _noise(covariance: np.ndarray, count: int, samples: int, rng: np.random.Generator) -> list[np.ndarray]:

@@ -104,3 +104,74 @@ def test_task_sr_defaults_to_the_vdsr_teacher_and_student_of_appendix_b():
     chosen = _overrides({**options, "task": "sr", "teacher": "vdsr8", "student": "vdsr5"})
     assert (chosen["model.teacher"], chosen["model.student"]) == ("vdsr8", ["vdsr5"])
     assert _overrides({**options, "task": "reconstruction"})["model.teacher"] is None
+
+
+# -- option groups in --help (compressor.cli.common) ------------------------------------------------------------------
+def _grouped_demo(**attrs):
+    import click
+
+    from compressor.cli.common import OneLineCommand, OneLineErrors, option_group
+
+    output = option_group("Output")
+
+    @click.command("demo", cls=OneLineCommand, **attrs)
+    @option_group("Data")("--train", help="Training file.")
+    @output("--out", help="Output file.")
+    @click.option("--verbose", is_flag=True, help="Say more.")
+    @option_group("Data")("--validation", help="Validation file.")
+    def demo(train, out, verbose, validation):
+        click.echo(f"{train} {out} {verbose} {validation}")
+
+    group = OneLineErrors("top", option_groups=("Output",), params=[click.Option(["--flag"], is_flag=True)])
+    return demo, group
+
+
+def _sections(text: str) -> list[str]:
+    return [line.rstrip(":") for line in text.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
+
+
+def test_option_groups_are_help_sections_in_the_declared_order(runner):
+    demo, _ = _grouped_demo(option_groups=("Output", "Data"))
+    shown = runner.invoke(demo, ["--help"]).output
+    assert _sections(shown) == ["Output", "Data", "Other options"]
+    data = shown.split("Data:")[1].split("Other options:")[0]
+    assert data.index("--train") < data.index("--validation") and "--out" not in data
+    assert "--verbose" in shown.split("Other options:")[1] and "--help" in shown.split("Other options:")[1]
+    assert runner.invoke(demo, ["--train", "t", "--out", "o", "--verbose"]).output == "t o True None\n"
+
+
+def test_a_command_without_groups_keeps_clicks_options_section(runner):
+    import click
+
+    from compressor.cli.common import OneLineCommand
+
+    @click.command("plain", cls=OneLineCommand)
+    @click.option("--x", help="An option.")
+    def plain(x):
+        pass
+
+    assert _sections(runner.invoke(plain, ["--help"]).output) == ["Options"]
+
+
+def test_an_option_of_an_undeclared_group_fails_when_the_command_is_built():
+    with pytest.raises(ValueError, match=r"option group.*Data.*not in option_groups"):
+        _grouped_demo(option_groups=("Output",))
+
+
+def test_a_grouped_group_lists_its_commands_after_its_options(runner):
+    import click
+
+    _, group = _grouped_demo(option_groups=("Output", "Data"))
+    group.add_command(click.Command("sub", help="A subcommand."))
+    assert _sections(runner.invoke(group, ["--help"]).output) == ["Other options", "Commands"]
+
+
+@pytest.mark.parametrize("args", [[], ["export"]])
+def test_the_commands_with_many_options_group_them(runner, args):
+    command = main if not args else main.commands[args[0]]
+    shown = runner.invoke(main, [*args, "--help"]).output
+    assert _sections(shown)[:len(command.option_groups)] == list(command.option_groups)
+    assert len(command.option_groups) >= 4
+    for param in command.params:  # every option is shown, exactly once
+        assert sum(f"{param.opts[0]} " in line or line.strip().startswith(param.opts[0])
+                   for line in shown.splitlines()) >= 1

@@ -19,7 +19,9 @@ from compressor.data.mrd_raw import SliceAssembler
 from compressor.data.mrd_readout import SliceKey, readout_from_ismrmrd
 from compressor.data.project_h5 import write_project_volume
 from compressor.export.runtimes import open_exported
-from compressor.export.scanner.ismrmrd_images import image_header, ismrmrd_image
+from compressor.export.scanner.image_formats import image_format
+from compressor.export.scanner.image_meta import ImageLabels
+from compressor.export.scanner.ismrmrd_images import ImageStyle, image_header, ismrmrd_image
 from compressor.export.scanner.raw_input import prepare_slice
 from compressor.export.scanner.reconstruct import reconstruct_file
 from compressor.export.targets.export import export_model, simulated_kspace
@@ -142,13 +144,26 @@ def test_reconstruct_ismrmrd_equals_the_oracle(tmp_path, models, scan, mask) -> 
     assert reconstruction.shape == (3, *SIZE) and reconstruction.dtype == np.complex64
     assert_close(reconstruction, expected)
 
+    float_images = tmp_path / "float_images.h5"
+    result = invoke(models["lines"], raw, "--source", "ismrmrd", "--out", tmp_path / "recon_float.h5",
+                    "--ismrmrd-out", float_images, "--image-format", "float32")
+    assert result.exit_code == 0, result.output
+    with ismrmrd.Dataset(str(float_images), "dataset", create_if_needed=False) as dataset:
+        for index in range(3):
+            image = dataset.read_image("images_0", index)
+            assert image.data.shape == (1, 1, SIZE[1], SIZE[0])  # (channels, z, y phase, x readout)
+            np.testing.assert_allclose(image.data[0, 0], np.abs(reconstruction[index]).T, rtol=1e-6)
+            assert image.image_type == ismrmrd.IMTYPE_MAGNITUDE and image.data.dtype == np.float32
     with ismrmrd.Dataset(str(images), "dataset", create_if_needed=False) as dataset:
         assert EncodingGeometry.from_xml(dataset.read_xml_header(), images).image_shape == SIZE
         assert dataset.number_of_images("images_0") == 3
         for index in range(3):
             image = dataset.read_image("images_0", index)
             assert image.data.shape == (1, 1, SIZE[1], SIZE[0])  # (channels, z, y phase, x readout)
-            np.testing.assert_allclose(image.data[0, 0], np.abs(reconstruction[index]).T, rtol=1e-6)
+            slope = float(ismrmrd.Meta.deserialize(image.attribute_string)["RescaleSlope"])
+            assert image.data.max() == 4095  # the default: 12 bits stored, the maximum at 2^12 - 1
+            np.testing.assert_allclose(image.data[0, 0] * slope, np.abs(reconstruction[index]).T, rtol=0,
+                                       atol=slope / 2 * 1.001)  # half a step (slope has 9 significant digits)
             assert image.slice == index and image.repetition == 0 and image.average == 0
             assert tuple(image.position) == (0.0, 0.0, (index - 1) * 5.0)
             assert tuple(image.read_dir) == (1.0, 0.0, 0.0) and tuple(image.phase_dir) == (0.0, 1.0, 0.0)
@@ -158,7 +173,7 @@ def test_reconstruct_ismrmrd_equals_the_oracle(tmp_path, models, scan, mask) -> 
             assert tuple(image.matrix_size) == (SIZE[0], SIZE[1], 1) and image.channels == 1
             assert image.measurement_uid == 4242
             assert image.image_series_index == 1 and image.image_index == index + 1
-            assert image.image_type == ismrmrd.IMTYPE_MAGNITUDE and image.data.dtype == np.float32
+            assert image.image_type == ismrmrd.IMTYPE_MAGNITUDE and image.data.dtype == np.int16
 
 
 def test_shifted_counters_without_source_equal_the_oracle(tmp_path, models, mask) -> None:
@@ -252,13 +267,14 @@ def test_image_layout_and_header_of_a_non_square_image() -> None:
     (assembled,) = [item for a in scan.acquisitions for item in assembler.add(readout_from_ismrmrd(a))]
     reconstruction = np.arange(16 * 12, dtype=np.float32).reshape(SIZE) - 50.0  # (readout, phase)
     header = image_header(assembled, geometry, series_index=3, image_index=7)
-    image = ismrmrd_image(reconstruction, header)
+    style = ImageStyle(image_format("float32"), 12, ImageLabels(("model", "test")))
+    image = ismrmrd_image(reconstruction, header, style)
     assert image.data.shape == (1, 1, 12, 16) and tuple(image.matrix_size) == (16, 12, 1)
     assert image.data[0, 0, 5, 2] == abs(reconstruction[2, 5])  # y = phase column, x = readout row
     assert image.data[0, 0, 0, 15] == abs(reconstruction[15, 0])
     assert (image.image_series_index, image.image_index, image.measurement_uid) == (3, 7, 9)
     with pytest.raises(ValueError, match="does not fit an image of 12x16"):
-        ismrmrd_image(reconstruction.T, header)
+        ismrmrd_image(reconstruction.T, header, style)
 
 
 # ------------------------------------------------------------------------------------------------- bad input

@@ -31,8 +31,9 @@ from compressor.cli.serve_command import serve_command
 from compressor.errors import InputError
 from compressor.export.run_models import simulated_kspace
 from compressor.export.scanner.mrd_client import stream_scan
-from compressor.export.scanner.mrd_server import ReconstructionServer
+from compressor.export.scanner.mrd_server import ReconstructionServer, ServeOptions
 from compressor.export.scanner.reconstruct import reconstruct_file
+from compressor.export.scanner.server_limits import ServerLimits
 from compressor.export.targets.export import export_model
 from compressor.masks import SamplingMask
 from compressor.models import ModelOptions, build_model
@@ -43,6 +44,7 @@ COLUMNS = [0, 1, 3, 6, 10]
 SLICES, COILS = 3, 4
 TIMEOUT = 20.0
 TOLERANCE = 1e-5  # of the image's max: ONNX Runtime's fp32 rounding between batch 1 (server) and batch 8 (offline)
+INTEGER_TOLERANCE = 1  # a 16-bit pixel: that rounding may move a value across a half step
 
 
 def line_mask() -> SamplingMask:
@@ -91,13 +93,45 @@ def offline_images(model_path: Path, scan, folder: Path) -> list[ismrmrd.Image]:
         dataset.close()
 
 
+def serving(model_path: Path, provider: str = "cpu", threads: int | None = 1, **limits) -> ReconstructionServer:
+    """A server on a free loopback port for ``model_path`` (one or several), idle timeout :data:`TIMEOUT` unless
+    ``limits`` says otherwise."""
+    limits = {"idle_timeout": TIMEOUT, **limits}
+    return ReconstructionServer(model_path, "127.0.0.1", 0,
+                                ServeOptions(provider=provider, threads=threads, limits=ServerLimits(**limits)))
+
+
+def meta_without_reason(image: ismrmrd.Image) -> dict:
+    """An image's MetaContainer without the last ``ImageComment`` value (why the model ran: the server's selection,
+    or the command line offline)."""
+    meta = dict(ismrmrd.Meta.deserialize(image.attribute_string))
+    meta["ImageComment"] = meta["ImageComment"][:-1]
+    return meta
+
+
+def head_bytes(image: ismrmrd.Image) -> bytes:
+    """An image's header bytes, its ``attribute_string_len`` zeroed (set when an image is sent, 0 in a file)."""
+    head = image.getHead()
+    head.attribute_string_len = 0
+    return bytes(head)
+
+
 def assert_same_images(received: list[ismrmrd.Image], expected: list[ismrmrd.Image]) -> None:
-    """Same count, same header bytes, same magnitude data up to :data:`TOLERANCE`."""
+    """Same count, same header bytes, same MetaContainer but for the selection reason, same data up to
+    :data:`TOLERANCE` (float) or :data:`INTEGER_TOLERANCE` (16-bit), same rescale slope to :data:`TOLERANCE`."""
     assert len(received) == len(expected)
     for got, want in zip(received, expected, strict=True):
-        assert bytes(got.getHead()) == bytes(want.getHead())
+        assert head_bytes(got) == head_bytes(want)
         assert got.data.shape == want.data.shape == (1, 1, SIZE[1], SIZE[0])
-        np.testing.assert_allclose(got.data, want.data, rtol=0, atol=TOLERANCE * float(np.abs(want.data).max()))
+        assert got.data.dtype == want.data.dtype
+        got_meta, want_meta = meta_without_reason(got), meta_without_reason(want)
+        for key in ("RescaleSlope", "WindowCenter", "WindowWidth"):
+            np.testing.assert_allclose(float(got_meta.pop(key)), float(want_meta.pop(key)), rtol=TOLERANCE)
+        assert got_meta == want_meta
+        if got.data.dtype.kind in "iu":
+            assert np.abs(got.data.astype(int) - want.data.astype(int)).max() <= INTEGER_TOLERANCE
+        else:
+            np.testing.assert_allclose(got.data, want.data, rtol=0, atol=TOLERANCE * float(np.abs(want.data).max()))
 
 
 def wait_for(condition, timeout: float = TIMEOUT) -> bool:
@@ -138,7 +172,7 @@ def expected(model_path, scans, folder) -> list[list[ismrmrd.Image]]:
 
 @pytest.fixture(scope="module")
 def server(model_path):
-    with ReconstructionServer(model_path, "127.0.0.1", 0, provider="cpu", threads=1, idle_timeout=TIMEOUT) as running:
+    with serving(model_path) as running:
         yield running
 
 
@@ -197,9 +231,8 @@ def test_two_clients_at_once_both_get_their_own_images(server, scans, expected):
 
 def test_on_openvino_two_clients_at_once_get_the_images_of_onnx_runtime(model_path, scans, expected):
     """``--provider openvino``: one compiled model behind concurrent calls (a pool of infer requests)."""
-    with ReconstructionServer(model_path, "127.0.0.1", 0, provider="openvino", threads=1,
-                              idle_timeout=TIMEOUT) as running:
-        assert running.model.runtime.name == "OpenVINO-CPU"
+    with serving(model_path, provider="openvino") as running:
+        assert running.models[0].model.runtime.name == "OpenVINO-CPU"
         assert_clients_at_once_get_their_own_images(running, scans, expected)
 
 
@@ -301,7 +334,7 @@ def test_a_1_channel_model_serves_real_images_and_refuses_a_phased_scan(folder):
     phased = synthetic_scan(coil_images(coils=1, seed=3), acquired_lines=acquired_lines())
     (folder / "real").mkdir()
     expected = offline_images(model_path, real, folder / "real")
-    with ReconstructionServer(model_path, "127.0.0.1", 0, provider="cpu", threads=1, idle_timeout=TIMEOUT) as server:
+    with serving(model_path) as server:
         assert_same_images(stream_scan(server.address, real.xml, real.acquisitions, timeout=TIMEOUT).images, expected)
         reply = stream_scan(server.address, phased.xml, phased.acquisitions, timeout=TIMEOUT)
         multi_coil = synthetic_scan(coil_images(coils=2, phase=False), acquired_lines=acquired_lines())
@@ -313,7 +346,7 @@ def test_a_1_channel_model_serves_real_images_and_refuses_a_phased_scan(folder):
 
 # ------------------------------------------------------------------------------------------------ life cycle
 def test_an_idle_client_is_closed_after_the_idle_timeout(model_path, scans):
-    with ReconstructionServer(model_path, "127.0.0.1", 0, provider="cpu", idle_timeout=0.3) as server, \
+    with serving(model_path, threads=None, idle_timeout=0.3) as server, \
             socket.create_connection(server.address, timeout=TIMEOUT) as sock, sock.makefile("rb") as incoming:
         sock.sendall(struct.pack("<HI", 3, len(scans[0].xml)) + scans[0].xml.encode())
         reply = list(ismrmrd.serialization.ProtocolDeserializer(incoming).deserialize())
@@ -321,8 +354,7 @@ def test_an_idle_client_is_closed_after_the_idle_timeout(model_path, scans):
 
 
 def test_a_connection_over_max_connections_is_told_the_server_is_busy(model_path, scans):
-    with ReconstructionServer(model_path, "127.0.0.1", 0, provider="cpu", max_connections=1,
-                              idle_timeout=TIMEOUT) as server, \
+    with serving(model_path, threads=None, max_connections=1) as server, \
             socket.create_connection(server.address, timeout=TIMEOUT) as first:
         first.sendall(struct.pack("<HI", 3, len(scans[0].xml)) + scans[0].xml.encode())
         assert wait_for(lambda: server.active_connections == 1)
@@ -332,7 +364,7 @@ def test_a_connection_over_max_connections_is_told_the_server_is_busy(model_path
 
 
 def test_shutdown_tells_open_connections_and_stops(model_path, scans, caplog):
-    server = ReconstructionServer(model_path, "127.0.0.1", 0, provider="cpu", idle_timeout=TIMEOUT).start()
+    server = serving(model_path, threads=None).start()
     with caplog.at_level(logging.INFO, logger="compressor.serve"), \
             socket.create_connection(server.address, timeout=TIMEOUT) as sock, sock.makefile("rb") as incoming:
         sock.sendall(struct.pack("<HI", 3, len(scans[0].xml)) + scans[0].xml.encode())
@@ -350,7 +382,7 @@ def test_a_port_in_use_is_a_one_line_input_error(model_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         with pytest.raises(InputError, match=r"cannot listen on 127\.0\.0\.1:\d+"):
-            ReconstructionServer(model_path, "127.0.0.1", taken.getsockname()[1], provider="cpu")
+            ReconstructionServer(model_path, "127.0.0.1", taken.getsockname()[1], ServeOptions(provider="cpu"))
 
 
 def test_serve_command_refuses_a_bad_model_in_one_line(tmp_path):

@@ -18,7 +18,15 @@ from compressor.data.mrd_header import EncodingGeometry
 from compressor.data.mrd_readout import readout_from_ismrmrd
 from compressor.data.mrd_v2 import encoding_geometry, readout_from_mrd
 from tests.synthetic_scans import synthetic_scan
-from tests.test_mrd_server import SIZE, TOLERANCE, acquired_lines, coil_images, offline_images, tiny_export
+from tests.test_mrd_server import (
+    INTEGER_TOLERANCE,
+    SIZE,
+    TOLERANCE,
+    acquired_lines,
+    coil_images,
+    offline_images,
+    tiny_export,
+)
 
 FLAG_PAIRS = [
     ("ACQ_FIRST_IN_ENCODE_STEP1", "FIRST_IN_ENCODE_STEP_1"), ("ACQ_LAST_IN_SLICE", "LAST_IN_SLICE"),
@@ -144,17 +152,41 @@ def test_the_filter_writes_the_ismrmrd_path_images_as_an_mrd_v2_stream(model_pat
     assert header == mrd_header(scan.xml)  # the input header, passed through
     (folder / "offline").mkdir()
     expected = offline_images(model_path, scan, folder / "offline")
-    assert len(items) == len(expected) == 3 and all(isinstance(item, mrd.StreamItem.ImageFloat) for item in items)
+    assert len(items) == len(expected) == 3 and all(isinstance(item, mrd.StreamItem.ImageInt16) for item in items)
     for item, want in zip(items, expected, strict=True):
         image, head = item.value, want.getHead()
         assert image.data.shape == want.data.shape == (1, 1, SIZE[1], SIZE[0])
-        np.testing.assert_allclose(image.data, want.data, rtol=0, atol=TOLERANCE * float(want.data.max()))
+        assert image.data.dtype == want.data.dtype == np.int16  # the 16-bit magnitude convention, as served
+        assert np.abs(image.data.astype(int) - want.data.astype(int)).max() <= INTEGER_TOLERANCE
+        meta = {name: [value.value for value in values] for name, values in image.meta.items()}
+        assert meta == {name: value if isinstance(value, list) else [value]
+                        for name, value in ismrmrd.Meta.deserialize(want.attribute_string).items()}
         assert image.head.image_type == mrd.ImageType.MAGNITUDE
         assert (image.head.slice, image.head.image_index, image.head.image_series_index, image.head.measurement_uid) \
             == (head.slice, head.image_index, head.image_series_index, 77)
         for ours, theirs in [("field_of_view", "field_of_view"), ("position", "position"), ("col_dir", "read_dir"),
                              ("line_dir", "phase_dir"), ("slice_dir", "slice_dir")]:
             assert np.array_equal(getattr(image.head, ours), np.array(getattr(head, theirs), np.float32)), ours
+
+
+def test_the_filter_writes_float32_and_complex_images_on_request(model_path, scan, folder):
+    (folder / "offline_float").mkdir()
+    raw = scan.write_ismrmrd(folder / "offline_float" / "scan.h5")
+    for image_format, item_type in [("float32", mrd.StreamItem.ImageFloat),
+                                    ("complex", mrd.StreamItem.ImageComplexFloat)]:
+        result = invoke(str(model_path), "-", "--source", "mrd", "--image-format", image_format,
+                        stdin=mrd_stream(scan))
+        assert result.exit_code == 0, result.stderr
+        items = read_stream(result.stdout_bytes)[1]
+        images = folder / "offline_float" / f"{image_format}.h5"
+        assert invoke(str(model_path), str(raw), "--source", "ismrmrd", "--out", str(folder / "o.h5"),
+                      "--ismrmrd-out", str(images), "--image-format", image_format).exit_code == 0
+        with ismrmrd.Dataset(str(images), "dataset", create_if_needed=False) as dataset:
+            expected = [dataset.read_image("images_0", index) for index in range(3)]
+        for item, want in zip(items, expected, strict=True):
+            assert isinstance(item, item_type) and item.value.data.dtype == want.data.dtype
+            np.testing.assert_allclose(item.value.data, want.data, rtol=0,
+                                       atol=TOLERANCE * float(np.abs(want.data).max()))
 
 
 def test_the_filter_writes_an_out_file_too(model_path, scan, tmp_path):
@@ -194,6 +226,8 @@ def test_misused_options_are_one_line_errors(model_path, scan, tmp_path):
         ([str(model_path), "-", "--source", "mrd", "--no-progress", "--mask-uncentred"],
          "--mask-centred, --progress cannot be used"),
         ([str(model_path), "-", "--source", "mrd", "--uncentred"], "--centred cannot be used"),
+        ([str(model_path), str(raw), "--source", "ismrmrd", "--out", str(tmp_path / "o.h5"), "--image-format",
+          "float32"], "--image-format is for the images of --ismrmrd-out and --source mrd"),
     ]
     for args, message in cases:
         result = invoke(*args, stdin=b"")

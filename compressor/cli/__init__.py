@@ -11,11 +11,21 @@ from pathlib import Path
 
 import click
 
-from compressor.cli.common import OneLineErrors, UserError, comma_separated, handles_input_errors, require_writable
+from compressor.cli.common import (
+    OneLineErrors,
+    UserError,
+    comma_separated,
+    handles_input_errors,
+    option_group,
+    require_writable,
+)
 from compressor.masks import MASKS
 from compressor.vocabulary import BlockForm, ImagePhase, KDMode, KDSchedule, Task, values
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 110}
+MAIN_GROUPS = ("Run", "Models", "Data", "Training", "Distillation", "Deployment")
+"""The ``--help`` sections of ``compress``'s options, in order."""
+run_option, model_option, data_option, training_option, kd_option, deploy_option = map(option_group, MAIN_GROUPS)
 
 
 def _floats(text: str | None) -> list[float] | None:
@@ -27,58 +37,58 @@ def _floats(text: str | None) -> list[float] | None:
         raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
 
 
-@click.group(cls=OneLineErrors, invoke_without_command=True, context_settings=CONTEXT)
-@click.option("--preset", default="quick", help="Preset in configs/ (smoke, quick, paper) or a TOML file path.")
-@click.option("--task", type=click.Choice(values(Task)),
+@click.group(cls=OneLineErrors, invoke_without_command=True, context_settings=CONTEXT, option_groups=MAIN_GROUPS)
+@run_option("--preset", default="quick", help="Preset in configs/ (smoke, quick, paper) or a TOML file path.")
+@run_option("--task", type=click.Choice(values(Task)),
               help="reconstruction (undersampled k-space) or sr (super-resolution, Appendix B; --acceleration is the "
                    "scale; teacher/student default to vdsr12/vdsr4).")
-@click.option("--teacher", help="Teacher architecture, e.g. d5c5, dcunet5, vdsr12.")
-@click.option("--student", help="Student architecture(s), comma-separated, e.g. d3c5 or d4c5,d3c5,d2c5.")
-@click.option("--method", help="KD method(s), comma-separated, or 'all' (the task's table: at, fitnets, sp, fsp, cc; "
+@model_option("--teacher", help="Teacher architecture, e.g. d5c5, dcunet5, vdsr12.")
+@model_option("--student", help="Student architecture(s), comma-separated, e.g. d3c5 or d4c5,d3c5,d2c5.")
+@kd_option("--method", help="KD method(s), comma-separated, or 'all' (the task's table: at, fitnets, sp, fsp, cc; "
                                "sr: at, fitnets, cc, pkt, ft, nst).")
-@click.option("--data", "source", help="Data source: mni (embedded), project, fastmri, nifti, authors.")
-@click.option("--train", "train_path", help="Training file or folder (file sources).")
-@click.option("--validation", "validation_path", help="Validation file or folder (file sources).")
-@click.option("--test", "test_path", help="Held-out test file or folder (file sources; optional).")
-@click.option("--acceleration", help="Acceleration factor(s), comma-separated, e.g. 4,5.")
-@click.option("--mask-type", type=click.Choice(MASKS.names()), help="Generated mask type.")
-@click.option("--mask", "mask_file", help="Mask .npy file ('{acceleration}' is replaced by the factor).")
-@click.option("--image-size", type=int, help="Square image size (centre crop/pad).")
-@click.option("--epochs", type=int, help="Epochs for every stage (overrides the per-stage preset values).")
-@click.option("--batch-size", type=int, help="Batch size.")
-@click.option("--lr", type=float, help="Adam learning rate.")
-@click.option("--device", help="auto, cpu, cuda or cuda:N.")
-@click.option("--amp/--no-amp", default=None, help="bfloat16 autocast for the convolutions on CUDA (DF stays fp32).")
-@click.option("--seed", type=int, help="Seed for initialisation, shuffling and the mask.")
-@click.option("--block-form", type=click.Choice(values(BlockForm)), help="DC-CNN block form.")
-@click.option("--channels", "image_channels", type=click.IntRange(1, 2),
+@data_option("--data", "source", help="Data source: mni (embedded), project, fastmri, nifti, authors.")
+@data_option("--train", "train_path", help="Training file or folder (file sources).")
+@data_option("--validation", "validation_path", help="Validation file or folder (file sources).")
+@data_option("--test", "test_path", help="Held-out test file or folder (file sources; optional).")
+@data_option("--acceleration", help="Acceleration factor(s), comma-separated, e.g. 4,5.")
+@data_option("--mask-type", type=click.Choice(MASKS.names()), help="Generated mask type.")
+@data_option("--mask", "mask_file", help="Mask .npy file ('{acceleration}' is replaced by the factor).")
+@data_option("--image-size", type=int, help="Square image size (centre crop/pad).")
+@training_option("--epochs", type=int, help="Epochs for every stage (overrides the per-stage preset values).")
+@training_option("--batch-size", type=int, help="Batch size.")
+@training_option("--lr", type=float, help="Adam learning rate.")
+@training_option("--device", help="auto, cpu, cuda or cuda:N.")
+@training_option("--amp/--no-amp", default=None, help="bfloat16 autocast for the convolutions on CUDA (DF stays fp32).")
+@training_option("--seed", type=int, help="Seed for initialisation, shuffling and the mask.")
+@model_option("--block-form", type=click.Choice(values(BlockForm)), help="DC-CNN block form.")
+@model_option("--channels", "image_channels", type=click.IntRange(1, 2),
               help="Image channels: 1, the paper's real image; 2, the complex image (real, imag) for data with phase.")
-@click.option("--phase", type=click.Choice(values(ImagePhase)),
+@data_option("--phase", type=click.Choice(values(ImagePhase)),
               help="Embedded data only: 'synthetic' multiplies the MNI magnitude by a smooth seeded phase "
                    "(a simulation of phase-carrying data).")
-@click.option("--kd-weight", type=float,
+@kd_option("--kd-weight", type=float,
               help="Distillation weight for every method (default: the preset's kd.method_weights, else each "
                    "method's documented weight).")
-@click.option("--kd-schedule", type=click.Choice(values(KDSchedule)), help="Paper (joint) or authors' schedule.")
-@click.option("--kd-mode", type=click.Choice(values(KDMode)), help="Each method as its paper or the authors.")
-@click.option("--sft-weights", help="SFT loss weights w_T,w_S,w_I (paper: 1,1,1).")
-@click.option("--random-init/--no-random-init", default=None, help="Also run SFT-KD from a random student (Table 5).")
-@click.option("--feature-sft/--no-feature-sft", default=None,
+@kd_option("--kd-schedule", type=click.Choice(values(KDSchedule)), help="Paper (joint) or authors' schedule.")
+@kd_option("--kd-mode", type=click.Choice(values(KDMode)), help="Each method as its paper or the authors.")
+@kd_option("--sft-weights", help="SFT loss weights w_T,w_S,w_I (paper: 1,1,1).")
+@kd_option("--random-init/--no-random-init", default=None, help="Also run SFT-KD from a random student (Table 5).")
+@kd_option("--feature-sft/--no-feature-sft", default=None,
               help="Also run the feature-domain SFT ablation (Tables 2/4: rcnn25/rcnn15, MSE losses).")
-@click.option("--init-teacher", help="Warm-start the teacher and SFT teacher from these weights (.safetensors or a "
+@model_option("--init-teacher", help="Warm-start the teacher and SFT teacher from these weights (.safetensors or a "
                                      "stage directory of another run); the SFT teacher from scratch is the reference.")
-@click.option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE",
+@run_option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override any config value, e.g. --set train.lr_step=20 --set sft.imitation_per_pixel=true "
                    "(VALUE in TOML syntax; repeatable).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/default"),
+@run_option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/default"),
               help="Run directory (stages are cached there).")
-@click.option("--progress/--no-progress", default=True, help="Progress bars.")
-@click.option("--tensorboard/--no-tensorboard", default=None,
-              help="TensorBoard events of every training stage in RUN/stages/<stage>/tensorboard "
-                   "(tensorboard --logdir RUN); default on (train.tensorboard).")
-@click.option("--deploy/--no-deploy", default=True,
+@run_option("--progress/--no-progress", default=True, help="Progress bars.")
+@training_option("--tensorboard/--no-tensorboard", default=None,
+                 help="TensorBoard events of every training stage in RUN/stages/<stage>/tensorboard "
+                      "(tensorboard --logdir RUN); default on (train.tensorboard).")
+@deploy_option("--deploy/--no-deploy", default=True,
               help="After training, export every trained model to validated ONNX and benchmark latency.")
-@click.option("--precision", default="fp32",
+@deploy_option("--precision", default="fp32",
               help="Precisions of the deployed ONNX files, comma-separated: fp32, int8, fp16 (each its own validated "
                    "file, see compress export --precision); checked before anything trains.")
 @click.pass_context

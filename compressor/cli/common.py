@@ -1,10 +1,24 @@
-"""Shared CLI plumbing: user errors exit with code 2 and one line, never a traceback."""
+"""Shared CLI plumbing: user errors exit with code 2 and one line, never a traceback; options grouped in ``--help``.
+
+Option groups (click has none): declare a command's sections in order with ``option_groups=`` and give each option
+its section with an :func:`option_group` decorator::
+
+    data = option_group("Data")
+
+    @click.command("demo", cls=OneLineCommand, option_groups=("Data", "Output"))
+    @data("--validation", help="...")
+    @option_group("Output")("--out", help="...")
+    def demo(validation, out): ...
+
+``--help`` then writes one section per group in the declared order, and the options without a group (``--help``
+itself) last, under :data:`OTHER_OPTIONS`. A command without groups prints click's usual ``Options:`` section.
+"""
 
 from __future__ import annotations
 
 import functools
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,12 +47,68 @@ class OneLineUsage:
             raise UserError(error.format_message()) from None
 
 
-class OneLineCommand(OneLineUsage, click.Command):
-    """A command with one-line usage errors (``@click.command(cls=OneLineCommand)``)."""
+OTHER_OPTIONS = "Other options"
+"""The ``--help`` section of the options without a group, after the declared groups."""
 
 
-class OneLineErrors(OneLineUsage, click.Group):
-    """A group with one-line usage errors, whose ``@group.command`` subcommands have them too."""
+class GroupedOption(click.Option):
+    """A :class:`click.Option` shown in the ``--help`` section ``group`` of a :class:`GroupedHelp` command (made by
+    :func:`option_group`)."""
+
+    def __init__(self, *args: Any, group: str, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.group = group
+
+
+def option_group(group: str) -> Callable[..., Callable[[F], F]]:
+    """``click.option`` for the options of the ``--help`` section ``group``: ``option_group("Data")("--train", ...)``
+    takes exactly ``click.option``'s arguments and makes a :class:`GroupedOption`."""
+
+    def option(*param_decls: str, **attrs: Any) -> Callable[[F], F]:
+        return click.option(*param_decls, cls=GroupedOption, group=group, **attrs)
+
+    return option
+
+
+class GroupedHelp(click.Command):
+    """A command whose ``--help`` writes its options in sections: one per name of ``option_groups`` (in that
+    order, each with its :class:`GroupedOption` options in declaration order), then :data:`OTHER_OPTIONS`.
+
+    Every :class:`GroupedOption` must name a declared group (a typo fails when the command is built, not in the
+    help); without ``option_groups`` the help is click's single ``Options:`` section.
+    """
+
+    def __init__(self, *args: Any, option_groups: Sequence[str] = (), **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.option_groups = tuple(option_groups)
+        undeclared = sorted({param.group for param in self.params if isinstance(param, GroupedOption)}
+                            - set(self.option_groups))
+        if undeclared:
+            raise ValueError(f"command {self.name!r}: option group(s) {', '.join(undeclared)} not in option_groups")
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        if not self.option_groups:
+            super().format_options(ctx, formatter)
+            return
+        sections: dict[str, list[tuple[str, str]]] = {name: [] for name in (*self.option_groups, OTHER_OPTIONS)}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None and isinstance(param, click.Option):
+                sections[param.group if isinstance(param, GroupedOption) else OTHER_OPTIONS].append(record)
+        for name, records in sections.items():
+            if records:
+                with formatter.section(name):
+                    formatter.write_dl(records)
+
+
+class OneLineCommand(OneLineUsage, GroupedHelp):
+    """A command with one-line usage errors and optional option groups (``@click.command(cls=OneLineCommand)``,
+    ``option_groups=`` as :class:`GroupedHelp`)."""
+
+
+class OneLineErrors(OneLineUsage, click.Group, GroupedHelp):
+    """A group with one-line usage errors and optional option groups (:class:`GroupedHelp`; its subcommands
+    follow the options), whose ``@group.command`` subcommands have them too."""
 
     command_class = OneLineCommand
 

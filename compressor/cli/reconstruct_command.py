@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
 from compressor.cli.choices import PROVIDER_HELP, PROVIDERS, RECONSTRUCT_SOURCES, SHOW_DEFAULTS, given_options
 from compressor.cli.common import OneLineCommand, UserError, handles_input_errors, require_writable
+from compressor.cli.scanner_choices import IMAGE_FORMAT_HELP, IMAGE_FORMATS
 
-if TYPE_CHECKING:
-
-    pass
 
 @click.command("reconstruct", cls=OneLineCommand, context_settings=SHOW_DEFAULTS)
 @click.argument("model_path", metavar="MODEL.onnx", type=click.Path(path_type=Path, dir_okay=False))
@@ -28,8 +25,10 @@ if TYPE_CHECKING:
                    "2-D; mrd: an MRD v2 binary stream, INPUT '-' for "
                    "standard input, images out as an MRD v2 stream).")
 @click.option("--ismrmrd-out", type=click.Path(path_type=Path, dir_okay=False),
-              help="With --source ismrmrd: also write ISMRMRD magnitude images (float32, images_0) whose headers "
-                   "carry the acquisitions' slice, position, orientation, field of view and measurement_uid.")
+              help="With --source ismrmrd: also write ISMRMRD images (images_0, --image-format), the ones compress "
+                   "serve sends: headers carry the acquisitions' slice, position, orientation, field of view and "
+                   "measurement_uid, and a MetaContainer the window, rescale slope and model.")
+@click.option("--image-format", type=IMAGE_FORMATS, default="magnitude16", help=IMAGE_FORMAT_HELP)
 @click.option("--mask", "mask_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Mask .npy (H, W) or line pattern (W,) (default: the model's training mask).")
 @click.option("--mask-centred/--mask-uncentred", default=False, help="Whether --mask has DC at (H//2, W//2).")
@@ -44,7 +43,7 @@ if TYPE_CHECKING:
 @click.option("--progress/--no-progress", default=True, help="Progress bar.")
 @handles_input_errors
 def reconstruct_command(model_path: Path, input_path: Path, out: Path, source: str | None, ismrmrd_out: Path | None,
-                        mask_path: Path | None, mask_centred: bool, centred: bool, batch_size: int,
+                        image_format: str, mask_path: Path | None, mask_centred: bool, centred: bool, batch_size: int,
                         previews: Path | None, take_real_part: bool, provider: str, threads: int | None,
                         progress: bool) -> None:
     """Reconstruct every slice of INPUT with an exported model (scanner side: ONNX Runtime only).
@@ -62,12 +61,16 @@ def reconstruct_command(model_path: Path, input_path: Path, out: Path, source: s
                                                         "--previews": previews}.items() if value is not None]
         # options with defaults: refused only when given explicitly
         not_for_streams += given_options(("centred", "mask_centred", "batch_size", "progress"))
-        _reconstruct_mrd_stream(model_path, input_path, out, take_real_part, provider, threads, not_for_streams)
+        _reconstruct_mrd_stream(model_path, input_path, out, take_real_part, provider, threads, not_for_streams,
+                                image_format)
         return
     if out is None:
         raise UserError("--out is required (only --source mrd writes its images to standard output without it)")
     if str(input_path) == "-":
         raise UserError("INPUT '-' (standard input) is for MRD v2 streams only: add --source mrd")
+    if ismrmrd_out is None and given_options(("image_format",)):
+        raise UserError("--image-format is for the images of --ismrmrd-out and --source mrd; the HDF5 output keeps "
+                        "the reconstruction as it is")
     from compressor.export.scanner.reconstruct import reconstruct_file
 
     for path in (out, previews, ismrmrd_out):
@@ -76,7 +79,7 @@ def reconstruct_command(model_path: Path, input_path: Path, out: Path, source: s
     result = reconstruct_file(model_path, input_path, out, source=source, mask_path=mask_path,
                               mask_centred=mask_centred, kspace_centred=centred, batch_size=batch_size,
                               previews=previews, take_real_part=take_real_part, provider=provider, threads=threads,
-                              progress=progress, ismrmrd_out=ismrmrd_out)
+                              progress=progress, ismrmrd_out=ismrmrd_out, image_format_name=image_format)
     click.echo(f"{result.path}: {result.slices} slices reconstructed with {result.provider} in "
                f"{result.seconds:.1f} s" + (f"; {len(result.previews)} previews in {previews}" if previews else "")
                + (f"; ISMRMRD images in {result.ismrmrd_images}" if result.ismrmrd_images else ""))
@@ -85,7 +88,7 @@ def reconstruct_command(model_path: Path, input_path: Path, out: Path, source: s
 
 
 def _reconstruct_mrd_stream(model_path: Path, input_path: Path, out: Path | None, take_real_part: bool, provider: str,
-                            threads: int | None, not_for_streams: Sequence[str]) -> None:
+                            threads: int | None, not_for_streams: Sequence[str], image_format: str) -> None:
     """``reconstruct --source mrd``: an MRD v2 stream (a file, or standard input for ``-``) to an MRD v2 stream of
     images (``--out``, or standard output); the summary goes to standard error, which a filter's output is not.
     ``not_for_streams``: the options given that a stream does not use (refused)."""
@@ -99,7 +102,8 @@ def _reconstruct_mrd_stream(model_path: Path, input_path: Path, out: Path | None
     from compressor.export.scanner.mrd_stream import reconstruct_mrd
 
     result = reconstruct_mrd(model_path, input_path, out, stdin=sys.stdin.buffer, stdout=sys.stdout.buffer,
-                             take_real_part=take_real_part, provider=provider, threads=threads)
+                             take_real_part=take_real_part, provider=provider, threads=threads,
+                             image_format_name=image_format)
     click.echo(f"{out or 'standard output'}: {result.images} MRD v2 images in {result.seconds:.1f} s"
                + (f"; not image data: {result.set_aside}" if result.set_aside else ""), err=True)
 

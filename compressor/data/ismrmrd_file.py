@@ -4,6 +4,7 @@ through the streaming path (:class:`~compressor.data.mrd_raw.SliceAssembler`) in
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,9 +63,12 @@ def _xml_text(dataset: h5py.Dataset | h5py.Group, group: str, path: Path) -> str
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def read_ismrmrd_file(path: Path, group: str = "dataset") -> RawScan:
+def read_ismrmrd_file(path: Path, group: str = "dataset",
+                      accept: Callable[[EncodingGeometry], None] | None = None) -> RawScan:
     """Read an ISMRMRD HDF5 file (``/<group>/xml`` header, ``/<group>/data`` acquisitions) and assemble its slices
-    with :class:`SliceAssembler`; every problem is an :class:`InputError` naming ``path``."""
+    with :class:`SliceAssembler`; every problem is an :class:`InputError` naming ``path``. ``accept`` is called with
+    the header's geometry before any acquisition is read (it raises to refuse the scan, e.g. another image grid than
+    a model's, before its slices are allocated)."""
     path = Path(path)
     if not path.is_file():
         raise InputError("input file not found", path)
@@ -78,6 +82,8 @@ def read_ismrmrd_file(path: Path, group: str = "dataset") -> RawScan:
                 raise InputError(f"not an ISMRMRD file (no /{group}/{name})", path)
         xml = _xml_text(file[f"{group}/xml"], group, path)
         geometry = EncodingGeometry.from_xml(xml, path)
+        if accept is not None:
+            accept(geometry)
         rows = file[f"{group}/data"]
         fields = set(rows.dtype.names or ()) if isinstance(rows, h5py.Dataset) else set()
         if not {"head", "data"} <= fields:

@@ -1,6 +1,11 @@
 """The encoding of an ISMRMRD (MRD) XML header that the raw-data path reconstructs: one Cartesian 2-D encoding space
 (:class:`EncodingGeometry`); every other header is refused with an :class:`~compressor.errors.InputError` naming its
-source."""
+source.
+
+Headers are parsed by :func:`parse_header`: UTF-8 text without a document type declaration. An ISMRMRD header never
+needs one, and refusing ``<!DOCTYPE`` / ``<!ENTITY`` before the XML parser sees them keeps external entities (XXE)
+and entity expansion ("billion laughs") out of the parser altogether.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,28 @@ from pathlib import Path
 import ismrmrd
 
 from compressor.errors import InputError, first_line
+
+DTD_MARKERS = ("<!doctype", "<!entity")
+
+
+def parse_header(xml_text: str | bytes, source: str | Path | None) -> ismrmrd.xsd.ismrmrdHeader:
+    """The parsed ISMRMRD header of ``xml_text`` (UTF-8; a trailing NUL, as FIRE sends it, is dropped); text that is
+    not UTF-8, declares a DTD or entities, or does not parse is an :class:`InputError` naming ``source``."""
+    if isinstance(xml_text, bytes):
+        try:
+            xml_text = xml_text.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise InputError(f"the ISMRMRD XML header is not UTF-8 text ({error.reason} at byte {error.start})",
+                             source) from None
+    xml_text = xml_text.rstrip("\0")
+    lowered = xml_text.lower()
+    if any(marker in lowered for marker in DTD_MARKERS):
+        raise InputError("the ISMRMRD XML header declares a DTD or entities (<!DOCTYPE / <!ENTITY), which ISMRMRD "
+                         "headers never need: refused unparsed", source)
+    try:
+        return ismrmrd.xsd.CreateFromDocument(xml_text)
+    except Exception as error:  # xsdata and the XML parsers raise many unrelated types for malformed documents
+        raise InputError(f"the ISMRMRD XML header cannot be parsed ({first_line(error)})", source) from None
 
 
 @dataclass(frozen=True)
@@ -55,13 +82,9 @@ class EncodingGeometry:
 
     @classmethod
     def from_xml(cls, xml_text: str | bytes, source: str | Path) -> EncodingGeometry:
-        """Parse an ISMRMRD XML header; refuse (:class:`InputError` naming ``source``) what is not one 2-D Cartesian
-        encoding space that this tool can reconstruct."""
-        try:
-            header = ismrmrd.xsd.CreateFromDocument(xml_text)
-        except Exception as error:  # xsdata and the XML parsers raise many unrelated types for malformed documents
-            raise InputError(f"the ISMRMRD XML header cannot be parsed ({first_line(error)})", source) from None
-        return cls.from_header(header, source)
+        """Parse an ISMRMRD XML header (:func:`parse_header`); refuse (:class:`InputError` naming ``source``) what is
+        not one 2-D Cartesian encoding space that this tool can reconstruct."""
+        return cls.from_header(parse_header(xml_text, source), source)
 
     @classmethod
     def from_header(cls, header: ismrmrd.xsd.ismrmrdHeader, source: str | Path) -> EncodingGeometry:

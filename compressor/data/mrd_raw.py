@@ -55,7 +55,11 @@ flags and geometry. This module turns them into :class:`AssembledSlice` records 
 
 :class:`SliceAssembler` is the one incremental path: :meth:`~SliceAssembler.add` one
 :class:`~compressor.data.mrd_readout.Readout` at a time (a slice is complete at the readout flagged
-``ACQ_LAST_IN_SLICE`` of the last average), :meth:`~SliceAssembler.finish` at the end of data. The header is read by
+``ACQ_LAST_IN_SLICE`` of the last average), :meth:`~SliceAssembler.finish` at the end of data. Before anything is
+allocated it checks the sizes the sender announced against :class:`~compressor.data.mrd_limits.AssemblyLimits`
+(coils, samples, the header's encoded readout, open slices) and reserves the bytes it will hold (slice buffers, the
+noise covariance) from a :class:`~compressor.data.mrd_limits.ByteBudget`; a readout holding NaN or Inf is refused
+before any transform touches it. The header is read by
 :mod:`compressor.data.mrd_header`, acquisitions are adapted by :mod:`compressor.data.mrd_readout` (ISMRMRD) and
 :mod:`compressor.data.mrd_v2` (MRD v2), and :mod:`compressor.data.ismrmrd_file` reads an ISMRMRD HDF5 file through
 this same path.
@@ -71,6 +75,7 @@ import ismrmrd
 import numpy as np
 
 from compressor.data.mrd_header import EncodingGeometry
+from compressor.data.mrd_limits import AssemblyLimits, ByteBudget
 from compressor.data.mrd_readout import AcquisitionInfo, Readout, SliceKey
 from compressor.errors import InputError
 
@@ -124,6 +129,7 @@ class _SliceBuffer:
     sampled: np.ndarray
     info: AcquisitionInfo
     centre_distance: int
+    reserved: int
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,8 @@ class SliceAssembler:
     Args:
         geometry: the header's encoding.
         source: the file or stream named in error messages.
+        limits: the caps on coils, samples, the encoded readout and open slices (default :class:`AssemblyLimits`'s).
+        budget: where the bytes held are reserved (``None``: an unbounded budget of its own).
 
     Attributes:
         skipped: readouts set aside, by reason (:data:`SET_ASIDE_FLAGS`, ``"parallel calibration only"``).
@@ -161,9 +169,12 @@ class SliceAssembler:
         image_readouts: image readouts placed.
     """
 
-    def __init__(self, geometry: EncodingGeometry, source: str | Path):
+    def __init__(self, geometry: EncodingGeometry, source: str | Path, limits: AssemblyLimits | None = None,
+                 budget: ByteBudget | None = None):
         self.geometry = geometry
         self.source = source
+        self.limits = limits if limits is not None else AssemblyLimits()
+        self.budget = budget if budget is not None else ByteBudget(None, "the assembly")
         self.skipped: Counter[str] = Counter()
         self.noise_readouts = 0
         self.image_readouts = 0
@@ -172,6 +183,14 @@ class SliceAssembler:
         self._whitening_fixed = False
         self._buffers: dict[SliceKey, _SliceBuffer] = {}
         self._completed: set[SliceKey] = set()
+        if geometry.encoded_matrix[0] > self.limits.max_samples:
+            raise InputError(f"the header's encoded readout has {geometry.encoded_matrix[0]} samples, more than the "
+                             f"{self.limits.max_samples} allowed (--max-samples)", source)
+
+    @property
+    def open_slices(self) -> int:
+        """Slices begun and not complete."""
+        return len(self._buffers)
 
     @property
     def prewhitening(self) -> np.ndarray | None:
@@ -181,6 +200,7 @@ class SliceAssembler:
     def add(self, readout: Readout) -> list[AssembledSlice]:
         """Take one readout; return the slices it completes (at most one: its key's, on ``ACQ_LAST_IN_SLICE`` of the
         last average)."""
+        self._check(readout)
         if readout.has_flag(ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
             self.noise_readouts += 1
             if not self._whitening_fixed:
@@ -206,6 +226,15 @@ class SliceAssembler:
         """Complete every slice still open (end of file, or the stream closed), in order of their first readout."""
         return [self._complete(key) for key in list(self._buffers)]
 
+    def _check(self, readout: Readout) -> None:
+        """Refuse a readout over :attr:`limits` or holding NaN or Inf, before it is transformed or stored."""
+        noise = readout.has_flag(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)
+        what = "a noise readout" if noise else (f"a readout of slice {tuple(readout.key)} (kspace_encode_step_1 "
+                                                f"{readout.kspace_encode_step_1})")
+        self.limits.check_readout(*readout.data.shape, what, self.source)
+        if not np.isfinite(readout.data).all():
+            raise InputError(f"{what} contains NaN or Inf", self.source)
+
     @staticmethod
     def _set_aside_reason(readout: Readout) -> str | None:
         for flag, reason in SET_ASIDE_FLAGS:
@@ -221,6 +250,9 @@ class SliceAssembler:
         if self._noise is not None and self._noise.outer_sum.shape[0] != data.shape[0]:
             raise InputError(f"noise acquisitions have {self._noise.outer_sum.shape[0]} and {data.shape[0]} coils",
                              self.source)
+        if self._noise is None:
+            self.budget.reserve(data.shape[0] ** 2 * 16, f"the noise covariance of {data.shape[0]} coils",
+                                self.source)
         outer = data @ data.conj().T
         if self._noise is None:
             self._noise = NoiseStatistics(outer, data.shape[1], readout.sample_time_us)
@@ -275,9 +307,7 @@ class SliceAssembler:
         readout_length = self.geometry.recon_matrix[0]
         buffer = self._buffers.get(readout.key)
         if buffer is None:
-            buffer = _SliceBuffer(np.zeros((coils, readout_length, width), np.complex128), np.zeros(width, np.int64),
-                                  np.ones(encoded_x, bool), readout.info, width)
-            self._buffers[readout.key] = buffer
+            buffer = self._open(readout, coils)
         if buffer.sums.shape[0] != coils:
             raise InputError(f"slice {tuple(readout.key)} has acquisitions with {buffer.sums.shape[0]} and {coils} "
                              "coils", self.source)
@@ -292,14 +322,30 @@ class SliceAssembler:
         if distance < buffer.centre_distance:
             buffer.info, buffer.centre_distance = readout.info, distance
 
+    def _open(self, readout: Readout, coils: int) -> _SliceBuffer:
+        """A new slice's buffer, once the open-slice cap and the budget allow it."""
+        if len(self._buffers) >= self.limits.max_open_slices:
+            raise InputError(f"slice {tuple(readout.key)} would be the {len(self._buffers) + 1}th slice open at once, "
+                             f"more than the {self.limits.max_open_slices} allowed (--max-open-slices)", self.source)
+        encoded_x, width = self.geometry.encoded_matrix[:2]
+        readout_length = self.geometry.recon_matrix[0]
+        nbytes = coils * readout_length * width * 16 + width * 8 + encoded_x
+        self.budget.reserve(nbytes, f"slice {tuple(readout.key)} ({coils} coils x {readout_length} x {width})",
+                            self.source)
+        buffer = _SliceBuffer(np.zeros((coils, readout_length, width), np.complex128), np.zeros(width, np.int64),
+                              np.ones(encoded_x, bool), readout.info, width, nbytes)
+        self._buffers[readout.key] = buffer
+        return buffer
+
     def _complete(self, key: SliceKey) -> AssembledSlice:
         buffer = self._buffers.pop(key)
         self._completed.add(key)
+        self.budget.release(buffer.reserved)
         acquired = buffer.counts > 0
-        kspace = phase_encode_spectrum(buffer.sums / np.maximum(buffer.counts, 1))
+        sums = buffer.sums if buffer.counts.max(initial=0) <= 1 else buffer.sums / np.maximum(buffer.counts, 1)
         return AssembledSlice(
             key=key,
-            kspace=kspace.astype(np.complex64),
+            kspace=phase_encode_spectrum(sums, np.complex64),
             acquired_lines=np.fft.ifftshift(acquired),
             readout_sampled=np.fft.ifftshift(_sampled_after_removal(buffer.sampled, self.geometry.recon_matrix[0])),
             averages=int(buffer.counts.max()),
@@ -327,11 +373,18 @@ def readout_spectrum(centred: np.ndarray, readout_length: int) -> np.ndarray:
     return np.fft.fft(profile[..., start:start + readout_length], norm="ortho")
 
 
-def phase_encode_spectrum(columns: np.ndarray) -> np.ndarray:
+def phase_encode_spectrum(columns: np.ndarray, dtype: type | None = None) -> np.ndarray:
     """k-space ``(..., W)`` on the scanner's centred phase-encode grid (DC at ``W // 2``) as the tool's: uncentred,
     the FFT of the image as the scanner shows it, ``fft(fftshift(ifft(ifftshift(c)))) = ifftshift(c) *
-    phase_ramp(W)``, applied as that pointwise product so that lines not acquired stay exactly zero."""
-    return np.fft.ifftshift(columns, axes=-1) * phase_ramp(columns.shape[-1])
+    phase_ramp(W)``, applied as that pointwise product so that lines not acquired stay exactly zero. Computed in the
+    inputs' precision and stored as ``dtype`` (default: that precision) in one pass, the shift done by the two
+    products' destinations: completing a slice is on a streaming server's critical path."""
+    width = columns.shape[-1]
+    half, ramp = width // 2, phase_ramp(width)
+    shifted = np.empty(columns.shape, dtype if dtype is not None else np.result_type(columns, ramp))
+    np.multiply(columns[..., half:], ramp[:width - half], out=shifted[..., :width - half])
+    np.multiply(columns[..., :half], ramp[width - half:], out=shifted[..., width - half:])
+    return shifted
 
 
 def _sampled_after_removal(sampled: np.ndarray, length: int) -> np.ndarray:

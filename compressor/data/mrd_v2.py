@@ -7,8 +7,8 @@ on the v1 path, so that assembly and every check stay in one place:
 * :func:`readout_from_mrd`: an ``mrd.Acquisition`` -> the library-neutral :class:`~compressor.data.mrd_readout.Readout`
   (MRD v2's ``AcquisitionFlags`` are ISMRMRD v1's flag bits: bit ``n - 1`` is ``ismrmrd.ACQ_*`` ``n``, so the flags
   pass unchanged; an absent optional counter or field is 0, as in a v1 header);
-* :func:`ismrmrd_header` / :func:`encoding_geometry`: the encodings of an ``mrd.Header`` -> the ISMRMRD v1 header
-  objects (``ismrmrd.xsd``) the geometry is read from, then
+* :func:`ismrmrd_header` / :func:`encoding_geometry`: the encodings (and integer user parameters) of an
+  ``mrd.Header`` -> the ISMRMRD v1 header objects (``ismrmrd.xsd``) the geometry is read from, then
   :meth:`~compressor.data.mrd_header.EncodingGeometry.from_header` with its checks (one encoding, Cartesian, 2-D).
 """
 
@@ -84,13 +84,22 @@ def _encoding(encoding: mrd.EncodingType) -> xsd.encodingType:
                             encodingLimits=limits, trajectory=trajectory, parallelImaging=parallel)
 
 
+def _user_parameters(header: mrd.Header) -> xsd.userParametersType | None:
+    """The integer user parameters (``userParameterLong``, e.g. ``BitsStored``); ``None`` without any."""
+    longs = header.user_parameters.user_parameter_long if header.user_parameters is not None else None
+    if not longs:
+        return None
+    return xsd.userParametersType(userParameterLong=[xsd.userParameterLongType(name=item.name, value=item.value)
+                                                     for item in longs])
+
+
 def ismrmrd_header(header: mrd.Header) -> xsd.ismrmrdHeader:
-    """The ISMRMRD v1 header of an MRD v2 header's encodings (the part the raw-data path reads; the rest of the
-    header is not needed to reconstruct and is left out)."""
+    """The ISMRMRD v1 header of an MRD v2 header's encodings and integer user parameters (the parts the raw-data path
+    and the image conventions read; the rest of the header is not needed and is left out)."""
     return xsd.ismrmrdHeader(
         experimentalConditions=xsd.experimentalConditionsType(
             H1resonanceFrequency_Hz=header.experimental_conditions.h1resonance_frequency_hz),
-        encoding=[_encoding(encoding) for encoding in header.encoding])
+        encoding=[_encoding(encoding) for encoding in header.encoding], userParameters=_user_parameters(header))
 
 
 def encoding_geometry(header: mrd.Header, source: str | Path) -> EncodingGeometry:

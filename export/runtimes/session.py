@@ -36,9 +36,11 @@ class ExportedModel:
 
     def run_outputs(self, kspace: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
         """Every output of the graph by name (:attr:`ExportMetadata.outputs`) for complex uncentred k-space
-        ``(B, H, W)`` and ``mask`` ``(H, W)``."""
+        ``(B, H, W)`` and ``mask`` ``(H, W)`` (not fed to a graph without a ``mask`` input: a Triton repository's
+        model has its training mask folded in)."""
         names = list(self.metadata.outputs.names)
-        return dict(zip(names, self.session.run(names, graph_feed(kspace, mask)), strict=True))
+        feed = {name: value for name, value in graph_feed(kspace, mask).items() if name in self.metadata.inputs}
+        return dict(zip(names, self.session.run(names, feed), strict=True))
 
     def run(self, kspace: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Reconstruct complex uncentred k-space ``(B, H, W)`` with ``mask`` ``(H, W)``.

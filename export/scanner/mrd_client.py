@@ -3,10 +3,12 @@ reply (:func:`stream_scan`), for tests and ``benchmarks/mrd_server.py``."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import ismrmrd
 from ismrmrd.serialization import ConfigFile, ProtocolDeserializer, ProtocolSerializer
@@ -31,12 +33,15 @@ class ScanReply:
 
 
 def stream_scan(address: tuple[str, int], xml: str, acquisitions: Iterable[ismrmrd.Acquisition], *,
-                config: str | None = "compress", timeout: float = 30.0, wait_after: int | None = None) -> ScanReply:
+                config: str | None = "compress", parameters: dict[str, Any] | None = None, timeout: float = 30.0,
+                wait_after: int | None = None) -> ScanReply:
     """Send one scan to an MRD server as a scanner does (``ismrmrd.ProtocolSerializer``: config file, XML header,
-    acquisitions, close) while a second thread receives its reply (``ismrmrd.ProtocolDeserializer``).
+    JSON parameters, acquisitions, close) while a second thread receives its reply (``ismrmrd.ProtocolDeserializer``).
 
     Args:
         config: the config file name sent first (``None``: none).
+        parameters: the scanner UI's parameters, sent as the JSON text ``{"parameters": parameters}`` after the
+            header (``None``: no text).
         timeout: seconds any socket operation, and the wait for the reply, may take.
         wait_after: after that many acquisitions, wait (up to ``timeout``) for a first image before sending the rest:
             a server that reconstructs slice by slice sends it, one that waits for the whole scan does not.
@@ -69,6 +74,8 @@ def stream_scan(address: tuple[str, int], xml: str, acquisitions: Iterable[ismrm
             if config is not None:
                 serializer.serialize(ConfigFile(config))
             serializer.serialize(ismrmrd.xsd.CreateFromDocument(xml))
+            if parameters is not None:
+                serializer.serialize(json.dumps({"parameters": parameters}))
             for number, acquisition in enumerate(acquisitions, 1):
                 if reply.closed or reply.texts:
                     break

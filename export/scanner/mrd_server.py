@@ -1,50 +1,34 @@
 r"""``compress serve``: a TCP server speaking the MRD (ISMRMRD) streaming protocol, as python-ismrmrd-server does for
-Siemens FIRE / OpenRecon, reconstructing each slice with an exported model as soon as its lines have arrived.
+Siemens FIRE / OpenRecon, reconstructing each slice with one of its exported models as soon as its lines have
+arrived.
 
-Message flow of one connection (ISMRMRD streaming messages, read with ``ismrmrd.ProtocolDeserializer`` and written
-with ``ismrmrd.ProtocolSerializer``; ids: config file 1, config text 2, XML header 3, close 4, text 5, acquisition
-1008, image 1022, waveform 1026)::
+The message flow of one connection, model selection and images are :mod:`compressor.export.scanner.mrd_connection`'s;
+the models (files, a run's exports, a Triton repository) :mod:`compressor.export.scanner.served_models`'; every cap
+:mod:`compressor.export.scanner.server_limits`'. This module is the server's life: listening, one thread per
+connection, the outcome of each connection, shutdown.
 
-    client -> server   [config file | config text]  XML header  [text]  acquisition ...  close
-    server -> client   image (one per slice, sent as soon as the slice is complete) ...  close
-                       or, on a problem:  text "ERROR <reason>"  close
-
-* config (file name or text) and text messages (e.g. FIRE's JSON parameters) are logged and otherwise ignored: the
-  server runs the one model it was started with;
-* the header is checked before any acquisition is used: one 2-D Cartesian encoding
-  (:meth:`~compressor.data.mrd_header.EncodingGeometry.from_header`) whose image grid is the model's image size
-  (:func:`~compressor.export.scanner.raw_input.check_grid`); a header the model cannot serve ends the connection with
-  the reason;
-* each acquisition becomes a :class:`~compressor.data.mrd_readout.Readout` and goes to the connection's
-  :class:`~compressor.data.mrd_raw.SliceAssembler`; a slice it completes is reconstructed at once (the checks of
-  :func:`~compressor.export.scanner.raw_input.prepare_slice`, acceleration, lines and, for a 1-channel model, the phase,
-  then the model) and its image is sent; waveforms are counted and ignored;
-* close: slices still open are completed (:meth:`~compressor.data.mrd_raw.SliceAssembler.finish`) and sent, then
-  the server sends close and closes the socket.
-
-Errors: a bad message (unknown id, a message that does not parse, a message over
-:data:`~compressor.export.scanner.mrd_protocol.MAX_MESSAGE_BYTES`, :mod:`compressor.export.scanner.mrd_protocol`), a
-header or slice the model cannot serve, or an acquisition the assembler refuses ends that connection with an MRD text
-message ``"ERROR <reason>"`` and close (the convention of python-ismrmrd-server's ``send_logging``: level, space,
-text), and one log line. A client that disconnects mid-scan, or stays silent for ``idle_timeout`` seconds, ends its
-connection with one log line (and, after a timeout, the text message if the socket still takes it). Every other
-connection goes on; the server writes nothing but its log.
+Errors: a bad message (:mod:`compressor.export.scanner.mrd_protocol`), a cap exceeded, a header or slice no served
+model can take, or an acquisition the assembler refuses ends that connection with an MRD text message
+``"ERROR <reason>"`` and close (the convention of python-ismrmrd-server's ``send_logging``: level, space, text), and
+one log line, as Gadgetron ends one connection and not the server. A client that disconnects mid-scan ends its
+connection with one log line; one that stays silent, drips a message or overstays (the three clocks of
+:class:`~compressor.export.scanner.server_limits.ServerLimits`) gets the reason as text if its socket still takes
+it. Every other connection goes on; the server writes nothing but its log (:mod:`.server_log`).
 
 Threads and batching:
 
 * one thread per connection (as python-ismrmrd-server's thread/process per connection): it reads, assembles,
   reconstructs and sends, so a slow client only slows itself; at most ``max_connections`` at once (a further one is
   told the server is busy and closed);
-* one session shared by every connection (ONNX Runtime's ``InferenceSession.run`` is thread-safe; OpenVINO's
-  :class:`~compressor.export.runtimes.openvino_runtime.OpenVINOSession` gives each call its own infer request, with
-  ``cores // threads`` streams; one copy of the weights). ``threads`` intra-op threads per run, and at most
-  ``max(1, cores // threads)`` runs at once (a semaphore in
-  :class:`~compressor.export.scanner.mrd_stream.SliceReconstructor`): with the default ``threads`` = all cores, runs
-  take turns and each slice gets every core (the lowest latency per slice, what a scanner waits on; throughput with
-  several scans is then that of one); ``threads=1`` lets one run per core go in parallel (throughput with many
-  concurrent scans, each slice slower). More concurrent runs than that would share one intra-op pool and
-  oversubscribe the cores. The choice rests on ONNX Runtime's threading model; ``benchmarks/mrd_server.py --threads
-  1`` against the default measures it (results: ``benchmarks/results/mrd_server/``);
+* one session per served model, opened at start-up and shared by every connection (ONNX Runtime's
+  ``InferenceSession.run`` is thread-safe; OpenVINO's
+  :class:`~compressor.export.runtimes.openvino_runtime.OpenVINOSession` gives each call its own infer request).
+  ``threads`` intra-op threads per run, and at most ``max(1, cores // threads)`` runs at once across all models (one
+  semaphore): with the default ``threads`` = all cores, runs take turns and each slice gets every core (the lowest
+  latency per slice, what a scanner waits on; throughput with several scans is then that of one); ``threads=1`` lets
+  one run per core go in parallel (throughput with many concurrent scans, each slice slower). More concurrent runs
+  would share one intra-op pool and oversubscribe the cores. ``benchmarks/mrd_server.py --threads 1`` against the
+  default measures it (results: ``benchmarks/results/mrd_server/``);
 * no batching across scans: a slice is run alone (batch 1) the moment it is complete. Batching would hold a finished
   slice back until others arrive, adding latency to every slice for a throughput gain (that is what Triton's dynamic
   batcher is for, see ``export/serving/``).
@@ -63,53 +47,57 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-import ismrmrd
-from ismrmrd.serialization import ConfigFile, ConfigText, ProtocolSerializer
-from ismrmrd.xsd import ismrmrdHeader
-
-from compressor.data.mrd_header import EncodingGeometry
-from compressor.data.mrd_raw import AssembledSlice, SliceAssembler, skipped_summary
-from compressor.data.mrd_readout import readout_from_ismrmrd
+from compressor.data.mrd_limits import MIB
 from compressor.errors import InputError
-from compressor.export.runtimes.session import ExportedModel, open_exported
+from compressor.export.scanner.image_formats import DEFAULT_IMAGE_FORMAT, image_format
+from compressor.export.scanner.mrd_connection import Connection, ServingContext
 from compressor.export.scanner.mrd_protocol import (
-    MAX_MESSAGE_BYTES,
     ClientDisconnectedError,
-    next_message,
-    read_messages,
+    DeadlineError,
+    MessageReader,
+    MessageWriter,
+    source_of,
 )
-from compressor.export.scanner.mrd_stream import SliceReconstructor
-from compressor.export.scanner.raw_input import check_grid
-from compressor.export.scanner.server_stats import ServerStats, SliceTiming
+from compressor.export.scanner.served_models import ServedModel, open_served_models
+from compressor.export.scanner.server_limits import ServerLimits
+from compressor.export.scanner.server_log import LOGGER_NAME, LimitedLog, RateLimit
+from compressor.export.scanner.server_stats import ServerStats
+from compressor.export.scanner.slice_reconstruction import SliceReconstructor
+from compressor.export.scanner.stream_recorder import DEFAULT_SAVE_CAP_MIB
 
-DEFAULT_IDLE_TIMEOUT = 300.0
-DEFAULT_MAX_CONNECTIONS = 16
 SHUTDOWN_JOIN_SECONDS = 10.0
 DRAIN_SECONDS = 2.0
+DRAIN_BYTES = 16 * MIB
 ERROR_LEVEL = "ERROR"
-LOGGER_NAME = "compressor.serve"
 
 
-@dataclass
-class _Connection:
-    """One client's socket and scan as the handler sees them."""
+@dataclass(frozen=True)
+class ServeOptions:
+    """How ``compress serve`` serves its models.
 
-    number: int
-    source: str
-    sock: socket.socket
-    rfile: BinaryIO
-    writer: ProtocolSerializer
-    geometry: EncodingGeometry | None = None
-    assembler: SliceAssembler | None = None
-    messages: int = 0
-    acquisitions: int = 0
-    images: int = 0
-    waveforms: int = 0
+    Attributes:
+        provider, threads: the runtime (``--provider``) and intra-op threads per run (``None``: all cores).
+        default_model: the served name chosen among several that fit (``--default-model``).
+        image_format: the served-image convention's name (``--image-format``).
+        take_real_part: 1-channel models: reconstruct the real part of complex-valued images instead of refusing.
+        save_data: the folder recording each stream (``--save-data``), ``None``: none.
+        save_cap: bytes recorded per stream at most (``--save-data-cap``).
+        limits: every cap and clock (:class:`~compressor.export.scanner.server_limits.ServerLimits`).
+    """
+
+    provider: str = "auto"
+    threads: int | None = None
+    default_model: str | None = None
+    image_format: str = DEFAULT_IMAGE_FORMAT
+    take_real_part: bool = False
+    save_data: Path | None = None
+    save_cap: int = DEFAULT_SAVE_CAP_MIB * MIB
+    limits: ServerLimits = field(default_factory=ServerLimits)
 
 
 class _Handler(socketserver.StreamRequestHandler):
@@ -118,11 +106,12 @@ class _Handler(socketserver.StreamRequestHandler):
     server: _TcpServer
 
     def setup(self) -> None:
-        self.timeout = self.server.app.idle_timeout
+        self.timeout = self.server.app.limits.idle_timeout
         super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def handle(self) -> None:
-        self.server.app._serve_connection(self.request, self.rfile, self.wfile, self.client_address)
+        self.server.app._serve_connection(self.request, self.rfile, self.client_address)
 
 
 class _TcpServer(socketserver.ThreadingTCPServer):
@@ -142,37 +131,36 @@ class _TcpServer(socketserver.ThreadingTCPServer):
 
 
 class ReconstructionServer:
-    """The MRD streaming reconstruction server (module docstring: message flow, errors, threads).
+    """The MRD streaming reconstruction server (module docstring: errors, threads).
 
     Args:
-        model: an exported model path (opened with ``provider`` and ``threads``) or an opened model.
+        models: an exported file, or several files, exports folders, Triton repositories (:mod:`.served_models`),
+            or models opened already.
         host, port: where to listen; port 0 picks a free port (:attr:`address` tells which).
-        provider: the runtime for a model path (``--provider``: an ONNX Runtime provider or OpenVINO).
-        threads: intra-op threads per run (``None``: all cores); also sets how many runs go at once.
-        idle_timeout: seconds a connection may stay silent (or not take our bytes) before it is closed.
-        max_connections: connections served at once.
-        take_real_part: 1-channel models: reconstruct the real part of complex-valued images instead of refusing them.
-        log: the logger every line goes to (default ``compressor.serve``).
+        options: everything else (:class:`ServeOptions`).
+        log: the logger every line goes to (default ``compressor.serve``), through the server's rate limit.
 
-    A port in use, or a model that cannot be opened, raises :class:`InputError`.
+    A port in use, a model that cannot be opened, or an option out of range raises :class:`InputError`.
     """
 
-    def __init__(self, model: str | Path | ExportedModel, host: str = "127.0.0.1", port: int = 9002, *,
-                 provider: str = "auto", threads: int | None = None, idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS, take_real_part: bool = False,
-                 log: logging.Logger | None = None):
-        if idle_timeout <= 0:
-            raise InputError(f"the idle timeout must be positive, got {idle_timeout}")
-        if max_connections < 1:
-            raise InputError(f"max connections must be >= 1, got {max_connections}")
-        self.model = model if isinstance(model, ExportedModel) else open_exported(model, provider, threads)
-        self.log = log or logging.getLogger(LOGGER_NAME)
-        self.idle_timeout = float(idle_timeout)
-        self.max_connections = max_connections
-        intra_op = self.model.threads or os.cpu_count() or 1
-        self.reconstructor = SliceReconstructor(self.model, take_real_part,
-                                                parallel_runs=max(1, (os.cpu_count() or 1) // intra_op))
+    def __init__(self, models: str | Path | Sequence[str | Path] | Sequence[ServedModel], host: str = "127.0.0.1",
+                 port: int = 9002, options: ServeOptions | None = None, log: logging.Logger | None = None):
+        options = options if options is not None else ServeOptions()
+        self.options, self.limits = options, options.limits
+        self.rate_limit = RateLimit()
+        self.log = LimitedLog(log or logging.getLogger(LOGGER_NAME), self.rate_limit)
+        models = [models] if isinstance(models, str | Path) else list(models)
+        served = models if models and isinstance(models[0], ServedModel) \
+            else open_served_models(models, options.provider, options.threads, options.default_model)
+        intra_op = options.threads or os.cpu_count() or 1
+        self.parallel_runs = max(1, (os.cpu_count() or 1) // intra_op)
+        runs = threading.BoundedSemaphore(self.parallel_runs)
+        reconstructors = {model.name: SliceReconstructor(model.model, options.take_real_part, runs)
+                          for model in served}
         self.stats = ServerStats()
+        self.context = ServingContext(served, reconstructors, options.default_model, image_format(options.image_format),
+                                      self.limits, self.limits.total_budget(), self.stats, self.log,
+                                      options.save_data, options.save_cap)
         self._numbers = itertools.count(1)
         self._active: dict[int, tuple[socket.socket, threading.Thread]] = {}
         self._active_lock = threading.Lock()
@@ -184,6 +172,10 @@ class ReconstructionServer:
             self._tcp = _TcpServer((host, port), self)
         except OSError as error:
             raise InputError(f"cannot listen on {host}:{port} ({error.strerror or error})") from None
+
+    @property
+    def models(self) -> Sequence[ServedModel]:
+        return self.context.models
 
     @property
     def address(self) -> tuple[str, int]:
@@ -200,12 +192,7 @@ class ReconstructionServer:
     def serve_forever(self, poll_interval: float = 0.2) -> None:
         """Accept connections until :meth:`shutdown` (from another thread) or Ctrl-C (``KeyboardInterrupt``, the normal
         way to stop: not re-raised); then end every connection and close (:meth:`close`)."""
-        metadata = self.model.metadata
-        host, port = self.address
-        self.log.info("serving %s (%s, %d channel(s), %dx%d) on %s:%d with %s, %s intra-op thread(s), %d run(s) at "
-                      "once", self.model.path.name, metadata.architecture, metadata.image_channels,
-                      *metadata.image_size, host, port, self.model.runtime.name, self.model.threads or "all",
-                      self.reconstructor.parallel_runs)
+        self._log_start()
         try:
             self._serving.set()
             self._tcp.serve_forever(poll_interval)
@@ -214,10 +201,24 @@ class ReconstructionServer:
         finally:
             self.close()
 
+    def _log_start(self) -> None:
+        host, port = self.address
+        first = self.models[0].model
+        self.log.info("serving %d model(s) on %s:%d with %s, %s intra-op thread(s), %d run(s) at once, images %s",
+                      len(self.models), host, port, first.runtime.name, first.threads or "all",
+                      self.parallel_runs, self.options.image_format)
+        for served in self.models:
+            metadata = served.metadata
+            memory = f"{served.session_bytes / MIB:.0f} MiB" if served.session_bytes is not None else "unknown"
+            self.log.info("model %s (%s): %s, %s, %d channel(s), %dx%d; session %s resident", served.name,
+                          served.origin, metadata.architecture, metadata.precision.value, metadata.image_channels,
+                          *metadata.image_size, memory)
+
     def start(self) -> ReconstructionServer:
         """Serve in a background thread (tests, the benchmark); stop with :meth:`shutdown`."""
         self._thread = threading.Thread(target=self.serve_forever, name="mrd-server", daemon=True)
         self._thread.start()
+        self._serving.wait(SHUTDOWN_JOIN_SECONDS)
         return self
 
     def shutdown(self) -> None:
@@ -245,9 +246,11 @@ class ReconstructionServer:
         for _, thread in active:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._tcp.server_close()
-        slices, outcomes = self.stats.snapshot()
+        for line in self.rate_limit.summaries():
+            self.log.info("%s", line)
+        outcomes = self.stats.snapshot()[1]
         summary = ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items())) or "none"
-        self.log.info("server stopped: %d slice(s) reconstructed; connections: %s", len(slices), summary)
+        self.log.info("server stopped: %d slice(s) reconstructed; connections: %s", self.stats.slices_sent, summary)
 
     def __enter__(self) -> ReconstructionServer:
         return self.start()
@@ -255,146 +258,85 @@ class ReconstructionServer:
     def __exit__(self, *exc_info: object) -> None:
         self.shutdown()
 
-    def _serve_connection(self, sock: socket.socket, rfile: BinaryIO, wfile: BinaryIO,
-                          client: tuple[str, int]) -> None:
+    def _serve_connection(self, sock: socket.socket, rfile: BinaryIO, client: tuple[str, int]) -> None:
         """One connection from accept to close: every outcome is one log line and one :class:`ServerStats` count."""
-        connection = _Connection(next(self._numbers), f"connection from {client[0]}:{client[1]}", sock, rfile,
-                                 ProtocolSerializer(wfile))
+        number, source = next(self._numbers), source_of(client)
+        writer = MessageWriter(sock, self.limits.idle_timeout)
         with self._active_lock:
-            busy = len(self._active) >= self.max_connections
+            busy = len(self._active) >= self.limits.max_connections
             if not busy:
-                self._active[connection.number] = (sock, threading.current_thread())
+                self._active[number] = (sock, threading.current_thread())
+        if busy:
+            self._refuse(sock, rfile, writer, source, "busy",
+                         f"the server is busy ({self.limits.max_connections} connections); try again later")
+            return
+        budget = self.limits.connection_budget(self.context.budget)
+        connection = Connection(self.context, number, source, MessageReader(sock, rfile, self.limits, budget, source),
+                                writer, budget)
         try:
-            if busy:
-                self._refuse(connection, "busy",
-                             f"the server is busy ({self.max_connections} connections); try again later")
-                return
             if self._stopping.is_set():  # accepted while close() was ending the others
-                self._refuse(connection, "shut down", "the server is shutting down")
+                self._refuse(sock, rfile, writer, source, "shut down", "the server is shutting down")
                 return
-            self.log.info("%s: connected (#%d)", connection.source, connection.number)
-            self._stream_scan(read_messages(rfile, connection.source), connection)
+            self.log.info("%s: connected (#%d)", source, number)
+            self._run(connection, sock, rfile)
+        finally:
+            saved = connection.close()
+            if saved is not None:
+                self.log.info("%s: stream saved as %s", source, saved)
+            with self._active_lock:
+                self._active.pop(number, None)
+
+    def _run(self, connection: Connection, sock: socket.socket, rfile: BinaryIO) -> None:
+        """:meth:`Connection.run` and its outcome."""
+        source, writer = connection.source, connection.writer
+        try:
+            connection.run()
             self.stats.record_outcome("completed")
-            self.log.info("%s: done: %d acquisitions, %d images sent%s", connection.source, connection.acquisitions,
-                          connection.images, self._set_aside(connection))
+            self.log.info("%s: done: %d acquisitions, %d images sent; %s", source, connection.acquisitions,
+                          connection.images, connection.summary())
         except InputError as error:
-            self._refuse(connection, "refused", str(error))
+            self._refuse(sock, rfile, writer, source, "refused", str(error))
         except (ClientDisconnectedError, ConnectionError) as error:
             if self._stopping.is_set():
-                self._refuse(connection, "shut down", "the server is shutting down")
+                self._refuse(sock, rfile, writer, source, "shut down", "the server is shutting down")
             elif connection.messages == 0:  # a port probe, or a client that changed its mind
                 self.stats.record_outcome("empty")
-                self.log.info("%s: closed without sending a message", connection.source)
+                self.log.info("%s: closed without sending a message", source)
             else:
                 how = "" if isinstance(error, ClientDisconnectedError) else f" ({error.strerror or error})"
                 self.stats.record_outcome("disconnected")
                 self.log.warning("%s: the client disconnected mid-scan%s after %d acquisitions, %d images sent",
-                                 connection.source, how, connection.acquisitions, connection.images)
-        except TimeoutError:
-            self._refuse(connection, "timed out",
-                         f"no data for {self.idle_timeout:g} s: the connection is closed")
+                                 source, how, connection.acquisitions, connection.images)
+        except DeadlineError as error:
+            self._refuse(sock, rfile, writer, source, "timed out", error.reason)
         except OSError as error:
             self.stats.record_outcome("disconnected")
-            self.log.warning("%s: connection lost (%s) after %d acquisitions, %d images sent", connection.source,
+            self.log.warning("%s: connection lost (%s) after %d acquisitions, %d images sent", source,
                              error.strerror or error.__class__.__name__, connection.acquisitions, connection.images)
         except Exception as error:  # a bug must end this connection only, said in one line to the log and client
-            self._refuse(connection, "failed", f"internal error ({error.__class__.__name__}: {error})")
-        finally:
-            with self._active_lock:
-                self._active.pop(connection.number, None)
+            self._refuse(sock, rfile, writer, source, "failed", f"internal error ({error.__class__.__name__}: {error})")
 
-    def _refuse(self, connection: _Connection, outcome: str, reason: str) -> None:
+    def _refuse(self, sock: socket.socket, rfile: BinaryIO, writer: MessageWriter, source: str, outcome: str,
+                reason: str) -> None:
         """Log ``reason`` in one line, send it as an MRD text message and close (if the client still listens).
 
         The client may still be sending; closing a socket with unread data makes the kernel reset the connection,
         which can destroy our text message before the client reads it. So the server closes its sending side, then
-        reads and drops what the client sends for at most :data:`DRAIN_SECONDS` (and :data:`MAX_MESSAGE_BYTES`).
+        reads and drops what the client sends for at most :data:`DRAIN_SECONDS` (and :data:`DRAIN_BYTES`).
         """
         self.stats.record_outcome(outcome)
         log = self.log.error if outcome == "failed" else self.log.warning
-        log("%s: %s: %s", connection.source, outcome, reason.replace("\n", " "))
+        log("%s: %s: %s", source, outcome, reason.replace("\n", " "))
         try:
-            connection.writer.serialize(f"{ERROR_LEVEL} {reason}")
-            connection.writer.close()
-            connection.sock.shutdown(socket.SHUT_WR)
+            writer.send(f"{ERROR_LEVEL} {reason}")
+            writer.close()
+            sock.shutdown(socket.SHUT_WR)
             deadline, drained = time.monotonic() + DRAIN_SECONDS, 0
-            while drained < MAX_MESSAGE_BYTES and (left := deadline - time.monotonic()) > 0:
-                connection.sock.settimeout(left)
-                chunk = connection.rfile.read1(1 << 16)
+            while drained < DRAIN_BYTES and (left := deadline - time.monotonic()) > 0:
+                sock.settimeout(left)
+                chunk = rfile.read1(1 << 16)
                 if not chunk:
                     break
                 drained += len(chunk)
-        except OSError:
-            pass  # the client is gone, or kept sending past the drain: nothing more to tell it
-
-    @staticmethod
-    def _set_aside(connection: _Connection) -> str:
-        """The end of the connection's log line: what was not image data (:func:`skipped_summary`, waveforms)."""
-        assembler = connection.assembler
-        if assembler is None:
-            return "; no header received"
-        parts = [skipped_summary(assembler.skipped, assembler.noise_readouts)]
-        parts += [f"{connection.waveforms} waveforms ignored"] if connection.waveforms else []
-        summary = ", ".join(part for part in parts if part)
-        return f"; set aside: {summary}" if summary else ""
-
-    def _stream_scan(self, messages: Iterator[object], connection: _Connection) -> None:
-        """The message loop (module docstring); returns after sending close."""
-        source, writer = connection.source, connection.writer
-        while (message := next_message(messages, source)) is not None:
-            received = time.perf_counter()
-            connection.messages += 1
-            if isinstance(message, ConfigFile | ConfigText):  # str subclasses: before the text case
-                if connection.geometry is not None:
-                    raise InputError("a config message after the XML header", source)
-                self.log.info("%s: config %r (ignored: this server runs one model)", source,
-                              str(message).rstrip("\0")[:80])
-            elif isinstance(message, ismrmrdHeader):
-                if connection.geometry is not None:
-                    raise InputError("a second XML header", source)
-                connection.geometry = EncodingGeometry.from_header(message, source)
-                check_grid(connection.geometry, self.model.metadata, source)
-                connection.assembler = SliceAssembler(connection.geometry, source)
-            elif isinstance(message, str):
-                self.log.info("%s: text message (ignored): %s", source, message.rstrip("\0")[:200].replace("\n", " "))
-            elif isinstance(message, ismrmrd.Acquisition):
-                if connection.assembler is None:
-                    raise InputError("an acquisition before the XML header", source)
-                connection.acquisitions += 1
-                for assembled in connection.assembler.add(readout_from_ismrmrd(message, source)):
-                    self._send_slice(assembled, connection, received)
-            elif isinstance(message, ismrmrd.Waveform):
-                connection.waveforms += 1
-            else:
-                raise InputError(f"unexpected {type(message).__name__} message: this server takes raw acquisitions",
-                                 source)
-        if connection.assembler is not None:
-            closed = time.perf_counter()
-            for assembled in connection.assembler.finish():
-                self._send_slice(assembled, connection, closed)
-        writer.close()
-
-    def _send_slice(self, assembled: AssembledSlice, connection: _Connection, received: float) -> None:
-        """Reconstruct one slice, send its image, record its timing."""
-        started = time.perf_counter()
-        reconstruction, queued = self.reconstructor.reconstruct(assembled, connection.geometry, connection.source)
-        message = self.reconstructor.image(assembled, connection.geometry, reconstruction, connection.images + 1)
-        compute = time.perf_counter() - started - queued
-        connection.writer.serialize(message)
-        connection.images += 1
-        latency = time.perf_counter() - received
-        self.stats.record_slice(SliceTiming(connection.number, assembled.key, latency, compute, queued))
-        self.log.debug("%s: slice %s sent, %.3f ms after its last readout (%.3f ms compute, %.3f ms queued)",
-                       connection.source, tuple(assembled.key), latency * 1e3, compute * 1e3, queued * 1e3)
-
-
-def server_logger(path: Path | None, verbose: bool = False) -> logging.Logger:
-    """The server's logger (``compressor.serve``) writing one line per event to ``path`` (appended, created at the
-    first line) or to standard error; ``verbose`` adds every slice's latency (debug level)."""
-    log = logging.getLogger(LOGGER_NAME)
-    handler = logging.FileHandler(path, delay=True) if path is not None else logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.handlers = [handler]
-    log.setLevel(logging.DEBUG if verbose else logging.INFO)
-    log.propagate = False
-    return log
+        except (OSError, ValueError):
+            pass  # the client is gone, or kept sending past the drain, or the reading side timed out: nothing to say

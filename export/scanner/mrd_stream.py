@@ -1,34 +1,21 @@
-r"""Streamed raw scans through an exported model, slice by slice: what the MRD server
-(:mod:`compressor.export.scanner.mrd_server`) and the MRD v2 stdin-to-stdout filter (``compress reconstruct MODEL.onnx -
---source mrd``) share.
-
-:class:`SliceReconstructor` holds the model and its mask and does, for one scan, what ``compress reconstruct --source
-ismrmrd`` does for a file (:func:`~compressor.export.scanner.raw_input.read_raw_input`), one slice at a time:
-
-* before any acquisition, :func:`~compressor.export.scanner.raw_input.check_grid` refuses a header whose image grid is
-  not the model's image size;
-* :meth:`~SliceReconstructor.reconstruct`: :func:`~compressor.export.scanner.raw_input.prepare_slice` (mask lines
-  acquired, coils, partial readouts), then for a 1-channel model the phase check of ``reconstruct``
-  (:func:`~compressor.export.scanner.scanner_input.check_phase`, here on the slice alone: a stream has no "whole
-  input"), then the model (:func:`~compressor.export.scanner.reconstruct.reconstruct_slices`, batch 1);
-* :meth:`~SliceReconstructor.image`: the ISMRMRD magnitude image with the header of
-  :func:`~compressor.export.scanner.ismrmrd_images.slice_image` (series 1, ``image_index`` 1, 2, ... in the order sent).
+r"""The MRD v2 stdin-to-stdout filter: ``compress reconstruct MODEL.onnx - --source mrd``.
 
 MRD v2 (the ``mrd-python`` package): :func:`reconstruct_mrd_stream` reads a binary MRD v2 stream
 (``mrd.BinaryMrdReader``: an optional ``mrd.Header``, then ``StreamItem`` s), assembles ``StreamItem.Acquisition`` s
 through :func:`~compressor.data.mrd_v2.readout_from_mrd` and writes a binary MRD v2 stream (``mrd.BinaryMrdWriter``):
-the input header unchanged, then one ``StreamItem.ImageFloat`` per slice as soon as it is complete (:func:`mrd_image`:
-the same header fields and data as the ISMRMRD image). Other stream items (waveforms, images) are counted and not
-passed on. This is the shape of the MRD v2 streaming-app convention (``mrd.tools.stream_recon``: header through,
-images out). Nothing is written before the header has been checked; a problem later (a corrupt stream, a slice the
-model cannot take) stops the stream without its end marker, so a reader of the output fails rather than taking a
-partial scan as a whole one.
+the input header unchanged, then one image per slice as soon as it is complete: the ISMRMRD image the server sends
+and ``--ismrmrd-out`` writes (:func:`~compressor.export.scanner.ismrmrd_images.slice_image`, same convention, header
+fields, series and MetaContainer) converted by :func:`mrd_image` (``StreamItem.ImageInt16`` / ``ImageUint16`` for
+16-bit magnitude, ``ImageFloat``, ``ImageComplexFloat``; the MetaContainer becomes the image's ``meta``, every value
+a string). Other stream items (waveforms, images) are counted and not passed on. This is the shape of the MRD v2
+streaming-app convention (``mrd.tools.stream_recon``: header through, images out). Nothing is written before the
+header has been checked; a problem later (a corrupt stream, a slice the model cannot take) stops the stream without
+its end marker, so a reader of the output fails rather than taking a partial scan as a whole one.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -40,64 +27,30 @@ import ismrmrd
 import mrd
 import numpy as np
 
-from compressor.data.mrd_header import EncodingGeometry
 from compressor.data.mrd_raw import AssembledSlice, SliceAssembler, skipped_summary
-from compressor.data.mrd_v2 import encoding_geometry, readout_from_mrd
+from compressor.data.mrd_v2 import encoding_geometry, ismrmrd_header, readout_from_mrd
 from compressor.errors import InputError, first_line
 from compressor.export.runtimes.session import ExportedModel, open_exported
-from compressor.export.scanner.ismrmrd_images import slice_image
-from compressor.export.scanner.raw_input import check_grid, prepare_slice
-from compressor.export.scanner.reconstruct import reconstruct_slices
-from compressor.export.scanner.scanner_input import check_mask, check_phase
+from compressor.export.scanner.image_formats import DEFAULT_IMAGE_FORMAT, bits_stored, image_format
+from compressor.export.scanner.image_meta import COMMAND_LINE_REASON, model_labels
+from compressor.export.scanner.ismrmrd_images import ImageStyle, SeriesNumbering, slice_image
+from compressor.export.scanner.raw_input import check_grid
+from compressor.export.scanner.slice_reconstruction import SliceReconstructor
 from compressor.io import atomic_path
 
-SERIES_INDEX = 1
+STREAM_ITEMS = {np.dtype(np.int16): mrd.StreamItem.ImageInt16, np.dtype(np.uint16): mrd.StreamItem.ImageUint16,
+                np.dtype(np.float32): mrd.StreamItem.ImageFloat,
+                np.dtype(np.complex64): mrd.StreamItem.ImageComplexFloat}
+IMAGE_TYPES = {ismrmrd.IMTYPE_MAGNITUDE: mrd.ImageType.MAGNITUDE, ismrmrd.IMTYPE_COMPLEX: mrd.ImageType.COMPLEX}
 
 
-class SliceReconstructor:
-    """One exported model reconstructing streamed slices (module docstring). Thread-safe: it holds no per-scan state.
-
-    Args:
-        model: the opened model; its training mask is the mask (checked against the model once here).
-        take_real_part: 1-channel models: reconstruct the real part of a complex-valued image instead of refusing it.
-        parallel_runs: model runs allowed at once across threads (the server's choice, see
-            :mod:`compressor.export.scanner.mrd_server`); the checks before a run are not limited.
-    """
-
-    def __init__(self, model: ExportedModel, take_real_part: bool = False, parallel_runs: int = 1):
-        self.model = model
-        self.mask = model.metadata.mask
-        self.take_real_part = take_real_part
-        self.parallel_runs = parallel_runs
-        self._runs = threading.BoundedSemaphore(parallel_runs)
-        check_mask(self.mask, model.metadata, model.path)
-
-    def reconstruct(self, assembled: AssembledSlice, geometry: EncodingGeometry,
-                    source: str | Path) -> tuple[np.ndarray, float]:
-        """The reconstruction ``(H, W)`` of one slice in the input's units (float32 for a 1-channel model, complex64
-        for a 2-channel one), and the seconds it waited for a run slot."""
-        prepared = prepare_slice(assembled, geometry, self.mask, self.model.metadata, source)
-        kspace = prepared.kspace[None]
-        if self.model.metadata.image_channels == 1:  # a 2-channel model takes any phase: no transform to spend
-            check_phase(kspace, prepared.mask, 1, self.take_real_part, source)
-        waiting = time.perf_counter()
-        with self._runs:
-            queued = time.perf_counter() - waiting
-            return reconstruct_slices(self.model, kspace, prepared.mask)[0], queued
-
-    @staticmethod
-    def image(assembled: AssembledSlice, geometry: EncodingGeometry, reconstruction: np.ndarray,
-              image_index: int) -> ismrmrd.Image:
-        """The ISMRMRD magnitude image of ``reconstruction`` ``(H, W)`` (``image_index`` 1-based)."""
-        return slice_image(reconstruction, assembled, geometry, SERIES_INDEX, image_index)
-
-
-def mrd_image(image: ismrmrd.Image) -> mrd.Image:
-    """The MRD v2 image of an ISMRMRD magnitude image: the same data ``(channels, z, y, x)`` float32 (``x`` the
-    readout) and header fields (``read_dir`` -> ``col_dir``, ``phase_dir`` -> ``line_dir``)."""
+def mrd_image(image: ismrmrd.Image) -> mrd.StreamItem:
+    """The MRD v2 stream item of an ISMRMRD image: the same data ``(channels, z, y, x)`` (``x`` the readout) and
+    dtype, header fields (``read_dir`` -> ``col_dir``, ``phase_dir`` -> ``line_dir``) and MetaContainer (``meta``,
+    each value a list of strings)."""
     head = image.getHead()
     header = mrd.ImageHeader(
-        image_type=mrd.ImageType.MAGNITUDE,
+        image_type=IMAGE_TYPES[head.image_type],
         measurement_uid=int(head.measurement_uid),
         field_of_view=np.array(head.field_of_view, np.float32),
         position=np.array(head.position, np.float32),
@@ -110,7 +63,11 @@ def mrd_image(image: ismrmrd.Image) -> mrd.Image:
         acquisition_time_stamp=int(head.acquisition_time_stamp),
         physiology_time_stamp=[int(value) for value in head.physiology_time_stamp],
         image_index=int(head.image_index), image_series_index=int(head.image_series_index))
-    return mrd.Image[np.float32](head=header, data=np.ascontiguousarray(image.data, np.float32))
+    meta = {name: [mrd.ImageMetaValue.String(str(value)) for value in (values if isinstance(values, list)
+                                                                        else [values])]
+            for name, values in image.meta.items()}
+    item = STREAM_ITEMS[image.data.dtype]
+    return item(mrd.Image[image.data.dtype.type](head=header, data=np.ascontiguousarray(image.data), meta=meta))
 
 
 @dataclass(frozen=True)
@@ -137,9 +94,11 @@ def _stream_items(items: Iterable[mrd.StreamItem], source: str | Path) -> Iterat
 
 
 def reconstruct_mrd_stream(model: ExportedModel, stream_in: BinaryIO, stream_out: BinaryIO, *,
-                           source: str | Path = "stdin", take_real_part: bool = False) -> StreamResult:
+                           source: str | Path = "stdin", take_real_part: bool = False,
+                           image_format_name: str = DEFAULT_IMAGE_FORMAT) -> StreamResult:
     """Read an MRD v2 binary stream from ``stream_in``, write the header and one MRD v2 image per slice to
-    ``stream_out`` (module docstring); every input problem is an :class:`InputError` naming ``source``."""
+    ``stream_out`` in the served-image convention ``image_format_name`` (module docstring); every input problem is an
+    :class:`InputError` naming ``source``."""
     started = time.perf_counter()
     reconstructor = SliceReconstructor(model, take_real_part)
     try:
@@ -151,22 +110,29 @@ def reconstruct_mrd_stream(model: ExportedModel, stream_in: BinaryIO, stream_out
         raise InputError("the MRD v2 stream has no header: the encoding (matrix sizes, lines) is unknown", source)
     geometry = encoding_geometry(header, source)
     check_grid(geometry, model.metadata, source)
+    style = ImageStyle(image_format(image_format_name), bits_stored(ismrmrd_header(header), source),
+                       model_labels(model.path.stem, model.metadata, COMMAND_LINE_REASON))
     assembler = SliceAssembler(geometry, source)
+    numbering = SeriesNumbering()
     others: Counter[str] = Counter()
     written = 0
 
-    def images() -> Iterator[mrd.StreamItem]:
+    def image_item(assembled: AssembledSlice) -> mrd.StreamItem:
         nonlocal written
+        written += 1
+        result = reconstructor.reconstruct(assembled, geometry, source)
+        return mrd_image(slice_image(result.reconstruction, assembled, geometry, *numbering.next(assembled.key),
+                                     style))
+
+    def images() -> Iterator[mrd.StreamItem]:
         for item in _stream_items(reader.read_data(), source):
             if not isinstance(item, mrd.StreamItem.Acquisition):
                 others[type(item).__name__.removeprefix("StreamItem.")] += 1
                 continue
             for assembled in assembler.add(readout_from_mrd(item.value, source)):
-                written += 1
-                yield _image_item(reconstructor, assembled, geometry, source, written)
+                yield image_item(assembled)
         for assembled in assembler.finish():
-            written += 1
-            yield _image_item(reconstructor, assembled, geometry, source, written)
+            yield image_item(assembled)
 
     writer = mrd.BinaryMrdWriter(stream_out)
     writer.write_header(header)
@@ -180,14 +146,9 @@ def reconstruct_mrd_stream(model: ExportedModel, stream_in: BinaryIO, stream_out
                         time.perf_counter() - started)
 
 
-def _image_item(reconstructor: SliceReconstructor, assembled: AssembledSlice, geometry: EncodingGeometry,
-                source: str | Path, image_index: int) -> mrd.StreamItem:
-    reconstruction, _ = reconstructor.reconstruct(assembled, geometry, source)
-    return mrd.StreamItem.ImageFloat(mrd_image(reconstructor.image(assembled, geometry, reconstruction, image_index)))
-
-
 def reconstruct_mrd(model_path: Path, input_path: Path, out: Path | None, *, stdin: BinaryIO, stdout: BinaryIO,
-                    take_real_part: bool = False, provider: str = "auto", threads: int | None = None) -> StreamResult:
+                    take_real_part: bool = False, provider: str = "auto", threads: int | None = None,
+                    image_format_name: str = DEFAULT_IMAGE_FORMAT) -> StreamResult:
     """``compress reconstruct MODEL.onnx INPUT --source mrd``: :func:`reconstruct_mrd_stream` from the file
     ``input_path`` (``-``: ``stdin``) to the file ``out`` (written atomically; ``None``: ``stdout``)."""
     model = open_exported(model_path, provider, threads)
@@ -195,10 +156,11 @@ def reconstruct_mrd(model_path: Path, input_path: Path, out: Path | None, *, std
     if not from_stdin and not Path(input_path).is_file():
         raise InputError("input file not found", input_path)
     source = "standard input" if from_stdin else input_path
+    options = {"source": source, "take_real_part": take_real_part, "image_format_name": image_format_name}
     with contextlib.ExitStack() as stack:
         stream_in = stdin if from_stdin else stack.enter_context(open(input_path, "rb"))
         if out is None:
-            return reconstruct_mrd_stream(model, stream_in, stdout, source=source, take_real_part=take_real_part)
+            return reconstruct_mrd_stream(model, stream_in, stdout, **options)
         temporary = stack.enter_context(atomic_path(out))
         with open(temporary, "wb") as stream_out:
-            return reconstruct_mrd_stream(model, stream_in, stream_out, source=source, take_real_part=take_real_part)
+            return reconstruct_mrd_stream(model, stream_in, stream_out, **options)

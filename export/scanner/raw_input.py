@@ -123,7 +123,7 @@ def read_raw_input(path: Path, metadata: ExportMetadata, mask: np.ndarray, group
     """Read an ISMRMRD file (:func:`~compressor.data.ismrmrd_file.read_ismrmrd_file`) and prepare every slice
     (:func:`prepare_slice`) into the graph's input (one mask for all slices, :attr:`ScannerInput.scan` the assembled
     scan); slices whose masks differ (readouts sampled differently) are refused."""
-    scan = read_ismrmrd_file(path, group)
+    scan = read_ismrmrd_file(path, group, accept=lambda geometry: check_grid(geometry, metadata, path))
     prepared = [prepare_slice(assembled, scan.geometry, mask, metadata, path) for assembled in scan.slices]
     for item, assembled in zip(prepared, scan.slices, strict=True):
         if not np.array_equal(item.mask, prepared[0].mask):

@@ -9,9 +9,10 @@ raised before anything is written), runs the model in batches (:func:`reconstruc
 * the output HDF5 (:func:`reconstruction_datasets`): ``reconstruction`` ``(S, H, W)`` in the input's units, float32
   for a 1-channel model, complex64 for a 2-channel one, which also gets ``magnitude`` ``(S, H, W)`` float32, its
   absolute value; written under a temporary name and renamed when complete;
-* with ``ismrmrd_out`` (a raw scan), the reconstructions as ISMRMRD images with the acquisitions' geometry
-  (:mod:`compressor.export.scanner.ismrmrd_images`); the two outputs are written all or nothing
-  (:func:`write_outputs`);
+* with ``ismrmrd_out`` (a raw scan), the reconstructions as ISMRMRD images with the acquisitions' geometry, in a
+  served-image convention (:mod:`compressor.export.scanner.ismrmrd_images`: the images the server sends for the same
+  scan, their ``ImageComment`` naming the model file's stem and that it was named on the command line); the two
+  outputs are written all or nothing (:func:`write_outputs`);
 * with ``previews``, one PNG per slice.
 """
 
@@ -25,10 +26,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from compressor.data.mrd_header import parse_header
 from compressor.errors import InputError
 from compressor.export.runtimes.session import ExportedModel, open_exported
+from compressor.export.scanner.image_formats import DEFAULT_IMAGE_FORMAT, bits_stored, image_format
+from compressor.export.scanner.image_meta import COMMAND_LINE_REASON, model_labels
 from compressor.export.scanner.input_formats import infer_source, input_format
-from compressor.export.scanner.ismrmrd_images import scan_images, write_ismrmrd_images
+from compressor.export.scanner.ismrmrd_images import ImageStyle, scan_images, write_ismrmrd_images
 from compressor.export.scanner.scanner_input import InputRequest, ScannerInput, check_mask, check_phase, choose_mask
 from compressor.io import atomic_path
 
@@ -127,14 +131,17 @@ def output_attributes(model: ExportedModel, model_path: Path, input_path: Path, 
     return attrs
 
 
-def image_writer(path: Path | None, scanner_input: ScannerInput,
-                 reconstruction: np.ndarray) -> Callable[[], Path] | None:
+def image_writer(path: Path | None, scanner_input: ScannerInput, reconstruction: np.ndarray, model: ExportedModel,
+                 image_format_name: str = DEFAULT_IMAGE_FORMAT) -> Callable[[], Path] | None:
     """``ismrmrd_out``: the writing of ``reconstruction`` ``(S, H, W)`` as ISMRMRD images headed by the raw scan's
-    acquisitions (for :func:`write_outputs`); ``None`` without a path or a raw scan."""
+    acquisitions, in the convention ``image_format_name`` (for :func:`write_outputs`); ``None`` without a path or a
+    raw scan."""
     scan = scanner_input.scan
     if path is None or scan is None:
         return None
-    images = scan_images(scan, reconstruction)
+    style = ImageStyle(image_format(image_format_name), bits_stored(parse_header(scan.xml, path), path),
+                       model_labels(model.path.stem, model.metadata, COMMAND_LINE_REASON))
+    images = scan_images(scan, reconstruction, style)
     return lambda: write_ismrmrd_images(path, images, scan.xml)
 
 
@@ -154,6 +161,7 @@ def reconstruct_file(
     threads: int | None = None,
     progress: bool = True,
     ismrmrd_out: Path | None = None,
+    image_format_name: str = DEFAULT_IMAGE_FORMAT,
 ) -> ReconstructionResult:
     """Reconstruct every slice of ``input_path`` with the exported model ``model_path`` into ``out_path``.
 
@@ -167,8 +175,9 @@ def reconstruct_file(
         take_real_part: with a 1-channel model, reconstruct k-space of a complex-valued image anyway (the real part,
             as the paper does); a 2-channel model reconstructs the complex image and ignores it.
         provider: ``"auto"`` or a ``--provider`` choice (``"cpu"``, ``"cuda"``, ``"openvino"``).
-        ismrmrd_out: with a raw scan (``source="ismrmrd"``), also write the reconstructions as ISMRMRD magnitude
-            images whose headers come from the acquisitions.
+        ismrmrd_out: with a raw scan (``source="ismrmrd"``), also write the reconstructions as ISMRMRD images whose
+            headers come from the acquisitions.
+        image_format_name: their served-image convention (:data:`~.image_formats.IMAGE_FORMATS`).
 
     Output HDF5 (:func:`reconstruction_datasets`), attributes :func:`output_attributes`.
     """
@@ -179,6 +188,7 @@ def reconstruct_file(
     chosen = input_format(source or infer_source(input_path))
     if batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}")
+    image_format(image_format_name)  # an unknown convention is refused before any work
     model = open_exported(model_path, provider, threads)
     mask = choose_mask(model.metadata, mask_path, mask_centred)
     check_mask(mask, model.metadata, mask_path or model_path)
@@ -192,7 +202,7 @@ def reconstruct_file(
         reconstruction = reconstruct_slices(model, scanner_input.kspace, scanner_input.mask, batch_size, bar.update)
     attrs = output_attributes(model, model_path, input_path, chosen.name, mask_path, scanner_input, fraction,
                               takes_real_part)
-    write_images = image_writer(ismrmrd_out, scanner_input, reconstruction)
+    write_images = image_writer(ismrmrd_out, scanner_input, reconstruction, model, image_format_name)
     write_outputs(out_path, reconstruction, attrs, write_images)
     written = write_previews(previews, reconstruction) if previews is not None else []
     return ReconstructionResult(out_path, len(reconstruction), model.runtime.name, time.perf_counter() - started,
