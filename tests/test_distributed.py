@@ -362,6 +362,15 @@ def test_a_typed_dist_error_of_a_multi_process_run_is_a_collective_error(monkeyp
                                  "answer (a collective: NCCL communicator was aborted on rank 1)")
     assert isinstance(raised.value.__cause__, dist.DistBackendError)
 
+    def rendezvous_failed(device):
+        raise dist.DistNetworkError("The client socket has timed out after 60s while trying to connect")
+
+    monkeypatch.setattr(distributed, "init_distributed", rendezvous_failed)
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(distributed.CollectiveError) as raised, distributed.process_group(torch.device("cpu")):
+        pass
+    assert (raised.value.rank, raised.value.operation) == (1, "joining the process group")
+
 
 def test_one_process_passes_dist_errors_and_bugs_through():
     from compressor.training import distributed

@@ -1,6 +1,9 @@
 """The ``compress`` command: teacher → SFT → KD pipeline, plus ``models``, ``export``, ``reconstruct``,
-``benchmark`` and ``report`` subcommands. Commands are thin: they parse options, build explicit arguments and
-call library functions; heavy imports happen inside the commands."""
+``benchmark``, ``serve`` and ``report`` subcommands (one module each beside this one, shared plumbing in
+:mod:`compressor.cli.common`). Commands are thin: they parse options into typed requests, call the library
+(:mod:`compressor.workflow`: the run flow, the export job) and print what it gives them through
+:data:`~compressor.cli.common.CONSOLE`; heavy imports happen inside the commands. Bad input is one ``Error:`` line
+and exit code 2."""
 
 from __future__ import annotations
 
@@ -39,12 +42,12 @@ def _floats(text: str | None) -> list[float] | None:
 @click.group(cls=OneLineErrors, invoke_without_command=True, context_settings=CONTEXT, option_groups=MAIN_GROUPS)
 @run_option("--preset", default="quick", help="Preset in configs/ (smoke, quick, paper) or a TOML file path.")
 @run_option("--task", type=click.Choice(values(Task)),
-              help="reconstruction (undersampled k-space) or sr (super-resolution, Appendix B; --acceleration is the "
-                   "scale; teacher/student default to vdsr12/vdsr4).")
+            help="reconstruction (undersampled k-space) or sr (super-resolution, Appendix B; --acceleration is the "
+                 "scale; teacher/student default to vdsr12/vdsr4).")
 @model_option("--teacher", help="Teacher architecture, e.g. d5c5, dcunet5, vdsr12.")
 @model_option("--student", help="Student architecture(s), comma-separated, e.g. d3c5 or d4c5,d3c5,d2c5.")
 @kd_option("--method", help="KD method(s), comma-separated, or 'all' (the task's table: at, fitnets, sp, fsp, cc; "
-                               "sr: at, fitnets, cc, pkt, ft, nst).")
+                            "sr: at, fitnets, cc, pkt, ft, nst).")
 @data_option("--data", "source", help="Data source: mni (embedded), project, fastmri, nifti, authors.")
 @data_option("--train", "train_path", help="Training file or folder (file sources).")
 @data_option("--validation", "validation_path", help="Validation file or folder (file sources).")
@@ -63,30 +66,30 @@ def _floats(text: str | None) -> list[float] | None:
 @model_option("--channels", "image_channels", type=click.IntRange(1, 2),
               help="Image channels: 1, the paper's real image; 2, the complex image (real, imag) for data with phase.")
 @data_option("--phase", type=click.Choice(values(ImagePhase)),
-              help="Embedded data only: 'synthetic' multiplies the MNI magnitude by a smooth seeded phase "
-                   "(a simulation of phase-carrying data).")
+             help="Embedded data only: 'synthetic' multiplies the MNI magnitude by a smooth seeded phase "
+                  "(a simulation of phase-carrying data).")
 @kd_option("--kd-weight", type=float,
-              help="Distillation weight for every method (default: the preset's kd.method_weights, else each "
-                   "method's documented weight).")
+           help="Distillation weight for every method (default: the preset's kd.method_weights, else each "
+                "method's documented weight).")
 @kd_option("--kd-schedule", type=click.Choice(values(KDSchedule)), help="Paper (joint) or authors' schedule.")
 @kd_option("--kd-mode", type=click.Choice(values(KDMode)), help="Each method as its paper or the authors.")
 @kd_option("--sft-weights", help="SFT loss weights w_T,w_S,w_I (paper: 1,1,1).")
 @kd_option("--random-init/--no-random-init", default=None, help="Also run SFT-KD from a random student (Table 5).")
 @kd_option("--feature-sft/--no-feature-sft", default=None,
-              help="Also run the feature-domain SFT ablation (Tables 2/4: rcnn25/rcnn15, MSE losses).")
+           help="Also run the feature-domain SFT ablation (Tables 2/4: rcnn25/rcnn15, MSE losses).")
 @model_option("--init-teacher", help="Warm-start the teacher and SFT teacher from these weights (.safetensors or a "
                                      "stage directory of another run); the SFT teacher from scratch is the reference.")
 @run_option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE",
-              help="Override any config value, e.g. --set train.lr_step=20 --set sft.imitation_per_pixel=true "
-                   "(VALUE in TOML syntax; repeatable).")
+            help="Override any config value, e.g. --set train.lr_step=20 --set sft.imitation_per_pixel=true "
+                 "(VALUE in TOML syntax; repeatable).")
 @run_option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/default"),
-              help="Run directory (stages are cached there).")
+            help="Run directory (stages are cached there).")
 @run_option("--progress/--no-progress", default=True, help="Progress bars.")
 @deploy_option("--deploy/--no-deploy", default=True,
-              help="After training, export every trained model to validated ONNX and benchmark latency.")
+               help="After training, export every trained model to validated ONNX and benchmark latency.")
 @deploy_option("--precision", default="fp32",
-              help="Precisions of the deployed ONNX files, comma-separated: fp32, int8, fp16 (each its own validated "
-                   "file, see compress export --precision); checked before anything trains.")
+               help="Precisions of the deployed ONNX files, comma-separated: fp32, int8, fp16 (each its own validated "
+                    "file, see compress export --precision); checked before anything trains.")
 @click.pass_context
 @handles_input_errors
 def main(ctx: click.Context, preset: str, out: Path, progress: bool, deploy: bool, precision: str,

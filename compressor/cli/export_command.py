@@ -24,9 +24,6 @@ EXPORT_GROUPS = ("What to export", "Bare weights (--weights)", "Validation", "Pr
 """The ``--help`` sections of ``compress export``'s options, in order."""
 source_option, weights_option, validation_option, precision_option, output_option, triton_option = map(
     option_group, EXPORT_GROUPS)
-ONLY_SOMETIMES_USED = ("triton_instance", "triton_max_batch", "triton_threads", "calibration_slices",
-                       "calibration_method", "qat_threshold", "qat_steps")
-"""Parameters refused when given without their purpose (``export_job.TRITON_OPTIONS``, ``INT8_OPTIONS``)."""
 
 
 def _image_size(size: int) -> int:
@@ -41,70 +38,70 @@ def _image_size(size: int) -> int:
 
 @click.command("export", cls=OneLineCommand, context_settings=SHOW_DEFAULTS, option_groups=EXPORT_GROUPS)
 @source_option("--run", "run_dir", type=click.Path(path_type=Path, file_okay=False),
-              help="Run directory: export its trained models (all, or those named by --model).")
+               help="Run directory: export its trained models (all, or those named by --model).")
 @source_option("--model", "names", help="Comma-separated results.json names, e.g. sft_kd/at/d3c5@4x (with --run).")
 @source_option("--stage", "stage_dir", type=click.Path(path_type=Path, file_okay=False),
-              help="One stage directory of a run (<run>/stages/<stage>).")
+               help="One stage directory of a run (<run>/stages/<stage>).")
 @source_option("--arch", help="Architecture of a bare weights file, e.g. d3c5 (with --weights).")
 @source_option("--weights", type=click.Path(path_type=Path, dir_okay=False), help="A bare .safetensors state dict.")
 @weights_option("--acceleration", type=float, default=4.0, help="Acceleration of the bare weights' training mask.")
 @weights_option("--image-size", type=int, default=240, callback=lambda _, __, size: _image_size(size),
-              help="Square image size of the bare weights' training data.")
+                help="Square image size of the bare weights' training data.")
 @weights_option("--mask", "mask_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="Training mask .npy of the bare weights (default: a generated --mask-type mask).")
+                help="Training mask .npy of the bare weights (default: a generated --mask-type mask).")
 @weights_option("--mask-centred/--mask-uncentred", default=None, help="Whether --mask has DC at (H//2, W//2).")
 @weights_option("--mask-type", type=click.Choice(["random", "equispaced"]), default="random",
-              help="Generated mask type for bare weights.")
+                help="Generated mask type for bare weights.")
 @weights_option("--mask-seed", type=click.IntRange(min=0), default=0,
-              help="Seed of the generated mask for bare weights.")
+                help="Seed of the generated mask for bare weights.")
 @weights_option("--block-form", type=click.Choice(["plain", "residual"]), default="plain",
-              help="Block form of the bare weights' model.")
+                help="Block form of the bare weights' model.")
 @weights_option("--block-padding", type=int, default=5, help="Block padding of the bare weights' model.")
 @weights_option("--width", type=int, default=32, help="Hidden channels of the bare weights' model.")
 @weights_option("--channels", "image_channels", type=click.IntRange(1, 2), default=1,
-              help="Image channels of the bare weights' model: 1, the paper's real image; 2, the complex image "
-                   "(real, imag).")
+                help="Image channels of the bare weights' model: 1, the paper's real image; 2, the complex image "
+                     "(real, imag).")
 @validation_option("--validation", "validation_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="Data file whose slices validate the export (default: the run's validation slices; for bare "
-                   "weights, Shepp-Logan phantoms).")
+                   help="Data file whose slices validate the export (default: the run's validation slices; for bare "
+                        "weights, Shepp-Logan phantoms).")
 @validation_option("--source", type=SOURCES, help="Source of --validation (default: from its file name).")
 @validation_option("--formulation", type=FORMULATIONS, default="auto",
-              help="DF formulation in the graph: lines (whole-line masks), dft (DFT matrices, any mask).")
+                   help="DF formulation in the graph: lines (whole-line masks), dft (DFT matrices, any mask).")
 @validation_option("--provider", type=PROVIDERS, default="auto",
-              help="Runtime that validates the files (and measures INT8's layer choice): an ONNX Runtime execution "
-                   "provider, or openvino (OpenVINO's CPU runtime).")
+                   help="Runtime that validates the files (and measures INT8's layer choice): an ONNX Runtime "
+                        "execution provider, or openvino (OpenVINO's CPU runtime).")
 @precision_option("--target", type=TARGETS, default="onnx-fp32",
-              help="What to write: onnx-fp32 is one validated fp32 ONNX file per model.")
+                  help="What to write: onnx-fp32 is one validated fp32 ONNX file per model.")
 @precision_option("--precision",
-              help="Comma-separated precisions, each its own validated ONNX file: fp32 (<model>.onnx), int8 "
-                   "(<model>.int8.onnx: post-training static INT8 of the convolutions a per-layer sensitivity "
-                   "analysis picks), fp16 (<model>.fp16.onnx: fp16 convolutions for GPUs); e.g. fp32,int8. "
-                   "Default: --target (fp32).")
+                  help="Comma-separated precisions, each its own validated ONNX file: fp32 (<model>.onnx), int8 "
+                       "(<model>.int8.onnx: post-training static INT8 of the convolutions a per-layer sensitivity "
+                       "analysis picks), fp16 (<model>.fp16.onnx: fp16 convolutions for GPUs); e.g. fp32,int8. "
+                       "Default: --target (fp32).")
 @precision_option("--calibration-slices", type=click.IntRange(min=1), default=32,
-              help="INT8: training-split slices that calibrate the activations (bare weights: the --validation "
-                   "slices or phantoms).")
+                  help="INT8: training-split slices that calibrate the activations (bare weights: the --validation "
+                       "slices or phantoms).")
 @precision_option("--calibration-method", type=CALIBRATION_METHODS, default="minmax",
-              help="INT8: ONNX Runtime's calibration method.")
+                  help="INT8: ONNX Runtime's calibration method.")
 @precision_option("--max-psnr-loss", type=click.FloatRange(min=0), default=None,
-              help="Largest PSNR loss (dB) of an int8/fp16 file against the fp32 export; more fails the export "
-                   "(inf: no bound, every convolution INT8). [default: 0.1 for int8, 0.05 for fp16]")
+                  help="Largest PSNR loss (dB) of an int8/fp16 file against the fp32 export; more fails the export "
+                       "(inf: no bound, every convolution INT8). [default: 0.1 for int8, 0.05 for fp16]")
 @precision_option("--qat-threshold", type=float, default=0.1,
-              help="INT8: when post-training INT8 of every convolution loses more PSNR (dB) than this, a short "
-                   "quantization-aware fine-tuning (self-distilled, fake-quantized) is tried.")
+                  help="INT8: when post-training INT8 of every convolution loses more PSNR (dB) than this, a short "
+                       "quantization-aware fine-tuning (self-distilled, fake-quantized) is tried.")
 @precision_option("--qat-steps", type=click.IntRange(min=0), default=100,
-              help="INT8: steps of that fine-tuning (0: never).")
+                  help="INT8: steps of that fine-tuning (0: never).")
 @output_option("--out", type=click.Path(path_type=Path),
-              help="Output .onnx file (--stage, --weights; other precisions beside it as <name>.<precision>.onnx) "
-                   "or folder (--run); default <run>/exports or beside the weights.")
+               help="Output .onnx file (--stage, --weights; other precisions beside it as <name>.<precision>.onnx) "
+                    "or folder (--run); default <run>/exports or beside the weights.")
 @triton_option("--triton-repo", type=click.Path(path_type=Path, file_okay=False),
-              help="Also write a Triton Inference Server model repository: <model>/config.pbtxt and "
-                   "<model>/1/model.onnx per export, its training mask folded in.")
+               help="Also write a Triton Inference Server model repository: <model>/config.pbtxt and "
+                    "<model>/1/model.onnx per export, its training mask folded in.")
 @triton_option("--triton-instance", type=TRITON_INSTANCES, default="cpu",
-              help="instance_group of the Triton models: cpu (KIND_CPU) or gpu (KIND_GPU).")
+               help="instance_group of the Triton models: cpu (KIND_CPU) or gpu (KIND_GPU).")
 @triton_option("--triton-max-batch", type=click.IntRange(min=1), default=8,
-              help="max_batch_size of the Triton models (dynamic batching).")
+               help="max_batch_size of the Triton models (dynamic batching).")
 @triton_option("--triton-threads", type=click.IntRange(min=0), default=0,
-              help="ONNX Runtime intra-op threads per Triton model instance (0: one per core).")
+               help="ONNX Runtime intra-op threads per Triton model instance (0: one per core).")
 @handles_input_errors
 def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | None, arch: str | None,
                    weights: Path | None, acceleration: float, image_size: int, mask_path: Path | None,
@@ -127,7 +124,14 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
     from compressor.export.precision.options import PrecisionOptions
     from compressor.export.triton.repository import TritonOptions
     from compressor.models import ModelOptions
-    from compressor.workflow.export_job import BareWeights, ExportRequest, plan_export, run_export
+    from compressor.workflow.export_job import (
+        INT8_OPTIONS,
+        TRITON_OPTIONS,
+        BareWeights,
+        ExportRequest,
+        plan_export,
+        run_export,
+    )
 
     model = ModelOptions(block_form=block_form, block_padding=block_padding, width=width, image_channels=image_channels)
     bare = None if weights is None else BareWeights(weights, arch, model, acceleration, image_size, mask_path,
@@ -140,7 +144,7 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
         out=out, triton_repo=triton_repo, triton=TritonOptions(max_batch_size=triton_max_batch,
                                                                instance_kind=triton_instance,
                                                                intra_op_threads=triton_threads),
-        given=frozenset(given_options(ONLY_SOMETIMES_USED)))
+        given=frozenset(given_options([flag[2:].replace("-", "_") for flag in TRITON_OPTIONS + INT8_OPTIONS])))
     plan = plan_export(request, CONSOLE)  # every check and read; nothing is written before it passes
     try:
         run_export(plan, CONSOLE)

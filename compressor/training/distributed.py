@@ -234,9 +234,13 @@ def close_distributed(context: DistributedContext) -> None:
 @contextmanager
 def process_group(device: torch.device) -> Iterator[DistributedContext]:
     """This process's context for the block (:func:`init_distributed`), closed after it. On a multi-process run,
-    a ``torch.distributed.DistError`` raised in the block (NCCL's ``DistBackendError``, the store's
-    ``DistStoreError``, ``DistNetworkError``) is raised again as :class:`CollectiveError`."""
-    context = init_distributed(device)
+    a ``torch.distributed.DistError`` raised while joining the process group or in the block (NCCL's
+    ``DistBackendError``, the store's ``DistStoreError``, ``DistNetworkError``) is raised again as
+    :class:`CollectiveError`."""
+    try:
+        context = init_distributed(device)
+    except dist.DistError as error:  # the rendezvous failed (torchrun's store, another rank, the timeout)
+        raise CollectiveError(int(os.environ.get("RANK", "0")), "joining the process group", error) from error
     try:
         yield context
     except dist.DistError as error:
