@@ -7,7 +7,7 @@
 * :func:`dft_accuracy`: ONNX Runtime's ``DFT`` operator against the matrix-product DFT that
   :class:`~compressor.physics.fft.MatmulDFT` exports to, on hand-built one-transform graphs, against NumPy float64.
 
-Not part of the tool: ``compress benchmark`` (:mod:`compressor.export.benchmark.run`) times the exported models only.
+Not part of the tool: ``compress benchmark`` (:mod:`compressor.export.benchmark`) times the exported models only.
 """
 
 from __future__ import annotations
@@ -21,11 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from compressor.export.benchmark.run import (
-    MIN_ITERATIONS,
-    TorchEager,
-    export_for_timing,
-)
+from compressor.export.benchmark.run import MIN_ITERATIONS
+from compressor.export.benchmark.timing import TorchEager, export_for_timing
 from compressor.export.runtimes.registry import onnxruntime_cpu
 from compressor.export.runtimes.session import graph_feed
 from compressor.export.runtimes.timing import interleaved_timings

@@ -1,17 +1,15 @@
 """ONNX Runtime vs PyTorch eager latency of the DC-CNN sizes at 240x240, against the deployment targets; and the
 cost of complex images: each size's 2-channel (complex image) graph against its 1-channel (real image) graph.
 
-Run from the repository root (one run, same inputs for every model; takes a few minutes on 2 cores)::
+Run from the repository root (one run, same inputs for every model)::
 
     python -m benchmarks.onnx_latency [--threads 2] [--iterations 30]
 
 PyTorch is given its best conditions: its default OpenMP settings (idle threads spin briefly, which helps it; ONNX
 Runtime's spinning is off), and glibc's malloc told to keep freed blocks up to 32 MiB in its heap
-(:func:`compressor.process.keep_freed_memory`). Without that, glibc returns PyTorch's ~8 MB activations to the
-OS after every call and maps and zero-fills them afresh on the next, and PyTorch eager d3c5 swings between ~41 and ~105
-ms on this machine (the 43-95 ms the issue reports); ONNX Runtime has its own arena and is unaffected.
-``OMP_WAIT_POLICY=PASSIVE`` in the environment turns PyTorch's spinning off too (slower, but robust when other processes
-share the cores); the allocator setting and that variable are recorded in the results.
+(:func:`compressor.process.keep_freed_memory`; why: ``benchmarks/results/benchmark_method.md``); ONNX Runtime has
+its own arena. ``OMP_WAIT_POLICY=PASSIVE`` in the environment turns PyTorch's spinning off too (slower, but robust
+when other processes share the cores); the allocator setting and that variable are recorded in the results.
 """
 
 from __future__ import annotations
@@ -25,7 +23,8 @@ import click
 from tabulate import tabulate
 
 from benchmarks.dft_formulations import compare_formulations, dft_accuracy
-from compressor.export.benchmark.run import benchmark_models, format_table
+from compressor.export.benchmark.report import format_table
+from compressor.export.benchmark.run import benchmark_models
 from compressor.io import atomic_path, save_json
 from compressor.masks import make_mask
 

@@ -1,7 +1,7 @@
 """The precision accounting: fp32, INT8 and fp16 files of the DC-CNN sizes, where INT8's time goes, and OpenVINO.
 
 For every image size and architecture (default d2c5-d5c5 at 240x240 and 120x120) one interleaved loop times the
-model's fp32, INT8 and fp16 files and PyTorch eager (:func:`compressor.export.benchmark.run.benchmark_architecture`:
+model's fp32, INT8 and fp16 files and PyTorch eager (:func:`compressor.export.benchmark.timing.benchmark_architecture`:
 medians and 90th percentiles of at least 30 iterations at batch 1, throughput at batch 16, each file's DF share from
 ONNX Runtime's per-node profile). The table gives, per model and precision: parameters, file size, median and p90
 latency, throughput, the speed relative to the fp32 file and ΔPSNR/ΔSSIM against fp32. Then:
@@ -43,20 +43,16 @@ import torch
 from tabulate import tabulate
 
 from compressor.errors import InputError
-from compressor.export.benchmark.run import (
-    MIN_ITERATIONS,
+from compressor.export.benchmark.precision_files import PrecisionFile, parse_precisions, timing_file
+from compressor.export.benchmark.profile import (
     PROFILE_RUNS,
-    PrecisionFile,
-    benchmark_architecture,
     data_fidelity_scopes,
     df_share,
-    export_for_timing,
-    parse_precisions,
     profile_graph,
-    run_precision_files,
     time_by_op_type,
-    timing_file,
 )
+from compressor.export.benchmark.run import MIN_ITERATIONS, run_precision_files
+from compressor.export.benchmark.timing import benchmark_architecture, export_for_timing
 from compressor.export.exported_file import read_exported_metadata
 from compressor.export.run_models import RunModel, load_run_models
 from compressor.export.runtimes.cpu import cpu_features
@@ -115,7 +111,7 @@ def run_subjects(run_dir: Path, archs: Sequence[str], precisions: Sequence[str])
 
 def subject_files(subject: Subject, precisions: Sequence[str], folder: Path) -> dict[str, PrecisionFile]:
     """``{precision: file}`` of ``subject`` in ``precisions`` order: fp32 exported for timing, the others its files
-    or made for timing (:func:`~compressor.export.benchmark.run.timing_file`)."""
+    or made for timing (:func:`~compressor.export.benchmark.precision_files.timing_file`)."""
     folder.mkdir(parents=True, exist_ok=True)
     formulation = resolve_formulation("auto", subject.mask).name
     files = {"fp32": PrecisionFile("fp32", export_for_timing(subject.model, subject.mask, formulation, folder))}

@@ -75,7 +75,11 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation, shared by every stage (per-stage epochs below)."""
+    """Optimisation, shared by every stage (per-stage epochs below).
+
+    ``tensorboard``: every stage writes TensorBoard events while it trains (:mod:`compressor.training.watch`); off,
+    nothing is logged and nothing else changes (no stage key, result or weight depends on it).
+    """
 
     epochs_teacher: Count = 150
     epochs_student: Count = 150
@@ -91,6 +95,7 @@ class TrainConfig:
     num_workers: Annotated[int, AtLeast(0)] = 0
     threads: Count | None = None
     teacher_cache_mib: Annotated[int, AtLeast(0)] = 2048  # a distillation's frozen-teacher features (0: off)
+    tensorboard: bool = True
 
 
 @dataclass

@@ -16,7 +16,7 @@ def keep_freed_memory() -> bool:
     the OS on free, so every ~8 MB activation of a DC-CNN at batch 4 is mapped and zero-filled page by page again on
     every call. Kept in the heap, training steps on a 2-core AVX2 EPYC ran 1.06x (d5c5 teacher), 1.17x (d3c5
     student) and 1.29x (SFT teacher) faster (``benchmarks/results/training_throughput.md``), and PyTorch eager
-    inference stops swinging by 2x (:mod:`compressor.export.benchmark.run`).
+    inference stops swinging by 2x (``benchmarks/results/benchmark_method.md``).
     """
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt

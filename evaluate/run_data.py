@@ -24,6 +24,7 @@ from compressor.errors import InputError
 from compressor.evaluate.metrics import METRICS, SSIM_CONVENTIONS, slice_metrics
 from compressor.evaluate.stats import ALPHA, Comparison, Summary, summarise, wilcoxon_test
 from compressor.io import load_json
+from compressor.json_record import number
 from compressor.rundir import (
     HISTORY_FILE,
     KD_ROLES,
@@ -35,7 +36,6 @@ from compressor.rundir import (
     read_benchmark,
     read_results,
 )
-from compressor.rundir.parsing import number
 
 RECONSTRUCTION_DATASETS = ("reconstruction", "target", "zero_filled", "volume", "slice_index")
 CONVERGENCE_TOLERANCE = 0.02  # converged: validation loss within 2 % of the curve's minimum

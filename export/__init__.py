@@ -16,9 +16,9 @@ out), :mod:`compressor.export.scanner.raw_input` and :mod:`compressor.export.sca
 scans in,
 ISMRMRD images out), :mod:`compressor.export.scanner.mrd_server` (``compress serve``, the MRD streaming server) and
 :mod:`compressor.export.scanner.mrd_stream` (one slice through the model; MRD v2 streams),
-:mod:`compressor.export.triton.repository`
-(a Triton Inference Server model repository of the exports), :mod:`compressor.export.benchmark.run` (ORT vs PyTorch
-latency and precision tables).
+:mod:`compressor.export.serving`
+(serving repositories of the validated exports, a seam of their own after the export targets: Triton Inference
+Server's), :mod:`compressor.export.benchmark` (ORT vs PyTorch latency and precision tables).
 
 The folder ``export/`` is installed as ``compressor.export`` (``package-dir`` in ``pyproject.toml``): a PyPI
 distribution called ``export`` cannot shadow it, nor it that one. It imports from the physics, models and data of

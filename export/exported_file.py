@@ -1,56 +1,46 @@
 """The exported ONNX file: what it holds besides the graph, written and read in this one module.
 
-An exported file is one self-contained ONNX model. Its graph takes :data:`INPUT_NAMES` (``kspace_real``,
-``kspace_imag`` ``(B, H, W)`` float32, uncentred; ``mask`` ``(H, W)`` float32 0/1) and returns :func:`graph_outputs`
-of its image channels (the normalised image's parts, then ``scale`` ``(B,)``), in that order; ``B`` is dynamic,
-``H x W`` fixed at export. Its ``metadata_props`` hold one JSON value per key, all described by
-:class:`ExportMetadata`, written by :func:`write_exported` and read by :func:`metadata_of` /
-:func:`read_exported_metadata`: nothing else touches them.
+One self-contained ONNX model. Its graph takes :data:`INPUT_NAMES` (``kspace_real``, ``kspace_imag`` ``(B, H, W)``
+float32, uncentred; ``mask`` ``(H, W)`` float32 0/1) and returns :func:`graph_outputs` of its image channels, in that
+order; ``B`` is dynamic, ``H x W`` fixed at export. Its ``metadata_props``, one JSON value per key, are
+:class:`ExportMetadata`, written by :func:`write_exported` and read by :func:`metadata_of`: nothing else touches them.
 
 Versions (key ``format_version``): 1, files written before the metadata was typed (an INT8 layer records no reason),
-and 2 (a reason for every layer: ``int8_because`` or ``kept_fp32_because``); another version is refused in one line.
-Keys a reader does not know are ignored; every key and JSON value of version 1 is written again unchanged.
-
-Adding a key: a typed field on :class:`ExportMetadata` (a :class:`~compressor.json_record.JsonRecord` for a JSON
-object), written by :meth:`~ExportMetadata.to_properties`, read by :meth:`~ExportMetadata.from_properties`.
+and 2; another is refused in one line. Unknown keys are ignored; every key and JSON value of version 1 is written
+again unchanged. Adding a key: a typed field on :class:`ExportMetadata` (a :class:`~compressor.json_record.JsonRecord`
+for a JSON object), written by :meth:`~ExportMetadata.to_properties` and read by its ``from_properties``.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
+from compressor import json_record
 from compressor.errors import InputError, first_line
-from compressor.json_record import JsonRecord, json_key, json_member, json_object, to_json_value, typed_json
+from compressor.json_record import JsonRecord, json_flat, json_key
 
 FORMAT = "sft-kd-recon-onnx"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 INPUT_NAMES = ("kspace_real", "kspace_imag", "mask")
 SCALE_OUTPUT = "scale"
-NORMALISATION = (
-    "the image outputs are in normalised units: x_u = F^-1(mask * kspace) (its real part for 1 image channel, the "
-    "complex image for 2), scale = max|x_u| per slice (>= 1e-12), inputs divided by scale; image * scale is in the "
-    "input's units"
-)
-KSPACE_CONVENTION = (
-    "uncentred (DC at index (0, 0)), orthonormal 2-D FFT (norm='ortho'), real and imaginary parts as separate "
-    "float32 inputs (B, H, W); mask (H, W) float32 0/1, uncentred"
-)
+NORMALISATION = ("the image outputs are in normalised units: x_u = F^-1(mask * kspace) (its real part for 1 image "
+                 "channel, the complex image for 2), scale = max|x_u| per slice (>= 1e-12), inputs divided by scale; "
+                 "image * scale is in the input's units")
+KSPACE_CONVENTION = ("uncentred (DC at index (0, 0)), orthonormal 2-D FFT (norm='ortho'), real and imaginary parts as "
+                     "separate float32 inputs (B, H, W); mask (H, W) float32 0/1, uncentred")
 V1_INT8_REASON = "INT8 (a format-1 file records no reason for the layers it quantized)"
 
 
 class Precision(StrEnum):
-    """The arithmetic precision of a file's convolutions: the one spelling of precision (``--precision`` takes these
-    values; the export target of each is ``onnx-<value>``)."""
+    """The precision of a file's convolutions: the one spelling of precision (``--precision`` takes these values)."""
 
     FP32 = "fp32"
     INT8 = "int8"
@@ -84,9 +74,8 @@ class Precision(StrEnum):
 
 @dataclass(frozen=True)
 class GraphOutputs:
-    """The outputs of a scanner graph of one image channel count, in graph order (the one place they are named):
-    ``names``, the image's parts ``(B, H, W)`` float32 in normalised units, for 2 channels its magnitude, last
-    ``scale`` ``(B,)``; ``image_names``, the parts of the image: ``("image",)`` or ``("image_real", "image_imag")``."""
+    """A scanner graph's outputs (named only here): ``names`` in graph order, the image's parts ``(B, H, W)`` float32
+    normalised, for 2 channels its magnitude, last ``scale`` ``(B,)``; ``image_names``, the image's parts."""
 
     names: tuple[str, ...]
     image_names: tuple[str, ...]
@@ -99,11 +88,10 @@ class GraphOutputs:
         return (real + 1j * imag).astype(np.complex64)
 
 
-GRAPH_OUTPUTS: dict[int, GraphOutputs] = {
+GRAPH_OUTPUTS: dict[int, GraphOutputs] = {  # by the model's image channels: 1 real, 2 complex (real and imaginary)
     1: GraphOutputs(("image", SCALE_OUTPUT), ("image",)),
     2: GraphOutputs(("image_real", "image_imag", "magnitude", SCALE_OUTPUT), ("image_real", "image_imag")),
 }
-"""The graph's outputs by the model's image channels (1 real, 2 complex as real and imaginary parts)."""
 
 
 def graph_outputs(image_channels: int) -> GraphOutputs:
@@ -111,19 +99,6 @@ def graph_outputs(image_channels: int) -> GraphOutputs:
     if image_channels not in GRAPH_OUTPUTS:
         raise ValueError(f"image channels must be one of {sorted(GRAPH_OUTPUTS)}, got {image_channels}")
     return GRAPH_OUTPUTS[image_channels]
-
-
-def encode_mask(mask: np.ndarray) -> dict[str, Any]:
-    """A 0/1 ``(H, W)`` mask as ``{"shape": [H, W], "packbits": base64}`` (JSON-ready, 1 bit per sample)."""
-    bits = np.packbits(np.asarray(mask) != 0, axis=None)
-    return {"shape": [int(n) for n in mask.shape], "packbits": base64.b64encode(bits.tobytes()).decode("ascii")}
-
-
-def decode_mask(encoded: dict[str, Any]) -> np.ndarray:
-    """The float32 ``(H, W)`` mask written by :func:`encode_mask`."""
-    shape = tuple(int(n) for n in encoded["shape"])
-    bits = np.frombuffer(base64.b64decode(encoded["packbits"]), dtype=np.uint8)
-    return np.unpackbits(bits, count=shape[0] * shape[1]).reshape(shape).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -146,16 +121,14 @@ class ModelOrigin(JsonRecord):
     weights: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        if self.weights is not None:
-            return {"weights": self.weights}
-        return {"name": self.name, "role": self.role, "method": self.method, "stage": self.stage}
+        run_model = {"name": self.name, "role": self.role, "method": self.method, "stage": self.stage}
+        return run_model if self.weights is None else {"weights": self.weights}
 
 
 @dataclass(frozen=True)
 class Int8Settings(JsonRecord):
-    """How ``quantize_static`` was called, and why: ONNX Runtime ``QuantType`` names of the activations and weights,
-    7-bit weights (``reduce_range``), per-channel weight scales, the format (``"QDQ"``, JSON key ``format``) and the
-    ONNX Runtime guide's rule applied, in words."""
+    """How ``quantize_static`` was called, and why: ONNX Runtime ``QuantType`` names of activations and weights,
+    7-bit weights (``reduce_range``), per-channel scales, the format (``"QDQ"``, key ``format``), the rule applied."""
 
     activation_type: str
     weight_type: str
@@ -187,19 +160,16 @@ class LayerRecord(JsonRecord):
     reason: str
 
     def to_json(self) -> dict[str, Any]:
-        because = "int8_because" if self.int8 else "kept_fp32_because"
-        return {"node": self.node, "layer": self.layer, "psnr_loss_alone_db": self.psnr_loss_alone_db,
-                "int8": self.int8, because: self.reason}
+        values = super().to_json()
+        values["int8_because" if self.int8 else "kept_fp32_because"] = values.pop("reason")
+        return values
 
     @classmethod
     def from_json(cls, value: Any, source: str | Path, key: str) -> LayerRecord:
-        int8 = json_member(json_object(value, source, key), "int8", bool, source, key)
-        because = "int8_because" if int8 else "kept_fp32_because"
-        if int8 and because not in value:
-            value = {**value, because: V1_INT8_REASON}
-        return cls(*(json_member(value, name, kind, source, key) for name, kind in
-                     (("node", str), ("layer", str), ("psnr_loss_alone_db", float))), int8,
-                   json_member(value, because, str, source, key))
+        layer = json_record.json_fields(cls, value, source, key, skip={"reason"})
+        because = "int8_because" if layer["int8"] else "kept_fp32_because"
+        value = {because: V1_INT8_REASON, **value} if layer["int8"] else value
+        return cls(**layer, reason=json_record.json_member(value, because, str, source, key))
 
 
 QAT_OBJECTIVE = ("L1 to the fp32 model's own reconstruction (self-distillation), fake-quantized convolution weights "
@@ -208,10 +178,9 @@ QAT_OBJECTIVE = ("L1 to the fp32 model's own reconstruction (self-distillation),
 
 @dataclass(frozen=True)
 class QatRun(JsonRecord):
-    """A quantization-aware fine-tuning (Adam, ``steps`` of ``batch`` slices) and what it gave: the L1 distance to
-    the fp32 model's own reconstruction over the first and the last ten steps, the PSNR loss (dB) of INT8 of every
-    convolution INT8 may take after post-training quantization (which started it) and after the fine-tuning, and
-    whether the file is the fine-tuned one."""
+    """A quantization-aware fine-tuning (Adam, ``steps`` of ``batch`` slices): the L1 to the fp32 model's own
+    reconstruction over the first and last ten steps, the PSNR loss (dB) of every INT8-able convolution in INT8
+    after post-training quantization and after the fine-tuning, and whether the file is the fine-tuned one."""
 
     steps: int
     learning_rate: float
@@ -226,32 +195,24 @@ class QatRun(JsonRecord):
 
 @dataclass(frozen=True)
 class QatRecord(JsonRecord):
-    """The quantization-aware fine-tuning step of an INT8 export: its ``threshold_db`` and ``max_steps``, and the
-    fine-tuning if one ran (``{"run": false}`` in the JSON when none did)."""
+    """The quantization-aware step of an INT8 export: ``threshold_db``, ``max_steps`` and the fine-tuning if one ran
+    (its keys among these; ``{"run": false}`` when none did)."""
 
     threshold_db: float
     max_steps: int
-    run: QatRun | None = None
+    run: QatRun | None = json_flat(None)
 
     def to_json(self) -> dict[str, Any]:
-        return {"threshold_db": self.threshold_db, "max_steps": self.max_steps,
-                **(self.run.to_json() if self.run is not None else {"run": False})}
-
-    @classmethod
-    def from_json(cls, value: Any, source: str | Path, key: str) -> QatRecord:
-        ran = json_object(value, source, key).get("run", True) is not False
-        threshold, steps = (json_member(value, name, kind, source, key)
-                            for name, kind in (("threshold_db", float), ("max_steps", int)))
-        return cls(threshold, steps, QatRun.from_json(value, source, key) if ran else None)
+        return {**super().to_json(), **({} if self.run else {"run": False})}
 
 
 @dataclass(frozen=True)
 class Int8Record(JsonRecord):
-    """How an INT8 file was made (key ``quantization``): the ``settings`` (their keys at the top of the object), the
-    ``calibration``, the PSNR-loss bound, every convolution's :class:`LayerRecord` in graph order, how many graphs
-    the sensitivity analysis measured, and the quantization-aware fine-tuning."""
+    """How an INT8 file was made (key ``quantization``): the ``settings`` (their keys at the top of the object),
+    ``calibration``, the PSNR-loss bound, every convolution's :class:`LayerRecord` in graph order, the graphs the
+    sensitivity analysis measured, the quantization-aware fine-tuning."""
 
-    settings: Int8Settings
+    settings: Int8Settings = json_flat()
     calibration: CalibrationRecord
     max_psnr_loss_db: float
     layers: tuple[LayerRecord, ...]
@@ -264,16 +225,9 @@ class Int8Record(JsonRecord):
         return [layer.node for layer in self.layers if layer.int8]
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.settings.to_json(), "calibration": self.calibration.to_json(),
-                "max_psnr_loss_db": self.max_psnr_loss_db, "layers": [layer.to_json() for layer in self.layers],
-                "int8_nodes": self.int8_nodes, "graphs_measured": self.graphs_measured, "qat": self.qat.to_json()}
-
-    @classmethod
-    def from_json(cls, value: Any, source: str | Path, key: str) -> Int8Record:
-        return cls(Int8Settings.from_json(value, source, key), *(
-            json_member(value, name, kind, source, key) for name, kind in (
-                ("calibration", CalibrationRecord), ("max_psnr_loss_db", float),
-                ("layers", tuple[LayerRecord, ...]), ("graphs_measured", int), ("qat", QatRecord))))
+        values = super().to_json()  # key int8_nodes after layers
+        tail = {key: values.pop(key) for key in ("graphs_measured", "qat")}
+        return {**values, "int8_nodes": self.int8_nodes, **tail}
 
 
 @dataclass(frozen=True)
@@ -311,8 +265,8 @@ class CpuRecord(JsonRecord):
 
 @dataclass(frozen=True)
 class SpeedRecord(JsonRecord):
-    """Whether INT8 pays on the CPU it was made on: interleaved batch-1 median latencies (ms) of the INT8 and fp32
-    files on ONNX Runtime, their ratio and verdict; where OpenVINO was installed, the INT8 file's on OpenVINO."""
+    """Whether INT8 pays on the CPU it was made on: batch-1 median latencies (ms) of the INT8 and fp32 files on ONNX
+    Runtime, their ratio and verdict; where OpenVINO was installed, the INT8 file's on OpenVINO."""
 
     int8_median_ms: float
     fp32_median_ms: float
@@ -326,37 +280,28 @@ class SpeedRecord(JsonRecord):
     openvino_pays: bool | None = None
 
 
-ORIGIN_KEYS = {"name", "role", "method", "stage", "weights"}
-CORE_KEYS = ("architecture", "parameters", "image_size", "acceleration", "mask", "mask_digest", "formulation",
-             "line_axis", "model_options", "config_key", "tool_version")
-
-
 @dataclass(frozen=True, eq=False)
 class ExportMetadata:
-    """What an exported model records about itself (ONNX ``metadata_props``, every value JSON-encoded, each field
-    under its own name as key unless said otherwise).
+    """What an exported model records about itself (ONNX ``metadata_props``, every value JSON; each field under its
+    own name as key unless said otherwise; the keys ``format``, ``format_version``, ``normalisation``,
+    ``kspace_convention`` and ``outputs`` are fixed by the format). Equal when they write the same properties.
 
     Attributes:
         architecture, parameters: e.g. ``"d3c5"``, and the PyTorch model's trainable parameter count.
-        image_size: ``(H, W)`` fixed at export.
-        acceleration: the nominal acceleration the model was trained for (``None`` if unknown).
-        mask: the training mask ``(H, W)`` float32, uncentred (used when the input brings no mask), written as
-            ``{"shape": [H, W], "packbits": base64}`` (:func:`encode_mask`); ``mask_digest``, its digest.
-        formulation: the graph's DF formulation (``"lines"``, ``"dft"``: :mod:`compressor.export.graph.scanner_graph`).
-        line_axis: for ``"lines"``, the axis of the mask's lines (``-1`` whole columns, ``-2`` whole rows).
+        image_size: ``(H, W)`` fixed at export; ``acceleration``: the nominal one trained for (``None``: unknown).
+        mask: the training mask ``(H, W)`` float32, uncentred (used when the input brings none), written as
+            ``{"shape": [H, W], "packbits": base64}`` (:func:`~compressor.json_record.encode_bits`); ``mask_digest``,
+            its digest.
+        formulation: the graph's DF formulation (``"lines"``, ``"dft"``: :mod:`compressor.export.graph.scanner_graph`);
+            ``line_axis``: for ``"lines"``, the axis of the mask's lines (``-1`` whole columns, ``-2`` whole rows).
         model_options: the model's :class:`~compressor.models.ModelOptions` as its on-disk dict.
-        config_key: the run's stage key (``stage.json`` ``key``), ``None`` for a bare weights file.
-        tool_version: version of this tool at export.
+        config_key: the run's stage key (``stage.json`` ``key``), ``None`` for bare weights; ``tool_version``.
         exporter, origin: the exporter; the run model or weights file exported (their keys at the top level).
         precision: the convolutions' precision (absent in files older than precisions: fp32).
-        precision_method, quantization, fp16, quality, cpu, int8_speed: how a non-fp32 file was made and what it
-            costs (:data:`RECORD_KEYS` names their keys).
-        image_channels: the model's image channels, which fix the graph's outputs (:func:`graph_outputs`); a file
-            exported before 2-channel models existed records none and means 1.
-        inputs: the graph's inputs (:data:`INPUT_NAMES`; a Triton repository's model has its mask folded in).
-
-    Besides these, the file records ``format``, ``format_version``, ``normalisation``, ``kspace_convention`` and
-    ``outputs``, fixed by the format. Two metadata are equal when they write the same properties.
+        precision_method, quantization, fp16, quality (key ``precision_quality``), cpu, int8_speed: how a non-fp32
+            file was made and what it costs.
+        image_channels: they fix the graph's outputs (:func:`graph_outputs`); absent in older files: 1.
+        inputs: the graph's inputs (:data:`INPUT_NAMES`; a served model has its mask folded in).
     """
 
     architecture: str
@@ -370,22 +315,20 @@ class ExportMetadata:
     model_options: dict[str, Any]
     config_key: str | None
     tool_version: str
-    exporter: ExporterRecord | None = None
-    origin: ModelOrigin | None = None
+    exporter: ExporterRecord | None = json_flat(None)
+    origin: ModelOrigin | None = json_flat(None)
     precision: Precision = Precision.FP32
     precision_method: str | None = None
     quantization: Int8Record | None = None
     fp16: Fp16Record | None = None
-    quality: QualityRecord | None = None
+    quality: QualityRecord | None = json_key("precision_quality", None)
     cpu: CpuRecord | None = None
     int8_speed: SpeedRecord | None = None
     image_channels: int = 1
     inputs: tuple[str, ...] = INPUT_NAMES
 
-    RECORD_KEYS: ClassVar[dict[str, str]] = {
-        "precision_method": "precision_method", "quantization": "quantization", "fp16": "fp16",
-        "quality": "precision_quality", "cpu": "cpu", "int8_speed": "int8_speed"}
-    """The optional keys after ``precision`` and the origin, in the order they are written: ``{field: key}``."""
+    RECORDS: ClassVar[tuple[str, ...]] = ("precision_method", "quantization", "fp16", "quality", "cpu", "int8_speed")
+    """The optional fields written after ``precision`` and the origin, in this order, each under its key."""
 
     @property
     def outputs(self) -> GraphOutputs:
@@ -400,55 +343,36 @@ class ExportMetadata:
         values: dict[str, Any] = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "architecture": self.architecture,
             "parameters": self.parameters, "image_size": list(self.image_size), "acceleration": self.acceleration,
-            "mask": encode_mask(self.mask), "mask_digest": self.mask_digest, "formulation": self.formulation,
-            "line_axis": self.line_axis, "model_options": self.model_options, "config_key": self.config_key,
-            "tool_version": self.tool_version, "image_channels": self.image_channels,
+            "mask": json_record.encode_bits(self.mask), "mask_digest": self.mask_digest,
+            "formulation": self.formulation, "line_axis": self.line_axis, "model_options": self.model_options,
+            "config_key": self.config_key, "tool_version": self.tool_version, "image_channels": self.image_channels,
             "normalisation": NORMALISATION, "kspace_convention": KSPACE_CONVENTION, "inputs": list(self.inputs),
             "outputs": list(self.outputs.names),
             **(self.exporter.to_json() if self.exporter else {}), "precision": self.precision.value,
             **(self.origin.to_json() if self.origin else {}),
         }
-        values.update({key: to_json_value(getattr(self, name)) for name, key in self.RECORD_KEYS.items()
-                       if getattr(self, name) is not None})
+        records = {item.metadata.get("json", item.name): getattr(self, item.name) for item in fields(self)
+                   if item.name in self.RECORDS}
+        values.update({key: json_record.to_json_value(value) for key, value in records.items() if value is not None})
         return {key: json.dumps(value) for key, value in values.items()}
 
     @classmethod
     def from_properties(cls, properties: Mapping[str, str], source: str | Path = "model") -> ExportMetadata:
-        """Parse ``metadata_props`` of format version 1 or 2; a model not exported by this tool, of another version,
-        or with a malformed value raises :class:`InputError` naming ``source`` (and the key)."""
-        values = {}
-        for key, text in properties.items():
-            try:
-                values[key] = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise InputError(f"unreadable model metadata ({error})", source, key) from None
+        """Parse ``metadata_props`` of format version 1 or 2; a foreign model, another version or a malformed value
+        is an :class:`InputError` naming ``source`` (and the key)."""
+        values = json_record.json_values(properties, "unreadable model metadata", source)
         if values.get("format") != FORMAT:
             raise InputError(f"not exported by this tool (no {FORMAT!r} metadata); re-export it with "
                              "'compress export'", source)
-        version = values.get("format_version")
-        if isinstance(version, bool) or version not in READABLE_VERSIONS:
-            raise InputError(f"exported-file format version {version!r} is not one this tool reads "
-                             f"({', '.join(map(str, READABLE_VERSIONS))}); re-export it with 'compress export'", source)
-        missing = [key for key in CORE_KEYS if key not in values]
+        json_record.check_version(values.get("format_version"), READABLE_VERSIONS, "exported-file format version",
+                                  "re-export it with 'compress export'", source)
+        missing = [item.name for item in fields(cls) if item.default is MISSING and item.name not in values]
         if missing:
             raise InputError(f"model metadata lacks {', '.join(missing)}", source)
-        image_channels = values.get("image_channels", 1)  # files exported before complex models: real images
-        if image_channels not in GRAPH_OUTPUTS:
-            raise InputError(f"model metadata has image_channels {image_channels!r}; known: "
+        if values.get("image_channels", 1) not in GRAPH_OUTPUTS:  # absent in files older than complex models
+            raise InputError(f"model metadata has image_channels {values['image_channels']!r}; known: "
                              f"{', '.join(map(str, GRAPH_OUTPUTS))}", source)
-        hints = typing.get_type_hints(cls)
-        typed = {name: typed_json(values[name], hints[name], source, name) for name in CORE_KEYS if name != "mask"}
-        typed.update({name: typed_json(values[key], hints[name], source, key) for name, key in cls.RECORD_KEYS.items()
-                      if key in values})
-        try:
-            mask = decode_mask(values["mask"])
-        except (KeyError, TypeError, ValueError, IndexError) as error:
-            raise InputError(f"not a packed mask ({first_line(error)})", source, "mask") from None
-        return cls(**typed, mask=mask, image_channels=image_channels,
-                   exporter=ExporterRecord.from_json(values, source, "") if "exporter" in values else None,
-                   origin=ModelOrigin.from_json(values, source, "") if values.keys() & ORIGIN_KEYS else None,
-                   precision=typed_json(values.get("precision", "fp32"), Precision, source, "precision"),
-                   inputs=typed_json(values.get("inputs", list(INPUT_NAMES)), tuple[str, ...], source, "inputs"))
+        return cls(**json_record.json_fields(cls, values, source, ""))
 
 
 def metadata_properties(proto: Any) -> dict[str, str]:
@@ -472,14 +396,12 @@ def write_exported(proto: Any, path: str | Path, metadata: ExportMetadata) -> No
     onnx.save_model(proto, str(path), save_as_external_data=False)
 
 
-def metadata_of(proto: Any, source: str | Path = "model") -> ExportMetadata:
-    """The :class:`ExportMetadata` an ONNX ``ModelProto`` records (``source`` names it in errors)."""
-    return ExportMetadata.from_properties(metadata_properties(proto), source)
-
-
-def metadata_of_session(session: Any, source: str | Path) -> ExportMetadata:
-    """The :class:`ExportMetadata` of the file an ``onnxruntime.InferenceSession`` runs (``source``)."""
-    return ExportMetadata.from_properties(session.get_modelmeta().custom_metadata_map, source)
+def metadata_of(model: Any, source: str | Path = "model") -> ExportMetadata:
+    """The :class:`ExportMetadata` an ONNX ``ModelProto`` or the file an ``onnxruntime.InferenceSession`` runs
+    records (``source`` names it in errors)."""
+    session = hasattr(model, "get_modelmeta")
+    properties = model.get_modelmeta().custom_metadata_map if session else metadata_properties(model)
+    return ExportMetadata.from_properties(properties, source)
 
 
 def load_exported(path: str | Path) -> Any:

@@ -21,28 +21,27 @@ from onnx import TensorProto, helper
 
 from compressor.cli import main as cli
 from compressor.errors import InputError
-from compressor.export.benchmark.run import (
-    NodeTime,
+from compressor.export.benchmark.precision_files import (
     PrecisionFile,
-    TrainedModel,
-    benchmark_models,
-    data_fidelity_layers,
-    data_fidelity_scopes,
-    df_share,
-    export_for_timing,
-    matched_cascades,
-    node_scopes,
     parse_precisions,
-    profile_graph,
-    profile_node_times,
     read_precision_file,
-    require_data_fidelity_scopes,
-    require_matched_data_fidelity,
-    run_precision_files,
     shared_formulation,
-    time_by_op_type,
     timing_file,
 )
+from compressor.export.benchmark.profile import (
+    NodeTime,
+    data_fidelity_scopes,
+    df_share,
+    matched_cascades,
+    node_scopes,
+    profile_graph,
+    profile_node_times,
+    require_data_fidelity_scopes,
+    require_matched_data_fidelity,
+    time_by_op_type,
+)
+from compressor.export.benchmark.run import TrainedModel, benchmark_models, run_precision_files
+from compressor.export.benchmark.timing import data_fidelity_layers, export_for_timing
 from compressor.export.runtimes import RUNTIMES, graph_feed
 from compressor.export.targets.export import export_model, phantom_kspace
 from compressor.masks import make_mask

@@ -23,6 +23,7 @@ from compressor import rundir
 from compressor.config import load_config
 from compressor.data import build_splits
 from compressor.errors import InputError
+from compressor.evaluate.metrics import slice_metrics
 from compressor.io import load_json
 from compressor.kd import build_kd_loss
 from compressor.models import build_model
@@ -33,6 +34,7 @@ from compressor.training.loop import TrainSettings, train_stage
 from compressor.training.objectives import Distillation, Supervised, TrainingPhase
 from compressor.training.preflight import check_batches
 from compressor.training.stages import model_options
+from compressor.training.watch import EVENT_FILE_PATTERN, StageWatch
 
 pytestmark = pytest.mark.skipif(not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
 
@@ -76,8 +78,11 @@ def _train(kind: str, batch_size: int, context: DistributedContext, stage_dir: P
         objective, phases = Distillation(student, teacher, loss, 1000.0), kd_phases(loss, "joint", epochs)
     settings = TrainSettings(batch_size=batch_size, lr=1e-3, lr_step=40, lr_gamma=0.1, seed=0,
                              device=torch.device("cpu"), progress=False, distributed=context)
+    # Every rank computes its share of the validation metrics; rank 0's watch alone has a folder.
+    watch = StageWatch(stage_dir / rundir.TENSORBOARD_FOLDER if context.is_main else None, slice_metrics,
+                       {"kind": kind})
     train_stage(objective, phases, Subset(splits.train, range(TRAIN_SLICES)), splits.validation, settings,
-                stage_dir, kind, log=lambda _: None)
+                stage_dir, kind, log=lambda _: None, watch=watch)
 
 
 def _no_write(*args, **kwargs):
@@ -171,6 +176,22 @@ def test_two_ranks_train_the_weights_of_one_process_with_the_global_batch(stages
     assert [h["val_loss"] for h in two] == pytest.approx([h["val_loss"] for h in one], rel=1e-5)
     assert [h["train_loss"] for h in two] == pytest.approx([h["train_loss"] for h in one], rel=1e-4)
     assert sorted(p.name for p in (ranks / kind).iterdir()) == sorted(p.name for p in (single / kind).iterdir())
+    # TensorBoard: one event file (rank 0's), and the validation PSNR/SSIM of every rank's slices, not rank 0's
+    assert len(list((ranks / kind / rundir.TENSORBOARD_FOLDER).glob(EVENT_FILE_PATTERN))) == 1
+    two, one = (validation_scalars(run / kind) for run in (ranks, single))
+    assert two.keys() == one.keys() == {"validation/l1", "validation/psnr", "validation/ssim"}
+    for tag, values in two.items():
+        assert [step for step, _ in values] == [1, 2]
+        assert [v for _, v in values] == pytest.approx([v for _, v in one[tag]], rel=1e-5), tag
+
+
+def validation_scalars(stage_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(stage_dir / rundir.TENSORBOARD_FOLDER))
+    accumulator.Reload()
+    return {tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
+            for tag in accumulator.Tags()["scalars"] if tag.startswith("validation/")}
 
 
 def test_resume_after_an_interrupted_epoch_equals_the_uninterrupted_run(stages):
@@ -191,12 +212,15 @@ def torchrun(out: Path, *options: str) -> subprocess.CompletedProcess:
 
 
 def files(run: Path) -> list[str]:
-    """The run's files, stage keys left out (the key of a 2-process stage differs by design)."""
+    """The run's files, stage keys left out (the key of a 2-process stage differs by design), and TensorBoard event
+    files by their pattern (their names hold the time, host and process id)."""
     names = []
     for path in filter(Path.is_file, run.rglob("*")):
         parts = list(path.relative_to(run).parts)
         if parts[0] == rundir.STAGES_FOLDER:
             parts[1] = parts[1].rsplit("-", 1)[0]
+        if path.match(EVENT_FILE_PATTERN):
+            parts[-1] = EVENT_FILE_PATTERN
         names.append("/".join(parts))
     return sorted(names)
 
@@ -216,7 +240,8 @@ def runs(cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, P
 
 def test_ranks_write_what_one_process_writes_and_record_the_global_batch(runs):
     single, ranks, log = runs
-    assert files(ranks) == files(single)
+    assert files(ranks) == files(single)  # rank 0's TensorBoard events alone: one file per stage
+    assert files(ranks).count(f"stages/teacher-d5c5/{rundir.TENSORBOARD_FOLDER}/{EVENT_FILE_PATTERN}") == 1
     assert log.count("DDP: 2 processes (gloo, cpu), per-rank batch 2, global batch 4, lr 0.001 (not scaled)") == 1
     assert rundir.read_results(ranks).distributed == rundir.ProcessesRecord(
         world_size=2, backend="gloo", per_rank_batch_size=2, global_batch_size=4, lr=0.001)

@@ -22,14 +22,16 @@ from compressor.data import build_mask
 from compressor.data.dataset import normalise_kspace
 from compressor.data.project_h5 import write_project_volume
 from compressor.errors import InputError
-from compressor.export.benchmark.run import benchmark_models, benchmark_run, write_benchmark
-from compressor.export.exported_file import ExportMetadata, ModelOrigin, decode_mask, encode_mask
+from compressor.export.benchmark.report import write_benchmark
+from compressor.export.benchmark.run import benchmark_models, benchmark_run
+from compressor.export.exported_file import ExportMetadata, ModelOrigin
 from compressor.export.graph.scanner_graph import ChannelSumConv, ScannerGraph
 from compressor.export.graph.validate import AtolError, ExportValidationError, pytorch_reference
 from compressor.export.runtimes import RUNTIMES, choose_runtime, open_exported
 from compressor.export.runtimes.onnxruntime_provider import CPU
 from compressor.export.targets.export import export_model, phantom_kspace, resolve_formulation, simulated_kspace
 from compressor.io import save_json
+from compressor.json_record import decode_bits, encode_bits
 from compressor.masks import SamplingMask, make_mask
 from compressor.models import ModelOptions, build_model
 from compressor.physics import (
@@ -194,7 +196,7 @@ def test_metadata_round_trip(exported, mask):
 
 def test_mask_encoding_round_trips_odd_shapes():
     values = (np.random.default_rng(0).random((5, 7)) < 0.5).astype(np.float32)
-    assert np.array_equal(decode_mask(json.loads(json.dumps(encode_mask(values)))), values)
+    assert np.array_equal(decode_bits(json.loads(json.dumps(encode_bits(values))), "mask", "mask"), values)
 
 
 def test_full_mask_returns_the_image_whose_kspace_it_was_given(exported):

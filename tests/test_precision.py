@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from onnx import TensorProto
 
 from compressor.cli.export_command import export_command
-from compressor.export.benchmark.run import data_fidelity_scopes
+from compressor.export.benchmark.profile import data_fidelity_scopes
 from compressor.export.exported_file import ExportMetadata, Precision, QatRecord
 from compressor.export.graph.validate import ExportValidationError, QualityLossError
 from compressor.export.precision.layers import ConvLayer, activations_between, conv_layers

@@ -1,5 +1,6 @@
 """The Triton Inference Server model repository of ``compress export --triton-repo``: layout, config.pbtxt against
-Triton's own ``ModelConfig`` and the ONNX graph, the folded mask, names, options, existing entries.
+Triton's own ``ModelConfig`` and the ONNX graph, the folded mask, names, options, existing entries; the serving
+repository seam (another format is one class over the shared writer).
 
 Tiny models (d2c2, 8 channels) on 16x12 images (non-square, so that H and W cannot be swapped unseen), 1 and 2
 image channels. No Triton server runs here: the configs are checked by parsing them with ``tritonclient``'s
@@ -23,15 +24,16 @@ from compressor.errors import InputError
 from compressor.export.exported_file import read_exported_metadata
 from compressor.export.run_models import simulated_kspace
 from compressor.export.runtimes import RUNTIMES, open_exported
-from compressor.export.targets.export import export_model, phantom_kspace
-from compressor.export.triton.repository import (
-    Keyword,
+from compressor.export.serving import (
+    SERVING_REPOSITORIES,
+    RepositoryFormat,
+    ServedExport,
     TritonOptions,
-    TritonSource,
-    to_text_format,
-    triton_model_name,
-    write_triton_repository,
+    TritonRepository,
 )
+from compressor.export.serving.triton import triton_model_name, write_triton_repository
+from compressor.export.serving.triton_config import Keyword, to_text_format
+from compressor.export.targets.export import export_model, phantom_kspace
 from compressor.masks import make_mask
 from compressor.models import ModelOptions, build_model
 from tests.test_export import tiny_model, write_run
@@ -63,7 +65,7 @@ def exports(tmp_path_factory, mask) -> dict[int, Path]:
 def repository(tmp_path_factory, exports) -> Path:
     """Both exports served from one repository with the default options."""
     folder = tmp_path_factory.mktemp("triton") / "repo"
-    entries = write_triton_repository([TritonSource(NAMES[c], exports[c]) for c in (1, 2)], folder, provider="cpu")
+    entries = write_triton_repository([ServedExport(NAMES[c], exports[c]) for c in (1, 2)], folder, provider="cpu")
     assert [(e.name, e.action, e.precision) for e in entries] == [(ENTRIES[1], "written", "fp32"),
                                                                    (ENTRIES[2], "written", "fp32")]
     return folder
@@ -149,7 +151,7 @@ def test_config_serves_with_dynamic_batching_cpu_instances_threads_and_a_warmup_
 
 def test_gpu_instances_batch_size_and_threads_are_options(tmp_path, exports):
     options = TritonOptions(max_batch_size=4, instance_kind="gpu", intra_op_threads=2)
-    (entry,) = write_triton_repository([TritonSource("d2c2", exports[1])], tmp_path, options, provider="cpu")
+    (entry,) = write_triton_repository([ServedExport("d2c2", exports[1])], tmp_path, options, provider="cpu")
     config = parse_config(entry.folder / "config.pbtxt")
     assert model_config_pb2.ModelInstanceGroup.Kind.Name(config.instance_group[0].kind) == "KIND_GPU"
     assert config.max_batch_size == 4 and config.parameters["intra_op_thread_count"].string_value == "2"
@@ -185,7 +187,7 @@ def test_the_precision_metadata_names_the_entry(tmp_path, exports):
     proto = onnx.load(str(exports[1]))
     onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, "precision": '"int8"'})
     onnx.save(proto, str(tmp_path / "tiny1.int8.onnx"))
-    (entry,) = write_triton_repository([TritonSource(NAMES[1], tmp_path / "tiny1.int8.onnx")], tmp_path / "repo",
+    (entry,) = write_triton_repository([ServedExport(NAMES[1], tmp_path / "tiny1.int8.onnx")], tmp_path / "repo",
                                        provider="cpu")
     assert (entry.name, entry.precision) == (ENTRIES[1] + "-int8", "int8")
     assert parse_config(entry.folder / "config.pbtxt").name == ENTRIES[1] + "-int8"
@@ -194,7 +196,7 @@ def test_the_precision_metadata_names_the_entry(tmp_path, exports):
 # --- existing entries and bad input --------------------------------------------------------------------------------
 
 def test_the_same_export_twice_leaves_the_entry_alone_and_new_options_rewrite_only_the_config(tmp_path, exports):
-    source = [TritonSource(NAMES[1], exports[1])]
+    source = [ServedExport(NAMES[1], exports[1])]
     write_triton_repository(source, tmp_path, provider="cpu")
     first = snapshot(tmp_path)
     (again,) = write_triton_repository(source, tmp_path, provider="cpu")
@@ -210,7 +212,7 @@ def test_another_model_under_a_name_is_refused_before_any_entry_is_written(tmp_p
     # the 2-channel model's entry copied under the 1-channel model's name: same name, another model
     shutil.copytree(repository / ENTRIES[2], tmp_path / ENTRIES[1])
     before = snapshot(tmp_path)
-    sources = [TritonSource("first", exports[2]), TritonSource(NAMES[1], exports[1])]
+    sources = [ServedExport("first", exports[2]), ServedExport(NAMES[1], exports[1])]
     with pytest.raises(InputError, match="holds another model") as error:
         write_triton_repository(sources, tmp_path, provider="cpu")
     assert str(tmp_path / ENTRIES[1]) in str(error.value) and "image_channels" in str(error.value)
@@ -219,7 +221,7 @@ def test_another_model_under_a_name_is_refused_before_any_entry_is_written(tmp_p
 
 def test_two_exports_with_one_triton_name_are_refused(tmp_path, exports):
     with pytest.raises(InputError, match="both map to the Triton model name 'a-b'"):
-        write_triton_repository([TritonSource("a/b", exports[1]), TritonSource("a@b", exports[2])], tmp_path,
+        write_triton_repository([ServedExport("a/b", exports[1]), ServedExport("a@b", exports[2])], tmp_path,
                                 provider="cpu")
     assert not any(tmp_path.iterdir())
 
@@ -230,8 +232,36 @@ def test_a_file_not_exported_by_this_tool_is_refused(tmp_path):
                                    [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["b"])])
     onnx.save(onnx.helper.make_model(graph), str(tmp_path / "other.onnx"))
     with pytest.raises(InputError, match="not exported by this tool"):
-        write_triton_repository([TritonSource("other", tmp_path / "other.onnx")], tmp_path / "repo", provider="cpu")
+        write_triton_repository([ServedExport("other", tmp_path / "other.onnx")], tmp_path / "repo", provider="cpu")
     assert not (tmp_path / "repo").exists()
+
+
+# --- the seam: a repository format is one class ------------------------------------------------------------------
+
+def test_triton_is_the_registered_serving_repository_format():
+    assert SERVING_REPOSITORIES.names() == ["triton"] and SERVING_REPOSITORIES.get("triton") is TritonRepository
+
+
+def test_another_format_is_one_class_over_the_shared_writer(tmp_path, exports):
+    class FlatRepository(RepositoryFormat):
+        """A format without a config: DIR/<name>/model.onnx."""
+
+        title, option, model_file = "Flat", "--flat-repo", "model.onnx"
+
+        def model_name(self, name, precision):
+            return f"{name}-{precision}"
+
+        def entry_files(self, name, folded):
+            return {self.model_file: folded.model.SerializeToString()}
+
+    (entry,) = FlatRepository().write([ServedExport("tiny", exports[1])], tmp_path, provider="cpu")
+    assert (entry.name, entry.action) == ("tiny-fp32", "written") and sorted(snapshot(tmp_path)) == [
+        "tiny-fp32/model.onnx"]
+    served = snapshot(tmp_path)["tiny-fp32/model.onnx"]
+    assert served == snapshot(write_triton_repository([ServedExport("tiny", exports[1])], tmp_path / "triton",
+                                                      provider="cpu")[0].folder)["1/model.onnx"]
+    with pytest.raises(InputError, match="both map to the Flat model name 'tiny-fp32'"):
+        FlatRepository().write([ServedExport("tiny", exports[1])] * 2, tmp_path, provider="cpu")
 
 
 # --- the CLI -------------------------------------------------------------------------------------------------------
@@ -289,6 +319,6 @@ def test_a_folded_model_the_checker_refuses_is_an_input_error_naming_the_file(tm
     broken = tmp_path / "broken.onnx"
     onnx.save(proto, str(broken))
     with pytest.raises(InputError, match=r"the model with its mask folded in fails onnx\.checker") as error:
-        write_triton_repository([TritonSource("broken", broken)], tmp_path / "repo", provider="cpu")
+        write_triton_repository([ServedExport("broken", broken)], tmp_path / "repo", provider="cpu")
     assert str(error.value).startswith(f"{broken}: ") and "\n" not in str(error.value)
     assert not (tmp_path / "repo").exists()

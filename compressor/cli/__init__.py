@@ -85,6 +85,9 @@ def _floats(text: str | None) -> list[float] | None:
 @run_option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/default"),
             help="Run directory (stages are cached there).")
 @run_option("--progress/--no-progress", default=True, help="Progress bars.")
+@training_option("--tensorboard/--no-tensorboard", default=None,
+                 help="TensorBoard events of every training stage in RUN/stages/<stage>/tensorboard "
+                      "(tensorboard --logdir RUN); default on (train.tensorboard).")
 @deploy_option("--deploy/--no-deploy", default=True,
                help="After training, export every trained model to validated ONNX and benchmark latency.")
 @deploy_option("--precision", default="fp32",
@@ -158,7 +161,7 @@ def _overrides(o: dict) -> dict[str, object]:
         "data.mask_file": o["mask_file"], "data.image_size": o["image_size"], "data.mask_seed": o["seed"],
         **{f"train.epochs_{stage}": epochs for stage in ("teacher", "student", "kd", "sft")},
         "train.batch_size": o["batch_size"], "train.lr": o["lr"], "train.device": o["device"], "train.amp": o["amp"],
-        "train.seed": o["seed"],
+        "train.seed": o["seed"], "train.tensorboard": o["tensorboard"],
         **({"sft.teacher_weight": sft[0], "sft.student_weight": sft[1], "sft.imitation_weight": sft[2]} if sft else {}),
     }
 

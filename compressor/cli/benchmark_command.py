@@ -55,7 +55,7 @@ def benchmark_command(run_dir: Path | None, archs: str | None, teacher: str, ima
                       mask_type: str, threads: int | None, iterations: int, warmup: int, provider: str,
                       json_path: Path | None, precisions: str) -> None:
     """Latency of ONNX Runtime (with DF) vs PyTorch eager across model sizes and precisions: the paper's Table 8."""
-    from compressor.export.benchmark.run import (
+    from compressor.export.benchmark import (
         DEFAULT_STUDENTS,
         benchmark_models,
         benchmark_run,

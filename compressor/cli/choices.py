@@ -54,7 +54,7 @@ def _targets() -> list[str]:
 
 
 def _triton_instances() -> list[str]:
-    from compressor.export.triton.repository import INSTANCE_KINDS
+    from compressor.export.serving import INSTANCE_KINDS
 
     return list(INSTANCE_KINDS)
 

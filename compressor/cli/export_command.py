@@ -122,7 +122,7 @@ def export_command(run_dir: Path | None, names: str | None, stage_dir: Path | No
     """
     from compressor.export.graph.validate import ExportValidationError
     from compressor.export.precision.options import PrecisionOptions
-    from compressor.export.triton.repository import TritonOptions
+    from compressor.export.serving import TritonOptions
     from compressor.models import ModelOptions
     from compressor.workflow.export_job import (
         INT8_OPTIONS,

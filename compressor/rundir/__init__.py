@@ -20,6 +20,8 @@ Layout (format 2; a format-1 directory is still read, see *Versions*)::
         history.json               [{"epoch", "train_loss", "val_loss", "lr", "seconds", "terms"}] (HISTORY_FILE)
         best.safetensors, best_<part>.safetensors, last.safetensors   weights, tensors only (best_weights_file)
         checkpoint.pt              resume state, TrainingCheckpoint: plain tensors and numbers (CHECKPOINT_FILE)
+        tensorboard/               TensorBoard event files of the training, one epoch per step (TENSORBOARD_FOLDER;
+                                   train.tensorboard, on by default; compressor.training.watch)
         reconstructions_<split>.h5 datasets reconstruction, target, zero_filled (S, H, W) float32, scale (S,),
                                    volume (S,) bytes, slice_index (S,); normalised units; the images are what
                                    the metrics score: the image_size centre of the grid, the real image of
@@ -33,8 +35,10 @@ Modules: :mod:`~compressor.rundir.layout` (names and :class:`RunLayout`, the pat
 :mod:`~compressor.rundir.benchmark` and :mod:`~compressor.rundir.exports` (what deployment writes),
 :mod:`~compressor.rundir.stage_keys` (the stage-key rule), :mod:`~compressor.rundir.lock` (one run at a time; readers
 refuse a run in progress), :mod:`~compressor.rundir.merge` (several runs in one directory),
-:mod:`~compressor.rundir.parsing` (one-line errors for malformed values). A new file of the run directory gets its
-name in ``layout``, a record with ``to_json``/``from_json`` and a read and a write function beside it.
+:mod:`~compressor.rundir.version` (the format version). Every value is read with :mod:`compressor.json_record` (one-line
+errors naming the file and the key). A new file of the run directory gets its name in ``layout``, a record with
+``to_json``/``from_json`` (a :class:`~compressor.json_record.JsonRecord` where its keys are its fields) and a read and
+a write function beside it.
 
 Roles (:class:`Role`, each with its report label): ``zero_filled``, ``teacher``, ``student``, ``std_kd``,
 ``sft_teacher``, ``sft_kd``, ``sft_kd_random`` (Table 5), ``sft_teacher_scratch`` (Fig. 7's from-scratch
@@ -80,6 +84,7 @@ from compressor.rundir.layout import (
     STAGE_FILE,
     STAGES_FOLDER,
     STUDENT_BRANCHES_PART,
+    TENSORBOARD_FOLDER,
     WEIGHTS_SUFFIX,
     RunLayout,
     acceleration_label,
@@ -92,7 +97,6 @@ from compressor.rundir.layout import (
 )
 from compressor.rundir.lock import refuse_if_training, run_lock
 from compressor.rundir.merge import SELECTION_FIELDS, config_differences, merge_results
-from compressor.rundir.parsing import FORMAT_VERSION, READABLE_FORMATS
 from compressor.rundir.results import (
     CoilCompressionRecord,
     MaskRecord,
@@ -131,6 +135,7 @@ from compressor.rundir.stage_keys import (
     section_defaults,
     stage_determinants,
 )
+from compressor.rundir.version import FORMAT_VERSION, READABLE_FORMATS
 
 __all__ = [
     "BENCHMARK_FILE", "BENCHMARK_TABLE_FILE", "BEST_WEIGHTS", "BEST_WEIGHTS_FILE", "CHECKPOINT_FILE",
@@ -139,7 +144,7 @@ __all__ = [
     "NOT_DETERMINANTS",
     "ONLY_FOR_TASK", "OUTPUT_MODEL_PART", "READABLE_FORMATS", "REPORT_FOLDER", "RESULTS_FILE", "ROLES", "ROLE_LABELS",
     "SELECTION_FIELDS", "SETUPS", "STAGES_FOLDER", "STAGE_DEFAULTS", "STAGE_FILE", "STAGE_ROLES",
-    "STUDENT_BRANCHES_PART", "STUDENT_ROLES", "TASKS", "WEIGHTS_SUFFIX",
+    "STUDENT_BRANCHES_PART", "STUDENT_ROLES", "TASKS", "TENSORBOARD_FOLDER", "WEIGHTS_SUFFIX",
     "BenchmarkRecord", "CoilCompressionRecord", "ExportEntry", "ExportsRecord", "MaskRecord", "MetricSummary",
     "ModelResult", "ModelTiming", "PrecisionCheckEntry", "ProcessesRecord", "Role", "RunLayout", "RunRecord", "Setup",
     "StageRecord", "TrainingCheckpoint",

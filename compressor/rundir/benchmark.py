@@ -10,21 +10,18 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from compressor.errors import InputError
 from compressor.io import atomic_path, load_json, save_json
+from compressor.json_record import JsonRecord, json_object
 from compressor.rundir.layout import RunLayout
-from compressor.rundir.parsing import integer, json_object, number, text
-
-_TEXT_FIELDS = ("name", "role", "formulation", "precision")
-_INTEGER_FIELDS = ("parameters", "image_channels", "file_bytes")
 
 
 @dataclass(frozen=True, kw_only=True)
-class ModelTiming:
+class ModelTiming(JsonRecord):
     """One row of ``benchmark.json``'s ``models``: a model in one precision.
 
     The ``ort_*``, ``torch_*``, ``df_share`` and ``parity`` fields are the row's model's (of ``image_channels``);
@@ -66,30 +63,18 @@ class ModelTiming:
     delta_psnr: float | None = None
     delta_ssim: float | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+    WRITES_NULL = True
 
     @classmethod
     def from_json(cls, raw: Any, path: Path, key: str) -> ModelTiming:
         raw = json_object(raw, path, key, what="an object with an 'arch' string")
         if not isinstance(raw.get("arch"), str):
             raise InputError("expected an object with an 'arch' string", path, key)
-        values: dict[str, Any] = {}
-        for spec in fields(cls):
-            if spec.name not in raw or spec.name == "arch":
-                continue
-            value, where = raw[spec.name], f"{key}.{spec.name}"
-            if spec.name in _TEXT_FIELDS:
-                values[spec.name] = text(value, path, where) if value is not None else spec.default
-            elif spec.name in _INTEGER_FIELDS:
-                values[spec.name] = integer(value, path, where) if value is not None else spec.default
-            else:
-                values[spec.name] = number(value, path, where)
-        return cls(arch=raw["arch"], **values)
+        return super().from_json(raw, path, key)
 
 
 @dataclass(frozen=True)
-class BenchmarkRecord:
+class BenchmarkRecord(JsonRecord):
     """``benchmark.json``: how latency was measured and one :class:`ModelTiming` per model and precision.
 
     Attributes:
@@ -114,30 +99,13 @@ class BenchmarkRecord:
     cpu: dict[str, Any] | None = None
     models: tuple[ModelTiming, ...] = field(default_factory=tuple)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"provider": self.provider, "threads": self.threads,
-                "image_size": None if self.image_size is None else list(self.image_size),
-                "iterations": self.iterations, "warmup": self.warmup, "torch_version": self.torch_version,
-                "onnxruntime_version": self.onnxruntime_version,
-                "glibc_malloc_keeps_freed_memory": self.glibc_malloc_keeps_freed_memory, "cpu": self.cpu,
-                "models": [model.to_json() for model in self.models]}
+    WRITES_NULL = True
 
     @classmethod
-    def from_json(cls, raw: Any, path: Path) -> BenchmarkRecord:
+    def from_json(cls, raw: Any, path: Path, key: str = "") -> BenchmarkRecord:
         if not isinstance(raw, dict) or not isinstance(raw.get("models"), list):
             raise InputError("expected an object with a 'models' list", path)
-        size = raw.get("image_size")
-        malloc = raw.get("glibc_malloc_keeps_freed_memory")
-        return cls(provider=str(raw.get("provider", "unknown")), threads=integer(raw.get("threads"), path, "threads"),
-                   image_size=tuple(int(v) for v in size) if isinstance(size, list) else None,
-                   iterations=integer(raw.get("iterations"), path, "iterations"),
-                   warmup=integer(raw.get("warmup"), path, "warmup"),
-                   torch_version=text(raw.get("torch_version"), path, "torch_version"),
-                   onnxruntime_version=text(raw.get("onnxruntime_version"), path, "onnxruntime_version"),
-                   glibc_malloc_keeps_freed_memory=malloc if isinstance(malloc, bool) else None,
-                   cpu=json_object(raw["cpu"], path, "cpu") if raw.get("cpu") is not None else None,
-                   models=tuple(ModelTiming.from_json(model, path, f"models[{index}]")
-                                for index, model in enumerate(raw["models"])))
+        return super().from_json(raw, path, key)
 
     def latency_ms(self, arch: str | None, precision: str = "fp32") -> float | None:
         """Median latency of the first row with this architecture and precision (all roles of an architecture run

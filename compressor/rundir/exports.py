@@ -11,12 +11,12 @@ from typing import Any
 
 from compressor.errors import InputError
 from compressor.io import load_json, save_json
+from compressor.json_record import JsonRecord
 from compressor.rundir.layout import RunLayout
-from compressor.rundir.parsing import json_object, number, text
 
 
 @dataclass(frozen=True)
-class PrecisionCheckEntry:
+class PrecisionCheckEntry(JsonRecord):
     """A non-fp32 file's validation in image terms, against the fp32 export of the same model.
 
     Attributes:
@@ -39,35 +39,17 @@ class PrecisionCheckEntry:
     reference_parity: float | None
     reference_note: str = ""
 
-    def to_json(self) -> dict[str, Any]:
-        return {"delta_psnr_db": self.delta_psnr_db, "delta_ssim": self.delta_ssim, "psnr_fp32_db": self.psnr_fp32_db,
-                "slices": self.slices, "max_psnr_loss_db": self.max_psnr_loss_db,
-                "line_deviation": self.line_deviation, "line_deviation_fp32": self.line_deviation_fp32,
-                "reference_parity": self.reference_parity, "reference_note": self.reference_note}
-
-    @classmethod
-    def from_json(cls, raw: Any, path: Path, key: str) -> PrecisionCheckEntry:
-        raw = json_object(raw, path, key)
-
-        def required(name: str) -> float:
-            return number(raw.get(name), path, f"{key}.{name}", optional=False)
-
-        return cls(delta_psnr_db=required("delta_psnr_db"), delta_ssim=required("delta_ssim"),
-                   psnr_fp32_db=required("psnr_fp32_db"), slices=int(required("slices")),
-                   max_psnr_loss_db=required("max_psnr_loss_db"), line_deviation=required("line_deviation"),
-                   line_deviation_fp32=required("line_deviation_fp32"),
-                   reference_parity=number(raw.get("reference_parity"), path, f"{key}.reference_parity"),
-                   reference_note=text(raw.get("reference_note", ""), path, f"{key}.reference_note",
-                                       optional=False))
+    WRITES_NULL = True
 
 
-@dataclass(frozen=True)
-class ExportEntry:
+@dataclass(frozen=True, kw_only=True)
+class ExportEntry(JsonRecord):
     """One exported file and its validation.
 
     Attributes:
         file: the ONNX file, as the export named it.
-        architecture, parameters, image_channels, formulation: the model and the DF formulation in its graph.
+        architecture, parameters, image_channels, formulation: the model and the DF formulation in its graph
+            (``image_channels``: 1 in files written before 2-channel models).
         provider: the runtime that ran the validation.
         max_abs_error: max |runtime − PyTorch| of the reconstruction over the validation slices.
         relative_error: that error over max |PyTorch reconstruction|.
@@ -82,7 +64,7 @@ class ExportEntry:
     file: str
     architecture: str
     parameters: int
-    image_channels: int
+    image_channels: int = 1
     formulation: str
     provider: str
     max_abs_error: float
@@ -94,38 +76,13 @@ class ExportEntry:
     precision: str = "fp32"
     precision_check: PrecisionCheckEntry | None = None
 
+    WRITES_NULL = True
+
     def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "architecture": self.architecture, "parameters": self.parameters,
-                "image_channels": self.image_channels, "formulation": self.formulation, "provider": self.provider,
-                "max_abs_error": self.max_abs_error, "relative_error": self.relative_error,
-                "tolerance": self.tolerance, "reference_evaluator_error": self.reference_evaluator_error,
-                "validation_slices": self.validation_slices, "seconds": self.seconds, "precision": self.precision,
-                **({"precision_check": self.precision_check.to_json()} if self.precision_check else {})}
-
-    @classmethod
-    def from_json(cls, raw: Any, path: Path, key: str) -> ExportEntry:
-        raw = json_object(raw, path, key)
-
-        def required_text(name: str) -> str:
-            return text(raw.get(name), path, f"{key}.{name}", optional=False)
-
-        def required_number(name: str) -> float:
-            return number(raw.get(name), path, f"{key}.{name}", optional=False)
-
-        check = raw.get("precision_check")
-        channels = number(raw.get("image_channels", 1), path, f"{key}.image_channels", optional=False)  # older: 1
-        return cls(file=required_text("file"), architecture=required_text("architecture"),
-                   parameters=int(required_number("parameters")), image_channels=int(channels),
-                   formulation=required_text("formulation"), provider=required_text("provider"),
-                   max_abs_error=required_number("max_abs_error"), relative_error=required_number("relative_error"),
-                   tolerance=number(raw.get("tolerance"), path, f"{key}.tolerance"),
-                   reference_evaluator_error=number(raw.get("reference_evaluator_error"), path,
-                                                    f"{key}.reference_evaluator_error"),
-                   validation_slices=int(required_number("validation_slices")),
-                   seconds=required_number("seconds"), precision=text(raw.get("precision", "fp32"), path,
-                                                                       f"{key}.precision", optional=False),
-                   precision_check=None if check is None else PrecisionCheckEntry.from_json(
-                       check, path, f"{key}.precision_check"))
+        values = super().to_json()
+        if self.precision_check is None:  # the key is written only for a non-fp32 file
+            del values["precision_check"]
+        return values
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ import numpy as np
 
 from compressor.errors import InputError
 from compressor.io import load_json, save_json, write_atomic
+from compressor.json_record import json_object
 from compressor.rundir.layout import RunLayout, mask_file
-from compressor.rundir.parsing import json_object
 from compressor.rundir.results import MaskRecord
 
 

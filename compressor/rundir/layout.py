@@ -22,6 +22,10 @@ REPORT_FOLDER = "report"
 STAGE_FILE = "stage.json"
 HISTORY_FILE = "history.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+TENSORBOARD_FOLDER = "tensorboard"
+"""A stage's TensorBoard event files (``RUN/stages/<stage>/tensorboard/``, :mod:`compressor.training.watch`):
+``tensorboard --logdir RUN`` shows each stage as a run named by its folder. Absent with
+``train.tensorboard = false``."""
 WEIGHTS_SUFFIX = ".safetensors"
 BEST_WEIGHTS = "best"
 LAST_WEIGHTS = "last"

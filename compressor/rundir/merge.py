@@ -11,9 +11,9 @@ from compressor.rundir.results import RunRecord
 
 SELECTION_FIELDS = frozenset({"kd.method", "model.student", "sft.feature_ablation", "kd.random_init",
                               "data.acceleration", "train.device", "train.num_workers", "train.threads",
-                              "train.teacher_cache_mib", "data.cache_dir", "preset"})
-"""Config fields that choose what runs (or where), not what a model computes: earlier records of a directory are
-kept when the earlier config differs from the new one only in these."""
+                              "train.teacher_cache_mib", "train.tensorboard", "data.cache_dir", "preset"})
+"""Config fields that choose what runs (or where, or what it logs), not what a model computes: earlier records of a
+directory are kept when the earlier config differs from the new one only in these."""
 
 
 def config_differences(earlier: dict[str, Any], new: dict[str, Any]) -> list[str]:

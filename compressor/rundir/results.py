@@ -21,9 +21,10 @@ from typing import Any
 
 from compressor.errors import InputError
 from compressor.io import load_json, save_json
+from compressor.json_record import choice, integer, json_object, number, text
 from compressor.rundir.layout import RunLayout
-from compressor.rundir.parsing import FORMAT_VERSION, check_format, choice, integer, json_object, number, text
 from compressor.rundir.roles import ROLES, SETUPS, TASKS, Role, sr_interpolations
+from compressor.rundir.version import FORMAT_VERSION, check_format
 
 
 @dataclass(frozen=True)

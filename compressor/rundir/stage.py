@@ -16,9 +16,10 @@ from typing import Any
 
 from compressor.errors import InputError
 from compressor.io import load_json, save_json
+from compressor.json_record import choice, integer, json_object, number, text
 from compressor.rundir.layout import STAGE_FILE
-from compressor.rundir.parsing import FORMAT_VERSION, check_format, choice, integer, json_object, number, text
 from compressor.rundir.roles import SETUPS, STAGE_ROLES, Role
+from compressor.rundir.version import FORMAT_VERSION, check_format
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 A field enters the key of a stage unless
 
 1. it never determines a stage's result (:data:`NOT_DETERMINANTS`: the accelerations, the data cache, devices,
-   which setups run, ...), or
+   which setups run, whether TensorBoard events are written, ...), or
 2. it applies only to another task (:data:`ONLY_FOR_TASK`: ``sr_interpolation`` and the SR scale), or
 3. it is not one of the format-1 key fields (:data:`KEY_FIELDS_V1`) and holds its declared default (the
    dataclass default of its config section or of ``ModelOptions``; :data:`STAGE_DEFAULTS` for the stage's own
@@ -21,7 +21,7 @@ from typing import Any
 NOT_DETERMINANTS: dict[str, frozenset[str]] = {
     "data": frozenset({"acceleration", "cache_dir"}),
     "train": frozenset({"epochs_teacher", "epochs_student", "epochs_kd", "epochs_sft", "device", "num_workers",
-                        "threads", "teacher_cache_mib"}),
+                        "threads", "teacher_cache_mib", "tensorboard"}),
     "sft": frozenset({"feature_ablation"}),  # which setups run, not what one SFT teacher computes
     "kd": frozenset({"random_init", "method_weights"}),  # which stages run; the resolved weight is in the key
     "model_options": frozenset(),

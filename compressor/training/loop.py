@@ -3,13 +3,15 @@ epoch, checkpointed atomically, resumable after a kill at any moment with identi
 
 Determinism: parameters are initialised by the caller under a fixed seed; each epoch's shuffling uses a
 generator seeded from ``(seed, epoch)``, so a resumed run sees the same batches as an uninterrupted one.
-Checkpoint order per epoch: ``last`` weights, ``best`` weights (if improved), ``history.json``, then
-``checkpoint.pt`` last, as the commit point; an epoch whose checkpoint was not written is redone.
+Checkpoint order per epoch: the TensorBoard events (when watched, :mod:`compressor.training.watch`), ``last``
+weights, ``best`` weights (if improved), ``history.json``, then ``checkpoint.pt`` last, as the commit point; an epoch
+whose checkpoint was not written is redone (and its events are dropped first).
 
 Several processes (``settings.distributed``, :mod:`compressor.training.distributed`): the trainable modules are
 wrapped in DistributedDataParallel (:class:`TrainedModules`; a distillation's frozen teacher stays outside, in eval
 mode), each rank trains on its share of the single-process batches of the global batch size, the validation L1 is
-summed over ranks, and rank 0 alone writes; every rank reads the same ``checkpoint.pt`` to resume.
+summed over ranks (so are the watched metrics), and rank 0 alone writes; every rank reads the same
+``checkpoint.pt`` to resume.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from compressor.training.distributed import (
     validation_batches,
 )
 from compressor.training.objectives import Objective, TrainingPhase, reconstruct
+from compressor.training.watch import EpochSummary, StageWatch, Validation, ValidationScores
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,10 @@ def autocast(settings: TrainSettings):
 
 
 @torch.no_grad()
-def validation_l1(objective: Objective, dataset: Dataset, settings: TrainSettings) -> float:
-    """Mean over slices of the output model's L1 error (the paper's best-weight criterion)."""
+def validate(objective: Objective, dataset: Dataset, settings: TrainSettings,
+             scores: ValidationScores | None = None) -> Validation:
+    """The output model on the validation split: the mean over slices of its L1 error (the paper's best-weight
+    criterion) and, given ``scores``, the means of the watched metrics and the example slice it keeps."""
     model = objective.output_model.eval()
     total, count = 0.0, 0
     for batch in _validation_loader(dataset, settings):
@@ -102,6 +107,8 @@ def validation_l1(objective: Objective, dataset: Dataset, settings: TrainSetting
         with autocast(settings):
             output = reconstruct(model, batch)
         output, target = output.float(), batch.target
+        if scores is not None:
+            scores.add(batch, output)
         if settings.scored_size is not None:
             output, target = centre_crop(output, settings.scored_size), centre_crop(target, settings.scored_size)
         per_slice = F.l1_loss(output, target, reduction="none").mean(dim=(1, 2, 3))
@@ -109,7 +116,9 @@ def validation_l1(objective: Objective, dataset: Dataset, settings: TrainSetting
         count += per_slice.numel()
     if settings.distributed.distributed:  # every rank its share; the sums make every rank's mean the global one
         total, count = settings.distributed.all_reduce_sum([total, count])
-    return total / max(count, 1)
+    if scores is None:
+        return Validation(total / max(count, 1))
+    return Validation(total / max(count, 1), scores.means(count, settings.distributed), scores.example)
 
 
 def _validation_loader(dataset: Dataset, settings: TrainSettings) -> DataLoader:
@@ -218,62 +227,88 @@ def _write_epoch(stage_dir: Path, models: dict[str, nn.Module], improved: bool, 
     save_state(stage_dir / CHECKPOINT_FILE, checkpoint.to_state())
 
 
+def _resume(stage_dir: Path, models: dict[str, nn.Module]) -> TrainingCheckpoint | None:
+    """The stage's resume state, its weights loaded into ``models``; ``None`` when the stage starts afresh."""
+    path = stage_dir / CHECKPOINT_FILE
+    if not path.is_file():
+        return None
+    state = TrainingCheckpoint.from_state(load_state(path), path)
+    for name, module in models.items():
+        module.load_state_dict(state.models[name])
+    return state
+
+
+def _epoch(objective: Objective, wrapped: DistributedDataParallel | None, optimizer: torch.optim.Optimizer,
+           scheduler: torch.optim.lr_scheduler.LRScheduler, data: tuple[Dataset, Dataset], settings: TrainSettings,
+           epoch: int, phase: TrainingPhase, scores: ValidationScores | None) -> tuple[dict, EpochSummary]:
+    """Epoch ``epoch`` (0-based) trained on ``data`` (train, validation) and validated: its ``history.json`` record
+    and what the watch logs of it."""
+    tick = time.perf_counter()
+    lr = optimizer.param_groups[0]["lr"]
+    means = _train_epoch(objective, wrapped, optimizer, data[0], settings, epoch)
+    scheduler.step()
+    val = validate(objective, data[1], settings, scores)
+    record = {"epoch": epoch + 1, "phase": phase.name, "train_loss": means.pop("loss"), "val_loss": val.l1,
+              "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - tick, "terms": means}
+    return record, EpochSummary(epoch + 1, {"loss": record["train_loss"], **means}, lr, record["seconds"], val)
+
+
 def train_stage(objective: Objective, phases: Sequence[TrainingPhase], train_data: Dataset, val_data: Dataset,
-                settings: TrainSettings, stage_dir: Path, label: str,
-                log: Callable[[str], None] = print) -> TrainResult:
+                settings: TrainSettings, stage_dir: Path, label: str, log: Callable[[str], None] = print,
+                watch: StageWatch | None = None) -> TrainResult:
     """Train ``objective`` through ``phases``, writing weights, history and resume state into ``stage_dir``
     (rank 0 only when several processes train; every rank reads the same resume state, and returns once rank 0
-    has written the last epoch's files)."""
+    has written the last epoch's files). ``watch``: the stage's TensorBoard events (:mod:`compressor.training.watch`;
+    every rank computes the watched metrics, the watch of rank 0 alone has a folder)."""
     context = settings.distributed
     writes = context.is_main
     if writes:
         stage_dir.mkdir(parents=True, exist_ok=True)
     models = {OUTPUT_MODEL_PART: objective.output_model, **objective.saved_models()}
-    path = stage_dir / CHECKPOINT_FILE
-    state = TrainingCheckpoint.from_state(load_state(path), path) if path.is_file() else None
+    state = _resume(stage_dir, models)
     history: list[dict] = list(state.history) if state else []
     best_val = state.best_val if state else math.inf
     best_epoch = state.best_epoch if state else -1
     resumed_from = len(history)
-    if state:
-        for name, module in models.items():
-            module.load_state_dict(state.models[name])
-        log(f"{label}: resuming after epoch {resumed_from} of {sum(p.epochs for p in phases)}")
     total_epochs = sum(p.epochs for p in phases)
+    if state:
+        log(f"{label}: resuming after epoch {resumed_from} of {total_epochs}")
+    if watch is not None:
+        watch.start(resumed_from)
     started = time.perf_counter()
     bar = tqdm(total=total_epochs, initial=resumed_from, desc=label, unit="epoch",
                disable=not (settings.progress and writes), dynamic_ncols=True, leave=True)
     global_epoch = 0
-    for phase_index, phase in enumerate(phases):
-        phase_start = global_epoch
-        global_epoch += phase.epochs
-        if global_epoch <= resumed_from:
-            continue
-        objective.start_phase(phase)
-        optimizer, scheduler = _optimizer(objective, phase, settings)
-        if state and state.phase == phase_index:
-            optimizer.load_state_dict(state.optimizer)
-            scheduler.load_state_dict(state.scheduler)
-        # One DDP wrapper per phase: its synchronised parameters are the phase's trainable ones.
-        wrapped = TrainedModules(objective).wrap(context) if context.distributed else None
-        for epoch in range(max(resumed_from, phase_start), global_epoch):
-            tick = time.perf_counter()
-            means = _train_epoch(objective, wrapped, optimizer, train_data, settings, epoch)
-            scheduler.step()
-            val = validation_l1(objective, val_data, settings)
-            record = {"epoch": epoch + 1, "phase": phase.name, "train_loss": means.pop("loss"), "val_loss": val,
-                      "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - tick, "terms": means}
-            history.append(record)
-            improved = val < best_val
-            if improved:
-                best_val, best_epoch = val, epoch + 1
-            bar.set_postfix(loss=f"{record['train_loss']:.4g}", val=f"{val:.4g}", phase=phase.name)
-            bar.update(1)
-            if writes:
-                _write_epoch(stage_dir, models, improved, history, TrainingCheckpoint(
-                    phase=phase_index, history=history, best_val=best_val, best_epoch=best_epoch,
-                    models={name: module.state_dict() for name, module in models.items()},
-                    optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict()))
+    with watch or nullcontext():
+        for phase_index, phase in enumerate(phases):
+            phase_start = global_epoch
+            global_epoch += phase.epochs
+            if global_epoch <= resumed_from:
+                continue
+            objective.start_phase(phase)
+            optimizer, scheduler = _optimizer(objective, phase, settings)
+            if state and state.phase == phase_index:
+                optimizer.load_state_dict(state.optimizer)
+                scheduler.load_state_dict(state.scheduler)
+            # One DDP wrapper per phase: its synchronised parameters are the phase's trainable ones.
+            wrapped = TrainedModules(objective).wrap(context) if context.distributed else None
+            for epoch in range(max(resumed_from, phase_start), global_epoch):
+                scores = watch.scores(settings.scored_size, epoch + 1, total_epochs) if watch else None
+                record, summary = _epoch(objective, wrapped, optimizer, scheduler, (train_data, val_data), settings,
+                                         epoch, phase, scores)
+                history.append(record)
+                improved = record["val_loss"] < best_val
+                if improved:
+                    best_val, best_epoch = record["val_loss"], epoch + 1
+                bar.set_postfix(loss=f"{record['train_loss']:.4g}", val=f"{record['val_loss']:.4g}", phase=phase.name)
+                bar.update(1)
+                if writes:
+                    if watch is not None:
+                        watch.write(summary)
+                    _write_epoch(stage_dir, models, improved, history, TrainingCheckpoint(
+                        phase=phase_index, history=history, best_val=best_val, best_epoch=best_epoch,
+                        models={name: module.state_dict() for name, module in models.items()},
+                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict()))
     bar.close()
     context.barrier()  # on every rank, the stage's files are now written (rank 0 wrote them)
     return TrainResult(best_epoch, best_val, history, time.perf_counter() - started, resumed_from)

@@ -42,6 +42,8 @@ class TrainingPhase:
 
 class Objective(Protocol):
     output_model: CascadeModel
+    kd_term: str | None
+    """The logged term that is a distillation loss (the KD method's name), ``None`` when the objective has none."""
 
     def start_phase(self, phase: TrainingPhase) -> None: ...
 
@@ -90,6 +92,8 @@ def reconstruction_loss(name: str, scored_size: tuple[int, int] | None = None) -
 class Supervised:
     """Stages 1 and 2 (teacher alone, student alone): ``loss(model(x_u), x)``, L1 in the paper."""
 
+    kd_term: str | None = None
+
     def __init__(self, model: CascadeModel, loss: str = "l1", scored_size: tuple[int, int] | None = None):
         self.output_model = model
         self.loss_name = loss
@@ -133,6 +137,8 @@ class StudentFriendlyTeacher:
     divides it by ``H·W`` as the authors' code did. ``loss="mse"`` puts the mean squared error in all three terms
     (the feature-domain ablation, where branches pass feature maps rather than images between blocks).
     """
+
+    kd_term: str | None = None
 
     def __init__(self, teacher: CascadeModel, student: CascadeModel, weights: SFTWeights, loss: str = "l1",
                  scored_size: tuple[int, int] | None = None):
@@ -255,6 +261,7 @@ class Distillation:
                  loss: str = "l1", scored_size: tuple[int, int] | None = None,
                  teacher_cache: TeacherFeatureCache | None = None):
         self.output_model = student
+        self.kd_term: str | None = kd_loss.name
         self.teacher_cache = teacher_cache
         self.teacher = teacher.eval().requires_grad_(False)
         self.kd_loss = kd_loss

@@ -18,9 +18,9 @@ plan (reusing complete stages), evaluates each stage and writes every outcome th
 
 Several processes (``torchrun``, :mod:`compressor.training.distributed`): every rank runs the plan and trains
 each stage's share of its batches; rank 0 alone writes (config, masks, stage records, weights, checkpoints,
-evaluation files, ``results.json``) and evaluates. All ranks meet at a barrier at each stage boundary, before
-they look at the stage folder (so all reach the same reuse/resume decision from the same files) and after its
-training (so every rank then loads the stage's best weights as rank 0 wrote them).
+TensorBoard events, evaluation files, ``results.json``) and evaluates. All ranks meet at a barrier at each stage
+boundary, before they look at the stage folder (so all reach the same reuse/resume decision from the same files) and
+after its training (so every rank then loads the stage's best weights as rank 0 wrote them).
 """
 
 from __future__ import annotations
@@ -61,12 +61,10 @@ from compressor.training.stages import (
     plan_run,
     resolve_methods,
 )
+from compressor.training.watch import Scorer, StageWatch
 
 __all__ = ["PAPER_METHODS", "REFERENCE_KD_EPOCHS", "Pipeline", "PipelineResult", "Setup", "StageOutcome",
            "conv_layers", "kd_phases", "resolve_device", "resolve_methods", "transfer_student_blocks"]
-
-Scorer = Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
-"""Per-slice metrics ``(reconstruction (S,H,W), target (S,H,W)) -> {name: (S,)}``, injected by the CLI."""
 
 
 @dataclass
@@ -236,8 +234,14 @@ class Pipeline:
             tool_version=compressor.__version__)
         if self.writes:
             rundir.write_stage(directory, record)
+        watch = None
+        if self.config.train.tensorboard:  # rank 0's watch writes; the others compute their share of its metrics
+            folder = directory / rundir.TENSORBOARD_FOLDER if self.writes else None
+            identity = {"stage": directory.name, "name": spec.name, "key": spec.key, **asdict(spec),
+                        "parameters": record.parameters}
+            watch = StageWatch(folder, self.score, identity, objective.kd_term)
         result = train_stage(objective, phases, splits.train, splits.validation, self.settings, directory,
-                             label=spec.name, log=self.log)
+                             label=spec.name, log=self.log, watch=watch)
         del objective  # with it a distillation's teacher-feature cache (up to train.teacher_cache_mib) goes
         kd_ratio = next((value for h in result.history for term, value in h["terms"].items()
                          if term.startswith("kd_to_")), None)

@@ -22,6 +22,13 @@ from compressor.export.exported_file import ModelOrigin, Precision
 from compressor.export.precision.options import CalibrationSlices, PrecisionOptions
 from compressor.export.run_models import RunModel, evenly_spaced_indices, load_run_models, load_stage
 from compressor.export.scanner.input_formats import infer_source, read_input
+from compressor.export.serving import (
+    PlannedEntry,
+    ServedExport,
+    TritonOptions,
+    check_planned_entries,
+    write_triton_repository,
+)
 from compressor.export.targets.export import (
     ExportResult,
     export_model,
@@ -31,13 +38,6 @@ from compressor.export.targets.export import (
     precision_lines,
 )
 from compressor.export.targets.registry import DEFAULT_TARGET, EXPORT_TARGETS, precision_targets
-from compressor.export.triton.repository import (
-    PlannedEntry,
-    TritonOptions,
-    TritonSource,
-    check_planned_entries,
-    write_triton_repository,
-)
 from compressor.masks import SamplingMask, load_mask, make_mask
 from compressor.models import CascadeModel, ModelOptions, build_model
 from compressor.rundir import EXPORTS_FOLDER, RunLayout, refuse_if_training
@@ -175,7 +175,7 @@ def run_export(plan: ExportPlan, console: Console) -> list[ExportResult]:
                 console.echo(line)
             results.append((planned.name, result))  # Triton serves every precision, one entry each
     if request.triton_repo is not None:
-        sources = [TritonSource(name, result.path) for name, result in results]
+        sources = [ServedExport(name, result.path) for name, result in results]
         for entry in write_triton_repository(sources, request.triton_repo, request.triton, request.provider):
             console.echo(f"{entry.folder}: Triton model {entry.name} ({entry.action}) from {entry.source.name}, "
                          f"mask folded in: max abs difference to the export {entry.max_abs_difference:.1e} <= "
@@ -266,7 +266,7 @@ def _run_destination(request: ExportRequest, run_model: RunModel, target: str, c
 def _triton_entries(name: str, model: CascadeModel, mask: SamplingMask, config_key: str | None,
                     targets: tuple[str, ...]) -> list[PlannedEntry]:
     """The Triton entries ``targets`` of the model ``name`` will make, for
-    :func:`~compressor.export.triton.repository.check_planned_entries` before anything is exported."""
+    :func:`~compressor.export.serving.check_planned_entries` before anything is exported."""
     return [PlannedEntry(name, EXPORT_TARGETS.get(t).precision, model.arch, mask.digest(), config_key,
                          model.image_channels) for t in targets]
 

@@ -24,7 +24,7 @@ from compressor.config import RunConfig
 from compressor.errors import InputError
 from compressor.evaluate.metrics import slice_metrics
 from compressor.evaluate.report import build_report
-from compressor.export.benchmark.run import benchmark_run, format_table
+from compressor.export.benchmark import benchmark_run, format_table
 from compressor.export.targets.export import export_run
 from compressor.export.targets.registry import DEFAULT_TARGET
 from compressor.rundir import RunLayout, run_lock

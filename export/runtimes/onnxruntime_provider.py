@@ -24,7 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 from compressor.errors import InputError, first_line
-from compressor.export.exported_file import ExportMetadata, metadata_of_session
+from compressor.export.exported_file import ExportMetadata, metadata_of
 from compressor.export.runtimes.base import Runtime, Session
 
 CPU = "CPUExecutionProvider"
@@ -154,7 +154,7 @@ class OnnxRuntimeProvider(Runtime):
             session = self.session(path, threads)
         except LOAD_ERRORS as error:
             raise InputError(f"not a loadable ONNX model ({first_line(error)})", path) from None
-        return session, metadata_of_session(session, path)
+        return session, metadata_of(session, path)
 
     def profile(self, model: str | Path, feed: Mapping[str, np.ndarray], runs: int = 1,
                 threads: int | None = None) -> list[dict[str, Any]]:

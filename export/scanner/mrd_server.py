@@ -47,7 +47,7 @@ Threads and batching:
   1`` against the default measures it (results: ``benchmarks/results/mrd_server/``);
 * no batching across scans: a slice is run alone (batch 1) the moment it is complete. Batching would hold a finished
   slice back until others arrive, adding latency to every slice for a throughput gain (that is what Triton's dynamic
-  batcher is for, see ``export/triton/repository.py``).
+  batcher is for, see ``export/serving/``).
 
 The server records each slice's latency and its parts (:mod:`compressor.export.scanner.server_stats`), which
 ``benchmarks/mrd_server.py`` reports; its client is :mod:`compressor.export.scanner.mrd_client`.
