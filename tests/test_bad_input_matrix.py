@@ -268,3 +268,66 @@ def test_out_in_a_read_only_folder_is_refused(tmp_path, command):
         assert not any(locked.iterdir())
     finally:
         locked.chmod(0o755)
+
+
+# -- every output path of a run, checked before anything trains ------------------------------------------------------
+@pytest.mark.parametrize("where, kind, expected", [
+    ("", "file", "Invalid value for '--out': Directory '{path}' is a file."),  # click's own check
+    ("report", "file", "{path}: is a file, but the run writes a folder of this name; move the file away"),
+    ("stages", "file", "{path}: is a file, but the run writes a folder of this name; move the file away"),
+    ("exports", "file", "{path}: is a file, but the run writes a folder of this name; move the file away"),
+    ("results.json", "folder", "{path}: is a folder, but the run writes a file of this name; move the folder away"),
+    ("benchmark.json", "folder", "{path}: is a folder, but the run writes a file of this name; move the folder away"),
+])
+def test_compress_refuses_a_run_directory_it_could_not_write_before_training(tmp_path, where, kind, expected):
+    run = tmp_path / "run"
+    path = run / where if where else run
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.mkdir() if kind == "folder" else path.write_text("somebody's file")
+    before = {p: p.stat().st_mtime_ns for p in files_under(tmp_path)}
+    result = CliRunner().invoke(main, ["--preset", "smoke", "--out", str(run), "--no-progress"])
+    assert one_line_error(result) == "Error: " + expected.format(path=path)
+    assert {p: p.stat().st_mtime_ns for p in files_under(tmp_path)} == before
+
+
+def test_a_run_without_deployment_does_not_need_the_deployment_paths(tmp_path):
+    from compressor.workflow.run import RunRequest, check_run_outputs
+
+    run = tmp_path / "run"
+    (run / "exports").parent.mkdir()
+    (run / "exports").write_text("not the exports folder")
+    (run / "benchmark.json").mkdir()
+    check_run_outputs(RunRequest(load_config("smoke"), run, deploy=False))
+    sr = load_config("smoke")
+    sr.data.task = "sr"  # super-resolution runs deploy nothing
+    check_run_outputs(RunRequest(sr, run, deploy=True))
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--json", "{folder}"], "Invalid value for '--json': File '{folder}' is a directory."),  # click's own check
+    (["--json", "{a_file}/b.json"], "cannot write {a_file}/b.json: {a_file} is a file, not a folder"),
+    (["--json", "{csv_folder_json}"], "{csv_folder}: is a folder; the CSV beside --json is written here"),
+    (["--run", "{run}"], "{run}/benchmark.json: is a folder; the run's benchmark record is written here"),
+])
+def test_benchmark_refuses_an_output_it_could_not_write_before_timing(tmp_path, args, expected):
+    names = {"folder": tmp_path / "out", "a_file": tmp_path / "a_file", "csv_folder": tmp_path / "t.csv",
+             "csv_folder_json": tmp_path / "t.json", "run": tmp_path / "run"}
+    names["folder"].mkdir()
+    names["a_file"].write_text("not a folder")
+    names["csv_folder"].mkdir()
+    (names["run"] / "benchmark.json").mkdir(parents=True)
+    before = files_under(tmp_path)
+    line = one_line_error(CliRunner().invoke(main, ["benchmark", *[a.format(**names) for a in args]]))
+    assert line == "Error: " + expected.format(**names)
+    assert files_under(tmp_path) == before
+
+
+def test_benchmark_refuses_a_run_another_process_is_training_in(tmp_path):
+    from tests.test_run_directory import another_process_holding_the_lock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with another_process_holding_the_lock(run) as holder:
+        line = one_line_error(CliRunner().invoke(main, ["benchmark", "--run", str(run)]))
+    assert str(run) in line and f"PID {holder.pid}" in line and "still changing" in line
+    assert not (run / "benchmark.json").exists()

@@ -175,3 +175,16 @@ def test_the_commands_with_many_options_group_them(runner, args):
     for param in command.params:  # every option is shown, exactly once
         assert sum(f"{param.opts[0]} " in line or line.strip().startswith(param.opts[0])
                    for line in shown.splitlines()) >= 1
+
+
+def test_a_failed_collective_ends_the_rank_in_one_line_exit_2(runner, tmp_path, monkeypatch):
+    from compressor.training.distributed import CollectiveError
+    from compressor.workflow import run
+
+    def peer_died(request, console):
+        raise CollectiveError(1, "gradient all-reduce", RuntimeError("[pair.cc:553] Connection closed by peer. More"))
+
+    monkeypatch.setattr(run, "run_pipeline", peer_died)
+    line = one_line_error(runner.invoke(main, ["--preset", "smoke", "--out", str(tmp_path / "run")]))
+    assert line == ("Error: rank 1: training stopped because another process of the run failed or did not answer "
+                    "(gradient all-reduce: Connection closed by peer)")

@@ -28,7 +28,7 @@ from compressor.io import load_json
 from compressor.kd import build_kd_loss
 from compressor.models import build_model
 from compressor.training import loop
-from compressor.training.distributed import DistributedContext, rank_batches
+from compressor.training.distributed import DistributedContext, WatchedDdp, rank_batches
 from compressor.training.factories import kd_phases
 from compressor.training.loop import TrainSettings, train_stage
 from compressor.training.objectives import Distillation, Supervised, TrainingPhase
@@ -292,3 +292,137 @@ def test_records_of_another_world_size_are_replaced_not_merged():
     merged, note = rundir.merge_results(one, {"preset": "smoke"}, two, {"preset": "smoke"})
     assert merged.models == () and "number of training processes" in note
     assert rundir.merge_results(one, {"preset": "smoke"}, one, {"preset": "smoke"})[1] is None
+
+
+# -- failures: recognised by type and by where they happen, never by their text ------------------------------------
+FAILURE_TIMEOUT_S = 4
+"""The collective timeout of the failure cases: a rank that stops answering is given up on after this."""
+
+
+def _failing_worker(rank: int, port: int, case: str, peer: str, out: str) -> None:
+    """Rank 1 leaves (``peer``: ``die`` exits, ``hang`` stops answering) just before ``case``'s collective; rank 0
+    (or, for ``own error``, rank 0 failing on its own) writes what it raised to ``out/rank<r>.txt``."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+                            timeout=timedelta(seconds=FAILURE_TIMEOUT_S))
+    context = DistributedContext(WORLD, rank, rank, torch.device("cpu"), "gloo")
+
+    def leave(step: str) -> None:
+        if rank == 1 and case == step:
+            if peer == "die":
+                os._exit(3)
+            time.sleep(6 * FAILURE_TIMEOUT_S)
+            os._exit(0)
+
+    try:
+        torch.manual_seed(0)
+        leave("start of DistributedDataParallel")
+        ddp = WatchedDdp(torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU()), context, False)
+        x = torch.randn(2, 1, 8, 8)
+        for step in range(3):  # DDP broadcasts its rebuilt bucket order before the second step's forward pass
+            leave({1: "DistributedDataParallel's communication before the forward pass",
+                   2: "gradient all-reduce"}.get(step, ""))
+            if rank == 0 and case == "own error" and step == 2:
+                x = torch.randn(2, 3, 8, 8)  # this rank's own mistake: the wrong number of channels
+            ddp.backward(ddp.forward(x).square().mean())
+        leave("barrier")
+        context.barrier()
+        leave("all-reduce")
+        context.all_reduce_sum([1.0])
+        outcome = "no error"
+    except Exception as error:  # the type is what the test checks
+        cause = type(error.__cause__).__name__ if error.__cause__ is not None else None
+        outcome = f"{type(error).__name__}|{cause}|{getattr(error, 'operation', '')}|{error}"
+    Path(out, f"rank{rank}.txt").write_text(outcome)
+    os._exit(0)
+
+
+def _run_failing(tmp_path: Path, case: str, peer: str) -> dict[int, str]:
+    processes = mp.start_processes(_failing_worker, args=(free_port(), case, peer, str(tmp_path)), nprocs=WORLD,
+                                   join=False, start_method="spawn")
+    # Rank 0 reports; rank 1 gets the time to report its own error (own-error case), and hanging it is killed.
+    for process, wait_s in zip(processes.processes, (TIMEOUT_S, 2 * FAILURE_TIMEOUT_S)):
+        process.join(wait_s)
+        if process.is_alive():
+            process.kill()
+            process.join()
+    return {rank: (tmp_path / f"rank{rank}.txt").read_text() for rank in range(WORLD)
+            if (tmp_path / f"rank{rank}.txt").exists()}
+
+
+@pytest.mark.parametrize("case, peer", [
+    ("start of DistributedDataParallel", "die"),
+    ("DistributedDataParallel's communication before the forward pass", "die"),
+    ("gradient all-reduce", "die"),
+    ("gradient all-reduce", "hang"),
+    ("barrier", "die"),
+    ("all-reduce", "hang"),
+])
+def test_a_peer_that_died_or_stopped_answering_is_a_collective_error_naming_the_rank(tmp_path, case, peer):
+    # What torch 2.13's gloo raises here is a bare RuntimeError ("Connection closed by peer", "Timed out waiting"):
+    # the handshake knows it by the call that raised it, and keeps the backend's error as the cause.
+    outcome = _run_failing(tmp_path, case, peer)[0]
+    kind, cause, operation, message = outcome.split("|", 3)
+    assert (kind, cause, operation) == ("CollectiveError", "RuntimeError", case), outcome
+    assert message.startswith("rank 0: training stopped because another process of the run failed or did not "
+                              f"answer ({case}: ")
+    assert "\n" not in message and "[/" not in message  # one line, without gloo's source-file prefix
+
+
+def test_an_error_of_this_ranks_own_computation_stays_what_it_is(tmp_path):
+    outcomes = _run_failing(tmp_path, "own error", "")
+    kind, cause, operation, message = outcomes[0].split("|", 3)
+    assert (kind, cause, operation) == ("RuntimeError", "None", "") and "channels" in message
+    assert outcomes[1].split("|")[:3] == ["CollectiveError", "RuntimeError", "gradient all-reduce"]  # its peer
+
+
+def test_a_typed_dist_error_of_a_multi_process_run_is_a_collective_error(monkeypatch):
+    from compressor.training import distributed
+
+    monkeypatch.setattr(distributed, "init_distributed",
+                        lambda device: DistributedContext(WORLD, 1, 1, device, "nccl"))
+    with pytest.raises(distributed.CollectiveError) as raised, distributed.process_group(torch.device("cpu")):
+        raise dist.DistBackendError("[nccl.cpp:1] NCCL communicator was aborted on rank 1. More text")
+    assert str(raised.value) == ("rank 1: training stopped because another process of the run failed or did not "
+                                 "answer (a collective: NCCL communicator was aborted on rank 1)")
+    assert isinstance(raised.value.__cause__, dist.DistBackendError)
+
+    def rendezvous_failed(device):
+        raise dist.DistNetworkError("The client socket has timed out after 60s while trying to connect")
+
+    monkeypatch.setattr(distributed, "init_distributed", rendezvous_failed)
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(distributed.CollectiveError) as raised, distributed.process_group(torch.device("cpu")):
+        pass
+    assert (raised.value.rank, raised.value.operation) == (1, "joining the process group")
+
+
+def test_one_process_passes_dist_errors_and_bugs_through():
+    from compressor.training import distributed
+
+    with pytest.raises(dist.DistStoreError), distributed.process_group(torch.device("cpu")) as context:
+        assert not context.distributed
+        raise dist.DistStoreError("no store")
+    with pytest.raises(ZeroDivisionError), distributed.process_group(torch.device("cpu")):
+        _ = 1 / 0
+
+
+def test_the_handshake_raises_this_ranks_refusal_and_passes_a_step_that_passed():
+    def refuse() -> None:
+        raise InputError("bad value", "f.toml", "data")
+
+    with pytest.raises(InputError, match=r"^f.toml \[data\]: bad value$"):
+        DistributedContext().agree(refuse)
+    DistributedContext().agree(lambda: None)
+    DistributedContext().agree(None)
+
+
+def test_a_rank_whose_step_passed_stops_when_another_refused(monkeypatch):
+    from compressor.training import distributed
+
+    context = DistributedContext(WORLD, 1, 1, torch.device("cpu"), "gloo")
+    monkeypatch.setattr(DistributedContext, "all_true", lambda self, flag: False)  # rank 0 refused
+    with pytest.raises(InputError) as refused:
+        context.agree(lambda: None)
+    assert str(refused.value) == distributed.REFUSED_ELSEWHERE == (
+        "another process of this run refused it (rank 0 says why); nothing was trained")

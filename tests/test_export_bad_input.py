@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from compressor.cli import main
 from compressor.export.targets import export as export_driver
 from compressor.training.checkpoint import save_weights
+from compressor.workflow import export_job
 from tests.test_bad_input_matrix import files_under, one_line_error
 from tests.test_export import tiny_model, write_run
 from tests.test_run_directory import another_process_holding_the_lock
@@ -27,6 +28,7 @@ def no_export(monkeypatch):
 
     for name in ("export_model", "export_run_model"):
         monkeypatch.setattr(export_driver, name, reached)
+        monkeypatch.setattr(export_job, name, reached)  # the names the export job calls
 
 
 @pytest.fixture

@@ -73,3 +73,27 @@ def test_cli_runs_with_foreign_packages_on_the_path(tmp_path: Path) -> None:
     lines = result.stdout.splitlines()
     assert lines[0] == "0" and "141765" in result.stdout and "49285" in result.stdout
     assert lines[-1] == "[]"  # the tool never imported a top-level export/evaluate, foreign or not
+
+
+def test_the_wheel_installs_every_library_module(tmp_path: Path) -> None:
+    """A wheel built from the checkout holds every module of the editable install: each imports from the installed
+    copy (not the checkout), so a subpackage missing from ``pyproject.toml`` fails here."""
+    from tests.test_architecture import library_modules
+
+    repository = Path(__file__).resolve().parents[1]
+    wheels, target = tmp_path / "wheels", tmp_path / "installed"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
+                    str(repository)], check=True, capture_output=True, timeout=300)
+    (wheel,) = wheels.glob("sft_kd_recon-*.whl")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    names = sorted(library_modules())
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import importlib
+        for name in {names!r}:
+            print(name, importlib.import_module(name).__file__)
+    """)], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    files = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert sorted(files) == names
+    assert all(Path(file).resolve().is_relative_to(target.resolve()) for file in files.values())

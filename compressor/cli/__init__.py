@@ -1,17 +1,19 @@
 """The ``compress`` command: teacher → SFT → KD pipeline, plus ``models``, ``export``, ``reconstruct``,
-``benchmark`` and ``report`` subcommands. Commands are thin: they parse options, build explicit arguments and
-call library functions; heavy imports happen inside the commands."""
+``benchmark``, ``serve`` and ``report`` subcommands (one module each beside this one, shared plumbing in
+:mod:`compressor.cli.common`). Commands are thin: they parse options into typed requests, call the library
+(:mod:`compressor.workflow`: the run flow, the export job) and print what it gives them through
+:data:`~compressor.cli.common.CONSOLE`; heavy imports happen inside the commands. Bad input is one ``Error:`` line
+and exit code 2."""
 
 from __future__ import annotations
 
 import sys
-import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import click
 
 from compressor.cli.common import (
+    CONSOLE,
     OneLineErrors,
     UserError,
     comma_separated,
@@ -40,12 +42,12 @@ def _floats(text: str | None) -> list[float] | None:
 @click.group(cls=OneLineErrors, invoke_without_command=True, context_settings=CONTEXT, option_groups=MAIN_GROUPS)
 @run_option("--preset", default="quick", help="Preset in configs/ (smoke, quick, paper) or a TOML file path.")
 @run_option("--task", type=click.Choice(values(Task)),
-              help="reconstruction (undersampled k-space) or sr (super-resolution, Appendix B; --acceleration is the "
-                   "scale; teacher/student default to vdsr12/vdsr4).")
+            help="reconstruction (undersampled k-space) or sr (super-resolution, Appendix B; --acceleration is the "
+                 "scale; teacher/student default to vdsr12/vdsr4).")
 @model_option("--teacher", help="Teacher architecture, e.g. d5c5, dcunet5, vdsr12.")
 @model_option("--student", help="Student architecture(s), comma-separated, e.g. d3c5 or d4c5,d3c5,d2c5.")
 @kd_option("--method", help="KD method(s), comma-separated, or 'all' (the task's table: at, fitnets, sp, fsp, cc; "
-                               "sr: at, fitnets, cc, pkt, ft, nst).")
+                            "sr: at, fitnets, cc, pkt, ft, nst).")
 @data_option("--data", "source", help="Data source: mni (embedded), project, fastmri, nifti, authors.")
 @data_option("--train", "train_path", help="Training file or folder (file sources).")
 @data_option("--validation", "validation_path", help="Validation file or folder (file sources).")
@@ -64,33 +66,33 @@ def _floats(text: str | None) -> list[float] | None:
 @model_option("--channels", "image_channels", type=click.IntRange(1, 2),
               help="Image channels: 1, the paper's real image; 2, the complex image (real, imag) for data with phase.")
 @data_option("--phase", type=click.Choice(values(ImagePhase)),
-              help="Embedded data only: 'synthetic' multiplies the MNI magnitude by a smooth seeded phase "
-                   "(a simulation of phase-carrying data).")
+             help="Embedded data only: 'synthetic' multiplies the MNI magnitude by a smooth seeded phase "
+                  "(a simulation of phase-carrying data).")
 @kd_option("--kd-weight", type=float,
-              help="Distillation weight for every method (default: the preset's kd.method_weights, else each "
-                   "method's documented weight).")
+           help="Distillation weight for every method (default: the preset's kd.method_weights, else each "
+                "method's documented weight).")
 @kd_option("--kd-schedule", type=click.Choice(values(KDSchedule)), help="Paper (joint) or authors' schedule.")
 @kd_option("--kd-mode", type=click.Choice(values(KDMode)), help="Each method as its paper or the authors.")
 @kd_option("--sft-weights", help="SFT loss weights w_T,w_S,w_I (paper: 1,1,1).")
 @kd_option("--random-init/--no-random-init", default=None, help="Also run SFT-KD from a random student (Table 5).")
 @kd_option("--feature-sft/--no-feature-sft", default=None,
-              help="Also run the feature-domain SFT ablation (Tables 2/4: rcnn25/rcnn15, MSE losses).")
+           help="Also run the feature-domain SFT ablation (Tables 2/4: rcnn25/rcnn15, MSE losses).")
 @model_option("--init-teacher", help="Warm-start the teacher and SFT teacher from these weights (.safetensors or a "
                                      "stage directory of another run); the SFT teacher from scratch is the reference.")
 @run_option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE",
-              help="Override any config value, e.g. --set train.lr_step=20 --set sft.imitation_per_pixel=true "
-                   "(VALUE in TOML syntax; repeatable).")
+            help="Override any config value, e.g. --set train.lr_step=20 --set sft.imitation_per_pixel=true "
+                 "(VALUE in TOML syntax; repeatable).")
 @run_option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/default"),
-              help="Run directory (stages are cached there).")
+            help="Run directory (stages are cached there).")
 @run_option("--progress/--no-progress", default=True, help="Progress bars.")
 @training_option("--tensorboard/--no-tensorboard", default=None,
                  help="TensorBoard events of every training stage in RUN/stages/<stage>/tensorboard "
                       "(tensorboard --logdir RUN); default on (train.tensorboard).")
 @deploy_option("--deploy/--no-deploy", default=True,
-              help="After training, export every trained model to validated ONNX and benchmark latency.")
+               help="After training, export every trained model to validated ONNX and benchmark latency.")
 @deploy_option("--precision", default="fp32",
-              help="Precisions of the deployed ONNX files, comma-separated: fp32, int8, fp16 (each its own validated "
-                   "file, see compress export --precision); checked before anything trains.")
+               help="Precisions of the deployed ONNX files, comma-separated: fp32, int8, fp16 (each its own validated "
+                    "file, see compress export --precision); checked before anything trains.")
 @click.pass_context
 @handles_input_errors
 def main(ctx: click.Context, preset: str, out: Path, progress: bool, deploy: bool, precision: str,
@@ -105,11 +107,16 @@ def main(ctx: click.Context, preset: str, out: Path, progress: bool, deploy: boo
         return
     from compressor.config import apply_overrides, load_config
     from compressor.export.targets.registry import precision_targets
+    from compressor.training.distributed import CollectiveError
+    from compressor.workflow.run import RunRequest, run_pipeline
 
-    targets = precision_targets(precision)  # an unknown precision stops here, before anything trains
+    targets = tuple(precision_targets(precision))  # an unknown precision stops here, before anything trains
     settings = _settings(options.pop("settings"))
     config = apply_overrides(apply_overrides(load_config(preset), _overrides(options)), settings)
-    run_pipeline(config, out, progress, deploy, targets)
+    try:
+        run_pipeline(RunRequest(config, out, progress, deploy, targets), CONSOLE)
+    except CollectiveError as error:  # another process of a torchrun run failed: this rank's one line
+        raise UserError(str(error)) from None
 
 
 def _settings(items: tuple[str, ...]) -> dict[str, object]:
@@ -159,138 +166,6 @@ def _overrides(o: dict) -> dict[str, object]:
     }
 
 
-def run_pipeline(config, out: Path, progress: bool, deploy: bool, targets: Sequence[str] = ("onnx-fp32",)) -> None:
-    """Check the run (:func:`~compressor.training.preflight.check_run`: nothing trains or is written before it
-    passes), run the stage graph, export and benchmark what it produced, then print the tables and build the
-    report.
-
-    Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank checks and trains; rank 0 alone holds the run lock, writes,
-    logs, exports, benchmarks and reports (:mod:`compressor.training.distributed`). A collective that fails (a
-    rank died, or the timeout passed) ends the surviving ranks with one line.
-    """
-    from compressor.training.distributed import close_distributed, init_distributed
-    from compressor.training.pipeline import resolve_device
-
-    context = init_distributed(resolve_device(config.train.device))
-    try:
-        _run_checked(config, out, progress, deploy, context, targets)
-    except RuntimeError as error:
-        if not (context.distributed and _collective_failure(error)):
-            raise
-        raise UserError(f"rank {context.rank}: training stopped because another process of the run failed or "
-                        f"did not answer ({_first_sentence(error)})") from None
-    finally:
-        close_distributed(context)
-
-
-def _first_sentence(error: BaseException) -> str:
-    """The first sentence of an error, without the ``[file.cc:123]`` prefix of gloo's messages."""
-    import re
-
-    text = re.sub(r"^\[[^\]]*\]\s*", "", str(error).strip().split("\n")[0])
-    return text.split(". ")[0][:160] or type(error).__name__
-
-
-def _collective_failure(error: RuntimeError) -> bool:
-    """Whether ``error`` is a collective that failed (a peer died, or the timeout passed), not a bug of this rank."""
-    import torch.distributed as dist
-
-    text = str(error)
-    return isinstance(error, dist.DistError) or any(
-        sign in text for sign in ("Connection closed by peer", "Connection reset by peer", "imed out", "NCCL"))
-
-
-def _run_checked(config, out: Path, progress: bool, deploy: bool, context, targets: Sequence[str]) -> None:
-    from contextlib import ExitStack
-
-    from compressor.rundir import run_lock
-    from compressor.training.preflight import check_run
-
-    started = time.perf_counter()
-    main = context.is_main
-    log = (lambda m: click.echo(m, err=True)) if main else (lambda m: None)
-    if main:
-        require_writable(out)
-    # Rank 0 checks first (and fills the embedded data's cache), then the others; a refusal stops every rank.
-    for turn in (main, not main):
-        _agree(context, _attempt(lambda: check_run(config, log=log, world_size=context.world_size)) if turn else None)
-    # One compress per run directory: a second one refuses here, before it trains, and the lock covers the export,
-    # benchmark and report at the end as well as the training. Under torchrun rank 0 alone takes it.
-    with ExitStack() as stack:
-        _agree(context, _attempt(lambda: stack.enter_context(run_lock(out))) if main else None)
-        _train_deploy_report(config, out, progress, deploy, log, started, context, targets)
-
-
-def _attempt(step) -> Exception | None:
-    """The user error ``step`` raised, else ``None``."""
-    from compressor.errors import InputError
-
-    try:
-        step()
-    except (InputError, click.ClickException) as error:
-        return error
-    return None
-
-
-def _agree(context, error: Exception | None) -> None:
-    """Raise ``error``, or stop this rank with one line when another rank failed the same step."""
-    from compressor.errors import InputError
-
-    if not context.all_true(error is None) and error is None:
-        raise InputError("another process of this run refused it (rank 0 says why); nothing was trained")
-    if error is not None:
-        raise error
-
-
-def _train_deploy_report(config, out: Path, progress: bool, deploy: bool, log, started: float, context,
-                         targets: Sequence[str]) -> None:
-    from compressor.evaluate.metrics import slice_metrics
-    from compressor.evaluate.report import build_report
-    from compressor.rundir import RunLayout
-    from compressor.training.pipeline import Pipeline
-
-    pipeline = Pipeline(config, out, score=slice_metrics, log=log, progress=progress, distributed=context)
-    if not context.is_main:  # the other ranks train their shares; rank 0 writes, exports and reports
-        pipeline.run()
-        return
-    click.echo(f"preset {config.preset}, task {config.data.task}: teacher {config.model.teacher}, "
-               f"student {','.join(config.model.student)}, "
-               f"methods {','.join(pipeline.methods)}, {config.data.source} data, "
-               f"accelerations {','.join(f'{a:g}x' for a in config.data.acceleration)}, run directory {out}, "
-               f"device {pipeline.device}")
-    result = pipeline.run()
-    if deploy and config.data.task == "sr":
-        click.echo("deployment skipped: super-resolution models have no data-fidelity layers, and the scanner graph "
-                   "(compress export) takes k-space", err=True)
-    elif deploy:
-        deploy_run(out, log=log, targets=targets)
-    report = build_report(out, fmt="github")
-    for warning in report.warnings:
-        log(f"warning: {warning}")
-    shown = ["summary", "table1", "headline", "table8"]
-    if config.sft.feature_ablation:
-        shown.append("table2")
-    if config.model.init_teacher is not None:
-        shown.append("warm_start")
-    for name in shown:
-        if name in report.tables:
-            click.echo("\n" + report.tables[name])
-    click.echo("\nNumbers are on the validation split (best-validation-L1 weights); "
-               f"report in {RunLayout(out).report}; total {time.perf_counter() - started:.0f} s "
-               f"(training {result.seconds:.0f} s).")
-
-
-def deploy_run(out: Path, log, targets: Sequence[str] = ("onnx-fp32",)) -> None:
-    """Export every trained model of the run to ONNX through each of ``targets`` (one validated file per precision)
-    and benchmark latency."""
-    from compressor.export.benchmark import benchmark_run, format_table
-    from compressor.export.targets.export import export_run
-
-    export_run(out, log=log, targets=targets)
-    result = benchmark_run(out, log=log)
-    click.echo("\n" + format_table(result))
-
-
 @main.command("models", context_settings=CONTEXT)
 @click.argument("names", nargs=-1)
 @click.option("--block-form", type=click.Choice(values(BlockForm)), default=BlockForm.PLAIN.value, help="Block form.")
@@ -335,7 +210,7 @@ def report_command(run_dir: Path, fmt: str, figures: bool, split: str, ssim_conv
     require_writable(RunLayout(run_dir).report)
     report = build_report(run_dir, fmt=fmt, figures=figures, split=split, ssim_convention=ssim_convention)
     for warning in report.warnings:
-        click.echo(f"warning: {warning}", err=True)
+        CONSOLE.log(f"warning: {warning}")
     for text in report.tables.values():
         click.echo(text + "\n")
     click.echo(f"{len(report.files)} files written under {RunLayout(run_dir).report} in {report.seconds:.1f} s")

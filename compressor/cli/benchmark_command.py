@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
 from compressor.cli.choices import PROVIDERS, SHOW_DEFAULTS
-from compressor.cli.common import OneLineCommand, comma_separated, handles_input_errors
-from compressor.rundir import BENCHMARK_FILE
+from compressor.cli.common import CONSOLE, OneLineCommand, comma_separated, handles_input_errors
+from compressor.rundir import BENCHMARK_FILE, RunLayout, refuse_if_training
+from compressor.workflow.outputs import require_file
 
-if TYPE_CHECKING:
 
-    pass
+def _check_outputs(run_dir: Path | None, json_path: Path | None) -> None:
+    """Refuse, before any timing, a run another process is training in (its models still change) and an output
+    that could not be written: ``--json`` and its CSV, and with ``--run`` the run's ``benchmark.json`` and CSV."""
+    if run_dir is not None:
+        refuse_if_training(run_dir)
+    written = []
+    if run_dir is not None:
+        layout = RunLayout(run_dir)
+        written += [(layout.benchmark, "the run's benchmark record is written here"),
+                    (layout.benchmark_table, "the run's benchmark table is written here")]
+    if json_path is not None or run_dir is None:
+        json_path = json_path or Path(BENCHMARK_FILE)
+        written += [(json_path, "--json is the JSON file to write"),
+                    (json_path.with_suffix(".csv"), "the CSV beside --json is written here")]
+    for path, role in written:
+        require_file(path, role)
+
 
 @click.command("benchmark", cls=OneLineCommand, context_settings=SHOW_DEFAULTS)
 @click.option("--run", "run_dir", type=click.Path(path_type=Path, file_okay=False),
@@ -50,7 +65,8 @@ def benchmark_command(run_dir: Path | None, archs: str | None, teacher: str, ima
     )
 
     chosen = parse_precisions(precisions)
-    log = lambda message: click.echo(message, err=True)  # noqa: E731
+    _check_outputs(run_dir, json_path)
+    log = CONSOLE.log
     if run_dir is not None:
         result = benchmark_run(run_dir, comma_separated(archs), threads=threads, iterations=iterations, warmup=warmup,
                                provider=provider, log=log, precisions=chosen)

@@ -4,13 +4,9 @@ is a choice at once, and building the CLI imports neither torch nor ONNX Runtime
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
-
-if TYPE_CHECKING:
-
-    pass
 
 SHOW_DEFAULTS = {"show_default": True}
 

@@ -17,14 +17,17 @@ itself) last, under :data:`OTHER_OPTIONS`. A command without groups prints click
 from __future__ import annotations
 
 import functools
-import tempfile
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from compressor.errors import InputError
+from compressor.workflow.console import Console
+from compressor.workflow.outputs import require_writable as require_writable  # the commands' output check
+
+CONSOLE = Console(echo=click.echo, log=lambda message: click.echo(message, err=True))
+"""The console of the commands: results to standard output, progress and warnings to standard error."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -127,27 +130,6 @@ def handles_input_errors(command: F) -> F:
             raise UserError(error.format_message()) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def require_writable(path: Path) -> None:
-    """Refuse an output ``path`` (file or folder, existing or not) whose folder cannot be written, before any work.
-
-    The nearest existing folder on the way to ``path`` is probed with a temporary file that is removed at once, so
-    read-only file systems and missing permissions are both found; nothing else is created.
-    """
-    path = Path(path).expanduser().absolute()
-    folder = path
-    while not folder.exists():
-        folder = folder.parent
-    if folder.is_file() and folder == path:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise UserError(f"cannot write {path}: {folder} is a file, not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        raise UserError(f"cannot write {path}: the folder {folder} is not writable ({error.strerror})") from None
 
 
 def comma_separated(text: str | None, lower: bool = False) -> list[str] | None:

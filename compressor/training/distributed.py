@@ -36,12 +36,22 @@ nothing changes. The losses that are means over items (L1, MSE, the SFT teacher'
 mode, FitNets, FSP, NST) give the single-process step of batch ``B``, to float rounding. A gather that keeps
 gradients (``torch.distributed.nn.functional.all_gather``) would make the coupled losses see the global batch,
 at the price of an all-gather of features per cascade and per step; it is not done.
+
+Failures (:class:`CollectiveError`): a rank that dies, or stops answering for the timeout, makes the other ranks'
+next collective fail. With NCCL, and for the store and the rendezvous, torch raises its typed
+``torch.distributed.DistError`` (``DistBackendError``, ``DistNetworkError``, ``DistStoreError``); gloo raises a bare
+``RuntimeError`` (a dead peer and a timeout alike). Failures are therefore recognised by type and by where they
+happen, never by their text: :func:`process_group` turns a ``DistError`` into :class:`CollectiveError`, and every
+collective this module makes (:meth:`DistributedContext.barrier`, :meth:`~DistributedContext.all_reduce_sum`, the
+start of DDP, DDP's communication before a forward pass and its gradient all-reduce, :class:`WatchedDdp`) turns the
+``RuntimeError`` it raises into one. An error of this rank's own computation stays what it is.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -49,8 +59,11 @@ from datetime import timedelta
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from compressor.errors import InputError
 from compressor.rundir import ProcessesRecord
 
 TIMEOUT_ENV = "SFT_KD_RECON_DDP_TIMEOUT"
@@ -58,6 +71,44 @@ TIMEOUT_ENV = "SFT_KD_RECON_DDP_TIMEOUT"
 
 DEFAULT_TIMEOUT_S = 1800.0
 CPU = torch.device("cpu")
+REFUSED_ELSEWHERE = "another process of this run refused it (rank 0 says why); nothing was trained"
+"""What :meth:`DistributedContext.agree` says on a rank whose step passed while another rank's was refused."""
+
+
+class CollectiveError(RuntimeError):
+    """A collective failed on this rank of a multi-process run: another process died, or did not answer within
+    the timeout (:data:`TIMEOUT_ENV`). One line: the rank, what it was doing and the backend's reason (the
+    backend's error is ``__cause__``).
+
+    Attributes:
+        rank: this process's rank.
+        operation: the collective that failed, e.g. ``"barrier"``, ``"gradient all-reduce"``.
+        reason: the first sentence of the backend's error.
+    """
+
+    def __init__(self, rank: int, operation: str, cause: BaseException):
+        self.rank, self.operation, self.reason = rank, operation, _first_sentence(cause)
+        super().__init__(f"rank {rank}: training stopped because another process of the run failed or did not "
+                         f"answer ({operation}: {self.reason})")
+
+
+def _first_sentence(error: BaseException) -> str:
+    """The first sentence of ``error``'s first line, without the ``[file.cc:123]`` prefix of gloo's messages (for
+    the reader only: nothing is recognised by this text)."""
+    text = re.sub(r"^\[[^\]]*\]\s*", "", str(error).strip().split("\n")[0])
+    return text.split(". ")[0][:160] or type(error).__name__
+
+
+@contextmanager
+def _collective(rank: int, operation: str) -> Iterator[None]:
+    """The block is one collective (its inputs are built before it): a ``RuntimeError`` it raises is a failed
+    collective, raised again as :class:`CollectiveError`."""
+    try:
+        yield
+    except CollectiveError:
+        raise
+    except RuntimeError as error:
+        raise CollectiveError(rank, operation, error) from error
 
 
 @dataclass(frozen=True)
@@ -87,21 +138,43 @@ class DistributedContext:
         return self.world_size > 1
 
     def barrier(self) -> None:
-        """Wait for every rank (nothing with one process)."""
+        """Wait for every rank (nothing with one process); :class:`CollectiveError` if another rank failed."""
         if self.distributed:
-            dist.barrier()
+            with _collective(self.rank, "barrier"):
+                dist.barrier()
 
     def all_reduce_sum(self, values: list[float]) -> list[float]:
-        """The sums over ranks of ``values`` (float64; the values themselves with one process)."""
+        """The sums over ranks of ``values`` (float64; the values themselves with one process);
+        :class:`CollectiveError` if another rank failed."""
         if not self.distributed:
             return list(values)
         tensor = torch.tensor(values, dtype=torch.float64, device=self._collective_device)
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        with _collective(self.rank, "all-reduce"):
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor.cpu().tolist()
 
     def all_true(self, flag: bool) -> bool:
         """Whether ``flag`` holds on every rank (one collective; ``flag`` itself with one process)."""
         return self.all_reduce_sum([0.0 if flag else 1.0])[0] == 0.0
+
+    def agree(self, step: Callable[[], object] | None) -> None:
+        """The handshake of a step that may refuse the run: run ``step`` on this rank (``None``: this rank takes no
+        part), then learn from every rank whether its step raised an :class:`~compressor.errors.InputError`.
+
+        This rank's own refusal is raised again; a rank whose step passed while another rank's was refused raises
+        ``InputError(`` :data:`REFUSED_ELSEWHERE` ``)``, so that every rank stops at the same step. One collective
+        (none with one process).
+        """
+        error: InputError | None = None
+        if step is not None:
+            try:
+                step()
+            except InputError as refused:
+                error = refused
+        if not self.all_true(error is None) and error is None:
+            raise InputError(REFUSED_ELSEWHERE)
+        if error is not None:
+            raise error
 
     @contextmanager
     def main_first(self) -> Iterator[None]:
@@ -153,8 +226,98 @@ def init_distributed(device: torch.device) -> DistributedContext:
 
 
 def close_distributed(context: DistributedContext) -> None:
+    """Leave the process group :func:`init_distributed` joined (nothing with one process)."""
     if context.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextmanager
+def process_group(device: torch.device) -> Iterator[DistributedContext]:
+    """This process's context for the block (:func:`init_distributed`), closed after it. On a multi-process run,
+    a ``torch.distributed.DistError`` raised while joining the process group or in the block (NCCL's
+    ``DistBackendError``, the store's ``DistStoreError``, ``DistNetworkError``) is raised again as
+    :class:`CollectiveError`."""
+    try:
+        context = init_distributed(device)
+    except dist.DistError as error:  # the rendezvous failed (torchrun's store, another rank, the timeout)
+        raise CollectiveError(int(os.environ.get("RANK", "0")), "joining the process group", error) from error
+    try:
+        yield context
+    except dist.DistError as error:
+        if not context.distributed:
+            raise
+        raise CollectiveError(context.rank, "a collective", error) from error
+    finally:
+        close_distributed(context)
+
+
+class WatchedDdp:
+    """``module`` wrapped in :class:`~torch.nn.parallel.DistributedDataParallel`, whose failed steps tell a failed
+    collective from an error of this rank's own computation by where it happens (gloo raises both as a bare
+    ``RuntimeError``):
+
+    * DDP's start (parameter check and broadcast) is a collective;
+    * in :meth:`forward`, what fails before ``module``'s own forward starts is DDP's communication (the one-time
+      broadcast of the rebuilt bucket order); what fails inside it is this rank's computation;
+    * in :meth:`backward`, the gradient all-reduce runs through a communication hook (DDP's default average, as
+      ``torch.distributed.algorithms.ddp_comm_hooks.default_hooks.allreduce_hook``) that records its failure; an
+      error with no failed all-reduce is this rank's own.
+
+    A collective's failure is raised as :class:`CollectiveError`; any other error as it is.
+    """
+
+    def __init__(self, module: nn.Module, context: DistributedContext, find_unused_parameters: bool):
+        self.module, self._rank, self._world_size = module, context.rank, context.world_size
+        self._computing = False
+        self._reduce_failure: BaseException | None = None
+        ids = [context.device.index] if context.device.type == "cuda" else None
+        with _collective(context.rank, "start of DistributedDataParallel"):
+            self.wrapped = DistributedDataParallel(module, device_ids=ids,
+                                                   find_unused_parameters=find_unused_parameters)
+        module.register_forward_pre_hook(lambda *_: self._set_computing(True))
+        self.wrapped.register_comm_hook(self, WatchedDdp._allreduce)
+
+    def _set_computing(self, computing: bool) -> None:
+        self._computing = computing
+
+    def _allreduce(self, bucket):  # unannotated: DDP refuses this module's (string) annotations
+        """DDP's default gradient average of a ``dist.GradBucket`` (``allreduce_hook``: divide by the world size,
+        then sum over ranks), as a ``Future[Tensor]``, recording a failure of its all-reduce."""
+
+        def averaged(done: torch.futures.Future[list[torch.Tensor]]) -> torch.Tensor:
+            try:
+                return done.value()[0]
+            except RuntimeError as error:
+                self._reduce_failure = error
+                raise
+
+        tensor = bucket.buffer().div_(self._world_size)
+        try:
+            return dist.all_reduce(tensor, async_op=True).get_future().then(averaged)
+        except RuntimeError as error:
+            self._reduce_failure = error
+            raise
+
+    def forward(self, *inputs: object) -> torch.Tensor:
+        """The wrapped module's output (DDP's forward pass)."""
+        self._computing = False
+        try:
+            return self.wrapped(*inputs)
+        except RuntimeError as error:
+            if self._computing or isinstance(error, CollectiveError):
+                raise
+            raise CollectiveError(self._rank, "DistributedDataParallel's communication before the forward pass",
+                                  error) from error
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()``, the gradients averaged over ranks by DDP."""
+        self._reduce_failure = None
+        try:
+            loss.backward()
+        except RuntimeError as error:
+            if self._reduce_failure is None:
+                raise
+            raise CollectiveError(self._rank, "gradient all-reduce", self._reduce_failure) from error
 
 
 # -- data ----------------------------------------------------------------------------------------------------------

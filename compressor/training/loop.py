@@ -45,6 +45,7 @@ from compressor.training.checkpoint import load_state, save_state, save_weights
 from compressor.training.distributed import (
     SINGLE_PROCESS,
     DistributedContext,
+    WatchedDdp,
     index_loader,
     rank_batches,
     validation_batches,
@@ -165,14 +166,13 @@ class TrainedModules(nn.Module):
         self.logged = terms.logged
         return terms.total
 
-    def wrap(self, context: DistributedContext) -> DistributedDataParallel:
+    def wrap(self, context: DistributedContext) -> WatchedDdp:
         trainable = {id(p) for p in self.objective.trainable()}
         ignored = [name for name, p in self.named_parameters() if id(p) not in trainable]
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, ignored)
         in_output = {id(p) for p in self.objective.output_model.parameters()}
         unused = any(i not in in_output for i in trainable)
-        ids = [context.device.index] if context.device.type == "cuda" else None
-        return DistributedDataParallel(self, device_ids=ids, find_unused_parameters=unused)
+        return WatchedDdp(self, context, find_unused_parameters=unused)
 
 
 def _optimizer(objective: Objective, phase: TrainingPhase, settings: TrainSettings):
@@ -181,7 +181,7 @@ def _optimizer(objective: Objective, phase: TrainingPhase, settings: TrainSettin
     return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=settings.lr_gamma)
 
 
-def _train_epoch(objective: Objective, wrapped: DistributedDataParallel | None, optimizer: torch.optim.Optimizer,
+def _train_epoch(objective: Objective, wrapped: WatchedDdp | None, optimizer: torch.optim.Optimizer,
                  train_data: Dataset, settings: TrainSettings, epoch: int) -> dict[str, float]:
     """One epoch of optimiser steps; the mean per batch of the loss (``"loss"``) and of each logged term, in that
     order (under several processes, the means of the global batches, summed over ranks)."""
@@ -197,10 +197,13 @@ def _train_epoch(objective: Objective, wrapped: DistributedDataParallel | None, 
             total, logged = terms.total, terms.logged
         else:  # this rank's share of the global batch's mean loss (module docstring of .distributed)
             with autocast(settings):
-                total = wrapped(batch) * weight
+                total = wrapped.forward(batch) * weight
             logged = {name: value * weight for name, value in wrapped.module.logged.items()}
         optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        if wrapped is None:
+            total.backward()
+        else:  # DDP's gradient all-reduce: a failed one is a CollectiveError
+            wrapped.backward(total)
         optimizer.step()
         sums["loss"] = sums.get("loss", 0.0) + total.item()
         for name, value in logged.items():
