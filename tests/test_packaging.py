@@ -4,6 +4,7 @@ Face's) install beside it, and both it and they import and work."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -81,9 +82,17 @@ def test_the_wheel_installs_every_library_module(tmp_path: Path) -> None:
     from tests.test_architecture import library_modules
 
     repository = Path(__file__).resolve().parents[1]
-    wheels, target = tmp_path / "wheels", tmp_path / "installed"
+    source, wheels, target = tmp_path / "source", tmp_path / "wheels", tmp_path / "installed"
+    # Built from a copy of the checkout's files: setuptools' build/ folder of an earlier build may hold modules that
+    # no longer exist, which a wheel built in place would carry.
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=repository, check=True,
+                            capture_output=True, text=True).stdout.splitlines()
+    for name in listed:
+        if (repository / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(repository / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
-                    str(repository)], check=True, capture_output=True, timeout=300)
+                    str(source)], check=True, capture_output=True, timeout=300)
     (wheel,) = wheels.glob("sft_kd_recon-*.whl")
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, capture_output=True, timeout=300)
