@@ -30,7 +30,7 @@ from compressor.export.runtimes.cpu import CpuFeatures, cpu_features
 from compressor.models.base import CascadeModel
 
 INT8_METHOD = ("ONNX Runtime post-training static quantization (quantize_static after quant_pre_process), "
-               "convolutions chosen by per-layer sensitivity")
+               "convolutions chosen by per-block sensitivity (a block INT8 from its second convolution to its last)")
 """An INT8 file's ``precision_method``."""
 
 
