@@ -86,6 +86,19 @@ def test_int8_settings_follow_the_onnx_runtime_guide_for_the_cpu():
     assert forms == {("QInt8", "QInt8", True, "QDQ")}
 
 
+def test_the_speed_verdict_says_in_one_line_why_int8_does_not_pay_from_the_cpu_flags():
+    from compressor.export.precision.speed import NO_DOT_PRODUCT_WHY, OVERHEAD_WHY, int8_verdict
+
+    avx2 = parse_cpuinfo("model name\t: EPYC\nflags\t\t: sse avx avx2 fma\n", "x86_64")
+    vnni = parse_cpuinfo("model name\t: EPYC\nflags\t\t: avx2 avx512f avx512_vnni\n", "x86_64")
+    slow = int8_verdict("d2c5", avx2, 0.58)
+    assert slow.startswith("INT8 does not pay for d2c5 on this CPU (EPYC (AVX2), 0.58x the fp32 speed)")
+    assert NO_DOT_PRODUCT_WHY in slow and "\n" not in slow
+    assert OVERHEAD_WHY in int8_verdict("d2c5", vnni, 0.9)  # a dot product, and still slower: the conversions
+    assert int8_verdict("d3c5", vnni, 1.6) == "INT8 pays for d3c5 on this CPU (EPYC (AVX2, AVX-512, AVX-512-VNNI)): " \
+                                            "1.60x the fp32 speed"
+
+
 def test_the_sensitivity_analysis_takes_or_leaves_each_block_whole_dropping_the_worst_until_within_the_bound():
     # Blocks of two convolutions each (a cascade's INT8 island): n<c>a, n<c>b for cascades 0..3.
     layers = [ConvLayer(f"n{c}{part}", c, k, 8, 8) for c in range(4) for k, part in ((2, "a"), (3, "b"))]
