@@ -99,25 +99,28 @@ def test_the_speed_verdict_says_in_one_line_why_int8_does_not_pay_from_the_cpu_f
                                             "1.60x the fp32 speed"
 
 
-def test_the_sensitivity_analysis_takes_or_leaves_each_block_whole_dropping_the_worst_until_within_the_bound():
+def test_the_sensitivity_analysis_takes_blocks_whole_then_the_leading_part_of_a_block_left_out():
     # Blocks of two convolutions each (a cascade's INT8 island): n<c>a, n<c>b for cascades 0..3.
     layers = [ConvLayer(f"n{c}{part}", c, k, 8, 8) for c in range(4) for k, part in ((2, "a"), (3, "b"))]
-    alone = {0: 0.01, 1: 0.2, 2: 0.03, 3: 0.04}
+    block = {0: 0.01, 1: 0.2, 2: 0.03, 3: 0.04}
     measured = []
 
-    def loss_of(nodes):  # hand-made: a block costs its figure, blocks add up
+    def loss_of(nodes):  # hand-made: a block's first conv costs a quarter of the block, the second the rest
         measured.append(tuple(nodes))
-        return sum(alone[int(n[1])] for n in nodes if n.endswith("a")), tuple(nodes)
+        return sum(block[int(n[1])] * (0.25 if n.endswith("a") else 0.75) for n in nodes), tuple(nodes)
 
     choices, chosen, trials = choose_convolutions(layers, loss_of, bound=0.06, layer_share=1.0)
     # Block 1 alone is over the bound; blocks 0+2+3 = 0.08 > 0.06 drops block 3 (the costliest alone); 0+2 fits.
-    assert chosen == ("n0a", "n0b", "n2a", "n2b") and trials == 6
-    assert [c.quantized for c in choices] == [True, True, False, False, True, True, False, False]
+    # Then the blocks left out, cheapest first: block 3's first conv fits (0.05), block 1's does not (0.10).
+    assert chosen == ("n0a", "n0b", "n2a", "n2b", "n3a") and trials == 8
+    assert [c.quantized for c in choices] == [True, True, False, False, True, True, True, False]
     assert "0.200 dB > 0.06 dB" in choices[2].reason and "0.080 dB > 0.06 dB" in choices[7].reason
+    assert "its first 1 INT8 convolution(s) with the other INT8 blocks cost 0.050 dB" in choices[6].reason
     assert [c.psnr_loss for c in choices[:2]] == [0.01, 0.01]  # a layer records its block's cost
     assert measured[:4] == [("n0a", "n0b"), ("n1a", "n1b"), ("n2a", "n2b"), ("n3a", "n3b")]
+    assert measured[6:] == [chosen, ("n0a", "n0b", "n2a", "n2b", "n3a", "n1a")]
     # With half the bound per block, block 3 (0.04 > 0.03) is no candidate at all: blocks 0+2 are measured once.
-    assert choose_convolutions(layers, loss_of, bound=0.06, layer_share=0.5)[1:] == (chosen, 5)
+    assert choose_convolutions(layers, loss_of, bound=0.06, layer_share=0.5)[1:] == (chosen, 7)
     # No bound: every convolution INT8, measured once together, no block alone.
     measured.clear()
     choices, chosen, trials = choose_convolutions(layers, loss_of, bound=float("inf"))

@@ -62,7 +62,7 @@ def blocks_of(layers: Sequence[ConvLayer]) -> list[list[ConvLayer]]:
 
 def choose_convolutions(layers: Sequence[ConvLayer], loss_of: Callable[[Sequence[str]], tuple[float, Any]],
                         bound: float, layer_share: float = LAYER_SHARE) -> tuple[list[LayerChoice], Any, int]:
-    """The per-block sensitivity analysis: a cascade's convolutions among ``layers`` are taken or left together
+    """The per-block sensitivity analysis: a cascade's convolutions among ``layers`` are taken together
     (:func:`blocks_of`), each block one INT8 island, which is what makes INT8 pay (measured in
     ``benchmarks/results/precision_vnni_120.md``: a block's convolutions INT8 one by one leave int8/fp32 conversions
     between them).
@@ -71,6 +71,8 @@ def choose_convolutions(layers: Sequence[ConvLayer], loss_of: Callable[[Sequence
     2. Candidates: the blocks whose cost is at most ``layer_share x bound``.
     3. Quantize the candidates together; while the combined cost exceeds ``bound``, drop the candidate of largest
        individual cost and re-measure.
+    4. Each block left out, cheapest alone first: its longest leading part (its first convolutions, still one
+       island) that keeps the combined cost within ``bound`` joins (:func:`_leading_parts`).
 
     An infinite ``bound`` (``--max-psnr-loss inf``) quantizes every convolution without measuring blocks one by one
     (their costs alone are NaN): the fastest INT8 file, which is what timing random weights needs.
@@ -106,6 +108,39 @@ def choose_convolutions(layers: Sequence[ConvLayer], loss_of: Callable[[Sequence
     for index in candidates:
         reasons[index] = (f"its block INT8 alone costs {alone[index]:.3f} dB <= {threshold:.3g} dB ({layer_share:g} "
                           f"x the bound), and the {len(candidates)} INT8 blocks together {loss:.3f} dB <= {bound:g} dB")
-    choices = {layer.node: LayerChoice(layer, alone[index], index in candidates, reasons[index])
-               for index, block in enumerate(blocks) for layer in block}
-    return [choices[layer.node] for layer in layers], measured, trials
+    chosen = [layer.node for index in sorted(candidates) for layer in blocks[index]]
+    by_node = {layer.node: reasons[index] for index, block in enumerate(blocks) for layer in block}
+    left_out = sorted((index for index in range(len(blocks)) if index not in candidates), key=lambda i: alone[i])
+    extra, measured, extra_trials = _leading_parts([blocks[index] for index in left_out], chosen, loss_of, bound,
+                                                   measured)
+    by_node.update(extra)
+    block_cost = {layer.node: alone[index] for index, block in enumerate(blocks) for layer in block}
+    choices = [LayerChoice(layer, block_cost[layer.node], layer.node in chosen, by_node[layer.node])
+               for layer in layers]
+    return choices, measured, trials + extra_trials
+
+
+def _leading_parts(blocks: Sequence[Sequence[ConvLayer]], chosen: list[str],
+                   loss_of: Callable[[Sequence[str]], tuple[float, Any]], bound: float,
+                   measured: Any) -> tuple[dict[str, str], Any, int]:
+    """Step 4 of :func:`choose_convolutions`: for each of ``blocks`` (left out whole), its longest leading part (its
+    first ``k < len(block)`` convolutions) with which ``chosen`` stays within ``bound``, appended to ``chosen``.
+    Returns the reasons of the layers taken, what ``loss_of`` returned for the final set (``measured`` when nothing
+    was added) and how many graphs were measured. On the measured CPU a block's second convolution (32->32) alone
+    is most of its INT8 gain (``benchmarks/results/precision_vnni_120.md``)."""
+    reasons: dict[str, str] = {}
+    trials = 0
+    for block in blocks:
+        for length in range(len(block) - 1, 0, -1):
+            part = block[:length]
+            nodes = [*chosen, *(layer.node for layer in part)]
+            loss, result = loss_of(nodes)
+            trials += 1
+            if loss <= bound:
+                chosen[:] = nodes
+                measured = result
+                for layer in part:
+                    reasons[layer.node] = (f"the whole block costs too much; its first {length} INT8 convolution(s) "
+                                           f"with the other INT8 blocks cost {loss:.3f} dB <= {bound:g} dB")
+                break
+    return reasons, measured, trials
