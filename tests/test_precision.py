@@ -328,6 +328,14 @@ def test_precision_metadata_round_trips(fp16_result):
     assert again.fp16.fp16_nodes == metadata.fp16.fp16_nodes
 
 
+def test_int8_metadata_round_trips_with_its_layer_choice_and_verdict(int8_result):
+    metadata = open_exported(int8_result.path, "cpu").metadata
+    again = ExportMetadata.from_properties(metadata.to_properties())
+    assert again.to_properties() == metadata.to_properties()
+    assert again.int8_speed.verdict == metadata.int8_speed.verdict != ""
+    assert [layer.int8 for layer in again.quantization.layers] == [layer.int8 for layer in metadata.quantization.layers]
+
+
 def test_compress_export_precision_writes_one_file_per_precision(tmp_path):
     save_weights(tmp_path / "w.safetensors", tiny_model(options=TINY))
     out = tmp_path / "models" / "tiny.onnx"
