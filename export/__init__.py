@@ -3,7 +3,7 @@ ONNX Runtime sessions, a reconstruct tool and latency benchmarks.
 
 Modules: :mod:`compressor.export.graph.scanner_graph` (the exportable DF formulations and the scanner graph),
 :mod:`compressor.export.targets.registry` (export targets, one class each: fp32, INT8 and fp16 ONNX),
-:mod:`compressor.export.precision` (INT8 quantization with its per-layer sensitivity analysis, fp16
+:mod:`compressor.export.precision` (INT8 quantization with its per-block sensitivity analysis, fp16
 conversion), :mod:`compressor.export.exported_file` (what an exported file holds: its inputs, outputs and metadata),
 :mod:`compressor.export.runtimes.cpu` (the CPU and the instruction sets every figure names),
 :mod:`compressor.export.targets.export` (the export driver shared by every target),

@@ -150,8 +150,9 @@ class CalibrationRecord(JsonRecord):
 @dataclass(frozen=True)
 class LayerRecord(JsonRecord):
     """One convolution of an INT8 file: its ONNX ``node``, the model ``layer`` it computes (``"cascade 1 conv 2
-    (32->1, grouped)"``), its PSNR cost quantized alone (dB; NaN if not measured), whether it is INT8 and why (key
-    ``int8_because`` or ``kept_fp32_because``; a format-1 INT8 layer has none: :data:`V1_INT8_REASON`)."""
+    (32->1, grouped)"``), the PSNR cost of its block's INT8 convolutions quantized alone (dB; NaN if not measured),
+    whether it is INT8 and why (key ``int8_because`` or ``kept_fp32_because``; a format-1 INT8 layer has none:
+    :data:`V1_INT8_REASON`)."""
 
     node: str
     layer: str
@@ -266,7 +267,9 @@ class CpuRecord(JsonRecord):
 @dataclass(frozen=True)
 class SpeedRecord(JsonRecord):
     """Whether INT8 pays on the CPU it was made on: batch-1 median latencies (ms) of the INT8 and fp32 files on ONNX
-    Runtime, their ratio and verdict; where OpenVINO was installed, the INT8 file's on OpenVINO."""
+    Runtime, their ratio and verdict; where OpenVINO was installed, the INT8 file's on OpenVINO; ``verdict``: one
+    line saying whether INT8 pays for this model on this CPU and, when it does not, why (from the CPU's instruction
+    set, :func:`compressor.export.precision.speed.int8_verdict`; ``""`` in files written before it)."""
 
     int8_median_ms: float
     fp32_median_ms: float
@@ -278,6 +281,13 @@ class SpeedRecord(JsonRecord):
     openvino_int8_median_ms: float | None = None
     openvino_speedup: float | None = None
     openvino_pays: bool | None = None
+    verdict: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        values = super().to_json()
+        if not self.verdict:  # a file written before the verdict keeps its keys when rewritten
+            del values["verdict"]
+        return values
 
 
 @dataclass(frozen=True, eq=False)

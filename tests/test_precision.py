@@ -86,27 +86,45 @@ def test_int8_settings_follow_the_onnx_runtime_guide_for_the_cpu():
     assert forms == {("QInt8", "QInt8", True, "QDQ")}
 
 
-def test_the_sensitivity_analysis_keeps_costly_layers_and_drops_the_worst_until_within_the_bound():
-    layers = [ConvLayer(f"n{i}", 1, i + 1, 8, 8) for i in range(4)]
-    alone = {"n0": 0.01, "n1": 0.2, "n2": 0.03, "n3": 0.04}
+def test_the_speed_verdict_says_in_one_line_why_int8_does_not_pay_from_the_cpu_flags():
+    from compressor.export.precision.speed import NO_DOT_PRODUCT_WHY, OVERHEAD_WHY, int8_verdict
+
+    avx2 = parse_cpuinfo("model name\t: EPYC\nflags\t\t: sse avx avx2 fma\n", "x86_64")
+    vnni = parse_cpuinfo("model name\t: EPYC\nflags\t\t: avx2 avx512f avx512_vnni\n", "x86_64")
+    slow = int8_verdict("d2c5", avx2, 0.58)
+    assert slow.startswith("INT8 does not pay for d2c5 on this CPU (EPYC (AVX2), 0.58x the fp32 speed)")
+    assert NO_DOT_PRODUCT_WHY in slow and "\n" not in slow
+    assert OVERHEAD_WHY in int8_verdict("d2c5", vnni, 0.9)  # a dot product, and still slower: the conversions
+    assert int8_verdict("d3c5", vnni, 1.6) == "INT8 pays for d3c5 on this CPU (EPYC (AVX2, AVX-512, AVX-512-VNNI)): " \
+                                            "1.60x the fp32 speed"
+
+
+def test_the_sensitivity_analysis_takes_blocks_whole_then_the_leading_part_of_a_block_left_out():
+    # Blocks of two convolutions each (a cascade's INT8 island): n<c>a, n<c>b for cascades 0..3.
+    layers = [ConvLayer(f"n{c}{part}", c, k, 8, 8) for c in range(4) for k, part in ((2, "a"), (3, "b"))]
+    block = {0: 0.01, 1: 0.2, 2: 0.03, 3: 0.04}
     measured = []
 
-    def loss_of(nodes):  # hand-made: costs add up
+    def loss_of(nodes):  # hand-made: a block's first conv costs a quarter of the block, the second the rest
         measured.append(tuple(nodes))
-        return sum(alone[n] for n in nodes), tuple(nodes)
+        return sum(block[int(n[1])] * (0.25 if n.endswith("a") else 0.75) for n in nodes), tuple(nodes)
 
     choices, chosen, trials = choose_convolutions(layers, loss_of, bound=0.06, layer_share=1.0)
-    # n1 alone is over the bound; n0+n2+n3 = 0.08 > 0.06 drops n3 (the costliest alone); n0+n2 = 0.04 fits.
-    assert chosen == ("n0", "n2") and trials == 6
-    assert [c.quantized for c in choices] == [True, False, True, False]
-    assert "0.200 dB > 0.06 dB" in choices[1].reason and "0.080 dB > 0.06 dB" in choices[3].reason
-    assert measured == [("n0",), ("n1",), ("n2",), ("n3",), ("n0", "n2", "n3"), ("n0", "n2")]
-    # With half the bound per layer, n3 (0.04 > 0.03) is no candidate at all: n0+n2 is measured once.
-    assert choose_convolutions(layers, loss_of, bound=0.06, layer_share=0.5)[1:] == (("n0", "n2"), 5)
-    # No bound: every convolution INT8, measured once together, none alone.
+    # Block 1 alone is over the bound; blocks 0+2+3 = 0.08 > 0.06 drops block 3 (the costliest alone); 0+2 fits.
+    # Then the blocks left out, cheapest first: block 3's first conv fits (0.05), block 1's does not (0.10).
+    assert chosen == ("n0a", "n0b", "n2a", "n2b", "n3a") and trials == 8
+    assert [c.quantized for c in choices] == [True, True, False, False, True, True, True, False]
+    assert "0.200 dB > 0.06 dB" in choices[2].reason and "0.080 dB > 0.06 dB" in choices[7].reason
+    assert "its first 1 INT8 convolution(s) with the other INT8 blocks cost 0.050 dB" in choices[6].reason
+    assert [c.psnr_loss for c in choices[:2]] == [0.01, 0.01]  # a layer records its block's cost
+    assert measured[:4] == [("n0a", "n0b"), ("n1a", "n1b"), ("n2a", "n2b"), ("n3a", "n3b")]
+    assert measured[6:] == [chosen, ("n0a", "n0b", "n2a", "n2b", "n3a", "n1a")]
+    # With half the bound per block, block 3 (0.04 > 0.03) is no candidate at all: blocks 0+2 are measured once.
+    assert choose_convolutions(layers, loss_of, bound=0.06, layer_share=0.5)[1:] == (chosen, 7)
+    # No bound: every convolution INT8, measured once together, no block alone.
     measured.clear()
     choices, chosen, trials = choose_convolutions(layers, loss_of, bound=float("inf"))
-    assert chosen == ("n0", "n1", "n2", "n3") and trials == 1 and measured == [chosen]
+    assert len(chosen) == 8 and trials == 1 and measured == [chosen]
     assert all(c.quantized and np.isnan(c.psnr_loss) for c in choices)
 
 
@@ -134,35 +152,49 @@ def test_a_relu_is_folded_only_between_two_int8_convolutions():
     assert activations_between(graph_output, ["a", "b"]) == []
 
 
-def test_a_convolution_only_fp32_nodes_read_is_not_quantized(tmp_path, mask):
-    """ONNX Runtime fuses DequantizeLinear -> Conv -> QuantizeLinear into QLinearConv: a block's last convolution,
-    read by the residual sum and the DF in fp32, would run as an fp32 Conv on dequantized weights."""
+def test_int8_may_take_a_block_from_its_second_convolution_to_its_last(tmp_path, mask):
+    """The first (1 -> 8) stays fp32, where ONNX Runtime's QLinearConv is slower; the last, as grouped conv +
+    channel sum, may be INT8: its grouped weights are an initializer, and its output is quantized too."""
     model = tiny_model("d3c2")
     graph = onnx.load(str(export(tmp_path, mask, "fp32", model).path))
     reasons = {layer.label: layer.fp32_reason for layer in conv_layers(graph, model)}
     assert [label for label, reason in reasons.items() if not reason] == [
-        f"cascade {c} conv {k}" for c in (1, 2) for k in ("1 (1->8)", "2 (8->8)")]
-    assert "only fp32 nodes read its output" in reasons["cascade 2 conv 3 (8->1, channel sum)"]
+        f"cascade {c} conv {k}" for c in (1, 2) for k in ("2 (8->8)", "3 (8->1, grouped)", "3 (8->1, channel sum)")]
+    assert "first convolution" in reasons["cascade 2 conv 1 (1->8)"]
+    initializers = {init.name for init in graph.graph.initializer}
+    grouped = [node for node in graph.graph.node if node.op_type == "Conv" and node.attribute
+               and any(a.name == "group" and a.i > 1 for a in node.attribute)]
+    assert len(grouped) == 2 and all(node.input[1] in initializers for node in grouped)
+
+
+def test_a_two_output_grouped_convolution_stays_fp32():
+    """Complex images: two outputs per group is not ONNX Runtime's depthwise INT8 kernel."""
+    grouped = ConvLayer("g", 1, 3, 8, 2, "grouped")
+    assert "not ONNX Runtime's depthwise INT8 kernel" in grouped.fp32_reason
+    assert ConvLayer("g", 1, 3, 8, 1, "grouped").int8_eligible
+    assert ConvLayer("s", 1, 3, 8, 2, "channel sum").int8_eligible
 
 
 def test_two_int8_convolutions_meet_without_a_requantization(tmp_path, mask):
-    """d3c2: conv 1 -> Relu -> conv 2, both INT8: one QuantizeLinear between them (the Relu folded into its range),
-    no DequantizeLinear -> QuantizeLinear pair, and ONNX Runtime runs them as two QLinearConv back to back."""
+    """d3c2: conv 2 -> Relu -> conv 3 (grouped -> channel sum), all INT8: the Relu folded into conv 2's range, no
+    DequantizeLinear -> QuantizeLinear pair, and ONNX Runtime runs each block as three QLinearConv back to back,
+    dequantizing only the block's one-channel output."""
     result = export(tmp_path, mask, "int8", model=tiny_model("d3c2"), max_psnr_loss=10.0)
     graph = onnx.load(str(result.path))
     producer = {out: node for node in graph.graph.node for out in node.output}
     requantized = [node.name for node in graph.graph.node if node.op_type == "QuantizeLinear"
                    and getattr(producer.get(node.input[0]), "op_type", "") == "DequantizeLinear"]
     assert requantized == []
-    assert sum(node.op_type == "Relu" for node in graph.graph.node) == 2  # only those before the fp32 last conv
-    assert len(open_exported(result.path, "cpu").metadata.quantization.int8_nodes) == 4
+    assert sum(node.op_type == "Relu" for node in graph.graph.node) == 2  # only those after the fp32 first conv
+    assert len(open_exported(result.path, "cpu").metadata.quantization.int8_nodes) == 6
     options = onnxruntime.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     onnxruntime.InferenceSession(str(result.path), options, providers=["CPUExecutionProvider"])
     optimized = onnx.load(options.optimized_model_filepath)
     by_output = {out: node for node in optimized.graph.node for out in node.output}
     qlinear = [node for node in optimized.graph.node if node.op_type == "QLinearConv"]
-    assert len(qlinear) == 4 and sum(by_output[node.input[0]].op_type == "QLinearConv" for node in qlinear) == 2
+    assert len(qlinear) == 6 and sum(by_output[node.input[0]].op_type == "QLinearConv" for node in qlinear) == 4
+    assert "Conv" in {node.op_type for node in optimized.graph.node}  # the first convolutions, fp32
 
 
 # --- INT8 ------------------------------------------------------------------------------------------------------
@@ -176,14 +208,14 @@ def test_int8_export_of_a_tiny_model_takes_seconds_and_records_how_it_was_made(i
     assert metadata.precision is Precision.INT8 and quantization.settings.quant_format == "QDQ"
     assert quantization.settings.per_channel
     assert quantization.calibration.to_json() == {"method": "minmax", "slices": 2, "source": "the validation slices"}
-    # A bound of 10 dB takes every convolution INT8 may take: of the 6 Conv nodes, each cascade's first. Both halves
-    # of the block's last convolution (8->1 as grouped conv + channel sum) stay fp32 and say why.
-    assert len(quantization.int8_nodes) == 2
-    kept = {layer.layer.split(", ")[-1]: layer for layer in quantization.layers if not layer.int8}
-    assert "grouped half" in kept["grouped)"].reason
-    assert "only fp32 nodes read its output" in kept["channel sum)"].reason
-    assert {layer.layer for layer in quantization.layers} >= {"cascade 2 conv 1 (1->8)"}
-    assert set(metadata.int8_speed.to_json()) >= {"speedup", "pays", "cpu"}
+    # A bound of 10 dB takes every convolution INT8 may take: of the 4 Conv nodes, both halves of each block's last
+    # (8->1 as grouped conv + channel sum); each block's first (1->8) stays fp32 and says why.
+    assert len(quantization.int8_nodes) == 4
+    kept = {layer.layer: layer for layer in quantization.layers if not layer.int8}
+    assert list(kept) == ["cascade 1 conv 1 (1->8)", "cascade 2 conv 1 (1->8)"]
+    assert "first convolution" in kept["cascade 2 conv 1 (1->8)"].reason
+    assert set(metadata.int8_speed.to_json()) >= {"speedup", "pays", "cpu", "verdict"}
+    assert metadata.int8_speed.verdict.startswith(("INT8 pays for d2c2", "INT8 does not pay for d2c2"))
     assert metadata.cpu.instruction_sets is not None
     check = result.precision_check
     assert check.quality.psnr_loss <= 10.0 and check.reference_parity is not None and check.reference_parity < 5e-2
@@ -199,11 +231,14 @@ def test_qat_fake_quantizes_weights_as_onnx_runtime_quantizes_them(int8_result):
 
     model, result = tiny_model(), int8_result
     initializers = {init.name: numpy_helper.to_array(init) for init in onnx.load(str(result.path)).graph.initializer}
-    name = "cascades.0.block.conv1.weight"
+    # The block's last conv (8 -> 1), INT8 as its grouped form: one filter per input channel, each scaled alone.
+    (name,) = [name for name in initializers if name.endswith("grouped_weights_quantized")][:1]
+    name = name.removesuffix("_quantized")
     scale = initializers[f"{name}_scale"][:, None, None, None]
     onnx_runtime = initializers[f"{name}_quantized"].astype(np.float32) * scale
     levels = 64 if open_exported(result.path, "cpu").metadata.quantization.settings.reduce_range else 127
-    fake = _FakeQuantizedWeight(levels)(model.cascades[0].block.conv1.weight.detach()).numpy()
+    weight = model.cascades[0].block.conv2.weight.detach()
+    fake = _FakeQuantizedWeight(levels, grouped=True)(weight).transpose(0, 1).reshape(-1, 1, 3, 3).numpy()
     assert np.abs(initializers[f"{name}_quantized"]).max() == levels  # symmetric, the largest weight at the edge
     np.testing.assert_allclose(fake, onnx_runtime, rtol=0, atol=1e-7)
 
@@ -291,6 +326,14 @@ def test_precision_metadata_round_trips(fp16_result):
     assert again == metadata and again.precision is Precision.FP16
     assert (again.fp16, again.quality, again.origin) == (metadata.fp16, metadata.quality, metadata.origin)
     assert again.fp16.fp16_nodes == metadata.fp16.fp16_nodes
+
+
+def test_int8_metadata_round_trips_with_its_layer_choice_and_verdict(int8_result):
+    metadata = open_exported(int8_result.path, "cpu").metadata
+    again = ExportMetadata.from_properties(metadata.to_properties())
+    assert again.to_properties() == metadata.to_properties()
+    assert again.int8_speed.verdict == metadata.int8_speed.verdict != ""
+    assert [layer.int8 for layer in again.quantization.layers] == [layer.int8 for layer in metadata.quantization.layers]
 
 
 def test_compress_export_precision_writes_one_file_per_precision(tmp_path):

@@ -74,7 +74,7 @@ def _image_size(size: int) -> int:
                   help="What to write: onnx-fp32 is one validated fp32 ONNX file per model.")
 @precision_option("--precision",
                   help="Comma-separated precisions, each its own validated ONNX file: fp32 (<model>.onnx), int8 "
-                       "(<model>.int8.onnx: post-training static INT8 of the convolutions a per-layer sensitivity "
+                       "(<model>.int8.onnx: post-training static INT8 of the convolutions a per-block sensitivity "
                        "analysis picks), fp16 (<model>.fp16.onnx: fp16 convolutions for GPUs); e.g. fp32,int8. "
                        "Default: --target (fp32).")
 @precision_option("--calibration-slices", type=click.IntRange(min=1), default=32,

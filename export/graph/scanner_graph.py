@@ -115,7 +115,12 @@ class ChannelSumConv(nn.Module):
     channels to the block size (16 with AVX-512), so the blocks' last conv (32 -> 1 or 2) costs as much as a 32 -> 16
     one; the grouped form does ``C_out``/16 of that work. The channel sum is a 1x1
     convolution with 0/1 weights (carrying the bias), which reads the blocked layout directly (faster than
-    ``ReduceSum``, which needs it reordered first).
+    ``ReduceSum``, which needs it reordered first). Measured against the plain convolution in
+    ``benchmarks/results/precision_vnni_120.md`` (fp32 and INT8; the plain form is slower in both).
+
+    The grouped weights are fixed when the module is made (the export's weights are final): ``conv.weight`` changed
+    afterwards is not seen. With one output (a real image) the grouped convolution is depthwise, which ONNX
+    Runtime's INT8 kernels run fast, so INT8 may take both halves (:mod:`compressor.export.precision.layers`).
     """
 
     def __init__(self, conv: nn.Conv2d):
@@ -125,15 +130,18 @@ class ChannelSumConv(nn.Module):
                              f"outputs and more inputs than outputs, got {conv}")
         self.conv = conv
         outputs = conv.out_channels
+        # (C_out, C_in, k, k) -> (C_in * C_out, 1, k, k): group g's filters are W[:, g], in output order. A buffer
+        # taken from the weights as they are now, so that the graph holds it as an initializer (a constant INT8 can
+        # quantize) instead of computing it from the weight at run time.
+        self.register_buffer("grouped_weights", conv.weight.detach().transpose(0, 1).reshape(-1, 1, *conv.kernel_size)
+                             .clone(), persistent=False)
         # Grouped map g * C_out + o is input channel g's contribution to output o: sum those with o fixed.
         self.register_buffer("sum_weights", torch.eye(outputs).repeat(1, conv.in_channels)[:, :, None, None],
                              persistent=False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         conv = self.conv
-        # (C_out, C_in, k, k) -> (C_in * C_out, 1, k, k): group g's filters are W[:, g], in output order.
-        grouped_weights = conv.weight.transpose(0, 1).reshape(-1, 1, *conv.kernel_size)
-        per_channel = F.conv2d(image, grouped_weights, None, conv.stride, conv.padding, conv.dilation,
+        per_channel = F.conv2d(image, self.grouped_weights, None, conv.stride, conv.padding, conv.dilation,
                                groups=conv.in_channels)
         return F.conv2d(per_channel, self.sum_weights, conv.bias)
 

@@ -3,9 +3,10 @@ post-training quantization loses too much (:func:`quantize_int8`), and what the 
 (:func:`int8_record`).
 
 Which convolutions INT8 takes is measured (:func:`~compressor.export.precision.sensitivity.choose_convolutions`) on
-the runtime that validates the file (:class:`~compressor.export.precision.quality.QualityProbe`): each alone, its PSNR
-cost on the quality slices; those cheap enough are quantized together, and the most costly dropped until the
-combination is within the bound. How a convolution is quantized: :mod:`compressor.export.precision.quantizer`.
+the runtime that validates the file (:class:`~compressor.export.precision.quality.QualityProbe`) a block at a time:
+each block's INT8 convolutions alone, their PSNR cost on the quality slices; the blocks cheap enough are quantized
+together, the most costly dropped until the combination is within the bound, and a block left out may keep its leading
+convolutions. How a convolution is quantized: :mod:`compressor.export.precision.quantizer`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from compressor.export.runtimes.cpu import CpuFeatures, cpu_features
 from compressor.models.base import CascadeModel
 
 INT8_METHOD = ("ONNX Runtime post-training static quantization (quantize_static after quant_pre_process), "
-               "convolutions chosen by per-layer sensitivity")
+               "convolutions chosen by per-block sensitivity (a block INT8 from its second convolution to its last)")
 """An INT8 file's ``precision_method``."""
 
 

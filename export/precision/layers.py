@@ -1,9 +1,10 @@
 """The exported graph's convolutions named by the model's layers (:class:`ConvLayer`), which INT8 may take and why
 not, and the activations quantized with them.
 
-A convolution only fp32 nodes read, or whose weights the graph computes, stays fp32 (:attr:`ConvLayer.fp32_reason`);
-the Relus between two quantized convolutions are quantized with them, which folds each into the first one's output
-range (:func:`activations_between`: no requantization between them).
+A block's first convolution (from the image channels) stays fp32, where INT8 is slower (:attr:`ConvLayer.fp32_reason`);
+the others may be INT8 from the block's second convolution to its last, so that a block is one INT8 island. The Relus
+between two quantized convolutions are quantized with them, which folds each into the first one's output range
+(:func:`activations_between`: no requantization between them).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from torch import nn
 from compressor.export.graph.scanner_graph import is_channel_sum_candidate
 from compressor.models.base import CascadeModel
 
-GROUPED_REASON = ("grouped half of a channel-sum convolution: weights computed in the graph, which ONNX Runtime's "
-                  "QLinearConv runs ~10x slower than fp32 (ConvLayer.fp32_reason)")
-FP32_OUTPUT_REASON = ("only fp32 nodes read its output (residual sum, DF): ONNX Runtime would run it as an fp32 Conv "
-                      "on dequantized weights, no int8 arithmetic (ConvLayer.fp32_reason)")
+FIRST_CONV_REASON = ("a block's first convolution (from the image channels): ONNX Runtime's QLinearConv over few "
+                     "input channels runs ~3x slower than the fp32 Conv and its requantization (ConvLayer.fp32_reason)")
+GROUPED_REASON = ("grouped half of a 2-output channel-sum convolution: two outputs per group is not ONNX Runtime's "
+                  "depthwise INT8 kernel; not measured to pay (ConvLayer.fp32_reason)")
 BLOCK_ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "PRelu"})
 """The activations between a block's convolutions."""
 REMOVABLE_ACTIVATIONS = frozenset({"Relu"})
@@ -41,8 +42,6 @@ class ConvLayer:
         in_channels, out_channels: the layer's.
         part: ``""``, or for a block's last convolution exported as grouped conv + channel sum
             (:class:`~compressor.export.graph.scanner_graph.ChannelSumConv`), ``"grouped"`` or ``"channel sum"``.
-        output_fp32_only: no reader of its output is a convolution or a block activation (the block's last
-            convolution, read by the residual sum and the DF).
     """
 
     node: str
@@ -51,23 +50,26 @@ class ConvLayer:
     in_channels: int
     out_channels: int
     part: str = ""
-    output_fp32_only: bool = False
 
     @property
     def fp32_reason(self) -> str:
-        """Why INT8 may not take this convolution (``""``: it may).
+        """Why INT8 may not take this convolution (``""``: it may). Measured on an AMD EPYC (Zen 4, AVX-512-VNNI),
+        ONNX Runtime 1.31, in ``benchmarks/results/precision_vnni_120.md``:
 
-        * The grouped half of a channel-sum convolution: the graph computes its weights (a reshape of the trained
-          weight) instead of holding them as an initializer, so ONNX Runtime runs it as a QLinearConv on unpacked
-          weights, far slower than the fp32 convolution for a negligible share of the FLOPs (measured in
-          ``benchmarks/results/precision.md``).
-        * A convolution whose output only fp32 nodes read: ONNX Runtime fuses DequantizeLinear -> Conv ->
-          QuantizeLinear into a QLinearConv, and with no QuantizeLinear after it (the DF must read fp32) it runs an
-          fp32 Conv on dequantized input and weights, so INT8 costs time and quality and gains nothing.
+        * A block's first convolution (its inputs are the image channels, 1 or 2): QLinearConv builds its im2col
+          over ``9 x C_in`` values, ~300 µs at 130x130 against ~100 µs for the fp32 Conv, more than the
+          QuantizeLinear and reorder its fp32 output needs (the INT8 file is slower with it, and loses more PSNR).
+        * The grouped half of a channel-sum convolution with two outputs (complex images): two outputs per group is
+          not ONNX Runtime's depthwise INT8 kernel, and was not measured to pay. With one output it is depthwise and
+          INT8 may take it.
+
+        The block's last convolution (the channel sum, or a plain last conv) may be INT8: its output is quantized
+        too, so ONNX Runtime runs a QLinearConv and dequantizes the one-channel result for the residual sum and the
+        DF (:func:`~compressor.export.precision.quantizer.keep_fp32_outside_convolutions`).
         """
-        if self.part == "grouped":
-            return GROUPED_REASON
-        return FP32_OUTPUT_REASON if self.output_fp32_only else ""
+        if self.conv == 1:
+            return FIRST_CONV_REASON
+        return GROUPED_REASON if self.part == "grouped" and self.out_channels > 1 else ""
 
     @property
     def int8_eligible(self) -> bool:
@@ -102,17 +104,12 @@ def model_convolutions(model: CascadeModel) -> list[tuple[int, int, int, int, st
 
 def conv_layers(graph: onnx.ModelProto, model: CascadeModel) -> list[ConvLayer]:
     """The graph's ``Conv`` nodes (graph order, which is the cascades' order: each cascade's block runs after the
-    previous DF) named by ``model``'s layers, each with whether only fp32 nodes read its output; a count mismatch is
-    an error (the graph is not this model's)."""
+    previous DF) named by ``model``'s layers; a count mismatch is an error (the graph is not this model's)."""
     convs = [node for node in graph.graph.node if node.op_type == "Conv"]
     layers = model_convolutions(model)
     if len(convs) != len(layers):
         raise ValueError(f"the graph has {len(convs)} Conv nodes, the model's blocks {len(layers)}")
-    readers = tensor_readers(graph)
-    quantizable = BLOCK_ACTIVATIONS | {"Conv"}
-    return [ConvLayer(node.name, *layer, output_fp32_only=not any(reader.op_type in quantizable
-                                                                  for reader in readers.get(node.output[0], [])))
-            for node, layer in zip(convs, layers, strict=True)]
+    return [ConvLayer(node.name, *layer) for node, layer in zip(convs, layers, strict=True)]
 
 
 def tensor_readers(graph: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from compressor.export.exported_file import Int8Settings, QatRun
+from compressor.export.graph.scanner_graph import is_channel_sum_candidate
 from compressor.export.graph.validate import ImageQuality, model_input
 from compressor.export.precision.layers import block_convolutions
 from compressor.export.precision.options import CalibrationSlices, PrecisionOptions
@@ -61,18 +62,23 @@ def quantization_aware(choice: Int8Choice, model: CascadeModel, mask: np.ndarray
 
 
 class _FakeQuantizedWeight(nn.Module):
-    """Parametrization of a conv weight ``(C_out, C_in, k, k)``: symmetric per-output-channel fake quantization to
+    """Parametrization of a conv weight ``(C_out, C_in, k, k)``: symmetric per-channel fake quantization to
     ``[-levels, levels]``, as ONNX Runtime quantizes it (scale ``max |w| / levels`` per channel); gradients pass
-    straight through."""
+    straight through. The channels are the convolution's output channels, or with ``grouped`` its ``(output, input)``
+    pairs: the filters of the grouped convolution a channel-sum convolution is exported as
+    (:class:`~compressor.export.graph.scanner_graph.ChannelSumConv`), each of which ONNX Runtime scales alone."""
 
-    def __init__(self, levels: int):
+    def __init__(self, levels: int, grouped: bool = False):
         super().__init__()
         self.levels = levels
+        self.grouped = grouped
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        scale = (weight.detach().abs().amax(dim=tuple(range(1, weight.ndim))).clamp_min(1e-12) / self.levels).float()
+        filters = weight.reshape(-1, 1, *weight.shape[2:]) if self.grouped else weight
+        scale = (filters.detach().abs().amax(dim=tuple(range(1, filters.ndim))).clamp_min(1e-12) / self.levels).float()
         zero = torch.zeros_like(scale, dtype=torch.int32)
-        return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -self.levels, self.levels)
+        quantized = torch.fake_quantize_per_channel_affine(filters, scale, zero, 0, -self.levels, self.levels)
+        return quantized.reshape(weight.shape)
 
 
 class _FakeQuantizedInput:
@@ -117,7 +123,8 @@ def finetune_quantization_aware(model: CascadeModel, settings: Int8Settings, ksp
              if convolutions is None or (cascade_index, conv_index) in convolutions]
     hooks = []
     for conv in convs:
-        parametrize.register_parametrization(conv, "weight", _FakeQuantizedWeight(levels))
+        parametrize.register_parametrization(conv, "weight",
+                                             _FakeQuantizedWeight(levels, is_channel_sum_candidate(conv)))
         hooks.append(conv.register_forward_pre_hook(_FakeQuantizedInput()))
     optimizer = torch.optim.Adam(student.parameters(), lr=learning_rate)
     loss_of = reconstruction_loss("l1")

@@ -9,8 +9,8 @@ optimises the file when it loads it anyway. Only convolutions (and the Relus bet
 QDQ form, weights per channel; the types and ``reduce_range`` follow the ONNX Runtime guide for the CPU at hand
 (:func:`int8_settings`). The DF projection, the normalisation and the outputs stay fp32: a Q/DQ pair that ONNX
 Runtime places on a tensor the DF or the normalisation reads is bypassed for those readers
-(:func:`keep_fp32_outside_convolutions`), so the DF sees the fp32 ``x_u`` and the fp32 CNN output and keeps the
-measured lines exact.
+(:func:`keep_fp32_outside_convolutions`), so the DF sees the fp32 ``x_u``; the block's output is the dequantized
+output of its last convolution when that is INT8, and the DF keeps the measured lines exact either way.
 """
 
 from __future__ import annotations
@@ -62,12 +62,17 @@ class _SliceReader:
 
 
 def keep_fp32_outside_convolutions(graph: onnx.ModelProto, quantized: Sequence[str]) -> onnx.ModelProto:
-    """Bypass every Q/DQ pair for readers that are not quantized convolutions (or the activations between them).
+    """Bypass the Q/DQ pairs of fp32 tensors for readers that are not quantized convolutions (or the activations
+    between them); keep those on a quantized convolution's output.
 
     ``quantize_static`` quantizes a tensor once and points *all* its readers at the DequantizeLinear output: the
     normalised zero-filled image is read by the first convolution and by every DF (``x_u``), so without this the DF
     would take a quantized ``x_u`` and lose the measured lines. Such readers get the fp32 tensor back; a Q/DQ pair
-    left without readers is removed. Modifies and returns ``graph``."""
+    left without readers is removed. The output of a quantized convolution keeps its pair for every reader: ONNX
+    Runtime fuses DequantizeLinear -> Conv -> QuantizeLinear into one QLinearConv with int8 output, so a block's
+    last convolution runs in int8 and only its one-channel result is dequantized for the residual sum and the DF
+    (the DF then replaces the sampled lines of that dequantized image, which keeps them exact). Modifies and returns
+    ``graph``."""
     nodes = graph.graph.node
     producer = {output: node for node in nodes for output in node.output}
     allowed = set(quantized)
@@ -79,7 +84,9 @@ def keep_fp32_outside_convolutions(graph: onnx.ModelProto, quantized: Sequence[s
             if dequantize is None or dequantize.op_type != "DequantizeLinear":
                 continue
             quantize = producer.get(dequantize.input[0])
-            if quantize is not None and quantize.op_type == "QuantizeLinear":
+            if quantize is None or quantize.op_type != "QuantizeLinear":
+                continue
+            if getattr(producer.get(quantize.input[0]), "name", None) not in allowed:
                 node.input[index] = quantize.input[0]
     _remove_unread(graph)
     return graph

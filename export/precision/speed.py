@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 
 from compressor.export.exported_file import SpeedRecord
-from compressor.export.runtimes.cpu import cpu_features
+from compressor.export.runtimes.cpu import CpuFeatures, cpu_features
 from compressor.export.runtimes.registry import RUNTIMES, onnxruntime_cpu
 from compressor.export.runtimes.session import graph_feed
 from compressor.export.runtimes.timing import interleaved_timings
@@ -22,6 +22,26 @@ PAYS_SPEEDUP = 1.05
 dozen runs on a shared machine moves by a few percent, so a smaller gain is not one this check can tell from noise."""
 
 
+NO_DOT_PRODUCT_WHY = ("it has no int8 dot product (VNNI/AMX): ONNX Runtime's x86 INT8 convolutions multiply with "
+                      "VPMADDUBSW (U8S8, 7-bit weights against its saturation), no faster than its fp32 kernels, and "
+                      "each INT8 block adds the int8/fp32 conversions around it")
+"""Why INT8 does not pay on an x86-64 CPU without an int8 dot-product instruction."""
+OVERHEAD_WHY = ("the int8/fp32 conversions (QuantizeLinear, DequantizeLinear, NHWC <-> NCHWc reorders) around its INT8 "
+                "blocks cost more than the int8 arithmetic saves")
+"""Why INT8 does not pay on a CPU that has an int8 dot product (or is not x86-64)."""
+
+
+def int8_verdict(architecture: str, cpu: CpuFeatures, speedup: float) -> str:
+    """One line: whether INT8 pays for ``architecture`` on ``cpu`` at the measured ``speedup`` (INT8 over fp32;
+    pays from :data:`PAYS_SPEEDUP`) and, when it does not, why (:data:`NO_DOT_PRODUCT_WHY` on x86-64 without an
+    int8 dot product, else :data:`OVERHEAD_WHY`)."""
+    if speedup >= PAYS_SPEEDUP:
+        return f"INT8 pays for {architecture} on this CPU ({cpu.describe()}): {speedup:.2f}x the fp32 speed"
+    why = NO_DOT_PRODUCT_WHY if cpu.x86 and not cpu.int8_dot_product else OVERHEAD_WHY
+    return (f"INT8 does not pay for {architecture} on this CPU ({cpu.describe()}, {speedup:.2f}x the fp32 speed): "
+            f"{why}; deploy the fp32 file here")
+
+
 @dataclass(frozen=True)
 class SpeedCheck:
     """Interleaved batch-1 latency on this CPU (median ms) of the INT8 and fp32 files on ONNX Runtime and, where
@@ -30,16 +50,18 @@ class SpeedCheck:
     int8_ms: float
     fp32_ms: float
     runs: int
-    cpu: str
+    cpu: CpuFeatures
     openvino_int8_ms: float | None = None
 
-    def record(self) -> SpeedRecord:
-        """What the INT8 file records (its ``int8_speed`` key): speed-ups over ONNX Runtime's fp32 time and whether
-        each reaches :data:`PAYS_SPEEDUP`."""
+    def record(self, architecture: str) -> SpeedRecord:
+        """What the INT8 file of ``architecture`` records (its ``int8_speed`` key): speed-ups over ONNX Runtime's
+        fp32 time, whether each reaches :data:`PAYS_SPEEDUP`, and the :func:`int8_verdict`."""
         speedup = self.fp32_ms / self.int8_ms
         openvino = None if self.openvino_int8_ms is None else self.fp32_ms / self.openvino_int8_ms
-        return SpeedRecord(self.int8_ms, self.fp32_ms, speedup, self.runs, 1, speedup >= PAYS_SPEEDUP, self.cpu,
-                           self.openvino_int8_ms, openvino, None if openvino is None else openvino >= PAYS_SPEEDUP)
+        return SpeedRecord(self.int8_ms, self.fp32_ms, speedup, self.runs, 1, speedup >= PAYS_SPEEDUP,
+                           self.cpu.describe(), self.openvino_int8_ms, openvino,
+                           None if openvino is None else openvino >= PAYS_SPEEDUP,
+                           int8_verdict(architecture, self.cpu, speedup))
 
 
 def int8_speed(int8_graph: onnx.ModelProto, fp32_graph: onnx.ModelProto, kspace: np.ndarray, mask: np.ndarray,
@@ -58,5 +80,5 @@ def int8_speed(int8_graph: onnx.ModelProto, fp32_graph: onnx.ModelProto, kspace:
     timings = interleaved_timings({name: (lambda s=session: s.run(None, feed)) for name, session in sessions.items()},
                                   runs, 3)
     measured = timings.get("openvino int8")
-    return SpeedCheck(timings["int8"].median, timings["fp32"].median, runs, cpu_features().describe(),
+    return SpeedCheck(timings["int8"].median, timings["fp32"].median, runs, cpu_features(),
                       measured.median if measured else None)

@@ -272,9 +272,10 @@ def _int8_lines(metadata: ExportMetadata) -> list[str]:
         lines.append(f"quantization-aware fine-tuning ({qat.steps} steps; every allowed convolution INT8 lost "
                      f"{qat.ptq_psnr_loss:.3f} dB after PTQ, {qat.qat_psnr_loss:.3f} dB after it): "
                      + ("used, every allowed convolution INT8" if qat.used else "not used, the PTQ choice is kept"))
-    verdict = "pays" if speed.pays else "does not pay"
-    lines.append(f"INT8 {verdict} on this CPU ({speed.cpu}): {speed.speedup:.2f}x the fp32 speed at batch 1 "
-                 f"({speed.int8_median_ms:.2f} vs {speed.fp32_median_ms:.2f} ms, median of {speed.runs})"
+    verdict = speed.verdict or (f"INT8 {'pays' if speed.pays else 'does not pay'} on this CPU ({speed.cpu}): "
+                                f"{speed.speedup:.2f}x the fp32 speed")
+    lines.append(f"{verdict} (batch 1, {speed.int8_median_ms:.2f} vs {speed.fp32_median_ms:.2f} ms, median of "
+                 f"{speed.runs})"
                  + ("" if speed.openvino_speedup is None else
                     f"; on OpenVINO (--provider openvino) it runs at {speed.openvino_speedup:.2f}x ONNX "
                     f"Runtime's fp32 speed ({speed.openvino_int8_median_ms:.2f} ms)"))

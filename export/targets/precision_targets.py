@@ -67,7 +67,7 @@ class OnnxInt8(PrecisionTarget):
             request.metadata, precision_method=INT8_METHOD, quantization=int8_record(choice, settings, calibration,
                                                                                      options),
             quality=choice.quality.record(request.runtime.label, request.quality_slices.source),
-            cpu=cpu_features().record(), int8_speed=speed.record()))
+            cpu=cpu_features().record(), int8_speed=speed.record(request.metadata.architecture)))
         return staged
 
 
