@@ -199,9 +199,8 @@ def test_two_int8_convolutions_meet_without_a_requantization(tmp_path, mask):
 
 # --- INT8 ------------------------------------------------------------------------------------------------------
 
-def test_int8_export_of_a_tiny_model_takes_seconds_and_records_how_it_was_made(int8_result):
+def test_int8_export_of_a_tiny_model_records_how_it_was_made(int8_result):
     result = int8_result
-    assert result.seconds < 30
     assert result.path.name == "tiny.int8.onnx" and result.precision == "int8"
     metadata = open_exported(result.path, "cpu").metadata
     quantization = metadata.quantization
