@@ -25,16 +25,20 @@ from compressor.data.coil_simulation import (
     simulate_pair,
     slice_rng,
 )
+from compressor.data.coils import masked_virtual_coil
 from compressor.data.dataset import SliceDataset
+from compressor.data.fastmri import FastMRIReader
 from compressor.data.mrd_readout import Readout
 from compressor.data.phase import with_synthetic_phase
 from compressor.data.project_h5 import write_project_volume
 from compressor.data.readers import ProjectH5Reader
 from compressor.errors import InputError
 from compressor.export.exported_file import ExportMetadata
+from compressor.export.scanner.input_formats import volume_kspace
 from compressor.export.scanner.raw_input import read_raw_input
 from compressor.masks import SamplingMask
 from tests.synthetic_scans import SyntheticScan, encoding_header
+from tests.test_complex_training import fastmri_multicoil_file
 
 SHAPE = (24, 20)
 
@@ -198,3 +202,24 @@ def test_dataset_items_are_the_simulated_pairs(tmp_path) -> None:
     assert virtual.shape == rss.shape == (2, *SHAPE) and rss.max() == pytest.approx(1.0)
     with pytest.raises(InputError, match="simulated coils need 2-channel"):
         SliceDataset([reader], mask, SHAPE, image_channels=1, coils=settings)
+
+
+def test_fastmri_multicoil_trains_and_reconstructs_through_the_served_virtual_coil(tmp_path) -> None:
+    """Real coils (fastMRI multi-coil) go the same way: the dataset's input and ``compress reconstruct``'s graph
+    input are ``masked_virtual_coil`` of the coil k-space, the target the coil images combined with that ``u``."""
+    path = fastmri_multicoil_file(tmp_path / "multicoil.h5", 2, 0)
+    reader = FastMRIReader(path, keep_phase=True)
+    mask = SamplingMask(line_mask(reader.image_shape), kind="test", acceleration=3.0)
+    data = reader.read_slice(1)
+    coil_images = np.fft.ifft2(data.coil_kspace, norm="ortho")
+    np.testing.assert_allclose(np.sqrt(np.sum(np.abs(coil_images) ** 2, axis=0)), data.rss, atol=1e-5 * data.rss.max())
+    kspace, u = masked_virtual_coil(data.coil_kspace, mask.values)
+    item = SliceDataset([reader], mask, 48, image_channels=2)[1]
+    zero_filled = np.fft.ifft2(kspace, norm="ortho")
+    scale = np.abs(zero_filled).max()
+    np.testing.assert_allclose(torch.complex(*item.zero_filled).numpy(), zero_filled / scale, atol=1e-5)
+    np.testing.assert_allclose(torch.complex(*item.target).numpy(), np.einsum("c,chw->hw", u.conj(), coil_images)
+                               / scale, atol=1e-5)
+    served, measured = volume_kspace([reader.read_slice(i) for i in range(2)], mask.values)
+    assert measured
+    np.testing.assert_array_equal(served[1], kspace)

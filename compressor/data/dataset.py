@@ -39,6 +39,7 @@ import torch
 from torch.utils.data import Dataset
 
 from compressor.data.coil_simulation import CoilSimulation, SimulatedPair, simulate_pair
+from compressor.data.coils import masked_virtual_coil, virtual_coil
 from compressor.data.phase import with_synthetic_phase
 from compressor.data.readers import SliceData, VolumeReader
 from compressor.data.sample import Sample
@@ -237,6 +238,8 @@ class SliceDataset(Dataset):
         elif data.kspace is None:
             target = torch.from_numpy(np.ascontiguousarray(self._image(stored), dtype=np.complex64))
             kspace = apply_mask(fft2(torch.view_as_real(target)), self._mask_tensor)
+        elif data.coil_kspace is not None:
+            target, kspace = self._served_virtual_coil(reader, slice_index, data)
         else:
             target = torch.from_numpy(np.ascontiguousarray(data.target, dtype=np.complex64))
             kspace = self._measured_kspace(reader, slice_index, data)
@@ -251,6 +254,19 @@ class SliceDataset(Dataset):
             volume=reader.name,
             slice_index=slice_index,
         )
+
+    def _served_virtual_coil(self, reader: VolumeReader, slice_index: int, data: SliceData
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Multi-coil k-space compressed as the server compresses it: the target ``(H, W)`` complex64 (the coil
+        images combined with ``u``) and the virtual coil's undersampled k-space ``(H, W, 2)``, ``u`` from the masked
+        coil k-space (:func:`~compressor.data.coils.masked_virtual_coil`)."""
+        if data.coil_kspace.shape[1:] != self.mask.shape:
+            raise InputError(f"k-space of slice {slice_index} has shape {data.coil_kspace.shape[1:]}, the mask "
+                             f"{self.mask.shape}; k-space cannot be cropped, so set [data] image_size to the stored "
+                             "size", reader.path)
+        kspace, u = masked_virtual_coil(data.coil_kspace, self.mask.values)
+        target = virtual_coil(np.fft.ifft2(data.coil_kspace, norm="ortho"), u)
+        return torch.from_numpy(target), torch.view_as_real(torch.from_numpy(kspace))
 
     def _measured_kspace(self, reader: VolumeReader, slice_index: int, data: SliceData) -> torch.Tensor:
         """The undersampled k-space ``(H, W, 2)`` of a source that stores k-space, checked against the mask."""
