@@ -33,10 +33,12 @@ from compressor.data.phase import with_synthetic_phase
 from compressor.data.project_h5 import write_project_volume
 from compressor.data.readers import ProjectH5Reader
 from compressor.errors import InputError
+from compressor.evaluate.run_data import data_notes
 from compressor.export.exported_file import ExportMetadata
 from compressor.export.scanner.input_formats import volume_kspace
 from compressor.export.scanner.raw_input import read_raw_input
 from compressor.masks import SamplingMask
+from compressor.rundir import CoilCompressionRecord, MetricSummary
 from tests.synthetic_scans import SyntheticScan, encoding_header
 from tests.test_complex_training import fastmri_multicoil_file
 
@@ -223,3 +225,13 @@ def test_fastmri_multicoil_trains_and_reconstructs_through_the_served_virtual_co
     served, measured = volume_kspace([reader.read_slice(i) for i in range(2)], mask.values)
     assert measured
     np.testing.assert_array_equal(served[1], kspace)
+
+
+def test_tables_say_the_data_was_simulated_coils() -> None:
+    coil_compression = CoilCompressionRecord("validation", 21, {"psnr": MetricSummary(38.02, 1.0),
+                                                                "ssim": MetricSummary(0.991, 0.01)})
+    simulated, cost = data_notes({"data": {"coils": 8, "snr": 20.0, "coil_seed": 0}}, coil_compression)
+    assert "simulated coils: 8 (Biot–Savart wires, ring 1.6, seed 0), SNR 20 dB" in simulated
+    assert "virtual coil's zero-filled image" in simulated
+    assert cost.endswith("21 validation slices: PSNR 38.02, SSIM 0.991.")
+    assert data_notes({"data": {"coils": None}}, None) == ()
