@@ -34,7 +34,7 @@ from compressor.data.coil_simulation import CoilSimulation
 from compressor.data.transforms import scored_image
 from compressor.evaluate.metrics import slice_metrics
 from compressor.evaluate.stats import summarise, wilcoxon_test
-from compressor.export.run_models import RunModel, load_run_models
+from compressor.export.run_models import RunModel, load_run_models, load_stage
 from compressor.io import save_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -86,7 +86,9 @@ def evaluate_condition(runs: dict[str, Path], models: dict[str, list[RunModel]],
     for label, run_models in models.items():
         entries = {}
         for role in ROLES:
-            model = next(m for m in run_models if m.role == role)
+            model = next((m for m in run_models if m.role == role), None)
+            if model is None:
+                continue
             if model.mask.digest() != splits.mask.digest():
                 raise click.UsageError(f"{runs[label]}: the {role} model was trained with another mask")
             values = scores(reconstruct(model, batches, size), target)
@@ -95,6 +97,8 @@ def evaluate_condition(runs: dict[str, Path], models: dict[str, list[RunModel]],
                              "psnr_std": summarise(values["psnr"]).std,
                              "gain_db": float(np.mean(values["psnr"] - zero_filled["psnr"]))}
         for first, second in TESTS:
+            if first not in entries or second not in entries:
+                continue
             for name in ("psnr", "ssim"):
                 test = wilcoxon_test(per_slice[(label, second)][name], per_slice[(label, first)][name])
                 entries[first][f"p_{name}_vs_{second}"] = test.p_value
@@ -102,6 +106,8 @@ def evaluate_condition(runs: dict[str, Path], models: dict[str, list[RunModel]],
     first_run = next(iter(models))
     for label in list(models)[1:]:
         for role in ROLES:
+            if (first_run, role) not in per_slice or (label, role) not in per_slice:
+                continue
             test = wilcoxon_test(per_slice[(first_run, role)]["psnr"], per_slice[(label, role)]["psnr"])
             record["runs"][label][role][f"p_psnr_vs_{first_run}"] = test.p_value
     return record
@@ -114,11 +120,15 @@ def table(record: dict) -> str:
     rows = [["ZF (virtual coil)"] + [f"{record['zero_filled']['psnr']:.2f}", f"{record['zero_filled']['ssim']:.4f}",
                                      "—"] * len(labels)]
     for role in ROLES:
-        row = [f"{rundir.ROLE_LABELS[role]} {record['runs'][labels[0]][role]['arch']}"]
+        arch = next((record["runs"][label][role]["arch"] for label in labels if role in record["runs"][label]), "")
+        row = [f"{rundir.ROLE_LABELS[role]} {arch}"]
         for label in labels:
-            entry = record["runs"][label][role]
+            entry = record["runs"][label].get(role)
+            if entry is None:
+                row += ["—"] * 3
+                continue
             marks = "".join(mark for (first, second), mark in zip(TESTS, ("*", "†", "‡"), strict=True)
-                            if first == role and entry[f"p_psnr_vs_{second}"] < 0.05)
+                            if first == role and entry.get(f"p_psnr_vs_{second}", 1.0) < 0.05)
             row += [f"{entry['psnr']:.2f} ± {entry['psnr_std']:.2f}{marks}", f"{entry['ssim']:.4f}",
                     f"{entry['gain_db']:+.2f}"]
         rows.append(row)
@@ -136,12 +146,20 @@ def notes(record: dict) -> str:
         lines.append(f"- {label}: " + "; ".join(
             f"{rundir.ROLE_LABELS[first]} vs {rundir.ROLE_LABELS[second]} PSNR p = "
             f"{entries[first][f'p_psnr_vs_{second}']:.2g}, SSIM p = {entries[first][f'p_ssim_vs_{second}']:.2g}"
-            for first, second in TESTS))
+            for first, second in TESTS if f"p_psnr_vs_{second}" in entries.get(first, {})))
     for label in labels[1:]:
         lines.append(f"- {label} against {labels[0]}, same model (PSNR): " + "; ".join(
             f"{rundir.ROLE_LABELS[role]} {record['runs'][label][role][f'p_psnr_vs_{labels[0]}']:.2g}"
-            for role in ROLES))
+            for role in ROLES if f"p_psnr_vs_{labels[0]}" in record["runs"][label].get(role, {})))
     return "\n".join(lines)
+
+
+def run_models(run: Path) -> list[RunModel]:
+    """The run's trained models; a run still training (no ``results.json`` yet) gives the stages it has finished
+    (those that wrote their test metrics)."""
+    if rundir.RunLayout(run).results.is_file():
+        return load_run_models(run)
+    return [load_stage(stage.parent) for stage in sorted(run.glob("stages/*/metrics_test.json"))]
 
 
 def _runs(items: tuple[str, ...]) -> dict[str, Path]:
@@ -163,7 +181,7 @@ def _runs(items: tuple[str, ...]) -> dict[str, Path]:
 @click.option("--out", type=click.Path(path_type=Path), default=RESULTS / "multicoil_generalisation.json")
 def main(run_items: tuple[str, ...], split: str, conditions: str, out: Path) -> None:
     runs = _runs(run_items)
-    models = {label: load_run_models(path) for label, path in runs.items()}
+    models = {label: run_models(path) for label, path in runs.items()}
     record = {"runs": {label: str(path) for label, path in runs.items()}, "torch": torch.__version__,
               "conditions": {}}
     text = []
