@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import h5py
 import numpy as np
 
+from compressor.data.coil_simulation import CoilSimulation
 from compressor.errors import InputError
 from compressor.evaluate.metrics import METRICS, SSIM_CONVENTIONS, slice_metrics
 from compressor.evaluate.stats import ALPHA, Comparison, Summary, summarise, wilcoxon_test
@@ -31,6 +32,7 @@ from compressor.rundir import (
     SETUPS,
     STUDENT_ROLES,
     BenchmarkRecord,
+    CoilCompressionRecord,
     ModelResult,
     RunLayout,
     read_benchmark,
@@ -206,6 +208,8 @@ class RunData:
         task: ``reconstruction`` or ``sr`` (super-resolution: ``zero_filled`` is the interpolated input and the
             acceleration is the scale factor).
         sr_interpolation: ``bicubic`` or ``sinc`` for ``sr`` runs that state it, else ``None``.
+        data_notes: what the data was, for the tables' notes: simulated coils and the coil compression's cost
+            (:func:`data_notes`).
     """
 
     run_dir: Path
@@ -217,6 +221,7 @@ class RunData:
     ssim_convention: str = "standard"
     task: str = "reconstruction"
     sr_interpolation: str | None = None
+    data_notes: tuple[str, ...] = ()
     _slice_values: dict[tuple[RecordKey, str], SliceValues | None] = field(default_factory=dict, repr=False)
     _metric_files: dict[Path, dict[str, Any]] = field(default_factory=dict, repr=False)
     _reconstructions: dict[RecordKey, Reconstructions | None] = field(default_factory=dict, repr=False)
@@ -407,4 +412,29 @@ def load_run(run_dir: Path, split: str | None = None, ssim_convention: str = "st
         ssim_convention=ssim_convention,
         task=run.task,
         sr_interpolation=run.sr_interpolation,
+        data_notes=data_notes(run.config, run.coil_compression),
     )
+
+
+def data_notes(config: dict[str, Any] | None, coil_compression: CoilCompressionRecord | None) -> tuple[str, ...]:
+    """Notes saying what the data was: simulated coils (``config``'s ``[data] coils``: the zero-filled row is then
+    the virtual coil's zero-filled image and the target the noise-free virtual-coil image), and what compressing
+    the coils to one virtual coil costs against their root-sum-of-squares image (``results.json``'s
+    ``coil_compression``, multi-coil data only)."""
+    notes = []
+    data = (config or {}).get("data") or {}
+    if data.get("coils"):
+        defaults = CoilSimulation()
+        simulation = CoilSimulation(
+            coils=int(data["coils"]), snr_db=float(data.get("snr") or defaults.snr_db),
+            seed=int(data.get("coil_seed") or 0), ring_radius=float(data.get("coil_ring_radius", defaults.ring_radius)),
+            noise_correlation=float(data.get("noise_correlation", defaults.noise_correlation)),
+            oversampling=int(data.get("readout_oversampling", defaults.oversampling)))
+        notes.append(f"Data: {simulation.describe()}; the zero-filled row is the virtual coil's zero-filled image, "
+                     "the target the noise-free virtual-coil image combined with the same vector.")
+    if coil_compression is not None:
+        scores = ", ".join(f"{name.upper()} {coil_compression.metrics[name].mean:.4g}"
+                           for name in ("psnr", "ssim") if name in coil_compression.metrics)
+        notes.append(f"Coil compression (one SVD virtual coil) against the root-sum-of-squares image, "
+                     f"{coil_compression.slices} {coil_compression.split} slices: {scores}.")
+    return tuple(notes)

@@ -104,6 +104,7 @@ def common_notes(run: RunData) -> list[str]:
     notes = [
         f"Split: {run.split}; teacher {run.teacher_arch or MISSING}; {convention}; data range = target slice max.",
         f"{MISSING}: not in this run (or not applicable).",
+        *run.data_notes,
     ]
     if run.task == "sr":
         notes.append(f"Super-resolution (Appendix B): the {zero_filled_label(run)} row is the low-resolution image "

@@ -195,6 +195,18 @@ COMPRESS_CASES = {
                                                    "'kspace' has 3"),
     "NaN in measured k-space": ([*FASTMRI, "--channels", "2", "--train", "{fastmri}", "--validation",
                                  "{fastmri_nan}"], "fastmri_nan.h5 [kspace]: slice 1 contains NaN or Inf"),
+    # -- simulated coils -----------------------------------------------------------------------------------------
+    "coils 0": (["--coils", "0"], "Invalid value for '--coils': 0 is not in the range 1<=x<=64"),
+    "coils, real models": (["--coils", "4"], "[data] coils 4 gives a complex virtual-coil image, which real-valued "
+                                             "(1-channel) models cannot take: add --channels 2"),
+    "snr without coils": (["--channels", "2", "--snr", "10"], "[data] snr 10.0 describes simulated coils, which "
+                                                              "this run has none of: set [data] coils"),
+    "coils, super-resolution": (["--task", "sr", "--coils", "4"], "[data] coils simulates multi-coil k-space "
+                                                                  "measurements, which the super-resolution task"),
+    "coils on measured multi-coil k-space": ([*FASTMRI, "--channels", "2", "--coils", "4", "--train",
+                                              "{fastmri_multicoil}", "--validation", "{fastmri}"],
+                                             "fastmri_multicoil.h5: stores k-space measured with its own coils: "
+                                             "--coils 4 simulates coils for magnitude images"),
     # -- the run directory ------------------------------------------------------------------------------------
     "out on a read-only file system": (["--out", "/proc/sft-kd-recon/run"],
                                        "cannot write /proc/sft-kd-recon/run: the folder /proc is not writable"),

@@ -68,6 +68,12 @@ def _floats(text: str | None) -> list[float] | None:
 @data_option("--phase", type=click.Choice(values(ImagePhase)),
              help="Embedded data only: 'synthetic' multiplies the MNI magnitude by a smooth seeded phase "
                   "(a simulation of phase-carrying data).")
+@data_option("--coils", type=click.IntRange(1, 64),
+             help="Images-only data and 2-channel models: simulate N receive coils per slice (Biot-Savart, "
+                  "correlated noise, a noise scan, 2x readout oversampling) and read them as compress serve does "
+                  "(prewhitening, one SVD virtual coil).")
+@data_option("--snr", type=float, metavar="DB", help="With --coils: the simulated scans' SNR in dB (default 20).")
+@data_option("--coil-seed", type=int, help="With --coils: seed of the coil placements, phases and noise.")
 @kd_option("--kd-weight", type=float,
            help="Distillation weight for every method (default: the preset's kd.method_weights, else each "
                 "method's documented weight).")
@@ -151,6 +157,7 @@ def _overrides(o: dict) -> dict[str, object]:
         "data.task": o["task"], "model.init_teacher": o["init_teacher"], "sft.feature_ablation": o["feature_sft"],
         "model.teacher": teacher, "model.student": comma_separated(student), "model.block_form": o["block_form"],
         "model.image_channels": o["image_channels"], "data.phase": o["phase"],
+        "data.coils": o["coils"], "data.snr": o["snr"], "data.coil_seed": o["coil_seed"],
         "kd.method": comma_separated(o["method"]), "kd.weight": o["kd_weight"], "kd.schedule": o["kd_schedule"],
         "kd.mode": o["kd_mode"], "kd.random_init": o["random_init"],
         "data.source": o["source"],

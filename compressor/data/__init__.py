@@ -126,6 +126,19 @@ def _check_phase(readers: Sequence[VolumeReader], phase: str) -> None:
                              "(the embedded data, NIfTI)", reader.path)
 
 
+def _check_coils(readers: Sequence[VolumeReader], config: DataConfig) -> None:
+    """Coils are simulated for images: a file that stores k-space was measured with coils of its own."""
+    if config.coils is None:
+        return
+    if config.task == Task.SR:
+        raise InputError("[data] coils simulates multi-coil k-space measurements; the super-resolution task measures "
+                         "no k-space")
+    for reader in readers:
+        if reader.stores_kspace:
+            raise InputError(f"stores k-space measured with its own coils: --coils {config.coils} simulates coils "
+                             "for magnitude images (the embedded data, NIfTI)", reader.path)
+
+
 def build_splits(config: DataConfig, acceleration: float, log: Callable[[str], None] = print,
                  image_channels: int = 1) -> DataSplits:
     """Datasets for ``config`` at ``acceleration``, for models of ``image_channels`` (2: complex data kept,
@@ -150,12 +163,14 @@ def build_splits(config: DataConfig, acceleration: float, log: Callable[[str], N
     mask = build_mask(config, acceleration, run_grid(config, acceleration, image_channels))
     splits = source.open_splits(config, acceleration, keep_phase, log)
     _check_phase([reader for readers in splits.readers.values() for reader in readers], config.phase)
+    _check_coils([reader for readers in splits.readers.values() for reader in readers], config)
+    coils = config.coil_simulation()
     limits = {"train": config.max_train_slices, "validation": config.max_eval_slices, "test": config.max_eval_slices}
     datasets = {
         name: SuperResolutionDataset(splits.readers[name], int(acceleration), config.sr_interpolation, size,
                                      evenly_spaced(slices, limits[name])) if super_resolution
         else SliceDataset(splits.readers[name], mask, size, evenly_spaced(slices, limits[name]), image_channels,
-                          config.phase)
+                          config.phase, coils)
         for name, slices in splits.slices.items()
     }
     for dataset in datasets.values():
@@ -167,6 +182,8 @@ def build_splits(config: DataConfig, acceleration: float, log: Callable[[str], N
     grid = "" if mask.shape == (size, size) else f" scored, on a {mask.shape[0]}x{mask.shape[1]} measured grid"
     phase = {"none": "", "synthetic": ", synthetic phase (a simulation)"}[config.phase]
     images = ", complex (2 channels)" if keep_phase else ""
-    description = f"{splits.origin}, {size}x{size} px{grid}{images}{phase}, slices: {counts}; {degradation}"
+    simulated = f", {coils.describe()}" if coils is not None else ""
+    description = (f"{splits.origin}, {size}x{size} px{grid}{images}{phase}{simulated}, slices: {counts}; "
+                   f"{degradation}")
     return DataSplits(train=datasets["train"], validation=datasets["validation"], test=datasets.get("test"),
                       mask=mask, description=description)

@@ -63,6 +63,20 @@ def virtual_coil(coil_images: np.ndarray, u: np.ndarray | None = None) -> np.nda
     return (np.conj(u) @ matrix).reshape(np.shape(coil_images)[1:]).astype(np.complex64)
 
 
+def masked_virtual_coil(coil_kspace: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 2-channel models' single-coil input from multi-coil k-space, as the server forms it: ``(virtual, u)``.
+
+    ``coil_kspace`` ``(C, H, W)`` (uncentred, prewhitened) times ``mask`` ``(H, W)`` 0/1; ``u`` ``(C,)`` is
+    :func:`principal_coil_vector` of that **masked** k-space (compression commutes with the Fourier transform and the
+    Gram matrix is the same in either domain, so nothing outside the mask changes the input); ``virtual`` ``(H, W)``
+    complex64 is ``u^H`` of the masked k-space, zero outside the mask. Shared by
+    :func:`~compressor.export.scanner.raw_input.prepare_slice` and :mod:`compressor.data.coil_simulation`.
+    """
+    masked = np.asarray(coil_kspace) * mask
+    u = principal_coil_vector(masked)
+    return virtual_coil(masked, u), u
+
+
 def root_sum_of_squares(coil_images: np.ndarray) -> np.ndarray:
     """``sqrt(sum_c |X_c|^2)`` ``(H, W)`` float32 of coil images ``(C, H, W)``: the usual magnitude reference of
     multi-coil data (fastMRI's ``reconstruction_rss``), phase-free."""

@@ -15,7 +15,9 @@ normalisation):
 give the complex image and its k-space on the grid the phase-encode lines were measured on (fastMRI: 320 x 368 after
 the readout oversampling is removed; the undersampling is retrospective, with the run's mask, on that grid);
 images-only sources are centre-cropped/padded to ``image_size`` and, with ``phase="synthetic"``, multiplied by the
-simulated phase of :mod:`compressor.data.phase`. Zero-filled image and target are then ``(2, H, W)`` (real, imag),
+simulated phase of :mod:`compressor.data.phase`; with ``coils`` (:mod:`compressor.data.coil_simulation`) a multi-coil
+scan of that image is simulated and read as the server reads it, and the virtual coil's undersampled k-space and
+noise-free image replace k-space and target. Zero-filled image and target are then ``(2, H, W)`` (real, imag),
 normalised by the largest magnitude of the zero-filled image, and losses and metrics score the ``image_size`` centre
 of the grid (:func:`~compressor.data.transforms.scored_image`).
 
@@ -36,6 +38,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from compressor.data.coil_simulation import CoilSimulation, SimulatedPair, simulate_pair
+from compressor.data.coils import masked_virtual_coil, virtual_coil
 from compressor.data.phase import with_synthetic_phase
 from compressor.data.readers import SliceData, VolumeReader
 from compressor.data.sample import Sample
@@ -90,18 +94,26 @@ class SliceDataset(Dataset):
         image_channels: 1 (the paper's real images) or 2 (complex images; the readers must have been opened with
             ``keep_phase=True``); sources with k-space then keep their grid, which must be the mask's.
         phase: ``none`` or ``synthetic`` (:mod:`compressor.data.phase`; images-only sources, 2 channels only).
+        coils: simulate a multi-coil scan of every images-only slice (after its phase) and read it as the server
+            does (:mod:`compressor.data.coil_simulation`; 2 channels only): the item's k-space is the virtual coil's
+            undersampled k-space and its target the noise-free virtual-coil image. Pairs are cached per item.
     """
 
     def __init__(self, readers: Sequence[VolumeReader], mask: SamplingMask,
                  image_size: int | tuple[int, int] | None = None,
-                 slices: Sequence[tuple[int, int]] | None = None, image_channels: int = 1, phase: str = "none"):
+                 slices: Sequence[tuple[int, int]] | None = None, image_channels: int = 1, phase: str = "none",
+                 coils: CoilSimulation | None = None):
         if phase != "none" and image_channels != 2:
             raise InputError(f"a synthetic phase needs 2-channel (complex) models, got {image_channels} image channel")
+        if coils is not None and image_channels != 2:
+            raise InputError(f"simulated coils need 2-channel (complex) models, got {image_channels} image channel")
         self.readers = list(readers)
         self.mask = mask
         self.image_size = _as_size(image_size)
         self.image_channels = image_channels
         self.phase = phase
+        self.coils = coils
+        self._pairs: dict[int, SimulatedPair] = {}
         for reader in self.readers:
             shape = reader.image_shape if image_channels == 2 and reader.stores_kspace else (
                 self.image_size or reader.image_shape)
@@ -137,14 +149,20 @@ class SliceDataset(Dataset):
 
     def coil_references(self) -> tuple[np.ndarray, np.ndarray] | None:
         """``(|virtual coil|, root-sum-of-squares)`` ``(S, H, W)`` float32 of the slices whose reader compressed coils
-        (each divided by the RSS image's maximum), for reporting what the coil compression costs; ``None`` when no
-        slice is multi-coil."""
+        or whose coils were simulated (the noise-free target and the RSS of its prewhitened coil images), each
+        divided by the RSS image's maximum, for reporting what the coil compression costs; ``None`` when no slice is
+        multi-coil."""
         pairs = []
         for index in range(len(self)):
-            data = self._stored(index).data
-            if data.rss is not None:
-                peak = float(np.max(data.rss)) or 1.0
-                pairs.append((np.abs(data.target) / peak, data.rss / peak))
+            stored = self._stored(index)
+            if self.coils is not None and stored.data.kspace is None:
+                simulated = self._simulated(index, stored)
+                virtual, rss = simulated.target, simulated.rss
+            else:
+                virtual, rss = stored.data.target, stored.data.rss
+            if rss is not None:
+                peak = float(np.max(rss)) or 1.0
+                pairs.append((np.abs(virtual) / peak, rss / peak))
         if not pairs:
             return None
         return (np.stack([m for m, _ in pairs]).astype(np.float32), np.stack([r for _, r in pairs]).astype(np.float32))
@@ -174,9 +192,10 @@ class SliceDataset(Dataset):
             _SCANNED.add(key)
 
     def __getitem__(self, index: int) -> Sample:
-        reader, slice_index, data = self._stored(index)
+        stored = self._stored(index)
+        reader, slice_index, data = stored
         if self.image_channels == 2:
-            return self._complex_sample(reader, slice_index, data)
+            return self._complex_sample(index, stored)
         if data.kspace is None:
             target = torch.from_numpy(centre_crop_or_pad(data.target, self.mask.shape))
             kspace = undersample(target, self._mask_tensor)
@@ -194,14 +213,33 @@ class SliceDataset(Dataset):
             slice_index=slice_index,
         )
 
-    def _complex_sample(self, reader: VolumeReader, slice_index: int, data: SliceData) -> Sample:
+    def _simulated(self, index: int, stored: StoredSlice) -> SimulatedPair:
+        """The simulated multi-coil pair of images-only item ``index`` (computed once, then cached)."""
+        if index not in self._pairs:
+            self._pairs[index] = simulate_pair(self._image(stored), self.mask.values, self.coils, stored.reader.name,
+                                               stored.slice_index)
+        return self._pairs[index]
+
+    def _image(self, stored: StoredSlice) -> np.ndarray:
+        """An images-only slice's image ``(H, W)`` cropped/padded to the mask's shape, with its synthetic phase if
+        the dataset adds one."""
+        image = centre_crop_or_pad(stored.data.target, self.mask.shape)
+        if self.phase == ImagePhase.SYNTHETIC:
+            image = with_synthetic_phase(image, stored.reader.name, stored.slice_index)
+        return image
+
+    def _complex_sample(self, index: int, stored: StoredSlice) -> Sample:
         """The 2-channel item: the complex target and its undersampled k-space, normalised (module docstring)."""
-        if data.kspace is None:
-            image = centre_crop_or_pad(data.target, self.mask.shape)
-            if self.phase == ImagePhase.SYNTHETIC:
-                image = with_synthetic_phase(image, reader.name, slice_index)
-            target = torch.from_numpy(np.ascontiguousarray(image, dtype=np.complex64))
+        reader, slice_index, data = stored
+        if data.kspace is None and self.coils is not None:
+            simulated = self._simulated(index, stored)
+            target = torch.from_numpy(simulated.target)
+            kspace = torch.view_as_real(torch.from_numpy(simulated.kspace))
+        elif data.kspace is None:
+            target = torch.from_numpy(np.ascontiguousarray(self._image(stored), dtype=np.complex64))
             kspace = apply_mask(fft2(torch.view_as_real(target)), self._mask_tensor)
+        elif data.coil_kspace is not None:
+            target, kspace = self._served_virtual_coil(reader, slice_index, data)
         else:
             target = torch.from_numpy(np.ascontiguousarray(data.target, dtype=np.complex64))
             kspace = self._measured_kspace(reader, slice_index, data)
@@ -216,6 +254,19 @@ class SliceDataset(Dataset):
             volume=reader.name,
             slice_index=slice_index,
         )
+
+    def _served_virtual_coil(self, reader: VolumeReader, slice_index: int, data: SliceData
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Multi-coil k-space compressed as the server compresses it: the target ``(H, W)`` complex64 (the coil
+        images combined with ``u``) and the virtual coil's undersampled k-space ``(H, W, 2)``, ``u`` from the masked
+        coil k-space (:func:`~compressor.data.coils.masked_virtual_coil`)."""
+        if data.coil_kspace.shape[1:] != self.mask.shape:
+            raise InputError(f"k-space of slice {slice_index} has shape {data.coil_kspace.shape[1:]}, the mask "
+                             f"{self.mask.shape}; k-space cannot be cropped, so set [data] image_size to the stored "
+                             "size", reader.path)
+        kspace, u = masked_virtual_coil(data.coil_kspace, self.mask.values)
+        target = virtual_coil(np.fft.ifft2(data.coil_kspace, norm="ortho"), u)
+        return torch.from_numpy(target), torch.view_as_real(torch.from_numpy(kspace))
 
     def _measured_kspace(self, reader: VolumeReader, slice_index: int, data: SliceData) -> torch.Tensor:
         """The undersampled k-space ``(H, W, 2)`` of a source that stores k-space, checked against the mask."""

@@ -59,7 +59,10 @@ class FastMRIReader(VolumeReader):
     (320 x 368, :attr:`image_shape`), the k-space ``fft2(target, norm="ortho")``, uncentred, fully sampled.
     Multi-coil slices are first compressed to one virtual coil (:mod:`compressor.data.coils`: SVD of the coil
     images, the phase of the compression vector fixed so that its largest entry is real and positive) and ``rss``
-    is their root-sum-of-squares. The compression is computed **per slice**, from that slice's coil images alone:
+    is their root-sum-of-squares; the coils' k-space is passed on too (``coil_kspace``), and the dataset trains on
+    the virtual coil the server forms (the compression vector from the **masked** coil k-space,
+    :func:`~compressor.data.coils.masked_virtual_coil`, the target combined with the same vector). The
+    compression is computed **per slice**, from that slice's coil images alone:
     readers read one slice at a time and never a whole volume, so a per-volume compression matrix would need an
     extra pass over every volume. The reconstruction keys are then only checked (their slice count), and
     ``target_key`` is ``None``; a file without ``kspace`` gives its magnitude reconstruction as in the 1-channel
@@ -170,7 +173,7 @@ class FastMRIReader(VolumeReader):
         # Rows only: the readout is fully sampled, so its oversampling can go; the phase-encode columns stay.
         images = centre_crop_or_pad(images, self._shape)
         if self.coils is None:
-            target, rss = images.astype(np.complex64), None
-        else:
-            target, rss = coils.virtual_coil(images), coils.root_sum_of_squares(images)
-        return SliceData(target=target, kspace=uncentred_kspace(target), rss=rss)
+            return SliceData(target=images.astype(np.complex64), kspace=uncentred_kspace(images))
+        target = coils.virtual_coil(images)
+        return SliceData(target=target, kspace=uncentred_kspace(target), rss=coils.root_sum_of_squares(images),
+                         coil_kspace=np.fft.fft2(images, norm="ortho").astype(np.complex64))

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated
 
+from compressor.data.coil_simulation import CoilSimulation
 from compressor.data.fastmri import FastMRIReader
 from compressor.data.sources import MNI_SOURCE, data_source_names
 from compressor.field_checks import Above, AtLeast, Between, Count, OneOf
@@ -38,6 +39,12 @@ class DataConfig:
 
     ``phase``: ``synthetic`` multiplies the embedded MNI magnitude images by a smooth, seeded synthetic phase
     (:mod:`compressor.data.phase`); file sources carry their own phase (or none) and refuse it.
+
+    ``coils`` (2-channel models, images-only sources): simulate a scan with that many receive coils per slice and
+    read it as the server does (:mod:`compressor.data.coil_simulation`): Biot–Savart sensitivities on a ring of
+    radius ``coil_ring_radius`` (half image sides), correlated noise (``noise_correlation``) at ``snr`` dB (default
+    :class:`~compressor.data.coil_simulation.CoilSimulation`'s), a noise scan, ``readout_oversampling``; draws seeded
+    by ``coil_seed`` (default 0), the volume and the slice. ``snr`` and ``coil_seed`` need ``coils``.
     """
 
     task: Annotated[str, OneOf.enum("task", Task)] = "reconstruction"
@@ -61,3 +68,17 @@ class DataConfig:
                                                    FastMRIReader.RECONSTRUCTION_KEYS)] = "reconstruction_esc"
     cache_dir: str | None = None
     phase: Annotated[str, OneOf.enum("phase", ImagePhase)] = "none"
+    coils: Count | None = None
+    snr: float | None = None
+    coil_seed: int | None = None
+    coil_ring_radius: Annotated[float, Above(0)] = CoilSimulation.ring_radius
+    noise_correlation: Annotated[float, Between(0, 1)] = CoilSimulation.noise_correlation
+    readout_oversampling: Count = CoilSimulation.oversampling
+
+    def coil_simulation(self) -> CoilSimulation | None:
+        """The coil simulation these fields describe (``None`` without ``coils``)."""
+        if self.coils is None:
+            return None
+        return CoilSimulation(coils=self.coils, snr_db=CoilSimulation.snr_db if self.snr is None else self.snr,
+                              seed=self.coil_seed or 0, ring_radius=self.coil_ring_radius,
+                              noise_correlation=self.noise_correlation, oversampling=self.readout_oversampling)

@@ -44,12 +44,17 @@ class SliceData:
         kspace_undersampled: ``True`` when ``kspace`` has already been undersampled with the source's mask.
         rss: ``(H, W)`` float32 root-sum-of-squares of the coil images on the target's grid, for multi-coil data
             compressed to one virtual coil (:mod:`compressor.data.coils`); ``None`` otherwise.
+        coil_kspace: ``(C, H, W)`` complex64 uncentred fully sampled k-space of the coil images on the target's
+            grid, for multi-coil data: the dataset forms the 2-channel input from it as the server does
+            (:func:`~compressor.data.coils.masked_virtual_coil`: the compression vector from the masked k-space);
+            ``None`` otherwise.
     """
 
     target: np.ndarray | None
     kspace: np.ndarray | None
     kspace_undersampled: bool = False
     rss: np.ndarray | None = None
+    coil_kspace: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

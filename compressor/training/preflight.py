@@ -26,7 +26,7 @@ from compressor.kd import DistillationLoss, build_kd_loss, tap_module_paths
 from compressor.models import CascadeModel, build_model
 from compressor.training.factories import kd_phases
 from compressor.training.stages import model_options, plan_run
-from compressor.vocabulary import ImagePhase, KDMode
+from compressor.vocabulary import ImagePhase, KDMode, Task
 
 
 def check_run(config: RunConfig, log: Callable[[str], None] = print, world_size: int = 1) -> None:
@@ -39,6 +39,7 @@ def check_run(config: RunConfig, log: Callable[[str], None] = print, world_size:
     if config.data.phase != ImagePhase.NONE and config.model.image_channels != 2:
         raise InputError(f"[data] phase {config.data.phase!r} makes complex images, which real-valued (1-channel) "
                          "models cannot take: add --channels 2")
+    check_coils(config)
     plan = plan_run(config, world_size=world_size)
     options = model_options(config)
     losses = []
@@ -50,6 +51,25 @@ def check_run(config: RunConfig, log: Callable[[str], None] = print, world_size:
         splits = build_splits(config.data, acceleration, log=log, image_channels=config.model.image_channels)
         for loss in losses:
             check_batches(loss, config.kd.mode, config.train.batch_size, len(splits.train), world_size)
+
+
+def check_coils(config: RunConfig) -> None:
+    """Simulated coils (``[data] coils``) are read to one complex virtual coil of k-space measurements: they need
+    2-channel models and the reconstruction task, and ``snr``/``coil_seed`` describe them."""
+    data = config.data
+    if data.coils is None:
+        stray = [f"{name} {value!r}" for name, value in (("snr", data.snr), ("coil_seed", data.coil_seed))
+                 if value is not None]
+        if stray:
+            raise InputError(f"[data] {stray[0]} describes simulated coils, which this run has none of: set [data] "
+                             "coils (--coils N)")
+        return
+    if data.task == Task.SR:
+        raise InputError("[data] coils simulates multi-coil k-space measurements, which the super-resolution task "
+                         "does not use (it degrades images)")
+    if config.model.image_channels != 2:
+        raise InputError(f"[data] coils {data.coils} gives a complex virtual-coil image, which real-valued "
+                         "(1-channel) models cannot take: add --channels 2")
 
 
 def check_pair(config: RunConfig, teacher: CascadeModel, student: CascadeModel, method: str) -> DistillationLoss:

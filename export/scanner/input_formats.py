@@ -39,6 +39,7 @@ from typing import ClassVar
 import h5py
 import numpy as np
 
+from compressor.data.coils import masked_virtual_coil
 from compressor.data.hdf5_io import HDF5_EXTENSIONS
 from compressor.data.volume import VOLUME_SOURCES, ReadOptions, SliceData
 from compressor.errors import InputError
@@ -229,10 +230,13 @@ def read_npy_kspace(path: Path, centred: bool) -> np.ndarray:
 
 def volume_kspace(slices: list[SliceData], mask: np.ndarray) -> tuple[np.ndarray, bool]:
     """A volume's slices as undersampled k-space ``(S, H, W)`` and whether it was measured: stored k-space is
-    masked (or kept, if already undersampled); images-only volumes (real, or complex with ``keep_phase``) have their
-    measurement simulated."""
+    masked (or kept, if already undersampled), multi-coil k-space compressed as the server compresses it
+    (:func:`~compressor.data.coils.masked_virtual_coil`); images-only volumes (real, or complex with ``keep_phase``)
+    have their measurement simulated."""
     if slices[0].kspace is None:
         return simulated_kspace(np.stack([data.target for data in slices]), mask), False
+    if slices[0].coil_kspace is not None:
+        return np.stack([masked_virtual_coil(data.coil_kspace, mask)[0] for data in slices]), True
     stored = np.stack([data.kspace for data in slices]).astype(np.complex64)
     return (stored if slices[0].kspace_undersampled else stored * mask), True
 

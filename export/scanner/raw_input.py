@@ -13,8 +13,9 @@ and the MRD streaming server (one slice at a time). For a slice assembled by
 * a **partially sampled readout** (asymmetric echo, discarded samples) cannot go through a ``"lines"`` graph, whose
   data fidelity assumes whole lines; a ``"dft"`` graph takes the 2-D mask ``mask * readout_sampled`` (the positions
   never measured are outside it);
-* **coils**: a 2-channel model gets one virtual coil, :func:`~compressor.data.coils.virtual_coil` of the masked
-  k-space (as :func:`~compressor.export.scanner.scanner_input.compress_coils`: compression commutes with the Fourier
+* **coils**: a 2-channel model gets one virtual coil of the masked k-space,
+  :func:`~compressor.data.coils.masked_virtual_coil` (which :mod:`compressor.data.coil_simulation` trains through;
+  as :func:`~compressor.export.scanner.scanner_input.compress_coils`: compression commutes with the Fourier
   transform; computed from the samples the model sees, so nothing outside the mask changes its input). A 1-channel
   model takes single-coil data only, and the caller runs the real-image check
   (:func:`~compressor.export.scanner.scanner_input.check_phase`) on the result.
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compressor.data.coils import virtual_coil
+from compressor.data.coils import masked_virtual_coil
 from compressor.data.ismrmrd_file import RawScan, read_ismrmrd_file
 from compressor.data.mrd_header import EncodingGeometry
 from compressor.data.mrd_raw import AssembledSlice, skipped_summary
@@ -102,8 +103,10 @@ def prepare_slice(assembled: AssembledSlice, geometry: EncodingGeometry, mask: n
                              "samples not acquired: asymmetric echo or discarded samples), which the model's 'lines' "
                              f"data-fidelity graph cannot take; {DFT_HINT}", source)
         graph_mask = graph_mask * assembled.readout_sampled[:, None]
-    masked = assembled.kspace * graph_mask
-    kspace = virtual_coil(masked) if metadata.image_channels == 2 else masked[0]
+    if metadata.image_channels == 2:
+        kspace = masked_virtual_coil(assembled.kspace, graph_mask)[0]
+    else:
+        kspace = (assembled.kspace * graph_mask)[0]
     outside = int(np.sum(assembled.acquired_lines & ~sampled_lines))
     return PreparedSlice(kspace.astype(np.complex64), graph_mask.astype(np.float32), outside)
 
