@@ -29,7 +29,8 @@ def centred_ifft2(kspace: np.ndarray) -> np.ndarray:
 
 
 def uncentred_kspace(image: np.ndarray) -> np.ndarray:
-    """The project's k-space of an image ``(H, W)``: ``fft2(image, norm="ortho")``, **uncentred** (DC at ``(0, 0)``),
+    """The project's k-space of an image ``(..., H, W)`` (one image, or coil images ``(C, H, W)``):
+    ``fft2(image, norm="ortho")`` over the last two axes, **uncentred** (DC at ``(0, 0)``),
     complex64, computed in double precision from the image as given (so it is the FFT of exactly that image)."""
     return np.fft.fft2(np.asarray(image, dtype=np.complex128), norm="ortho").astype(np.complex64)
 
@@ -176,4 +177,4 @@ class FastMRIReader(VolumeReader):
             return SliceData(target=images.astype(np.complex64), kspace=uncentred_kspace(images))
         target = coils.virtual_coil(images)
         return SliceData(target=target, kspace=uncentred_kspace(target), rss=coils.root_sum_of_squares(images),
-                         coil_kspace=np.fft.fft2(images, norm="ortho").astype(np.complex64))
+                         coil_kspace=uncentred_kspace(images))
