@@ -97,6 +97,22 @@ def test_planner_reads_no_data(monkeypatch):
         "teacher/d5c5@4x", "student/d3c5@4x", "sft_teacher/d5c5@4x", "std_kd/at/d3c5@4x", "sft_kd/at/d3c5@4x"]
 
 
+def test_a_source_that_forms_its_complex_slices_anew_retires_its_two_channel_keys(monkeypatch):
+    from compressor.data.fastmri import FastMRIReader
+
+    files = {"data.source": "fastmri", "data.train": "train", "data.validation": "val"}
+
+    def planned(**overrides):
+        return {stage.spec.folder: stage.spec for stage in plan_run(quick(**files, **overrides)).stages[4.0]}
+
+    complex_now, real_now = planned(**{"model.image_channels": 2}), planned()
+    assert {spec.determinants["phase_formation"] for spec in complex_now.values()} == {2}
+    assert all("phase_formation" not in spec.determinants for spec in real_now.values())
+    monkeypatch.setattr(FastMRIReader, "phase_formation", 1)  # the slices before the served virtual coil
+    assert not planned(**{"model.image_channels": 2}).keys() & complex_now.keys()
+    assert planned().keys() == real_now.keys()  # the 1-channel slices did not change: their stages stay
+
+
 # -- the key rule -----------------------------------------------------------------------------------------------------
 def _key(options: dict, defaults: dict, **stage) -> str:
     config = quick().to_dict()

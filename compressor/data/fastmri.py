@@ -78,6 +78,7 @@ class FastMRIReader(VolumeReader):
     """
 
     extensions = HDF5_EXTENSIONS
+    phase_formation = 2  # 2: multi-coil slices through the served virtual coil (u from the masked coil k-space)
     RECONSTRUCTION_KEYS = ("reconstruction_esc", "reconstruction_rss")
     KSPACE_KEY = "kspace"
 

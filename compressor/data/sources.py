@@ -67,6 +67,10 @@ class DataSource(ABC):
         """The volumes and slices of every split of ``config`` at ``acceleration``; ``keep_phase`` opens the readers
         for the 2-channel models (:mod:`compressor.data.volume`); ``log`` receives one-off messages."""
 
+    def phase_formation(self) -> int:
+        """The version of how this source forms the 2-channel models' slices (``VolumeReader.phase_formation``)."""
+        return 1
+
     def grid_readers(self, config: DataConfig, acceleration: float) -> list[VolumeReader]:
         """The volumes, opened with ``keep_phase`` from their headers alone, whose stored k-space fixes a 2-channel
         run's grid (:func:`compressor.data.measurement_grid`); none for a source of images."""
@@ -97,6 +101,9 @@ class VolumeFiles(DataSource):
     def __init__(self, name: str):
         self.name = name
         self.reader = VOLUME_SOURCES.get(name)
+
+    def phase_formation(self) -> int:
+        return self.reader.phase_formation
 
     def open_splits(self, config: DataConfig, acceleration: float, keep_phase: bool,
                     log: Callable[[str], None]) -> SourceSplits:

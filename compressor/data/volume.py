@@ -84,10 +84,14 @@ class VolumeReader(ABC):
         extensions: the file name endings of this source (for :func:`~compressor.data.readers.list_volume_files`).
         named_by: the file name endings that name this source when none is given (``compress reconstruct``/``export``
             without ``--source``); an ending names one source at most (``.h5`` is ``project``).
+        phase_formation: the version of how this reader forms the 2-channel models' slices (``keep_phase``) from a
+            file. Bump it when the same file gives other complex slices: it enters the stage keys of 2-channel runs
+            on this source (:mod:`compressor.rundir.stage_keys`), so their old stages are not reused.
     """
 
     extensions: ClassVar[tuple[str, ...]] = ()
     named_by: ClassVar[tuple[str, ...]] = ()
+    phase_formation: ClassVar[int] = 1
 
     def __init__(self, path: str | Path, *, keep_phase: bool = False):
         self.path = Path(path)

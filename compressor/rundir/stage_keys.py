@@ -7,7 +7,7 @@ A field enters the key of a stage unless
 2. it applies only to another task (:data:`ONLY_FOR_TASK`: ``sr_interpolation`` and the SR scale), or
 3. it is not one of the format-1 key fields (:data:`KEY_FIELDS_V1`) and holds its declared default (the
    dataclass default of its config section or of ``ModelOptions``; :data:`STAGE_DEFAULTS` for the stage's own
-   parts: ``loss`` ``l1``, ``init_teacher`` none, ``world_size`` 1).
+   parts: ``loss`` ``l1``, ``init_teacher`` none, ``world_size`` 1, ``phase_formation`` 1).
 
 So a field added later (image channels, precision, ...) leaves every committed key unchanged until a run sets it,
 and ``TRAINING_CODE_VERSION`` (``compressor.training.stages``) stays the one way to retire keys on purpose.
@@ -44,9 +44,10 @@ KEY_FIELDS_V1: dict[str, frozenset[str]] = {
 ONLY_FOR_TASK = {"data.sr_interpolation": "sr", "stage.sr_scale": "sr"}
 """Fields that apply to one task only; other tasks' keys leave them out."""
 
-STAGE_DEFAULTS = {"loss": "l1", "init_teacher": None, "world_size": 1}
+STAGE_DEFAULTS = {"loss": "l1", "init_teacher": None, "world_size": 1, "phase_formation": 1}
 """Declared defaults of the stage's own key parts that are not config fields (``world_size``: the processes that
-train it, ``torchrun``; ``train.batch_size`` is the per-rank batch, so the global batch is their product)."""
+train it, ``torchrun``; ``train.batch_size`` is the per-rank batch, so the global batch is their product;
+``phase_formation``: the data source's version of the 2-channel slices it forms, 1 for 1-channel runs)."""
 
 
 def section_defaults(section: str) -> dict[str, Any]:

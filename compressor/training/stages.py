@@ -25,6 +25,7 @@ from torch import nn
 
 from compressor import rundir
 from compressor.config import RunConfig
+from compressor.data.sources import data_source
 from compressor.errors import InputError
 from compressor.io import file_digest
 from compressor.masks import SamplingMask
@@ -242,10 +243,13 @@ class _Planner:
         self.config, self.methods, self.options, self.warm = config, methods, options, warm
         self.world_size = world_size
         self.option_defaults = ModelOptions().to_dict()
+        self.phase_formation = (data_source(config.data.source).phase_formation()
+                                if config.model.image_channels == 2 else 1)
 
     def spec(self, mask: SamplingMask, acceleration: float, setup: Setup, role: str, arch: str, epochs: int,
              method: str | None = None, parents: dict[str, str] | None = None, **extra: Any) -> StageSpec:
-        stage = {**extra, "loss": setup.loss, "sr_scale": acceleration, "world_size": self.world_size}
+        stage = {**extra, "loss": setup.loss, "sr_scale": acceleration, "world_size": self.world_size,
+                 "phase_formation": self.phase_formation}
         determinants = rundir.stage_determinants(self.config.to_dict(), self.options, self.option_defaults,
                                                  mask.digest(), epochs, stage)
         return StageSpec(role, arch, acceleration, method, determinants, parents or {})
