@@ -42,6 +42,7 @@ __all__ = [
     "VolumeReader",
     "build_splits",
     "centre_crop_or_pad",
+    "check_coil_options",
     "data_source",
     "data_source_names",
     "list_volume_files",
@@ -126,13 +127,26 @@ def _check_phase(readers: Sequence[VolumeReader], phase: str) -> None:
                              "(the embedded data, NIfTI)", reader.path)
 
 
-def _check_coils(readers: Sequence[VolumeReader], config: DataConfig) -> None:
-    """Coils are simulated for images: a file that stores k-space was measured with coils of its own."""
+def check_coil_options(config: DataConfig) -> None:
+    """``[data] coils``, ``snr`` and ``coil_seed`` where they cannot apply, from the config alone: ``snr`` or
+    ``coil_seed`` without coils, and coils for the super-resolution task (which measures no k-space)."""
     if config.coils is None:
+        stray = [f"{name} {value!r}" for name, value in (("snr", config.snr), ("coil_seed", config.coil_seed))
+                 if value is not None]
+        if stray:
+            raise InputError(f"[data] {stray[0]} describes simulated coils, which this run has none of: set [data] "
+                             "coils (--coils N)")
         return
     if config.task == Task.SR:
-        raise InputError("[data] coils simulates multi-coil k-space measurements; the super-resolution task measures "
-                         "no k-space")
+        raise InputError("[data] coils simulates multi-coil k-space measurements, which the super-resolution task "
+                         "does not use (it degrades images)")
+
+
+def _check_coils(readers: Sequence[VolumeReader], config: DataConfig) -> None:
+    """Coils are simulated for images: a file that stores k-space was measured with coils of its own."""
+    check_coil_options(config)
+    if config.coils is None:
+        return
     for reader in readers:
         if reader.stores_kspace:
             raise InputError(f"stores k-space measured with its own coils: --coils {config.coils} simulates coils "

@@ -20,13 +20,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from compressor.config import RunConfig
-from compressor.data import build_splits
+from compressor.data import build_splits, check_coil_options
 from compressor.errors import InputError
 from compressor.kd import DistillationLoss, build_kd_loss, tap_module_paths
 from compressor.models import CascadeModel, build_model
 from compressor.training.factories import kd_phases
 from compressor.training.stages import model_options, plan_run
-from compressor.vocabulary import ImagePhase, KDMode, Task
+from compressor.vocabulary import ImagePhase, KDMode
 
 
 def check_run(config: RunConfig, log: Callable[[str], None] = print, world_size: int = 1) -> None:
@@ -55,20 +55,10 @@ def check_run(config: RunConfig, log: Callable[[str], None] = print, world_size:
 
 def check_coils(config: RunConfig) -> None:
     """Simulated coils (``[data] coils``) are read to one complex virtual coil of k-space measurements: they need
-    2-channel models and the reconstruction task, and ``snr``/``coil_seed`` describe them."""
-    data = config.data
-    if data.coils is None:
-        stray = [f"{name} {value!r}" for name, value in (("snr", data.snr), ("coil_seed", data.coil_seed))
-                 if value is not None]
-        if stray:
-            raise InputError(f"[data] {stray[0]} describes simulated coils, which this run has none of: set [data] "
-                             "coils (--coils N)")
-        return
-    if data.task == Task.SR:
-        raise InputError("[data] coils simulates multi-coil k-space measurements, which the super-resolution task "
-                         "does not use (it degrades images)")
-    if config.model.image_channels != 2:
-        raise InputError(f"[data] coils {data.coils} gives a complex virtual-coil image, which real-valued "
+    2-channel models, and the options of :func:`~compressor.data.check_coil_options`."""
+    check_coil_options(config.data)
+    if config.data.coils is not None and config.model.image_channels != 2:
+        raise InputError(f"[data] coils {config.data.coils} gives a complex virtual-coil image, which real-valued "
                          "(1-channel) models cannot take: add --channels 2")
 
 
