@@ -29,7 +29,7 @@ import torch
 from tabulate import tabulate
 
 from compressor import rundir
-from compressor.data import build_splits
+from compressor.data import DataSplits, SliceDataset, build_splits
 from compressor.data.coil_simulation import CoilSimulation
 from compressor.data.transforms import scored_image
 from compressor.evaluate.metrics import slice_metrics
@@ -39,7 +39,7 @@ from compressor.io import save_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROLES = ("teacher", "sft_teacher", "student", "std_kd", "sft_kd")
-TESTS = (("sft_kd", "std_kd"), ("std_kd", "student"), ("sft_teacher", "teacher"))
+TESTS = (("sft_kd", "std_kd"), ("std_kd", "student"), ("sft_teacher", "teacher"), ("sft_kd", "student"))
 """The five-stage table's paired tests: (model, against)."""
 CONDITIONS = {
     "12-coils-close": CoilSimulation(coils=12, snr_db=20.0, seed=1234, ring_radius=1.25, noise_correlation=0.5),
@@ -52,6 +52,25 @@ CONDITIONS = {
 noise correlation 0.3, SNR 20 dB, seed 0; the first three rings (1.125-1.375 and 1.98-2.42) lie outside that range;
 the third is the first at 30 dB (an SNR neither regime trained at); the last is training's geometry with another seed
 (a reference: coils like training's, draws not)."""
+
+
+def condition_slices(run: Path, simulation: CoilSimulation, split: str
+                     ) -> tuple[DataSplits, SliceDataset, tuple[int, int]]:
+    """The splits of ``run``'s data with the scans of ``simulation`` (synthetic phase, simulated coils), the
+    ``split`` (``test`` or ``validation``) dataset of them and the scored region's size."""
+    data = dataclasses.replace(rundir.read_config(run).data, phase="synthetic", coils=simulation.coils,
+                               snr=simulation.snr_db, coil_seed=simulation.seed,
+                               coil_ring_radius=simulation.ring_radius,
+                               noise_correlation=simulation.noise_correlation,
+                               readout_oversampling=simulation.oversampling)
+    splits = build_splits(data, data.acceleration[0], log=lambda _: None, image_channels=2)
+    return splits, splits.test if split == "test" else splits.validation, (data.image_size, data.image_size)
+
+
+def magnitudes(batches: list, field: str, size: tuple[int, int]) -> np.ndarray:
+    """``|x|`` ``(S, H', W')`` of the batches' ``target`` or ``zero_filled`` in the input's units, scored region."""
+    return np.concatenate([scored_image(getattr(b, field) * b.scale[:, None, None, None], size).abs().numpy()
+                           for b in batches])
 
 
 @torch.no_grad()
@@ -82,20 +101,10 @@ def scores(images: np.ndarray, target: np.ndarray) -> dict[str, np.ndarray]:
 def evaluate_condition(runs: dict[str, Path], models: dict[str, list[RunModel]], simulation: CoilSimulation,
                        split: str) -> dict:
     """Every run's five stages on one condition's slices: per-slice PSNR/SSIM, gains and tests."""
-    base = rundir.read_config(next(iter(runs.values())))
-    data = dataclasses.replace(base.data, phase="synthetic", coils=simulation.coils, snr=simulation.snr_db,
-                               coil_seed=simulation.seed, coil_ring_radius=simulation.ring_radius,
-                               noise_correlation=simulation.noise_correlation,
-                               readout_oversampling=simulation.oversampling)
-    acceleration = data.acceleration[0]
-    splits = build_splits(data, acceleration, log=lambda _: None, image_channels=2)
-    dataset = splits.test if split == "test" else splits.validation
+    splits, dataset, size = condition_slices(next(iter(runs.values())), simulation, split)
     batches = list(torch.utils.data.DataLoader(dataset, batch_size=8))
-    size = (data.image_size, data.image_size)
-    target = np.concatenate([scored_image(b.target * b.scale[:, None, None, None], size).abs().numpy()
-                             for b in batches])
-    zero_filled = scores(np.concatenate([scored_image(b.zero_filled * b.scale[:, None, None, None], size).abs()
-                                         .numpy() for b in batches]), target)
+    target = magnitudes(batches, "target", size)
+    zero_filled = scores(magnitudes(batches, "zero_filled", size), target)
     ceiling = scores(consistency_ceiling(batches, size), target)
     record = {"simulation": dataclasses.asdict(simulation), "split": split, "slices": len(target),
               "zero_filled": {name: summarise(values).mean for name, values in zero_filled.items()},
@@ -148,7 +157,7 @@ def table(record: dict) -> str:
             if entry is None:
                 row += ["—"] * 3
                 continue
-            marks = "".join(mark for (first, second), mark in zip(TESTS, ("*", "†", "‡"), strict=True)
+            marks = "".join(mark for (first, second), mark in zip(TESTS, ("*", "†", "‡", "§"), strict=True)
                             if first == role and entry.get(f"p_psnr_vs_{second}", 1.0) < 0.05)
             row += [f"{entry['psnr']:.2f} ± {entry['psnr_std']:.2f}{marks}", f"{entry['ssim']:.4f}",
                     f"{entry['gain_db']:+.2f}"]
@@ -162,8 +171,8 @@ def notes(record: dict) -> str:
              "Hard-DC ceiling: the target's k-space outside the mask and the measured noisy samples inside it, the "
              "best any DC-CNN whose data fidelity puts the measurements back (λ → ∞) can score against the "
              "noise-free target.",
-             "*: SFT-KD-Recon differs from Std-KD, †: Std-KD from the student, ‡: the SFT teacher from the teacher "
-             "(paired Wilcoxon on per-slice PSNR, p < 0.05). p-values:"]
+             "*: SFT-KD-Recon differs from Std-KD, †: Std-KD from the student, ‡: the SFT teacher from the teacher, "
+             "§: SFT-KD-Recon from the student (paired Wilcoxon on per-slice PSNR, p < 0.05). p-values:"]
     labels = list(record["runs"])
     for label in labels:
         entries = record["runs"][label]

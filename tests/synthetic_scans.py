@@ -24,6 +24,7 @@ import h5py
 import ismrmrd
 import numpy as np
 
+from compressor.data.coil_simulation import SimulatedAcquisition
 from compressor.data.mrd_readout import SliceKey
 from compressor.io import atomic_path
 
@@ -273,3 +274,28 @@ def _expected(coil_images: np.ndarray, lines: np.ndarray, asymmetric_echo: int, 
         sampled[:asymmetric_echo] = False
         kspace = kspace * np.fft.ifftshift(sampled)[:, None]
     return kspace.astype(np.complex64)
+
+
+def write_simulated_scan(path: Path, scan: SimulatedAcquisition, lines: np.ndarray | None = None) -> None:
+    """A simulated scan (:mod:`compressor.data.coil_simulation`) as an ISMRMRD raw file, as a scanner sends it: its
+    noise readouts, then its noisy image readouts of the lines set in ``lines`` ``(W,)`` bool, **uncentred** (default
+    all; a readout's counter is its centred column), the last one flagged ``ACQ_LAST_IN_SLICE``."""
+    geometry = scan.geometry
+    xml = encoding_header(geometry.encoded_matrix, geometry.recon_matrix, geometry.encoded_fov_mm,
+                          geometry.recon_fov_mm, (geometry.step1_minimum, geometry.step1_maximum,
+                                                  geometry.step1_center), coils=len(scan.covariance))
+    width = geometry.encoded_matrix[1]
+    acquired = np.fft.fftshift(np.ones(width, bool) if lines is None else np.asarray(lines, bool))
+    image_readouts = [readout for readout in scan.noisy if acquired[readout.kspace_encode_step_1]]
+    last_in_slice = 1 << (ismrmrd.ACQ_LAST_IN_SLICE - 1)
+    flags = [readout.flags for readout in scan.noise_scan] + [
+        last_in_slice if number == len(image_readouts) - 1 else 0 for number in range(len(image_readouts))]
+    acquisitions = []
+    for readout, flag_bits in zip(scan.noise_scan + tuple(image_readouts), flags, strict=True):
+        item = ismrmrd.Acquisition.from_array(readout.data, center_sample=readout.center_sample,
+                                              sample_time_us=readout.sample_time_us,
+                                              idx=ismrmrd.EncodingCounters(
+                                                  kspace_encode_step_1=readout.kspace_encode_step_1))
+        item.flags = flag_bits
+        acquisitions.append(item)
+    SyntheticScan(xml, acquisitions, {}, np.fft.ifftshift(acquired), None).write_ismrmrd(path)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import ismrmrd
 import numpy as np
 import pytest
 import torch
@@ -39,7 +38,7 @@ from compressor.export.scanner.input_formats import volume_kspace
 from compressor.export.scanner.raw_input import read_raw_input
 from compressor.masks import SamplingMask
 from compressor.rundir import CoilCompressionRecord, MetricSummary
-from tests.synthetic_scans import SyntheticScan, encoding_header
+from tests.synthetic_scans import write_simulated_scan
 from tests.test_complex_training import fastmri_multicoil_file
 
 SHAPE = (24, 20)
@@ -150,32 +149,17 @@ def test_slices_are_seeded_by_volume_slice_and_seed() -> None:
         assert not np.allclose(first.u, other.u)
 
 
-def _as_ismrmrd_file(path, acquisition, readouts: tuple[Readout, ...]) -> None:
-    """The simulated scan written as an ISMRMRD file, readout for readout."""
-    geometry = acquisition.geometry
-    xml = encoding_header(geometry.encoded_matrix, geometry.recon_matrix, geometry.encoded_fov_mm,
-                          geometry.recon_fov_mm, (geometry.step1_minimum, geometry.step1_maximum,
-                                                  geometry.step1_center), coils=len(acquisition.covariance))
-    acquisitions = []
-    for readout in readouts:
-        item = ismrmrd.Acquisition.from_array(readout.data, center_sample=readout.center_sample,
-                                              sample_time_us=readout.sample_time_us,
-                                              idx=ismrmrd.EncodingCounters(
-                                                  kspace_encode_step_1=readout.kspace_encode_step_1))
-        item.flags = readout.flags
-        acquisitions.append(item)
-    SyntheticScan(xml, acquisitions, {}, np.ones(geometry.encoded_matrix[1], bool), None).write_ismrmrd(path)
-
-
-def test_the_server_reading_path_gives_the_training_input(tmp_path) -> None:
-    """The simulated slice sent as an ISMRMRD file through ``compress reconstruct --source ismrmrd``'s reading
+@pytest.mark.parametrize("only_the_mask_lines", [False, True])
+def test_the_server_reading_path_gives_the_training_input(tmp_path, only_the_mask_lines) -> None:
+    """The simulated slice sent as an ISMRMRD file (every line, or only the model's as a scanner running its
+    sequence sends) through ``compress reconstruct --source ismrmrd``'s reading
     (:func:`~compressor.export.scanner.raw_input.read_raw_input`) gives the training pair's k-space."""
     mask = line_mask(seed=7)
     settings = CoilSimulation(coils=6, snr_db=18.0)
     acquisition = simulate_acquisition(image(), settings, slice_rng("volume", 5, 0))
     pair = read_pair(acquisition, mask)
     path = tmp_path / "scan.h5"
-    _as_ismrmrd_file(path, acquisition, acquisition.noise_scan + acquisition.noisy)
+    write_simulated_scan(path, acquisition, mask.any(axis=0) if only_the_mask_lines else None)
     metadata = ExportMetadata(architecture="d3c5", parameters=0, image_size=SHAPE, acceleration=3.0, mask=mask,
                               mask_digest="", formulation="lines", line_axis=1, model_options={}, config_key=None,
                               tool_version="test", image_channels=2)
@@ -200,6 +184,8 @@ def test_dataset_items_are_the_simulated_pairs(tmp_path) -> None:
     np.testing.assert_allclose(item.zero_filled.numpy(), np.stack([zero_filled.real, zero_filled.imag]) / scale,
                                atol=1e-5)
     np.testing.assert_allclose(torch.complex(*item.target).numpy(), pair.target / scale, atol=1e-5)
+    # The raw scan the item was read from (what a raw file of it holds) is the dataset's to give.
+    np.testing.assert_array_equal(read_pair(dataset.simulated_scan(1), mask.values).kspace, pair.kspace)
     virtual, rss = dataset.coil_references()
     assert virtual.shape == rss.shape == (2, *SHAPE) and rss.max() == pytest.approx(1.0)
     with pytest.raises(InputError, match="simulated coils need 2-channel"):

@@ -73,6 +73,12 @@ def test_planner_gives_every_committed_stage_folder(run):
         assert planned_folders(version, *invocations) == committed_folders(run)
 
 
+def test_the_committed_quick_multicoil_run_is_what_its_preset_plans():
+    """docs/results/quick-multicoil was trained by ``compress --preset quick-multicoil`` (learned λ, 8 coils)."""
+    planned = {stage.spec.folder for stage in plan_run(load_config("quick-multicoil")).stages[4.0]}
+    assert planned == committed_folders("quick-multicoil")
+
+
 def test_a_new_training_code_version_retires_every_stage_key():
     assert not planned_folders(stages.TRAINING_CODE_VERSION, QUICK_V1) & planned_folders(1, QUICK_V1)
 

@@ -241,8 +241,14 @@ def read_pair(acquisition: SimulatedAcquisition, mask: np.ndarray) -> SimulatedP
     return SimulatedPair(kspace, coils.virtual_coil(clean_images, u), coils.root_sum_of_squares(clean_images), u)
 
 
+def simulate_scan(image: np.ndarray, settings: CoilSimulation, volume: str, slice_index: int) -> SimulatedAcquisition:
+    """The scan of slice ``slice_index`` of ``volume`` (its image ``(H, W)``), seeded by both and ``settings.seed``:
+    the same slice gets the same coils and noise in training, evaluation and a raw file written of it."""
+    return simulate_acquisition(image, settings, slice_rng(volume, slice_index, settings.seed))
+
+
 def simulate_pair(image: np.ndarray, mask: np.ndarray, settings: CoilSimulation, volume: str,
                   slice_index: int) -> SimulatedPair:
-    """The training pair of slice ``slice_index`` of ``volume`` (seeded by both and ``settings.seed``): simulate
-    its scan and read it as the server does."""
-    return read_pair(simulate_acquisition(image, settings, slice_rng(volume, slice_index, settings.seed)), mask)
+    """The training pair of slice ``slice_index`` of ``volume`` (:func:`simulate_scan`), read as the server reads
+    it."""
+    return read_pair(simulate_scan(image, settings, volume, slice_index), mask)

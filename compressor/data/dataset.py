@@ -38,7 +38,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from compressor.data.coil_simulation import CoilSimulation, SimulatedPair, simulate_pair
+from compressor.data.coil_simulation import (
+    CoilSimulation,
+    SimulatedAcquisition,
+    SimulatedPair,
+    simulate_pair,
+    simulate_scan,
+)
 from compressor.data.coils import masked_virtual_coil, virtual_coil
 from compressor.data.phase import with_synthetic_phase
 from compressor.data.readers import SliceData, VolumeReader
@@ -219,6 +225,14 @@ class SliceDataset(Dataset):
             self._pairs[index] = simulate_pair(self._image(stored), self.mask.values, self.coils, stored.reader.name,
                                                stored.slice_index)
         return self._pairs[index]
+
+    def simulated_scan(self, index: int) -> SimulatedAcquisition:
+        """The raw scan the coil simulation makes of images-only item ``index`` (``coils`` set): the readouts a
+        scanner would send, from which the item's pair is read (:func:`~compressor.data.coil_simulation.read_pair`)."""
+        if self.coils is None:
+            raise ValueError("this dataset simulates no coils")
+        stored = self._stored(index)
+        return simulate_scan(self._image(stored), self.coils, stored.reader.name, stored.slice_index)
 
     def _image(self, stored: StoredSlice) -> np.ndarray:
         """An images-only slice's image ``(H, W)`` cropped/padded to the mask's shape, with its synthetic phase if
