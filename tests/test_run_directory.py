@@ -103,10 +103,16 @@ def test_planner_reads_no_data(monkeypatch):
         "teacher/d5c5@4x", "student/d3c5@4x", "sft_teacher/d5c5@4x", "std_kd/at/d3c5@4x", "sft_kd/at/d3c5@4x"]
 
 
-def test_a_source_that_forms_its_complex_slices_anew_retires_its_two_channel_keys(monkeypatch):
+def test_a_source_that_forms_its_complex_slices_anew_retires_its_two_channel_keys(monkeypatch, tmp_path):
+    import h5py
+
     from compressor.data.fastmri import FastMRIReader
 
-    files = {"data.source": "fastmri", "data.train": "train", "data.validation": "val"}
+    files = {"data.source": "fastmri"}
+    for split in ("train", "validation"):  # multi-coil k-space: the planner reads the grid from the header
+        with h5py.File(tmp_path / f"{split}.h5", "w") as file:
+            file["kspace"] = np.ones((2, 4, 48, 24), np.complex64)
+        files[f"data.{split}"] = str(tmp_path / f"{split}.h5")
 
     def planned(**overrides):
         return {stage.spec.folder: stage.spec for stage in plan_run(quick(**files, **overrides)).stages[4.0]}
