@@ -77,17 +77,23 @@ class OpenVINOPrecision:
                                                                 "PERFORMANCE_HINT": "LATENCY"}))
 
 
+def mni_images(size: int) -> np.ndarray:
+    """Every slice ``(S, size, size)`` of the cached MNI volume at ``size`` (in-plane downsampling ``240 // size``)."""
+    import h5py
+
+    from compressor.data.embedded import build_mni_volume
+
+    with h5py.File(build_mni_volume(image_size=size, downsample=max(1, 240 // size), log=lambda _: None)) as file:
+        return file["target"][:]
+
+
 def split_images(run_model: RunModel, split: str) -> np.ndarray:
     """Fully sampled ``(S, H, W)`` images of ``split``: the stage's validation/test targets, or every non-empty slice
-    of the MNI volume at the model's size (all slices of the cached volume have content; empty ones are dropped)."""
+    of the MNI volume at the model's size (:func:`mni_images`; empty ones are dropped)."""
     import h5py
 
     if split == "mni":
-        from compressor.data.embedded import build_mni_volume
-
-        size = run_model.mask.shape[0]
-        with h5py.File(build_mni_volume(image_size=size, downsample=240 // size, log=lambda _: None)) as file:
-            images = file["target"][:]
+        images = mni_images(run_model.mask.shape[0])
         return images[images.reshape(len(images), -1).max(axis=1) > 0]
     with h5py.File(run_model.stage_dir / f"reconstructions_{split}.h5") as file:
         return file["target"][:]
@@ -104,8 +110,8 @@ def measure_quality(run_model: RunModel, fp32: Path, files: Mapping[str, Path]) 
         probe = QualityProbe(graph, slices, run_model.mask.values, run_model.model.image_channels, onnxruntime_cpu())
         for name, path in files.items():
             results[name][split] = probe.quality(onnx.load(str(path))).to_json()
-        probe._runtime = OpenVINOPrecision("bf16")  # the same fp32 reference, the candidate compiled at bf16
-        results["openvino bf16"][split] = probe.quality(graph).to_json()
+        # the same fp32 reference, the candidate the fp32 graph compiled at bf16
+        results["openvino bf16"][split] = probe.quality(graph, OpenVINOPrecision("bf16")).to_json()
     return results
 
 
@@ -118,9 +124,6 @@ def build_size_files(run_model: RunModel, int8_file: Path, size: int, folder: Pa
     """The fp32 and INT8 files of the run's model at ``size x size`` for timing, INT8 with the convolutions that
     ``int8_file`` (the model's export at its own size) has INT8, calibrated on 16 slices of the MNI volume at that
     size."""
-    import h5py
-
-    from compressor.data.embedded import build_mni_volume
     from compressor.export.benchmark.timing import export_for_timing
     from compressor.export.exported_file import read_exported_metadata
     from compressor.export.precision.options import CalibrationSlices
@@ -131,8 +134,7 @@ def build_size_files(run_model: RunModel, int8_file: Path, size: int, folder: Pa
     mask = size_mask(run_model, size)
     fp32 = export_for_timing(run_model.model, mask, resolve_formulation("auto", mask).name, folder)
     labels = {layer.layer for layer in read_exported_metadata(int8_file).quantization.layers if layer.int8}
-    with h5py.File(build_mni_volume(image_size=size, downsample=max(1, 240 // size), log=lambda _: None)) as file:
-        images = file["target"][:]
+    images = mni_images(size)
     images = images[evenly_spaced_indices(len(images), 16)]
     calibration = CalibrationSlices(simulated_kspace(images, mask.values), f"16 MNI slices at {size}x{size}")
     quantizer = Quantizer(onnx.load(str(fp32)), run_model.model, calibration, mask.values, "minmax",

@@ -42,7 +42,7 @@ from compressor.data.coil_simulation import (
     CoilSimulation,
     SimulatedAcquisition,
     SimulatedPair,
-    simulate_pair,
+    read_pair,
     simulate_scan,
 )
 from compressor.data.coils import masked_virtual_coil, virtual_coil
@@ -222,8 +222,7 @@ class SliceDataset(Dataset):
     def _simulated(self, index: int, stored: StoredSlice) -> SimulatedPair:
         """The simulated multi-coil pair of images-only item ``index`` (computed once, then cached)."""
         if index not in self._pairs:
-            self._pairs[index] = simulate_pair(self._image(stored), self.mask.values, self.coils, stored.reader.name,
-                                               stored.slice_index)
+            self._pairs[index] = read_pair(self._scan(stored), self.mask.values)
         return self._pairs[index]
 
     def simulated_scan(self, index: int) -> SimulatedAcquisition:
@@ -231,7 +230,10 @@ class SliceDataset(Dataset):
         scanner would send, from which the item's pair is read (:func:`~compressor.data.coil_simulation.read_pair`)."""
         if self.coils is None:
             raise ValueError("this dataset simulates no coils")
-        stored = self._stored(index)
+        return self._scan(self._stored(index))
+
+    def _scan(self, stored: StoredSlice) -> SimulatedAcquisition:
+        """The simulated scan of an images-only slice, seeded by its volume and index."""
         return simulate_scan(self._image(stored), self.coils, stored.reader.name, stored.slice_index)
 
     def _image(self, stored: StoredSlice) -> np.ndarray:

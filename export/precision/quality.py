@@ -31,16 +31,18 @@ class QualityProbe:
     def __init__(self, fp32_graph: onnx.ModelProto, slices: QualitySlices, mask: np.ndarray, image_channels: int,
                  runtime: Runtime):
         self.slices, self._mask, self._channels, self._runtime = slices, mask, image_channels, runtime
-        self._fp32 = self._magnitudes(fp32_graph)
+        self._fp32 = self._magnitudes(fp32_graph, runtime)
 
-    def _magnitudes(self, graph: onnx.ModelProto) -> np.ndarray:
+    def _magnitudes(self, graph: onnx.ModelProto, runtime: Runtime) -> np.ndarray:
         try:
-            session = self._runtime.session(graph.SerializeToString())
+            session = runtime.session(graph.SerializeToString())
         except (RuntimeError, *LOAD_ERRORS) as error:
-            raise InputError(f"{self._runtime.label} cannot run a candidate graph ({first_line(error)}); "
+            raise InputError(f"{runtime.label} cannot run a candidate graph ({first_line(error)}); "
                              "export with --provider cpu") from None
         run = session_outputs(session, self._channels)
         return magnitudes(batched_outputs(run, self.slices.kspace, self._mask), self._channels)
 
-    def quality(self, graph: onnx.ModelProto) -> ImageQuality:
-        return image_quality(self._magnitudes(graph), self._fp32, self.slices.images)
+    def quality(self, graph: onnx.ModelProto, runtime: Runtime | None = None) -> ImageQuality:
+        """``graph``'s quality against the fp32 graph's (both on the probe's runtime); ``runtime``: run ``graph`` on
+        another one instead (e.g. the fp32 graph compiled at another inference precision), same reference."""
+        return image_quality(self._magnitudes(graph, runtime or self._runtime), self._fp32, self.slices.images)
