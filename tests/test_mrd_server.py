@@ -397,8 +397,11 @@ def test_serve_command_runs_until_ctrl_c_and_exits_cleanly(model_path, scans, ex
     log = tmp_path / "serve.log"
     command = [sys.executable, "-m", "compressor", "serve", str(model_path), "--port", "0", "--provider", "cpu",
                "--log", str(log)]
+    # Ctrl-C as at a terminal: a test run started in the background of a script inherits SIGINT ignored, which a
+    # Python child keeps (no KeyboardInterrupt); the server is started with the default disposition instead.
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert wait_for(lambda: log.is_file() and "serving" in log.read_text(), timeout=60)
         port = int(re.search(r"on 127\.0\.0\.1:(\d+)", log.read_text()).group(1))
